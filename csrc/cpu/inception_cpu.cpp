@@ -1,0 +1,265 @@
+// googlenet_fast: the fused Inception forward on the CPU.
+//
+// NHWC throughout: a 1x1 convolution is the GEMM [pixels, Cin] x [Cin, Cout], and a channel slice
+// of the NHWC output is a row-strided matrix (row stride = the output's pixel stride).
+//
+// stage 1 (one pass over pixel blocks, parallel with at::parallel_for):
+//   - merged 1x1 GEMM: x_block [BM, Cin] x [Cin, ch1x1 + ch3x3red + ch5x5red] (x read once);
+//     the epilogue adds bias, applies ReLU and scatters: ch1x1 columns into the output's first
+//     channel slice, the two reduce outputs into one scratch buffer [pixels, ch3x3red + ch5x5red];
+//   - pool projection: the 3x3/s1/p1 max of the block's pixels (-inf padding: only in-bounds
+//     neighbours count) is computed into a block-sized buffer, never for the whole batch, and fed
+//     to the GEMM [BM, Cin] x [Cin, pool_proj]; the epilogue writes the last channel slice.
+// stage 2 (a second pass, after every reduce output exists):
+//   - the KxK convolutions of both reduce branches as im2col GEMMs, one pixel block at a time
+//     (the im2col block stays in cache), writing their channel slices with bias + ReLU.
+// GEMMs go through ATen (at::mm_out on views of the buffers: MKL/OpenBLAS for fp32/fp64, oneDNN
+// for bf16, which accumulates in fp32); bias and ReLU are applied in fp32 by the epilogue.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/OpMathType.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../inception.h"
+
+namespace googlenet_fast {
+namespace {
+
+// C[rows, n] (row-major, leading dimension ldc) = A[rows, k] (row stride lda) x W^T, where W is
+// the row-major [n, k] weight matrix (one row per output channel).  ATen's mm_out writes straight
+// into a row-strided C and runs the library GEMM (MKL/OpenBLAS; oneDNN for bf16).
+template <typename scalar_t>
+void gemm_rows(int64_t rows, int64_t n, int64_t k, const scalar_t* a, int64_t lda, const scalar_t* w,
+               scalar_t* c, int64_t ldc) {
+  const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
+  at::Tensor A = at::from_blob(const_cast<scalar_t*>(a), {rows, k}, {lda, 1}, opts);
+  at::Tensor Wt = at::from_blob(const_cast<scalar_t*>(w), {k, n}, {1, k}, opts);
+  at::Tensor C = at::from_blob(c, {rows, n}, {ldc, 1}, opts);
+  at::mm_out(C, A, Wt);
+}
+
+// The pixel stride of an NHWC view [N, H, W, C] if every pixel p = (n*H + h)*W + w sits at
+// p * stride and channels are unit-strided; -1 otherwise.
+int64_t nhwc_pixel_stride(const at::Tensor& nhwc) {
+  const int64_t C = nhwc.size(3);
+  if (C > 1 && nhwc.stride(3) != 1) return -1;
+  int64_t ld = -1;
+  int64_t inner = 1;  // pixels per step of the dim, innermost first
+  for (int d = 2; d >= 0; --d) {
+    if (nhwc.size(d) > 1) {
+      if (ld < 0) {
+        if (nhwc.stride(d) % inner != 0) return -1;
+        ld = nhwc.stride(d) / inner;
+      }
+      if (nhwc.stride(d) != ld * inner) return -1;
+    }
+    inner *= nhwc.size(d);
+  }
+  if (ld < 0) ld = C;  // a single pixel
+  return ld < C ? -1 : ld;
+}
+
+// 2-D row-major [rows, cols] weight matrix of a conv weight, OHWI order for KxK (matching the
+// im2col column order (ky, kx, ci)); a view when the weight is already laid out that way.
+at::Tensor ohwi_matrix(const at::Tensor& w) {
+  return w.permute({0, 2, 3, 1}).contiguous().view({w.size(0), -1});
+}
+
+// The merged [ch1x1 + ch3x3red + ch5x5red, Cin] weight; read in place when the three sibling
+// 1x1 weights are adjacent slices of one buffer (the model's folded-weight cache provides that).
+at::Tensor merged_1x1_weight(const InceptionArgs& a, const InceptionShape& s) {
+  at::Tensor w1 = a.w_1x1.reshape({s.ch1x1, s.cin});
+  at::Tensor w3 = a.w_3x3red.reshape({s.ch3x3red, s.cin});
+  at::Tensor w5 = a.w_5x5red.reshape({s.ch5x5red, s.cin});
+  if (w1.is_contiguous() && w3.is_contiguous() && w5.is_contiguous()) {
+    const int64_t es = w1.element_size();
+    const char* p1 = static_cast<const char*>(w1.const_data_ptr());
+    if (static_cast<const char*>(w3.const_data_ptr()) == p1 + s.ch1x1 * s.cin * es &&
+        static_cast<const char*>(w5.const_data_ptr()) == p1 + (s.ch1x1 + s.ch3x3red) * s.cin * es) {
+      return w1.as_strided({s.ch1x1 + s.ch3x3red + s.ch5x5red, s.cin}, {s.cin, 1});
+    }
+  }
+  return at::cat({w1, w3, w5}, 0);
+}
+
+// The merged bias (zeros for a missing one), in the accumulator type.
+template <typename acc_t>
+std::vector<acc_t> bias_vector(std::initializer_list<std::pair<const c10::optional<at::Tensor>*, int64_t>> parts,
+                               bool* any) {
+  std::vector<acc_t> out;
+  *any = false;
+  for (const auto& [b, n] : parts) {
+    if (b->has_value() && (*b)->defined()) {
+      *any = true;
+      at::Tensor bc = (*b)->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      const acc_t* p = bc.const_data_ptr<acc_t>();
+      out.insert(out.end(), p, p + n);
+    } else {
+      out.insert(out.end(), n, acc_t(0));
+    }
+  }
+  return out;
+}
+
+// dst[i] = act(acc[i] + bias[i]) with an accumulator-typed bias (nullptr: none).
+template <typename scalar_t, typename acc_t>
+inline void store_row(const scalar_t* acc, const acc_t* bias, bool relu, scalar_t* dst, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    acc_t v = static_cast<acc_t>(acc[i]);
+    if (bias != nullptr) v += bias[i];
+    if (relu) v = (v > acc_t(0) || v != v) ? v : acc_t(0);
+    dst[i] = static_cast<scalar_t>(v);
+  }
+}
+
+// Pixel blocks: a multiple of the thread count, about `target` pixels each.
+struct Blocks {
+  int64_t count, size;
+};
+Blocks make_blocks(int64_t pixels, int64_t target) {
+  const int64_t t = std::max<int64_t>(1, at::get_num_threads());
+  int64_t count = t * ((pixels + t * target - 1) / (t * target));
+  count = std::max<int64_t>(1, std::min(count, pixels));
+  const int64_t size = (pixels + count - 1) / count;
+  return {(pixels + size - 1) / size, size};
+}
+
+template <typename scalar_t>
+void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_t* out, int64_t ldo) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.h, W = s.w, Cin = s.cin;
+  const int64_t P = s.n * H * W;  // pixels
+  const int64_t c1 = s.ch1x1, r3 = s.ch3x3red, r5 = s.ch5x5red, cp = s.pool_proj;
+  const int64_t nm = c1 + r3 + r5, rr = r3 + r5;
+  const bool relu = a.relu;
+
+  // NHWC input (a view when x is channels_last; expanded or strided inputs are made dense here).
+  const at::Tensor xc = a.x.permute({0, 2, 3, 1}).contiguous();
+  const scalar_t* X = xc.const_data_ptr<scalar_t>();
+
+  const at::Tensor wm = merged_1x1_weight(a, s);
+  const at::Tensor wp = a.w_pool_proj.reshape({cp, Cin}).contiguous();
+  const at::Tensor w3 = ohwi_matrix(a.w_3x3);
+  const at::Tensor w5 = ohwi_matrix(a.w_5x5);
+  bool has_bm, has_bp, has_b3, has_b5;
+  const std::vector<acc_t> bm = bias_vector<acc_t>({{&a.b_1x1, c1}, {&a.b_3x3red, r3}, {&a.b_5x5red, r5}}, &has_bm);
+  const std::vector<acc_t> bp = bias_vector<acc_t>({{&a.b_pool_proj, cp}}, &has_bp);
+  const std::vector<acc_t> b3 = bias_vector<acc_t>({{&a.b_3x3, s.ch3x3}}, &has_b3);
+  const std::vector<acc_t> b5 = bias_vector<acc_t>({{&a.b_5x5, s.ch5x5}}, &has_b5);
+
+  // Scratch for the two reduce outputs: the only intermediate that touches memory.
+  std::vector<scalar_t> red(static_cast<size_t>(P * rr));
+  scalar_t* R = red.data();
+  const int64_t off_b2 = c1, off_b3 = c1 + s.ch3x3, off_b4 = c1 + s.ch3x3 + s.ch5x5;
+
+  // ---- stage 1: merged 1x1 GEMM + pool projection ------------------------------------------
+  const Blocks b1 = make_blocks(P, 128);
+  auto stage1 = [&](int64_t begin, int64_t end) {
+    std::vector<scalar_t> acc(static_cast<size_t>(b1.size * std::max(nm, cp)));
+    std::vector<scalar_t> pooled(static_cast<size_t>(b1.size * Cin));
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * b1.size, rows = std::min(b1.size, P - p0);
+      // merged 1x1: x read once for ch1x1, ch3x3red and ch5x5red.
+      gemm_rows<scalar_t>(rows, nm, Cin, X + p0 * Cin, Cin, wm.const_data_ptr<scalar_t>(), acc.data(), nm);
+      for (int64_t r = 0; r < rows; ++r) {
+        const scalar_t* ar = acc.data() + r * nm;
+        store_row(ar, has_bm ? bm.data() : nullptr, relu, out + (p0 + r) * ldo, c1);
+        store_row(ar + c1, has_bm ? bm.data() + c1 : nullptr, relu, R + (p0 + r) * rr, rr);
+      }
+      // 3x3/s1/p1 max pool of this block's pixels, padding -inf (out-of-bounds taps skipped;
+      // the centre tap is always in bounds).  NaN propagates as in torch.max_pool2d.
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t p = p0 + r, n = p / (H * W), h = (p / W) % H, w = p % W;
+        scalar_t* dst = pooled.data() + r * Cin;
+        const scalar_t* centre = X + p * Cin;
+        std::copy(centre, centre + Cin, dst);
+        for (int64_t dh = -1; dh <= 1; ++dh) {
+          const int64_t hh = h + dh;
+          if (hh < 0 || hh >= H) continue;
+          for (int64_t dw = -1; dw <= 1; ++dw) {
+            const int64_t ww = w + dw;
+            if (ww < 0 || ww >= W || (dh == 0 && dw == 0)) continue;
+            const scalar_t* src = X + ((n * H + hh) * W + ww) * Cin;
+            for (int64_t c = 0; c < Cin; ++c) {
+              const scalar_t v = src[c];
+              dst[c] = (v > dst[c] || v != v) ? v : dst[c];
+            }
+          }
+        }
+      }
+      gemm_rows<scalar_t>(rows, cp, Cin, pooled.data(), Cin, wp.const_data_ptr<scalar_t>(), acc.data(), cp);
+      for (int64_t r = 0; r < rows; ++r)
+        store_row(acc.data() + r * cp, has_bp ? bp.data() : nullptr, relu, out + (p0 + r) * ldo + off_b4, cp);
+    }
+  };
+
+  // ---- stage 2: KxK convolutions of both reduce branches (im2col per pixel block) ------------
+  const Blocks b2 = make_blocks(P, 64);
+  auto stage2 = [&](int64_t begin, int64_t end) {
+    const int64_t kmax = std::max(s.k3 * s.k3 * r3, s.k5 * s.k5 * r5);
+    std::vector<scalar_t> col(static_cast<size_t>(b2.size * kmax));
+    std::vector<scalar_t> acc(static_cast<size_t>(b2.size * std::max(s.ch3x3, s.ch5x5)));
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t p0 = blk * b2.size, rows = std::min(b2.size, P - p0);
+      for (int branch = 0; branch < 2; ++branch) {
+        const int64_t K = branch == 0 ? s.k3 : s.k5, rc = branch == 0 ? r3 : r5;
+        const int64_t cout = branch == 0 ? s.ch3x3 : s.ch5x5, roff = branch == 0 ? 0 : r3;
+        const int64_t ooff = branch == 0 ? off_b2 : off_b3, pad = K / 2, kk = K * K * rc;
+        const scalar_t* wk = (branch == 0 ? w3 : w5).const_data_ptr<scalar_t>();
+        const acc_t* bias = branch == 0 ? (has_b3 ? b3.data() : nullptr) : (has_b5 ? b5.data() : nullptr);
+        for (int64_t r = 0; r < rows; ++r) {
+          const int64_t p = p0 + r, n = p / (H * W), h = (p / W) % H, w = p % W;
+          scalar_t* dst = col.data() + r * kk;
+          for (int64_t ky = 0; ky < K; ++ky) {
+            const int64_t hh = h + ky - pad;
+            for (int64_t kx = 0; kx < K; ++kx, dst += rc) {
+              const int64_t ww = w + kx - pad;
+              if (hh < 0 || hh >= H || ww < 0 || ww >= W) {
+                std::fill(dst, dst + rc, scalar_t(0));
+              } else {
+                const scalar_t* src = R + ((n * H + hh) * W + ww) * rr + roff;
+                std::copy(src, src + rc, dst);
+              }
+            }
+          }
+        }
+        gemm_rows<scalar_t>(rows, cout, kk, col.data(), kk, wk, acc.data(), cout);
+        for (int64_t r = 0; r < rows; ++r)
+          store_row(acc.data() + r * cout, bias, relu, out + (p0 + r) * ldo + ooff, cout);
+      }
+    }
+  };
+
+  // Enough blocks: one per thread at least, GEMMs single-threaded inside.  Too few (tiny maps
+  // at batch 1): run the blocks in order and let the BLAS thread each GEMM.
+  const int64_t nt = at::get_num_threads();
+  if (b1.count >= nt && nt > 1) at::parallel_for(0, b1.count, 1, stage1); else stage1(0, b1.count);
+  if (b2.count >= nt && nt > 1) at::parallel_for(0, b2.count, 1, stage2); else stage2(0, b2.count);
+}
+
+}  // namespace
+
+void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;  // inner ATen calls need no autograd
+  TORCH_CHECK_TYPE(a.x.scalar_type() != at::kHalf,
+                   "x: the cpu backend supports float32, float64 and bfloat16, got float16 "
+                   "(use bfloat16, or backend='reference')");
+  // Write straight into `out` when its NHWC view is row-strided (channels_last, or a channel
+  // slice of a larger channels_last buffer); otherwise into a dense NHWC buffer, then copy.
+  at::Tensor nhwc = out.permute({0, 2, 3, 1});
+  int64_t ldo = nhwc_pixel_stride(nhwc);
+  at::Tensor target = nhwc;
+  if (ldo < 0) {
+    target = at::empty({s.n, s.h, s.w, s.out_channels()}, out.options());
+    ldo = s.out_channels();
+  }
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.x.scalar_type(), "inception_forward_cpu", [&] {
+    inception_cpu_impl<scalar_t>(a, s, target.data_ptr<scalar_t>(), ldo);
+  });
+  if (!target.is_same(nhwc)) nhwc.copy_(target);
+}
+
+}  // namespace googlenet_fast

@@ -1,0 +1,50 @@
+// googlenet_fast: shared declarations of the fused Inception op.
+//
+// One Inception module (Szegedy et al. 2015, Fig. 2(b); torchvision's Inception):
+//   b1 = act(conv1x1(x)); b2 = act(convK3(act(conv1x1(x)))); b3 = act(convK5(act(conv1x1(x))));
+//   b4 = act(conv1x1(maxpool3x3s1p1(x)));  y = cat(b1, b2, b3, b4) along channels.
+// Every backend computes it in two stages (the Triton kernels use the same names):
+//   stage 1: the merged 1x1 GEMM over x (N = ch1x1 + ch3x3red + ch5x5red) and the pool
+//            projection GEMM whose loader computes the 3x3 max (-inf padding);
+//   stage 2: the KxK convolutions of both reduce branches as (implicit) GEMMs.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/Optional.h>
+
+namespace googlenet_fast {
+
+struct InceptionShape {
+  int64_t n, cin, h, w;
+  int64_t ch1x1, ch3x3red, ch3x3, k3, ch5x5red, ch5x5, k5, pool_proj;
+  int64_t out_channels() const { return ch1x1 + ch3x3 + ch5x5 + pool_proj; }
+};
+
+// The op's arguments, in schema order.
+struct InceptionArgs {
+  const at::Tensor& x;
+  const at::Tensor& w_1x1;     const c10::optional<at::Tensor>& b_1x1;
+  const at::Tensor& w_3x3red;  const c10::optional<at::Tensor>& b_3x3red;
+  const at::Tensor& w_3x3;     const c10::optional<at::Tensor>& b_3x3;
+  const at::Tensor& w_5x5red;  const c10::optional<at::Tensor>& b_5x5red;
+  const at::Tensor& w_5x5;     const c10::optional<at::Tensor>& b_5x5;
+  const at::Tensor& w_pool_proj; const c10::optional<at::Tensor>& b_pool_proj;
+  bool relu;
+};
+
+// Checks every argument (rank, channel counts, kernel sizes, dtype, device, spatial size, and
+// `out` when given) with messages that name the argument; returns the module's sizes.
+InceptionShape check_inception_args(const InceptionArgs& a, const at::Tensor* out);
+
+// A fresh output for x: (N, out_channels, H, W), x's dtype/device, x's suggested memory format.
+at::Tensor empty_inception_output(const InceptionArgs& a, const InceptionShape& s);
+
+// CPU kernel (csrc/cpu/inception_cpu.cpp): writes the module's output into `out`.
+void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);
+
+#ifdef GOOGLENET_FAST_WITH_CUDA
+// CUDA kernel (csrc/cuda/): writes the module's output into `out`.
+void inception_forward_cuda(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);
+#endif
+
+}  // namespace googlenet_fast

@@ -1,0 +1,162 @@
+// googlenet_fast: the op schema (one TORCH_LIBRARY), argument checks, Meta kernels, and the
+// CPU/CUDA registrations.  Loading googlenet_fast._C registers everything below.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <torch/library.h>
+
+#include "inception.h"
+
+namespace googlenet_fast {
+namespace {
+
+std::string shape_str(const at::Tensor& t) {
+  std::ostringstream os;
+  os << t.sizes();
+  return os.str();
+}
+
+void check_weight(const char* name, const at::Tensor& w, int64_t in_ch, int64_t k, const at::Tensor& x) {
+  TORCH_CHECK_VALUE(w.dim() == 4, name, ": expected a 4-D conv weight (out, in, kH, kW), got shape ",
+                    shape_str(w));
+  TORCH_CHECK_VALUE(w.size(1) == in_ch, name, ": expected ", in_ch, " input channels (dim 1), got shape ",
+                    shape_str(w));
+  TORCH_CHECK_VALUE(w.size(2) == w.size(3) && w.size(2) % 2 == 1, name,
+                    ": expected a square kernel of odd size, got shape ", shape_str(w));
+  TORCH_CHECK_VALUE(k < 0 || w.size(2) == k, name, ": expected a ", k, "x", k, " kernel, got shape ",
+                    shape_str(w));
+  TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(),
+                   " (the dtype of x), got ", w.scalar_type());
+  TORCH_CHECK_VALUE(w.device() == x.device(), name, ": expected a tensor on ", x.device(),
+                    " (the device of x), got ", w.device());
+}
+
+void check_bias(const char* name, const c10::optional<at::Tensor>& b, int64_t out_ch, const at::Tensor& x) {
+  if (!b.has_value() || !b->defined()) return;
+  TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == out_ch, name, ": expected shape [", out_ch, "], got ",
+                    shape_str(*b));
+  TORCH_CHECK_TYPE(b->scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(),
+                   " (the dtype of x), got ", b->scalar_type());
+  TORCH_CHECK_VALUE(b->device() == x.device(), name, ": expected a tensor on ", x.device(),
+                    " (the device of x), got ", b->device());
+}
+
+}  // namespace
+
+InceptionShape check_inception_args(const InceptionArgs& a, const at::Tensor* out) {
+  const at::Tensor& x = a.x;
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
+  const auto st = x.scalar_type();
+  TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf,
+                   "x: expected a floating dtype (float32, float64, float16, bfloat16), got ", st);
+  InceptionShape s{};
+  s.n = x.size(0); s.cin = x.size(1); s.h = x.size(2); s.w = x.size(3);
+  TORCH_CHECK_VALUE(s.h >= 1 && s.w >= 1, "x: expected a spatial size of at least 1x1, got ", s.h, "x", s.w);
+  check_weight("w_1x1", a.w_1x1, s.cin, 1, x);
+  check_weight("w_3x3red", a.w_3x3red, s.cin, 1, x);
+  check_weight("w_5x5red", a.w_5x5red, s.cin, 1, x);
+  check_weight("w_pool_proj", a.w_pool_proj, s.cin, 1, x);
+  s.ch1x1 = a.w_1x1.size(0);
+  s.ch3x3red = a.w_3x3red.size(0);
+  s.ch5x5red = a.w_5x5red.size(0);
+  s.pool_proj = a.w_pool_proj.size(0);
+  check_weight("w_3x3", a.w_3x3, s.ch3x3red, -1, x);
+  check_weight("w_5x5", a.w_5x5, s.ch5x5red, -1, x);
+  s.ch3x3 = a.w_3x3.size(0); s.k3 = a.w_3x3.size(2);
+  s.ch5x5 = a.w_5x5.size(0); s.k5 = a.w_5x5.size(2);
+  check_bias("b_1x1", a.b_1x1, s.ch1x1, x);
+  check_bias("b_3x3red", a.b_3x3red, s.ch3x3red, x);
+  check_bias("b_3x3", a.b_3x3, s.ch3x3, x);
+  check_bias("b_5x5red", a.b_5x5red, s.ch5x5red, x);
+  check_bias("b_5x5", a.b_5x5, s.ch5x5, x);
+  check_bias("b_pool_proj", a.b_pool_proj, s.pool_proj, x);
+  if (out != nullptr) {
+    const at::Tensor& o = *out;
+    TORCH_CHECK_VALUE(o.dim() == 4 && o.size(0) == s.n && o.size(1) == s.out_channels() && o.size(2) == s.h &&
+                          o.size(3) == s.w,
+                      "out: expected shape [", s.n, ", ", s.out_channels(), ", ", s.h, ", ", s.w, "], got ",
+                      shape_str(o));
+    TORCH_CHECK_TYPE(o.scalar_type() == st, "out: expected dtype ", st, " (the dtype of x), got ", o.scalar_type());
+    TORCH_CHECK_VALUE(o.device() == x.device(), "out: expected a tensor on ", x.device(),
+                      " (the device of x), got ", o.device());
+  }
+  return s;
+}
+
+at::Tensor empty_inception_output(const InceptionArgs& a, const InceptionShape& s) {
+  return at::empty({s.n, s.out_channels(), s.h, s.w},
+                   a.x.options().memory_format(a.x.suggest_memory_format()));
+}
+
+namespace {
+
+#define GF_INCEPTION_PARAMS                                                                          \
+  const at::Tensor &x, const at::Tensor &w_1x1, const c10::optional<at::Tensor>&b_1x1,              \
+      const at::Tensor &w_3x3red, const c10::optional<at::Tensor>&b_3x3red, const at::Tensor &w_3x3, \
+      const c10::optional<at::Tensor>&b_3x3, const at::Tensor &w_5x5red,                             \
+      const c10::optional<at::Tensor>&b_5x5red, const at::Tensor &w_5x5,                             \
+      const c10::optional<at::Tensor>&b_5x5, const at::Tensor &w_pool_proj,                          \
+      const c10::optional<at::Tensor>&b_pool_proj, bool relu
+#define GF_INCEPTION_ARGS                                                                           \
+  InceptionArgs {                                                                                   \
+    x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5, w_pool_proj, \
+        b_pool_proj, relu                                                                           \
+  }
+
+using Kernel = void (*)(const InceptionArgs&, const InceptionShape&, at::Tensor&);
+
+template <Kernel K>
+at::Tensor inception_functional(GF_INCEPTION_PARAMS) {
+  const InceptionArgs a = GF_INCEPTION_ARGS;
+  const InceptionShape s = check_inception_args(a, nullptr);
+  at::Tensor out = empty_inception_output(a, s);
+  if (out.numel() > 0) K(a, s, out);
+  return out;
+}
+
+template <Kernel K>
+at::Tensor& inception_out(GF_INCEPTION_PARAMS, at::Tensor& out) {
+  const InceptionArgs a = GF_INCEPTION_ARGS;
+  const InceptionShape s = check_inception_args(a, &out);
+  if (out.numel() > 0) K(a, s, out);
+  return out;
+}
+
+void meta_kernel(const InceptionArgs&, const InceptionShape&, at::Tensor&) {}
+
+}  // namespace
+
+TORCH_LIBRARY(googlenet_fast, m) {
+  // The fused Inception module forward.  Arguments follow torchvision's branch names; every bias
+  // is optional (None with BatchNorm in train mode), relu switches the ReLU epilogue.
+#define GF_SCHEMA_PARAMS                                                                      \
+  "Tensor x, Tensor w_1x1, Tensor? b_1x1, Tensor w_3x3red, Tensor? b_3x3red, Tensor w_3x3, "    \
+  "Tensor? b_3x3, Tensor w_5x5red, Tensor? b_5x5red, Tensor w_5x5, Tensor? b_5x5, "            \
+  "Tensor w_pool_proj, Tensor? b_pool_proj, bool relu=True"
+  m.def("inception(" GF_SCHEMA_PARAMS ") -> Tensor");
+  m.def("inception.out(" GF_SCHEMA_PARAMS ", *, Tensor(a!) out) -> Tensor(a!)");
+}
+
+TORCH_LIBRARY_IMPL(googlenet_fast, Meta, m) {
+  m.impl("inception", &inception_functional<meta_kernel>);
+  m.impl("inception.out", &inception_out<meta_kernel>);
+}
+
+TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
+  m.impl("inception", &inception_functional<inception_forward_cpu>);
+  m.impl("inception.out", &inception_out<inception_forward_cpu>);
+}
+
+#ifdef GOOGLENET_FAST_WITH_CUDA
+TORCH_LIBRARY_IMPL(googlenet_fast, CUDA, m) {
+  m.impl("inception", &inception_functional<inception_forward_cuda>);
+  m.impl("inception.out", &inception_out<inception_forward_cuda>);
+}
+#endif
+
+}  // namespace googlenet_fast
+
+// A plain Python module: importing googlenet_fast._C runs the registrations above.
+static PyModuleDef gf_module = {PyModuleDef_HEAD_INIT, "_C",
+                                "googlenet_fast's compiled ops (torch.ops.googlenet_fast.*)", -1, nullptr};
+PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&gf_module); }

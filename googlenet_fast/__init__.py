@@ -1,0 +1,9 @@
+"""googlenet_fast: GoogLeNet (Inception v1) with fused Inception-module kernels.
+
+Public API:
+    inception(x, w_1x1, b_1x1, ...)  the fused Inception op (see googlenet_fast.ops.inception)
+    GoogLeNet, googlenet             the drop-in model (variant="torchvision" | "paper", fused=True)
+"""
+__version__ = "0.1.0"
+
+from .ops import inception, InceptionShape, check_inception_args  # noqa: F401

@@ -1,0 +1,36 @@
+"""The reference Inception module in plain PyTorch: the oracle every fused kernel is tested against.
+
+It follows torchvision.models.googlenet.Inception (and, with K=5, the paper's Figure 3(b)):
+four branches over x, concatenated along channels.  It materializes every intermediate.
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def inception_reference(
+    x: Tensor,
+    w_1x1: Tensor, b_1x1: Optional[Tensor],
+    w_3x3red: Tensor, b_3x3red: Optional[Tensor],
+    w_3x3: Tensor, b_3x3: Optional[Tensor],
+    w_5x5red: Tensor, b_5x5red: Optional[Tensor],
+    w_5x5: Tensor, b_5x5: Optional[Tensor],
+    w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
+    relu: bool = True,
+) -> Tensor:
+    """Inception module forward, unfused: ``cat(b1, b2, b3, b4, dim=1)``.
+
+    Same arguments and result as :func:`googlenet_fast.inception`.  The pool branch uses
+    ``max_pool2d(3, stride=1, padding=1, ceil_mode=True)`` (padding is -inf), as torchvision does.
+    """
+    act = F.relu if relu else (lambda t: t)
+    b1 = act(F.conv2d(x, w_1x1, b_1x1))
+    r3 = act(F.conv2d(x, w_3x3red, b_3x3red))
+    b2 = act(F.conv2d(r3, w_3x3, b_3x3, padding=w_3x3.shape[-1] // 2))
+    r5 = act(F.conv2d(x, w_5x5red, b_5x5red))
+    b3 = act(F.conv2d(r5, w_5x5, b_5x5, padding=w_5x5.shape[-1] // 2))
+    pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1, ceil_mode=True)
+    b4 = act(F.conv2d(pooled, w_pool_proj, b_pool_proj))
+    return torch.cat([b1, b2, b3, b4], dim=1)

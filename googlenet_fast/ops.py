@@ -1,0 +1,293 @@
+"""The public fused Inception op: argument checks, backend choice and autograd.
+
+Import order runs one way: cli -> model -> ops -> backends.  This module is the only one that
+knows every backend; the model calls :func:`inception` and nothing below it.
+"""
+import os
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+from .backends import native
+from .backends.reference import inception_reference
+
+BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
+BACKEND_ENV = "GOOGLENET_FAST_BACKEND"
+FLOAT_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# Order of the twelve weight/bias arguments after x, as in the op schema.
+WEIGHT_NAMES = ("w_1x1", "b_1x1", "w_3x3red", "b_3x3red", "w_3x3", "b_3x3",
+                "w_5x5red", "b_5x5red", "w_5x5", "b_5x5", "w_pool_proj", "b_pool_proj")
+
+
+class InceptionShape(NamedTuple):
+    """Sizes of one Inception module call (torchvision's names; k3/k5 are the KxK kernel sizes)."""
+    n: int
+    in_channels: int
+    h: int
+    w: int
+    ch1x1: int
+    ch3x3red: int
+    ch3x3: int
+    k3: int
+    ch5x5red: int
+    ch5x5: int
+    k5: int
+    pool_proj: int
+
+    @property
+    def out_channels(self) -> int:
+        return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
+
+
+def _check_weight(name, w, out_ch, in_ch, k, x):
+    if not isinstance(w, Tensor):
+        raise TypeError(f"{name}: expected a Tensor, got {type(w).__name__}")
+    if w.dim() != 4:
+        raise ValueError(f"{name}: expected a 4-D conv weight (out, in, kH, kW), got shape {tuple(w.shape)}")
+    if in_ch is not None and w.shape[1] != in_ch:
+        raise ValueError(f"{name}: expected {in_ch} input channels (dim 1), got shape {tuple(w.shape)}")
+    if out_ch is not None and w.shape[0] != out_ch:
+        raise ValueError(f"{name}: expected {out_ch} output channels (dim 0), got shape {tuple(w.shape)}")
+    if k is not None and (w.shape[2] != k or w.shape[3] != k):
+        raise ValueError(f"{name}: expected a {k}x{k} kernel, got shape {tuple(w.shape)}")
+    if w.shape[2] != w.shape[3] or w.shape[2] % 2 == 0:
+        raise ValueError(f"{name}: expected a square kernel of odd size, got shape {tuple(w.shape)}")
+    if w.dtype != x.dtype:
+        raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {w.dtype}")
+    if w.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device} (the device of x), got {w.device}")
+
+
+def _check_bias(name, b, out_ch, x):
+    if b is None:
+        return
+    if not isinstance(b, Tensor):
+        raise TypeError(f"{name}: expected a Tensor or None, got {type(b).__name__}")
+    if b.dim() != 1 or b.shape[0] != out_ch:
+        raise ValueError(f"{name}: expected shape ({out_ch},), got {tuple(b.shape)}")
+    if b.dtype != x.dtype:
+        raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {b.dtype}")
+    if b.device != x.device:
+        raise ValueError(f"{name}: expected a tensor on {x.device} (the device of x), got {b.device}")
+
+
+def check_inception_args(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3,
+                         w_5x5red, b_5x5red, w_5x5, b_5x5, w_pool_proj, b_pool_proj,
+                         out=None) -> InceptionShape:
+    """Validate the fused op's arguments; return the module's sizes.
+
+    Raises TypeError for a wrong dtype or a non-tensor, ValueError for a wrong rank, channel
+    count, kernel size, spatial size or device; each message names the argument.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"x: expected a floating dtype (float32, float64, float16, bfloat16), got {x.dtype}"
+                        + ("; convert integer images with x.float() / 255 and normalize" if not x.is_floating_point() else ""))
+    n, cin, h, w = x.shape
+    if h < 1 or w < 1:
+        raise ValueError(f"x: expected a spatial size of at least 1x1, got {h}x{w}")
+    _check_weight("w_1x1", w_1x1, None, cin, 1, x)
+    _check_weight("w_3x3red", w_3x3red, None, cin, 1, x)
+    _check_weight("w_5x5red", w_5x5red, None, cin, 1, x)
+    _check_weight("w_pool_proj", w_pool_proj, None, cin, 1, x)
+    r3, r5 = w_3x3red.shape[0], w_5x5red.shape[0]
+    _check_weight("w_3x3", w_3x3, None, r3, None, x)
+    _check_weight("w_5x5", w_5x5, None, r5, None, x)
+    shape = InceptionShape(n, cin, h, w, w_1x1.shape[0], r3, w_3x3.shape[0], w_3x3.shape[2],
+                           r5, w_5x5.shape[0], w_5x5.shape[2], w_pool_proj.shape[0])
+    for name, b, c in (("b_1x1", b_1x1, shape.ch1x1), ("b_3x3red", b_3x3red, r3),
+                       ("b_3x3", b_3x3, shape.ch3x3), ("b_5x5red", b_5x5red, r5),
+                       ("b_5x5", b_5x5, shape.ch5x5), ("b_pool_proj", b_pool_proj, shape.pool_proj)):
+        _check_bias(name, b, c, x)
+    if out is not None:
+        expected = (n, shape.out_channels, h, w)
+        if not isinstance(out, Tensor):
+            raise TypeError(f"out: expected a Tensor or None, got {type(out).__name__}")
+        if tuple(out.shape) != expected:
+            raise ValueError(f"out: expected shape {expected}, got {tuple(out.shape)}")
+        if out.dtype != x.dtype:
+            raise TypeError(f"out: expected dtype {x.dtype} (the dtype of x), got {out.dtype}")
+        if out.device != x.device:
+            raise ValueError(f"out: expected a tensor on {x.device} (the device of x), got {out.device}")
+    return shape
+
+
+def _triton_interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def resolve_backend(backend: str, x: Tensor, shape: Optional[InceptionShape] = None) -> str:
+    """Turn ``backend`` ("auto" or a name) into the backend that will run, or raise.
+
+    ``"auto"`` is replaced by $GOOGLENET_FAST_BACKEND when set.  Then, for a CUDA tensor:
+    the faster GPU backend (triton when importable, else cuda); for a CPU tensor: the C++ ``cpu``
+    backend (``reference`` with a warning if the extension is not built).
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        backend = os.environ.get(BACKEND_ENV, "auto") or "auto"
+        if backend not in BACKENDS:
+            raise ValueError(f"${BACKEND_ENV}: expected one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        if x.device.type == "cuda":
+            from . import autotune_table
+            backend = autotune_table.pick_gpu_backend(shape)
+        elif x.device.type == "cpu":
+            if not native.available():
+                _warn_once(f"googlenet_fast._C is not available ({native.LOAD_ERROR}); "
+                           "running the reference backend")
+                return "reference"
+            backend = "cpu"
+        else:
+            return "reference"
+    if backend == "cpu":
+        native.require()
+        if x.device.type != "cpu":
+            raise ValueError(f"backend='cpu' needs CPU tensors, got x on {x.device}")
+    elif backend == "cuda":
+        native.require()
+        if x.device.type != "cuda":
+            raise ValueError(f"backend='cuda' needs CUDA tensors, got x on {x.device}")
+        if not native.BUILD_INFO.get("cuda_built"):
+            raise RuntimeError("backend='cuda': googlenet_fast._C was built without CUDA kernels "
+                               f"({native.BUILD_INFO.get('cuda_skip_reason')})")
+    elif backend == "triton":
+        if x.device.type == "cpu" and not _triton_interpreting():
+            raise ValueError("backend='triton' needs CUDA tensors, got x on cpu; Triton runs CPU "
+                             "tensors only under its interpreter (TRITON_INTERPRET=1)")
+        if x.device.type not in ("cpu", "cuda"):
+            raise ValueError(f"backend='triton' needs CUDA tensors, got x on {x.device}")
+    return backend
+
+
+_warned = set()
+
+
+def _warn_once(msg):
+    if msg not in _warned:
+        _warned.add(msg)
+        import warnings
+        warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+
+def inception(
+    x: Tensor,
+    w_1x1: Tensor, b_1x1: Optional[Tensor],
+    w_3x3red: Tensor, b_3x3red: Optional[Tensor],
+    w_3x3: Tensor, b_3x3: Optional[Tensor],
+    w_5x5red: Tensor, b_5x5red: Optional[Tensor],
+    w_5x5: Tensor, b_5x5: Optional[Tensor],
+    w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
+    *,
+    relu: bool = True,
+    out: Optional[Tensor] = None,
+    backend: str = "auto",
+) -> Tensor:
+    """Fused Inception module forward (Szegedy et al. 2015, Sec. 4 / Fig. 2(b); torchvision's
+    ``Inception`` with each BasicConv2d's BatchNorm folded into weight and bias).
+
+    Computes ``cat([b1, b2, b3, b4], dim=1)`` with
+    ``b1 = act(conv1x1(x))``, ``b2 = act(convK3(act(conv1x1(x))))``,
+    ``b3 = act(convK5(act(conv1x1(x))))``, ``b4 = act(conv1x1(maxpool3x3s1p1(x)))``,
+    ``act`` = ReLU when ``relu`` else identity, KxK convs padded by K//2, the max pool padded with
+    -inf.  The three 1x1 convs over x run as one GEMM, the pool is computed in the pool
+    projection's loader, and each branch writes straight into its channel slice of the output.
+
+    Args:
+        x: (N, Cin, H, W), float32/float64/bfloat16/float16 (float16 not on the CPU backend),
+            any memory format and strides; H, W >= 1.  NHWC (channels_last) is native.
+        w_1x1: (ch1x1, Cin, 1, 1).            b_1x1: (ch1x1,) or None.
+        w_3x3red: (ch3x3red, Cin, 1, 1).      b_3x3red: (ch3x3red,) or None.
+        w_3x3: (ch3x3, ch3x3red, K3, K3), K3 odd (3 in torchvision and the paper).  b_3x3 or None.
+        w_5x5red: (ch5x5red, Cin, 1, 1).      b_5x5red: (ch5x5red,) or None.
+        w_5x5: (ch5x5, ch5x5red, K5, K5), K5 odd (5 in the paper, 3 in torchvision).  b_5x5 or None.
+        w_pool_proj: (pool_proj, Cin, 1, 1).  b_pool_proj: (pool_proj,) or None.
+            Weights and biases share x's dtype and device.  Weights in channels_last memory
+            format, and sibling 1x1 weights that are adjacent slices of one buffer, are read in
+            place; others are repacked per call.
+        relu: apply ReLU in every epilogue (eval with folded BN, and the paper variant).
+        out: optional preallocated (N, ch1x1+ch3x3+ch5x5+pool_proj, H, W) output, e.g. a
+            channel slice of a larger channels_last buffer; written in place and returned.
+            Not differentiable (as ATen's out= variants).
+        backend: "auto" | "cpu" | "cuda" | "triton" | "reference"; "auto" is overridden by
+            $GOOGLENET_FAST_BACKEND.
+
+    Returns:
+        (N, ch1x1+ch3x3+ch5x5+pool_proj, H, W) in x's dtype on x's device, in x's memory format
+        (channels_last input gives channels_last output), or ``out``.
+
+    Raises:
+        TypeError: non-floating or mismatched dtype.
+        ValueError: wrong rank, channel count or kernel size, spatial size under 1x1, tensors on
+            different devices, ``out`` of the wrong shape/dtype/device, unknown or unusable backend.
+        RuntimeError: ``out`` given while gradients are required.
+    """
+    args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3,
+            w_5x5red, b_5x5red, w_5x5, b_5x5, w_pool_proj, b_pool_proj)
+    shape = check_inception_args(x, *args, out=out)
+    name = resolve_backend(backend, x, shape)
+    if out is not None and torch.is_grad_enabled() and any(
+            t is not None and t.requires_grad for t in (x,) + args):
+        raise RuntimeError("inception(): functions with out=... arguments don't support automatic "
+                           "differentiation, but one of the arguments requires grad")
+    if name == "reference":
+        y = inception_reference(x, *args, relu=relu)
+        if out is None:
+            return y.contiguous(memory_format=torch.channels_last) if _is_channels_last(x) else y
+        return out.copy_(y)
+    if name in ("cpu", "cuda"):
+        op = torch.ops.googlenet_fast.inception
+    else:
+        from .backends import triton as triton_backend
+        op = triton_backend.inception_op()
+    if out is None:
+        return op.default(x, *args, relu)
+    return op.out(x, *args, relu, out=out)
+
+
+def _is_channels_last(x: Tensor) -> bool:
+    return x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd.  Until the fused backward op lands, the gradient is the reference module's vector-
+# Jacobian product (torch.func.vjp, traceable by AOTAutograd): correct, but it recomputes the
+# forward unfused.
+
+def _setup_context(ctx, inputs, output):
+    ctx.relu = inputs[-1]
+    ctx.save_for_backward(*inputs[:-1])
+
+
+def _backward(ctx, grad):
+    saved = ctx.saved_tensors
+    relu = ctx.relu
+    present = [i for i, t in enumerate(saved) if t is not None]
+
+    def f(*ts):
+        full = list(saved)
+        for i, t in zip(present, ts):
+            full[i] = t
+        return inception_reference(*full, relu=relu)
+
+    _, vjp = torch.func.vjp(f, *[saved[i] for i in present])
+    grads = vjp(grad)
+    result = [None] * len(saved)
+    for i, g in zip(present, grads):
+        result[i] = g if ctx.needs_input_grad[i] else None
+    return tuple(result) + (None,)
+
+
+def _register_autograd():
+    if native.available():
+        torch.library.register_autograd("googlenet_fast::inception", _backward,
+                                        setup_context=_setup_context)
+
+
+_register_autograd()
