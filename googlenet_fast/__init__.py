@@ -7,3 +7,4 @@ Public API:
 __version__ = "0.1.0"
 
 from .ops import inception, InceptionShape, check_inception_args  # noqa: F401
+from .model import GoogLeNet, GoogLeNetOutputs, Inception, InceptionAux, BasicConv2d, googlenet  # noqa: F401,E402

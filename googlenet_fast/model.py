@@ -1,0 +1,756 @@
+"""GoogLeNet (Inception v1) whose Inception modules run the fused op in eval mode.
+
+Two variants, one class (see /work/shared/DESIGN.md):
+
+* ``variant="torchvision"`` (default): layer for layer ``torchvision.models.googlenet`` (same module
+  names, state_dict keys, init and forward), so weights load strictly both ways and outputs agree.
+* ``variant="paper"``: the network of Szegedy et al. 2015, Table 1 / Figure 3 (the BVLC Caffe
+  GoogLeNet): conv + bias + ReLU everywhere, no BatchNorm, LocalResponseNorm after pool1 and after
+  conv3, true 5x5 convolutions, 3x3/2 max pools, aux heads after 4a and 4d.
+
+``fused=True`` (default) changes only how eval mode computes, never the result (within fp32
+rounding): the input is converted to channels_last once at the network's entry; the stem's
+``BasicConv2d`` modules run with BatchNorm folded into the convolution; each ``Inception`` module
+runs :func:`googlenet_fast.ops.inception` on folded weights.  Train mode runs the plain modules
+(the fused backward is not there yet).
+
+Folded weights are cached per module and rebuilt whenever a parameter or buffer changed (see
+:class:`_FoldedWeightsCache`); under ``torch.compile`` they are folded inline in the graph.
+"""
+import math
+import warnings
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from . import ops
+
+try:  # the same namedtuple class as torchvision, so isinstance checks agree
+    from torchvision.models.googlenet import GoogLeNetOutputs
+except ImportError:  # pragma: no cover - torchvision is an install requirement
+    from collections import namedtuple
+
+    GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
+
+__all__ = ["GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "PaperInceptionAux",
+           "BasicConv2d", "ConvReLU", "googlenet", "VARIANTS"]
+
+VARIANTS = ("torchvision", "paper")
+
+
+# ------------------------------------------------------------------------------------------------
+# Folding and its cache
+
+def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision the folding is computed in: float64 for float32/float64 parameters, else float32."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _fold_conv_block(block: nn.Module, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """(weight, bias) of ``block.conv`` with ``block.bn`` (if any, eval statistics) folded in.
+
+    ``w * gamma / sqrt(var + eps)`` and ``beta + (b - mean) * gamma / sqrt(var + eps)``, computed
+    in float64 (float32 for half-precision parameters) with the BatchNorm module's own eps, then
+    cast to ``dtype``.  Differentiable and traceable.
+    """
+    conv = block.conv
+    bn = getattr(block, "bn", None)
+    w, b = conv.weight, conv.bias
+    if bn is None:
+        return w.to(dtype), (None if b is None else b.to(dtype))
+    acc = _fold_dtype(dtype)
+    scale = 1.0 / torch.sqrt(bn.running_var.to(acc) + bn.eps)
+    if bn.weight is not None:
+        scale = bn.weight.to(acc) * scale
+    shift = -bn.running_mean.to(acc) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(acc)
+    if b is not None:
+        shift = shift + b.to(acc) * scale
+    w = (w.to(acc) * scale.reshape(-1, 1, 1, 1)).to(dtype)
+    return w, shift.to(dtype)
+
+
+def _block_sources(block: nn.Module) -> List[Optional[Tensor]]:
+    """Every tensor the folded weights of a conv block depend on."""
+    conv = block.conv
+    out = [conv.weight, conv.bias]
+    bn = getattr(block, "bn", None)
+    if bn is not None:
+        out += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+    return out
+
+
+def _tensor_key(t: Optional[Tensor]):
+    if t is None:
+        return None
+    try:
+        version = t._version
+    except RuntimeError:  # inference tensors carry no version counter: the content check decides
+        version = None
+    return (t.data_ptr(), version, t.dtype, t.device, tuple(t.shape), tuple(t.stride()))
+
+
+class _FoldedWeightsCache:
+    """Mixin: caches ``self._fold(dtype)`` (a tuple of tensors) until one of ``self._fold_sources()``
+    changes.
+
+    The key holds each source tensor's ``data_ptr`` and ``_version`` (in-place updates bump it:
+    optimizer steps, ``load_state_dict``, in-place ops under ``no_grad``), dtype, device, shape
+    and strides (``.to()``, ``.double()``, ``assign=True`` loads), plus the target dtype and any
+    BatchNorm eps.  ``param.data.mul_()`` and the like write through a tensor with its own version
+    counter, invisible to the key; so while ``verify_folded_cache`` is True (the default) a hit
+    is also checked against a snapshot of the sources (``torch.equal``; ~2 ms per GoogLeNet
+    forward on a 2-core CPU).  Set the class or instance attribute ``verify_folded_cache = False``
+    to skip that check when parameters are never written through ``.data``.
+
+    Not cached (folded inline on every call): under ``torch.compile`` (traceable, no graph break),
+    and when gradients are enabled and a source requires grad (so eval-mode gradients reach the
+    parameters).  The cache is not part of the state_dict, is dropped by ``.to()``/``.cuda()``/
+    ``.double()`` and by pickling/deepcopy.
+    """
+
+    verify_folded_cache: bool = True
+
+    def _fold_sources(self) -> List[Optional[Tensor]]:
+        raise NotImplementedError
+
+    def _fold_extra_key(self) -> tuple:
+        return ()
+
+    def _fold(self, dtype: torch.dtype) -> Tuple[Optional[Tensor], ...]:
+        raise NotImplementedError
+
+    def _cached_fold(self, dtype: torch.dtype) -> Tuple[Optional[Tensor], ...]:
+        if torch.compiler.is_compiling():
+            return self._fold(dtype)
+        sources = self._fold_sources()
+        if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
+            return self._fold(dtype)
+        key = (dtype, self._fold_extra_key(), tuple(_tensor_key(s) for s in sources))
+        entry = self.__dict__.get("_fold_cache")
+        if entry is not None and entry[0] == key:
+            snapshot = entry[1]
+            if not self.verify_folded_cache or (snapshot is not None and all(
+                    s is None or torch.equal(s, c) for s, c in zip(sources, snapshot))):
+                return entry[2]
+        # Normal (non-inference) tensors even when filled under inference_mode, so that they can
+        # be used later in autograd-recording code; no_grad inside (inference_mode(False) enables grad).
+        with torch.inference_mode(False), torch.no_grad():
+            value = self._fold(dtype)
+            snapshot = ([None if s is None else s.detach().clone() for s in sources]
+                        if self.verify_folded_cache else None)
+        self.__dict__["_fold_cache"] = (key, snapshot, value)
+        return value
+
+    def clear_folded_cache(self) -> None:
+        """Drop the cached folded weights (they are rebuilt on the next fused call)."""
+        self.__dict__.pop("_fold_cache", None)
+
+    def _apply(self, *args, **kwargs):
+        self.clear_folded_cache()
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop("_fold_cache", None)
+        return state
+
+
+def _foldable_block(block: nn.Module, kernel: int) -> bool:
+    """True when ``block`` is a plain BasicConv2d/ConvReLU with the conv the fused op computes."""
+    if type(block).forward not in (BasicConv2d.forward, ConvReLU.forward):
+        return False
+    conv = getattr(block, "conv", None)
+    if type(conv) is not nn.Conv2d:
+        return False
+    if (conv.kernel_size != (kernel, kernel) or conv.stride != (1, 1) or conv.dilation != (1, 1)
+            or conv.groups != 1 or conv.padding_mode != "zeros"
+            or conv.padding not in ((kernel // 2, kernel // 2),) + (("same",) if kernel % 2 else ())):
+        return False
+    bn = getattr(block, "bn", None)
+    if isinstance(block, BasicConv2d):
+        return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
+    return bn is None
+
+
+# ------------------------------------------------------------------------------------------------
+# Building blocks
+
+class BasicConv2d(_FoldedWeightsCache, nn.Module):
+    """torchvision's conv block: ``relu(bn(conv(x)))``, Conv2d(bias=False), BatchNorm2d(eps=0.001).
+
+    Attribute ``fused`` (default False; GoogLeNet sets it on its stem): in eval mode the conv runs
+    with the BatchNorm folded into its weight and bias (cached, see :class:`_FoldedWeightsCache`).
+    BatchNorm without running statistics is never folded.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs: Any) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
+        self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
+        self.fused = False
+
+    def _fold_sources(self):
+        return _block_sources(self)
+
+    def _fold_extra_key(self):
+        return (self.bn.eps,)
+
+    def _fold(self, dtype):
+        return _fold_conv_block(self, dtype)
+
+    def folded_params(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
+        """(weight, bias) of the conv with the BatchNorm's running statistics folded in."""
+        return self._cached_fold(dtype or self.conv.weight.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if (self.fused and not self.training and self.bn.running_mean is not None
+                and self.bn.running_var is not None):
+            w, b = self.folded_params()
+            c = self.conv
+            if c.padding_mode != "zeros":
+                return F.relu(c._conv_forward(x, w, b))
+            return F.relu(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
+        x = self.conv(x)
+        x = self.bn(x)
+        return F.relu(x, inplace=True)
+
+
+class ConvReLU(nn.Module):
+    """The paper's conv block: ``relu(conv(x))`` with Conv2d(bias=True), no BatchNorm."""
+
+    def __init__(self, in_channels: int, out_channels: int, **conv_kwargs: Any) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, bias=True, **conv_kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.relu(self.conv(x), inplace=True)
+
+
+class Inception(_FoldedWeightsCache, nn.Module):
+    """One Inception module: ``cat(branch1, branch2, branch3, branch4)`` along channels.
+
+    Module names are torchvision's (state_dict keys match): ``branch1`` = 1x1 conv;
+    ``branch2`` = Sequential(1x1 reduce, 3x3 pad 1); ``branch3`` = Sequential(1x1 reduce,
+    ``kernel_5x5`` x ``kernel_5x5`` pad ``kernel_5x5 // 2``) (3 as torchvision's known quirk, 5 in
+    the paper); ``branch4`` = Sequential(MaxPool2d(3, 1, 1, ceil_mode=True), 1x1 pool projection).
+    ``conv_block`` defaults to :class:`BasicConv2d`; :class:`ConvReLU` gives the paper's module.
+
+    ``fused`` (attribute, default True): in eval mode, run :func:`googlenet_fast.ops.inception`
+    (backend "auto") on :meth:`folded_params`.  In train mode, or with ``fused=False``, the plain
+    branches and ``torch.cat`` run; train mode with ``fused=True`` uses this reference path until
+    the fused backward lands.  The fused path does not call the branch submodules (hooks on them
+    do not fire) and falls back to the plain path when a branch is not a plain
+    BasicConv2d/ConvReLU of the expected shape.  Under autocast the fused path runs in the autocast
+    dtype, as the convolutions would.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        ch1x1: int,
+        ch3x3red: int,
+        ch3x3: int,
+        ch5x5red: int,
+        ch5x5: int,
+        pool_proj: int,
+        conv_block: Optional[Callable[..., nn.Module]] = None,
+        kernel_5x5: int = 3,
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        if kernel_5x5 < 1 or kernel_5x5 % 2 == 0:
+            raise ValueError(f"kernel_5x5: expected an odd kernel size >= 1, got {kernel_5x5}")
+        self.branch1 = conv_block(in_channels, ch1x1, kernel_size=1)
+        self.branch2 = nn.Sequential(
+            conv_block(in_channels, ch3x3red, kernel_size=1),
+            conv_block(ch3x3red, ch3x3, kernel_size=3, padding=1),
+        )
+        self.branch3 = nn.Sequential(
+            conv_block(in_channels, ch5x5red, kernel_size=1),
+            conv_block(ch5x5red, ch5x5, kernel_size=kernel_5x5, padding=kernel_5x5 // 2),
+        )
+        self.branch4 = nn.Sequential(
+            nn.MaxPool2d(kernel_size=3, stride=1, padding=1, ceil_mode=True),
+            conv_block(in_channels, pool_proj, kernel_size=1),
+        )
+        self.kernel_5x5 = kernel_5x5
+        self.fused = bool(fused)
+
+    # -- folding ---------------------------------------------------------------------------------
+    def _blocks(self):
+        return (self.branch1, self.branch2[0], self.branch2[1], self.branch3[0], self.branch3[1],
+                self.branch4[1])
+
+    def _can_fuse(self) -> bool:
+        pool = self.branch4[0]
+        if not (type(pool) is nn.MaxPool2d and pool.kernel_size in (3, (3, 3))
+                and pool.stride in (1, (1, 1)) and pool.padding in (1, (1, 1))
+                and pool.dilation in (1, (1, 1))):
+            return False
+        kernels = (1, 1, self.branch2[1].conv.kernel_size[0] if hasattr(self.branch2[1], "conv") else 0,
+                   1, self.branch3[1].conv.kernel_size[0] if hasattr(self.branch3[1], "conv") else 0, 1)
+        return all(_foldable_block(b, k) for b, k in zip(self._blocks(), kernels))
+
+    def _fold_sources(self):
+        return [t for b in self._blocks() for t in _block_sources(b)]
+
+    def _fold_extra_key(self):
+        return tuple(b.bn.eps for b in self._blocks() if getattr(b, "bn", None) is not None)
+
+    def _fold(self, dtype):
+        (w1, b1), (w3r, b3r), (w3, b3), (w5r, b5r), (w5, b5), (wp, bp) = (
+            _fold_conv_block(b, dtype) for b in self._blocks())
+        # The three sibling 1x1 weights as adjacent row slices of one buffer (the fused kernels
+        # read the merged [ch1x1 + ch3x3red + ch5x5red, Cin] GEMM operand in place).
+        merged = torch.cat([w1, w3r, w5r], 0)
+        c1, r3 = w1.shape[0], w3r.shape[0]
+        w1 = merged.narrow(0, 0, c1)
+        w3r = merged.narrow(0, c1, r3)
+        w5r = merged.narrow(0, c1 + r3, w5r.shape[0])
+        w3 = w3.contiguous(memory_format=torch.channels_last)
+        w5 = w5.contiguous(memory_format=torch.channels_last)
+        return (w1, b1, w3r, b3r, w3, b3, w5r, b5r, w5, b5, wp.contiguous(), bp)
+
+    def folded_params(self, dtype: Optional[torch.dtype] = None) -> Tuple[Optional[Tensor], ...]:
+        """The 12 arguments of :func:`googlenet_fast.ops.inception` after x.
+
+        ``(w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+        w_pool_proj, b_pool_proj)``: with BasicConv2d, each BatchNorm (running statistics, its
+        own eps) folded into its conv's weight and bias; with ConvReLU, the conv's own weight and
+        bias.  Cast to ``dtype`` (default: the parameters' dtype).  Layout: the three sibling 1x1
+        weights are adjacent row slices of one contiguous buffer, the KxK weights channels_last.
+        Cached until a parameter or buffer changes (see :class:`_FoldedWeightsCache`).
+        """
+        if not self._can_fuse():
+            raise RuntimeError("Inception.folded_params: every branch must be a plain BasicConv2d "
+                               "(with running statistics) or ConvReLU of the module's kernel sizes")
+        return self._cached_fold(dtype or self.branch1.conv.weight.dtype)
+
+    # -- forward ---------------------------------------------------------------------------------
+    def _forward(self, x: Tensor) -> List[Tensor]:
+        return [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.fused and not self.training and self._can_fuse():
+            dtype = self.branch1.conv.weight.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                dtype = torch.get_autocast_dtype(x.device.type)
+            if x.dtype != dtype:
+                x = x.to(dtype)
+            return ops.inception(x, *self._cached_fold(dtype), relu=True)
+        return torch.cat(self._forward(x), 1)
+
+
+class InceptionAux(nn.Module):
+    """torchvision's auxiliary head: adaptive avg pool 4x4, BasicConv2d 1x1 128, fc 2048->1024,
+    ReLU, dropout, fc."""
+
+    def __init__(self, in_channels: int, num_classes: int,
+                 conv_block: Optional[Callable[..., nn.Module]] = None, dropout: float = 0.7) -> None:
+        super().__init__()
+        if conv_block is None:
+            conv_block = BasicConv2d
+        self.conv = conv_block(in_channels, 128, kernel_size=1)
+        self.fc1 = nn.Linear(2048, 1024)
+        self.fc2 = nn.Linear(1024, num_classes)
+        self.dropout = nn.Dropout(p=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.adaptive_avg_pool2d(x, (4, 4))
+        x = self.conv(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x), inplace=True)
+        x = self.dropout(x)
+        return self.fc2(x)
+
+
+class PaperInceptionAux(nn.Module):
+    """The paper's auxiliary head: avg pool 5x5/3, 1x1 conv 128 + bias + ReLU, fc 1024 + ReLU,
+    dropout 0.7, fc.
+
+    On the 14x14 map of a 224 input the pool gives 4x4x128 = 2048 features.  For other input
+    sizes the 5x5/3 pool is used while it yields 4x4 (maps of 14 to 16); otherwise an adaptive
+    average pool to 4x4 replaces it so that fc1 still sees 2048 features.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int,
+                 conv_block: Optional[Callable[..., nn.Module]] = None, dropout: float = 0.7) -> None:
+        super().__init__()
+        if conv_block is None:
+            conv_block = ConvReLU
+        self.conv = conv_block(in_channels, 128, kernel_size=1)
+        self.fc1 = nn.Linear(2048, 1024)
+        self.fc2 = nn.Linear(1024, num_classes)
+        self.dropout = nn.Dropout(p=dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        if _pool_out(h, 5, 3, ceil_mode=False) == 4 and _pool_out(w, 5, 3, ceil_mode=False) == 4:
+            x = F.avg_pool2d(x, kernel_size=5, stride=3)
+        else:
+            x = F.adaptive_avg_pool2d(x, (4, 4))
+        x = self.conv(x)
+        x = torch.flatten(x, 1)
+        x = F.relu(self.fc1(x), inplace=True)
+        x = self.dropout(x)
+        return self.fc2(x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Spatial sizes
+
+def _pool_out(size: int, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = True) -> int:
+    """Output length of a max/avg pool along one dim, exactly as ATen's pooling_output_shape."""
+    out = (size + 2 * padding - (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def _trunk_sizes(size: int, variant: str) -> Optional[List[int]]:
+    """Spatial length after conv1, maxpool1, maxpool2, maxpool3, maxpool4 for an input length;
+    None when a pool's output would be empty."""
+    s = (size + 2 * 3 - 7) // 2 + 1  # conv1 7x7/2 pad 3
+    if s < 1:
+        return None
+    sizes = [s]
+    last = 2 if variant == "torchvision" else 3
+    for k in (3, 3, 3, last):
+        s = _pool_out(s, k, 2)
+        if s < 1:
+            return None
+        sizes.append(s)
+    return sizes
+
+
+def _min_input_size(variant: str) -> int:
+    size = 1
+    while _trunk_sizes(size, variant) is None:
+        size += 1
+    # the sizes above it are valid too (checked up to a generous bound in the tests)
+    return size
+
+
+_MIN_SIZE = {v: _min_input_size(v) for v in VARIANTS}
+
+
+# ------------------------------------------------------------------------------------------------
+# The network
+
+class GoogLeNet(nn.Module):
+    """GoogLeNet (Inception v1), torchvision-compatible, with fused Inception modules.
+
+    Args:
+        num_classes, aux_logits, transform_input, init_weights, blocks, dropout_aux: as
+            ``torchvision.models.GoogLeNet``.  ``init_weights`` None warns exactly as torchvision
+            (FutureWarning) and means True for ``variant="torchvision"``: trunc_normal(std 0.01)
+            for conv/linear weights, BatchNorm weight 1 and bias 0 (the same values as torchvision
+            under the same seed).  For ``variant="paper"`` True/None gives Caffe's bvlc_googlenet
+            fillers: "xavier" uniform(+-sqrt(3 / fan_in)) weights, conv biases 0.2, linear biases 0.
+            ``blocks`` = [conv_block, inception_block, inception_aux_block]; default
+            [BasicConv2d, Inception, InceptionAux] (torchvision) or
+            [ConvReLU, Inception, PaperInceptionAux] (paper).
+        dropout: head dropout; None (default) means 0.2 for torchvision and 0.4 for the paper.
+        variant: "torchvision" (layer for layer torchvision's model, state_dict keys included) or
+            "paper" (Table 1 of the paper; module names as torchvision's where the layer exists,
+            plus ``lrn1``/``lrn2``; ``maxpool4`` is 3x3/2; head avg pool 7x7 done as an adaptive
+            1x1 pool, identical at 224 and defined for other sizes).
+        fused: run the fused eval path (see the module docstring).  Settable later through the
+            ``fused`` property or :meth:`set_fused`, which propagate to every Inception module and
+            to the stem's BasicConv2d modules (conv1, conv2, conv3).
+
+    Forward: ``x`` (N, 3, H, W) floating, H and W at least 15 (torchvision) / 31 (paper) so that
+    no max pool has an empty output.  Eval mode (or ``aux_logits=False``) returns the (N,
+    num_classes) logits; train mode with ``aux_logits`` returns ``GoogLeNetOutputs(logits,
+    aux_logits2, aux_logits1)`` (torchvision's namedtuple class).
+    """
+
+    __constants__ = ["aux_logits", "transform_input"]
+
+    def __init__(
+        self,
+        num_classes: int = 1000,
+        aux_logits: bool = True,
+        transform_input: bool = False,
+        init_weights: Optional[bool] = None,
+        blocks: Optional[Sequence[Callable[..., nn.Module]]] = None,
+        dropout: Optional[float] = None,
+        dropout_aux: float = 0.7,
+        variant: str = "torchvision",
+        fused: bool = True,
+    ) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant: expected one of {VARIANTS}, got {variant!r}")
+        paper = variant == "paper"
+        if blocks is None:
+            blocks = [ConvReLU, Inception, PaperInceptionAux] if paper else [BasicConv2d, Inception, InceptionAux]
+        if init_weights is None:
+            warnings.warn(
+                "The default weight initialization of GoogleNet will be changed in future releases of "
+                "torchvision. If you wish to keep the old behavior (which leads to long initialization times"
+                " due to scipy/scipy#11299), please set init_weights=True.",
+                FutureWarning,
+            )
+            init_weights = True
+        if len(blocks) != 3:
+            raise ValueError(f"blocks length should be 3 instead of {len(blocks)}")
+        if dropout is None:
+            dropout = 0.4 if paper else 0.2
+        conv_block, inception_block, inception_aux_block = blocks
+
+        self.variant = variant
+        self.aux_logits = aux_logits
+        self.transform_input = transform_input
+        self._fused = bool(fused)
+
+        # torchvision builds its Inception modules with their default conv block; the paper
+        # variant passes its own and the true 5x5 kernel.
+        inc_kwargs = {}
+        if paper:
+            inc_kwargs.update(conv_block=conv_block, kernel_5x5=5)
+        if isinstance(inception_block, type) and issubclass(inception_block, Inception):
+            inc_kwargs["fused"] = fused
+
+        def inception(*channels):
+            return inception_block(*channels, **inc_kwargs)
+
+        self.conv1 = conv_block(3, 64, kernel_size=7, stride=2, padding=3)
+        self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+        if paper:
+            self.lrn1 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.conv2 = conv_block(64, 64, kernel_size=1)
+        self.conv3 = conv_block(64, 192, kernel_size=3, padding=1)
+        if paper:
+            self.lrn2 = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=1.0)
+        self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+        self.inception3a = inception(192, 64, 96, 128, 16, 32, 32)
+        self.inception3b = inception(256, 128, 128, 192, 32, 96, 64)
+        self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
+
+        self.inception4a = inception(480, 192, 96, 208, 16, 48, 64)
+        self.inception4b = inception(512, 160, 112, 224, 24, 64, 64)
+        self.inception4c = inception(512, 128, 128, 256, 24, 64, 64)
+        self.inception4d = inception(512, 112, 144, 288, 32, 64, 64)
+        self.inception4e = inception(528, 256, 160, 320, 32, 128, 128)
+        self.maxpool4 = nn.MaxPool2d(3 if paper else 2, stride=2, ceil_mode=True)
+
+        self.inception5a = inception(832, 256, 160, 320, 32, 128, 128)
+        self.inception5b = inception(832, 384, 192, 384, 48, 128, 128)
+
+        if aux_logits:
+            self.aux1 = inception_aux_block(512, num_classes, dropout=dropout_aux)
+            self.aux2 = inception_aux_block(528, num_classes, dropout=dropout_aux)
+        else:
+            self.aux1 = None  # type: ignore[assignment]
+            self.aux2 = None  # type: ignore[assignment]
+
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.dropout = nn.Dropout(p=dropout)
+        self.fc = nn.Linear(1024, num_classes)
+
+        if init_weights:
+            if paper:
+                self._init_paper()
+            else:
+                for m in self.modules():
+                    if isinstance(m, nn.Conv2d) or isinstance(m, nn.Linear):
+                        torch.nn.init.trunc_normal_(m.weight, mean=0.0, std=0.01, a=-2, b=2)
+                    elif isinstance(m, nn.BatchNorm2d):
+                        nn.init.constant_(m.weight, 1)
+                        nn.init.constant_(m.bias, 0)
+        self.set_fused(fused)
+
+    def _init_paper(self) -> None:
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                fan_in = m.weight[0].numel()
+                bound = math.sqrt(3.0 / fan_in)
+                nn.init.uniform_(m.weight, -bound, bound)
+                if m.bias is not None:
+                    nn.init.constant_(m.bias, 0.2 if isinstance(m, nn.Conv2d) else 0.0)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.constant_(m.weight, 1)
+                nn.init.constant_(m.bias, 0)
+
+    # -- fused switch ----------------------------------------------------------------------------
+    @property
+    def fused(self) -> bool:
+        """Whether eval mode runs the fused path; setting it propagates (see :meth:`set_fused`)."""
+        return self._fused
+
+    @fused.setter
+    def fused(self, value: bool) -> None:
+        self.set_fused(value)
+
+    def set_fused(self, fused: bool = True) -> "GoogLeNet":
+        """Switch the fused eval path on or off for every Inception module and the stem's
+        BasicConv2d modules (conv1, conv2, conv3); returns self."""
+        fused = bool(fused)
+        self.__dict__["_fused"] = fused
+        for m in self.modules():
+            if isinstance(m, Inception):
+                m.fused = fused
+        for name in ("conv1", "conv2", "conv3"):
+            m = getattr(self, name)
+            if isinstance(m, BasicConv2d):
+                m.fused = fused
+        return self
+
+    # -- forward ---------------------------------------------------------------------------------
+    @property
+    def min_input_size(self) -> int:
+        """Smallest H (and W) for which no max pool's output is empty: 15 (torchvision), 31 (paper)."""
+        return _MIN_SIZE[self.variant]
+
+    def _check_input(self, x: Tensor) -> None:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x: expected a Tensor of shape (N, 3, H, W), got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"x: expected a 4-D tensor of shape (N, 3, H, W), got shape {tuple(x.shape)}"
+                             + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""))
+        if x.shape[1] != 3:
+            raise ValueError(
+                f"x: expected 3 input channels (RGB) in dim 1 of (N, 3, H, W), got {x.shape[1]} "
+                f"(shape {tuple(x.shape)})"
+                + ("; for grayscale images use x.expand(-1, 3, -1, -1)" if x.shape[1] == 1 else ""))
+        if not x.is_floating_point():
+            raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}; integer images must be "
+                            "converted first, e.g. x.float() / 255, then normalized")
+        h, w = x.shape[2], x.shape[3]
+        if _trunk_sizes(h, self.variant) is None or _trunk_sizes(w, self.variant) is None:
+            m = self.min_input_size
+            raise ValueError(
+                f"x: expected a spatial size of at least {m}x{m} for GoogLeNet (variant={self.variant!r}), "
+                f"got {h}x{w}: a max pool's output would be empty (output size is too small)")
+
+    def _transform_input(self, x: Tensor) -> Tensor:
+        if self.transform_input:
+            x_ch0 = torch.unsqueeze(x[:, 0], 1) * (0.229 / 0.5) + (0.485 - 0.5) / 0.5
+            x_ch1 = torch.unsqueeze(x[:, 1], 1) * (0.224 / 0.5) + (0.456 - 0.5) / 0.5
+            x_ch2 = torch.unsqueeze(x[:, 2], 1) * (0.225 / 0.5) + (0.406 - 0.5) / 0.5
+            x = torch.cat((x_ch0, x_ch1, x_ch2), 1)
+        return x
+
+    def _forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
+        paper = self.variant == "paper"
+        x = self.conv1(x)
+        x = self.maxpool1(x)
+        if paper:
+            x = self.lrn1(x)
+        x = self.conv2(x)
+        x = self.conv3(x)
+        if paper:
+            x = self.lrn2(x)
+        x = self.maxpool2(x)
+
+        x = self.inception3a(x)
+        x = self.inception3b(x)
+        x = self.maxpool3(x)
+        x = self.inception4a(x)
+        aux1: Optional[Tensor] = None
+        if self.aux1 is not None and self.training:
+            aux1 = self.aux1(x)
+
+        x = self.inception4b(x)
+        x = self.inception4c(x)
+        x = self.inception4d(x)
+        aux2: Optional[Tensor] = None
+        if self.aux2 is not None and self.training:
+            aux2 = self.aux2(x)
+
+        x = self.inception4e(x)
+        x = self.maxpool4(x)
+        x = self.inception5a(x)
+        x = self.inception5b(x)
+
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        x = self.dropout(x)
+        x = self.fc(x)
+        return x, aux2, aux1
+
+    def forward(self, x: Tensor):
+        """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux."""
+        self._check_input(x)
+        x = self._transform_input(x)
+        if self._fused and not self.training:
+            # NHWC is the fused kernels' native layout: convert once here, not per module.
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, aux2, aux1 = self._forward(x)
+        if self.training and self.aux_logits:
+            return GoogLeNetOutputs(x, aux2, aux1)
+        return x
+
+
+# ------------------------------------------------------------------------------------------------
+# Builder
+
+def _overwrite_named_param(kwargs: dict, param: str, new_value: Any) -> None:
+    if param in kwargs:
+        if kwargs[param] != new_value:
+            raise ValueError(f"The parameter '{param}' expected value {new_value} but got {kwargs[param]} instead.")
+    else:
+        kwargs[param] = new_value
+
+
+def googlenet(weights=None, progress: bool = True, **kwargs: Any) -> GoogLeNet:
+    """Build :class:`GoogLeNet` as ``torchvision.models.googlenet`` does.
+
+    Args:
+        weights: None, a ``torchvision.models.GoogLeNet_Weights`` member, or its name
+            ("IMAGENET1K_V1", "DEFAULT", "GoogLeNet_Weights.IMAGENET1K_V1").  Loaded through
+            ``weights.get_state_dict(progress=progress, check_hash=True)`` (torchvision's download
+            and cache).  With weights: ``transform_input`` defaults to True, ``init_weights`` is
+            False, ``num_classes`` comes from the weights' categories; the model is built with aux
+            heads, loaded strictly, and the heads dropped (``aux_logits=False``) unless
+            ``aux_logits=True`` was asked for (they are not pretrained: a warning says so).
+            The weights are torchvision's: only ``variant="torchvision"``.
+        progress: show a download progress bar.
+        **kwargs: passed to :class:`GoogLeNet` (``fused``, ``variant``, ...).  The legacy
+            ``pretrained=True`` means ``weights="IMAGENET1K_V1"``.
+    """
+    from torchvision.models import GoogLeNet_Weights
+
+    if "pretrained" in kwargs:
+        pretrained = kwargs.pop("pretrained")
+        if weights is not None:
+            raise ValueError("googlenet: give either weights or pretrained, not both")
+        warnings.warn("googlenet: 'pretrained' is deprecated, use weights=GoogLeNet_Weights.IMAGENET1K_V1",
+                      UserWarning)
+        weights = GoogLeNet_Weights.IMAGENET1K_V1 if pretrained else None
+    weights = GoogLeNet_Weights.verify(weights)
+
+    original_aux_logits = kwargs.get("aux_logits", False)
+    if weights is not None:
+        if kwargs.get("variant", "torchvision") != "torchvision":
+            raise ValueError(f"googlenet: {weights} are torchvision's weights; they need "
+                             f"variant='torchvision', got variant={kwargs['variant']!r}")
+        if "transform_input" not in kwargs:
+            _overwrite_named_param(kwargs, "transform_input", True)
+        _overwrite_named_param(kwargs, "aux_logits", True)
+        _overwrite_named_param(kwargs, "init_weights", False)
+        _overwrite_named_param(kwargs, "num_classes", len(weights.meta["categories"]))
+
+    model = GoogLeNet(**kwargs)
+
+    if weights is not None:
+        model.load_state_dict(weights.get_state_dict(progress=progress, check_hash=True))
+        if not original_aux_logits:
+            model.aux_logits = False
+            model.aux1 = None  # type: ignore[assignment]
+            model.aux2 = None  # type: ignore[assignment]
+        else:
+            warnings.warn(
+                "auxiliary heads in the pretrained googlenet model are NOT pretrained, so make sure to train them"
+            )
+    return model
