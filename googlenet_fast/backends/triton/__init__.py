@@ -1,0 +1,415 @@
+"""The Triton backend of the fused Inception op: two launches per module.
+
+    stage 1 (stage1.py): the merged 1x1 GEMM over x (ch1x1 + ch3x3red + ch5x5red columns; x read
+             once) and the pool projection, whose A loader computes the 3x3/s1/p1 max (-inf
+             padding); branch 1 and the pool projection go straight into their channel slices of
+             the output, the two reduce outputs into a scratch matrix red[N*H*W, r3 + r5];
+    stage 2 (stage2.py): the KxK convolutions of both reduce branches as implicit GEMMs over red,
+             written into their channel slices.
+
+Registered as ``torch.ops.googlenet_fast.inception_triton`` (same arguments as the C++
+``googlenet_fast::inception``) and ``torch.ops.googlenet_fast.inception_triton_out`` (the out=
+variant: mutates ``out``, returns nothing) through ``torch.library.triton_op`` with every launch
+wrapped in ``wrap_triton``: the fake (meta) kernel is the op's own Python traced on fake tensors,
+and torch.compile / make_fx see the two kernel launches.  :func:`inception_op` returns the pair in
+the form ``googlenet_fast.ops`` calls.
+
+Layouts read in place, without a copy (so that a module call is exactly two launches):
+  * x: any strides (channels_last is the fast one: unit stride along channels);
+  * out: any strides (a channel slice of a larger channels_last buffer is the intended use);
+  * 1x1 weights (Cout, Cin, 1, 1) with unit stride along Cin (contiguous, or channels_last);
+    the three sibling 1x1 weights need not be adjacent: each column tile picks its weight;
+  * KxK weights: channels_last (OHWI in memory) on CUDA.  Other KxK layouts are repacked to
+    channels_last per call on CUDA (one small copy kernel; the model should cache channels_last
+    weights to avoid it); under the interpreter they are read with their own strides.
+Bias: any 1-D tensor or None (per-branch flags; a None bias costs nothing).
+
+dtypes: float32 (IEEE fp32 products unless ``torch.backends.cuda.matmul`` allows TF32), float16,
+bfloat16; fp32 accumulation.  Offsets are 64-bit (a constexpr switch) whenever a tensor spans
+2**31 elements or more.
+
+Devices: CUDA tensors; CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1), which is
+how CI runs these kernels.  The interpreter mode is read at each call: the kernels are built for
+whichever mode the environment says (a private copy of the kernel modules is loaded for the
+other mode), so TRITON_INTERPRET may be set after import.  Under the interpreter the launches go
+through a private opaque op (``googlenet_fast::_inception_triton_interpreted``) so that fake
+tensors, opcheck and torch.compile work there too (wrap_triton does not trace interpreted
+kernels).
+"""
+import importlib.util
+import os
+import sys
+from typing import NamedTuple, Optional
+
+import torch
+from torch import Tensor
+
+try:
+    import triton  # noqa: F401
+except ImportError as e:  # pragma: no cover - triton ships with CUDA builds of torch
+    raise ImportError("backend='triton' needs the `triton` package, which is not importable "
+                      f"here ({e}); use backend='cuda' or backend='reference'") from e
+
+from . import configs
+
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+OP_NAME = "googlenet_fast::inception_triton"
+OUT_OP_NAME = "googlenet_fast::inception_triton_out"
+
+# Tests set this to force the 64-bit offset path at small sizes.
+FORCE_INT64 = False
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel modules per mode (compiled vs interpreted)
+
+def interpreting() -> bool:
+    """True when Triton's interpreter is on (TRITON_INTERPRET, read as triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
+
+
+def _is_interpreted(fn) -> bool:
+    try:
+        from triton.runtime.interpreter import InterpretedFunction
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(fn, InterpretedFunction)
+
+
+def _load_private(name: str, interpret: bool):
+    """A fresh copy of stage module ``name`` whose @triton.jit functions are built for the
+    requested mode (triton.jit reads TRITON_INTERPRET when it decorates)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
+    modname = f"{__name__}._{'interpreted' if interpret else 'compiled'}_{name}"
+    spec = importlib.util.spec_from_file_location(modname, path)
+    mod = importlib.util.module_from_spec(spec)
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1" if interpret else "0"
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        if old is None:
+            del os.environ["TRITON_INTERPRET"]
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+    sys.modules[modname] = mod
+    return mod
+
+
+class Kernels(NamedTuple):
+    interpret: bool
+    stage1: object          # the stage1 module
+    stage2: object          # the stage2 module
+    stage1_half: object     # autotuned kernels (None under the interpreter)
+    stage1_fp32: object
+    stage2_half: object
+    stage2_fp32: object
+
+
+_KERNELS = {}
+
+
+def kernels(interpret: Optional[bool] = None) -> Kernels:
+    """The stage modules and autotuned kernels for the current (or given) interpreter mode."""
+    if interpret is None:
+        interpret = interpreting()
+    k = _KERNELS.get(interpret)
+    if k is not None:
+        return k
+    from . import stage1, stage2
+    if _is_interpreted(stage1.inception_stage1_kernel) != interpret:
+        stage1 = _load_private("stage1", interpret)
+    if _is_interpreted(stage2.inception_stage2_kernel) != interpret:
+        stage2 = _load_private("stage2", interpret)
+    if interpret:
+        k = Kernels(True, stage1, stage2, None, None, None, None)
+    else:
+        import triton as _triton
+
+        def tune(fn, stage, half):
+            key = configs.STAGE1_KEY if stage == 1 else configs.STAGE2_KEY
+            return _triton.autotune(configs=configs.triton_configs(stage, half), key=key)(fn)
+
+        k1, k2 = stage1.inception_stage1_kernel, stage2.inception_stage2_kernel
+        k = Kernels(False, stage1, stage2, tune(k1, 1, True), tune(k1, 1, False),
+                    tune(k2, 2, True), tune(k2, 2, False))
+    _KERNELS[interpret] = k
+    return k
+
+
+# ----------------------------------------------------------------------------------------------
+# Argument checks of the Triton path (googlenet_fast.ops.check_inception_args does the shapes)
+
+def check_triton_args(x, weights, out=None) -> None:
+    """Dtype and device checks the Triton kernels need, with messages naming the argument."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
+    if x.dim() != 4:
+        raise ValueError(f"x: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"x: the triton backend supports float32, float16 and bfloat16, got {x.dtype}"
+                        + (" (use backend='cpu' or 'reference' for float64)" if x.dtype == torch.float64 else ""))
+    dev = x.device.type
+    if dev == "cpu":
+        if not interpreting():
+            raise ValueError("x: the triton backend needs CUDA tensors, got x on cpu; Triton runs CPU "
+                             "tensors only under its interpreter (TRITON_INTERPRET=1)")
+    elif dev != "cuda" and dev != "meta":
+        raise ValueError(f"x: the triton backend needs CUDA tensors, got x on {x.device}")
+    for name, t in weights:
+        if t is None:
+            continue
+        if t.dtype != x.dtype:
+            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
+        if t.device != x.device:
+            raise ValueError(f"{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
+    if out is not None:
+        if out.dtype != x.dtype:
+            raise TypeError(f"out: expected dtype {x.dtype} (the dtype of x), got {out.dtype}")
+        if out.device != x.device:
+            raise ValueError(f"out: expected a tensor on {x.device} (the device of x), got {out.device}")
+
+
+_WEIGHT_NAMES = ("w_1x1", "b_1x1", "w_3x3red", "b_3x3red", "w_3x3", "b_3x3",
+                 "w_5x5red", "b_5x5red", "w_5x5", "b_5x5", "w_pool_proj", "b_pool_proj")
+
+
+def _shape(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj):
+    n, cin, h, w = x.shape
+    for name, wt in (("w_1x1", w_1x1), ("w_3x3red", w_3x3red), ("w_5x5red", w_5x5red),
+                     ("w_pool_proj", w_pool_proj)):
+        if wt.dim() != 4 or wt.shape[1] != cin or wt.shape[2] != 1 or wt.shape[3] != 1:
+            raise ValueError(f"{name}: expected shape (out, {cin}, 1, 1), got {tuple(wt.shape)}")
+    for name, wt, red in (("w_3x3", w_3x3, w_3x3red), ("w_5x5", w_5x5, w_5x5red)):
+        if (wt.dim() != 4 or wt.shape[1] != red.shape[0] or wt.shape[2] != wt.shape[3]
+                or wt.shape[2] % 2 == 0):
+            raise ValueError(f"{name}: expected shape (out, {red.shape[0]}, K, K) with K odd, "
+                             f"got {tuple(wt.shape)}")
+    return n, cin, h, w
+
+
+def _span(t: Tensor) -> int:
+    """Elements between the first and one past the last element a view can touch."""
+    if t.numel() == 0:
+        return 0
+    return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+
+
+def _allow_tf32() -> bool:
+    m = torch.backends.cuda.matmul
+    prec = getattr(m, "fp32_precision", None)
+    if prec is not None and prec != "none":
+        return prec == "tf32"
+    return bool(m.allow_tf32)
+
+
+def _out_memory_format(x: Tensor):
+    try:
+        from torch._prims_common import suggest_memory_format
+        return suggest_memory_format(x)
+    except ImportError:  # pragma: no cover
+        return (torch.channels_last if x.is_contiguous(memory_format=torch.channels_last)
+                and not x.is_contiguous() else torch.contiguous_format)
+
+
+def _unit_k(w: Tensor) -> Tensor:
+    """A 1x1 weight as a [Cout, Cin] matrix with unit stride along Cin (a view when it has it)."""
+    m = w.reshape(w.shape[0], w.shape[1])
+    if m.shape[1] > 1 and m.stride(1) != 1:
+        m = m.contiguous()
+    return m
+
+
+def _single_threaded_blas():
+    """The interpreter runs each tl.dot as a small numpy matmul between bursts of Python; a
+    multi-threaded BLAS then spends ~40 ms per call waking its threads (measured on 2 cores).
+    One BLAS thread makes the interpreter's dots ~100x faster.  No-op without threadpoolctl."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover
+        import contextlib
+        return contextlib.nullcontext()
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+            w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> None:
+    """Run both stages, writing the module's output into ``out`` (any strides)."""
+    from torch.library import wrap_triton
+
+    n, cin, h, w = x.shape
+    P = n * h * w
+    if P == 0 or out.numel() == 0:
+        return
+    c1, r3, r5, cp = w_1x1.shape[0], w_3x3red.shape[0], w_5x5red.shape[0], w_pool_proj.shape[0]
+    c3, c5 = w_3x3.shape[0], w_5x5.shape[0]
+    nm = c1 + r3 + r5
+    red = torch.empty((P, r3 + r5), dtype=x.dtype, device=x.device)
+
+    w1, w3r, w5r, wp = (_unit_k(t) for t in (w_1x1, w_3x3red, w_5x5red, w_pool_proj))
+    if x.device.type == "cuda":
+        w_3x3 = w_3x3.contiguous(memory_format=torch.channels_last)
+        w_5x5 = w_5x5.contiguous(memory_format=torch.channels_last)
+    biases = [b if b is None or b.stride(0) == 1 else b.contiguous()
+              for b in (b_1x1, b_3x3red, b_5x5red, b_pool_proj, b_3x3, b_5x5)]
+    b1, b3r, b5r, bp, b3, b5 = (w1 if b is None else b for b in biases)  # dummy when absent
+    has = [b is not None for b in biases]
+
+    int64 = FORCE_INT64 or max(_span(t) for t in (x, out, red, w1, w3r, w5r, wp, w_3x3, w_5x5)) >= 2 ** 31
+    half = x.dtype != torch.float32
+    common = dict(RELU=bool(relu), INT64=bool(int64), ALLOW_TF32=_allow_tf32() and not half,
+                  UPCAST=bool(interpret and x.dtype == torch.bfloat16))
+    so = out.stride()
+    sx = x.stride()
+    k = kernels(interpret)
+
+    args1 = dict(
+        x_ptr=x, w1_ptr=w1, w3r_ptr=w3r, w5r_ptr=w5r, wp_ptr=wp,
+        b1_ptr=b1, b3r_ptr=b3r, b5r_ptr=b5r, bp_ptr=bp,
+        out_ptr=out, red_ptr=red,
+        P=P, H=h, W=w, CIN=cin, NM=nm, C1=c1, R3=r3, CP=cp, OFF_P=c1 + c3 + c5,
+        sxn=sx[0], sxc=sx[1], sxh=sx[2], sxw=sx[3],
+        sw1=w1.stride(0), sw3r=w3r.stride(0), sw5r=w5r.stride(0), swp=wp.stride(0),
+        son=so[0], soc=so[1], soh=so[2], sow=so[3],
+        HAS_B1=has[0], HAS_B3R=has[1], HAS_B5R=has[2], HAS_BP=has[3], **common)
+    s3, s5 = w_3x3.stride(), w_5x5.stride()
+    args2 = dict(
+        red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out,
+        P=P, H=h, W=w, R3=r3, R5=r5, C3=c3, C5=c5, OFF_3=c1, OFF_5=c1 + c3,
+        sw3o=s3[0], sw3i=s3[1], sw3h=s3[2], sw3w=s3[3],
+        sw5o=s5[0], sw5i=s5[1], sw5h=s5[2], sw5w=s5[3],
+        son=so[0], soc=so[1], soh=so[2], sow=so[3],
+        K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5], **common)
+    g1 = k.stage1.grid(P, nm, cp)
+    g2 = k.stage2.grid(P, c3, c5)
+    if interpret:
+        t1 = configs.interpret_tile(1, P, r3, r5)
+        t2 = configs.interpret_tile(2, P, r3, r5)
+        with _single_threaded_blas():
+            k.stage1.inception_stage1_kernel[g1](**args1, **t1.meta())
+            k.stage2.inception_stage2_kernel[g2](**args2, **t2.meta())
+        return
+    kernel1 = k.stage1_half if half else k.stage1_fp32
+    kernel2 = k.stage2_half if half else k.stage2_fp32
+    wrap_triton(kernel1)[g1](**args1)
+    wrap_triton(kernel2)[g2](**args2)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registration
+
+def _new_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj):
+    n, _, h, w = x.shape
+    c = w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0]
+    return torch.empty((n, c, h, w), dtype=x.dtype, device=x.device,
+                       memory_format=_out_memory_format(x))
+
+
+def _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+         w_pool_proj, b_pool_proj, relu, out):
+    args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+            w_pool_proj, b_pool_proj)
+    check_triton_args(x, list(zip(_WEIGHT_NAMES, args)), out)
+    _shape(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj)
+    if x.device.type == "meta":
+        return
+    if interpreting() and x.device.type == "cpu":
+        torch.ops.googlenet_fast._inception_triton_interpreted(x, *args, relu, out)
+    else:
+        _launch(x, *args, relu, out, interpret=interpreting())
+
+
+@torch.library.custom_op("googlenet_fast::_inception_triton_interpreted", mutates_args=("out",))
+def _inception_triton_interpreted(
+        x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
+        w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],
+        w_5x5: Tensor, b_5x5: Optional[Tensor], w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
+        relu: bool, out: Tensor) -> None:
+    """Both stages under Triton's interpreter (opaque to tracing; used for CPU tensors)."""
+    _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+            w_pool_proj, b_pool_proj, relu, out, interpret=True)
+
+
+@_inception_triton_interpreted.register_fake
+def _(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+      w_pool_proj, b_pool_proj, relu, out):
+    return None
+
+
+@torch.library.triton_op(OP_NAME, mutates_args=())
+def inception_triton(
+        x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
+        w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],
+        w_5x5: Tensor, b_5x5: Optional[Tensor], w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
+        relu: bool = True) -> Tensor:
+    """The fused Inception forward (Triton): same arguments and result as
+    ``torch.ops.googlenet_fast.inception``; output in x's suggested memory format."""
+    out = _new_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj)
+    _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+         w_pool_proj, b_pool_proj, relu, out)
+    return out
+
+
+@torch.library.triton_op(OUT_OP_NAME, mutates_args=("out",))
+def inception_triton_out(
+        x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
+        w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],
+        w_5x5: Tensor, b_5x5: Optional[Tensor], w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
+        relu: bool, out: Tensor) -> None:
+    """The out= variant: writes the module's output into ``out`` (N, Cout, H, W), any strides
+    (e.g. a channel slice of a larger channels_last buffer)."""
+    n, _, h, w = x.shape
+    expected = (n, w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0], h, w)
+    if tuple(out.shape) != expected:
+        raise ValueError(f"out: expected shape {expected}, got {tuple(out.shape)}")
+    _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+         w_pool_proj, b_pool_proj, relu, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Autograd (until a fused backward lands): the reference module's vector-Jacobian product.
+
+def _setup_context(ctx, inputs, output):
+    ctx.relu = inputs[-1]
+    ctx.save_for_backward(*inputs[:-1])
+
+
+def _backward(ctx, grad):
+    from ..reference import inception_reference
+    saved = ctx.saved_tensors
+    present = [i for i, t in enumerate(saved) if t is not None]
+
+    def f(*ts):
+        full = list(saved)
+        for i, t in zip(present, ts):
+            full[i] = t
+        return inception_reference(*full, relu=ctx.relu)
+
+    _, vjp = torch.func.vjp(f, *[saved[i] for i in present])
+    grads = vjp(grad)
+    result = [None] * len(saved)
+    for i, g in zip(present, grads):
+        result[i] = g if ctx.needs_input_grad[i] else None
+    return tuple(result) + (None,)
+
+
+torch.library.register_autograd(OP_NAME, _backward, setup_context=_setup_context)
+
+
+class _Op(NamedTuple):
+    default: object
+    out: object
+
+
+def _out_call(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+              w_pool_proj, b_pool_proj, relu=True, *, out):
+    torch.ops.googlenet_fast.inception_triton_out(
+        x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+        w_pool_proj, b_pool_proj, relu, out)
+    return out
+
+
+def inception_op() -> _Op:
+    """The Triton op as googlenet_fast.ops calls it: ``.default(x, *weights, relu)`` returns a new
+    output; ``.out(x, *weights, relu, out=out)`` writes ``out`` and returns it."""
+    return _Op(torch.ops.googlenet_fast.inception_triton.default, _out_call)

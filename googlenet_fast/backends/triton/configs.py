@@ -1,0 +1,122 @@
+"""Tile configurations of the Triton Inception kernels, and why each is there.
+
+Both stages are GEMMs over pixels: M = N*H*W pixels (NHWC rows), N = output channels, K = input
+channels (stage 1: Cin; stage 2: K*K taps x reduce channels).  What varies across GoogLeNet's
+nine Inception modules and the batch sizes that matter (1, 32, 256) is mostly M: from 49 pixels
+(5a/5b at batch 1, a single row-tile) to 200,704 (3a/3b at batch 256).  N is 80..624 per stage,
+K is 192..832 (stage 1) and 9*16..9*192 (stage 2).  So the set is small and spans M:
+
+half precision (fp16/bf16; tensor cores: wgmma on sm_90 when BLOCK_M >= 64 and num_warps is a
+multiple of 4, mma.sync on sm_80):
+  * 128x128x64, 8 warps, 3 stages: the large-M workhorse (batch 32/256), full wgmma tiles;
+  * 128x64x64,  4 warps, 4 stages: large M with narrow N segments (pool_proj 32..128, ch5x5 32..128)
+    that would waste half of a 128-wide tile;
+  * 64x128x64,  4 warps, 3 stages: medium M (batch 1 at 28x28 = 784 pixels) with more row tiles;
+  * 64x64x64,   4 warps, 3 stages: small M (14x14 maps at batch 1), twice the programs of the above;
+  * 32x64x128,  4 warps, 2 stages: tiny M (7x7 = 49 pixels at batch 1): more programs in flight
+    (mma.sync; wgmma needs M >= 64), fewer K iterations.
+Shared memory is at most stages * (BM*BK + BK*BN) * 2 bytes = 96 KiB, inside both sm_80 (164 KiB)
+and sm_90 (227 KiB) limits; tests/test_triton_compile.py compiles each of them for sm_80 and
+sm_90 and checks there are no register spills.
+
+float32: IEEE fp32 dots (``input_precision="ieee"``) run on the FMA units, with both operand
+tiles in registers, so tiles are smaller to stay spill-free; the same configurations serve TF32
+(when torch.backends.cuda.matmul allows it).
+
+Under TRITON_INTERPRET=1 the interpreter pays ~2 ms of Python per program per loop iteration,
+whatever the tile size, so one fixed configuration with big tiles keeps the program count and
+the iteration count low (CI runs small maps, where a single row tile covers the batch).
+
+Autotuning keys (the arguments whose change can change the best tile): stage 1 on P (pixels),
+CIN, NM (ch1x1+ch3x3red+ch5x5red) and CP (pool_proj); stage 2 on P, R3, R5, C3, C5, K3, K5.
+Triton adds the tensors' dtypes to the key itself.
+"""
+from typing import Dict, List, NamedTuple
+
+
+class Tile(NamedTuple):
+    BLOCK_M: int
+    BLOCK_N: int
+    BLOCK_K: int
+    num_warps: int
+    num_stages: int
+
+    def meta(self) -> Dict[str, int]:
+        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K}
+
+
+STAGE1_HALF: List[Tile] = [
+    Tile(128, 128, 64, 8, 3),
+    Tile(128, 64, 64, 4, 4),
+    Tile(64, 128, 64, 4, 3),
+    Tile(64, 64, 64, 4, 3),
+    Tile(32, 64, 128, 4, 2),
+]
+
+# Stage 2's K loop runs over (tap, 32- or 64-channel chunk); reduce widths are 16..192, so a
+# 64-wide chunk wastes little on ch3x3red and a 32-wide one less on ch5x5red (16..48).
+STAGE2_HALF: List[Tile] = [
+    Tile(128, 128, 64, 8, 3),
+    Tile(128, 64, 32, 4, 4),
+    Tile(64, 128, 32, 4, 3),
+    Tile(64, 64, 64, 4, 3),
+    Tile(32, 64, 64, 4, 2),
+]
+
+STAGE1_FP32: List[Tile] = [
+    Tile(64, 64, 32, 4, 2),
+    Tile(32, 64, 32, 4, 2),
+    Tile(64, 32, 32, 4, 2),
+]
+
+STAGE2_FP32: List[Tile] = [
+    Tile(64, 64, 32, 4, 2),
+    Tile(32, 64, 32, 4, 2),
+    Tile(64, 32, 32, 4, 2),
+]
+
+# Under the interpreter: one program covers up to 64 pixels and 256 channels, and stage 2 takes
+# up to 256 reduce channels per tap in one step (ch3x3red <= 192 in Table 1).  The tiles shrink
+# to the problem (the interpreter's dot costs grow with the tile, its loop steps do not).
+INTERPRET_STAGE1 = Tile(64, 256, 256, 4, 1)
+INTERPRET_STAGE2 = Tile(64, 256, 256, 4, 1)
+
+
+def _pow2_between(v: int, lo: int, hi: int) -> int:
+    p = lo
+    while p < v and p < hi:
+        p *= 2
+    return p
+
+
+def interpret_tile(stage: int, P: int, r3: int, r5: int) -> Tile:
+    """The fixed interpreter tile, shrunk to the problem: BLOCK_M to the pixel count (>= 16, the
+    smallest dot), stage 2's BLOCK_K to the wider reduce branch."""
+    t = INTERPRET_STAGE1 if stage == 1 else INTERPRET_STAGE2
+    bm = _pow2_between(P, 16, t.BLOCK_M)
+    bk = t.BLOCK_K if stage == 1 else _pow2_between(max(r3, r5), 16, t.BLOCK_K)
+    return t._replace(BLOCK_M=bm, BLOCK_K=bk)
+
+STAGE1_KEY = ["P", "CIN", "NM", "CP"]
+STAGE2_KEY = ["P", "R3", "R5", "C3", "C5", "K3", "K5"]
+
+# Shared-memory capacity per block (bytes) of the architectures we compile for.
+SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
+
+
+def tiles(stage: int, half: bool) -> List[Tile]:
+    """The autotuned configurations of stage 1 or 2 for half precision or float32."""
+    if stage == 1:
+        return STAGE1_HALF if half else STAGE1_FP32
+    return STAGE2_HALF if half else STAGE2_FP32
+
+
+def smem_estimate(t: Tile, elem_bytes: int) -> int:
+    """Pipelined operand buffers: num_stages copies of the A and B tiles."""
+    return max(t.num_stages, 1) * (t.BLOCK_M * t.BLOCK_K + t.BLOCK_K * t.BLOCK_N) * elem_bytes
+
+
+def triton_configs(stage: int, half: bool):
+    import triton
+    return [triton.Config(t.meta(), num_warps=t.num_warps, num_stages=t.num_stages)
+            for t in tiles(stage, half)]

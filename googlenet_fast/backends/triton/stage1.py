@@ -1,0 +1,194 @@
+"""Stage 1 of the fused Inception forward (Triton): one launch for every GEMM that reads x.
+
+NHWC view: pixel p = (n*H + h)*W + w is a GEMM row; x[p, c] sits at n*sxn + h*sxh + w*sxw + c*sxc
+(any strides: channels_last, channel slices, expanded inputs are read in place).
+
+The program grid is 1-D over (row tile, column tile) pairs, column tiles fastest so that the
+programs sharing a row tile of x run together and read it from L2.  The column tiles cover
+    [ ch1x1 | ch3x3red | ch5x5red ]  (the merged 1x1 GEMM over x, NM = their sum)   then
+    [ pool_proj ]                    (the pool projection)
+and the column tile index picks what a program computes:
+  * merged 1x1 tile: B columns come from the three sibling 1x1 weights (each column's base
+    pointer is picked once, before the K loop; no concatenated weight is built), the epilogue
+    writes ch1x1 columns into the output's first channel slice and the reduce columns into the
+    scratch matrix red[P, ch3x3red + ch5x5red] that stage 2 reads;
+  * pool projection tile: the A-operand loader takes the max over the 3x3 neighbourhood
+    (stride 1, padding 1; out-of-image taps load -inf, so padding never wins the max) of each
+    [BLOCK_M, BLOCK_K] tile of x while loading it; no pooled tensor exists.  The epilogue
+    writes the last channel slice of the output.
+Epilogue: fp32 accumulator + bias (optional, per-branch constexpr flags), ReLU (NaN kept, as
+torch.relu), cast to the output dtype, masked stores with the output's own strides (so `out`
+may be a channel slice of a larger buffer, or NCHW).
+
+Every @triton.jit function this kernel calls lives in this module (the backend loads a private
+copy of the module for the interpreter; see backends/triton/__init__.py).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
+    """acc += a @ b with fp32 accumulation; fp32 operands: IEEE products unless TF32 is allowed."""
+    if a.dtype == tl.float32:
+        if ALLOW_TF32:
+            acc = tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _load(ptrs, mask, UPCAST: tl.constexpr):
+    """Masked load, 0 where masked.  UPCAST (interpreter + bf16 only): return float32; Triton's
+    interpreter keeps bf16 as raw 16-bit integers, so its max, dot and rounding are wrong on them."""
+    v = tl.load(ptrs, mask=mask, other=0.0)
+    if UPCAST:
+        v = v.to(tl.float32)
+    return v
+
+
+@triton.jit
+def _load_or_ninf(ptrs, mask, UPCAST: tl.constexpr):
+    """Masked load, -inf where masked (max-pool padding)."""
+    if UPCAST:
+        v = tl.where(mask, tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), float("-inf"))
+    else:
+        v = tl.load(ptrs, mask=mask, other=float("-inf"))
+    return v
+
+
+@triton.jit
+def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + bias, ReLU (NaN kept, as torch.relu), cast to the output dtype (round to nearest
+    even; done by hand under UPCAST, where the interpreter would truncate fp32 -> bf16)."""
+    acc = acc + bias[None, :]
+    if RELU:
+        acc = tl.where(acc < 0.0, 0.0, acc)
+    if UPCAST:
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = tl.where(acc != acc, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
+        y = (bits >> 16).to(tl.uint16).to(out_dtype, bitcast=True)
+    else:
+        y = acc.to(out_dtype)
+    return y
+
+
+@triton.jit
+def inception_stage1_kernel(
+    x_ptr, w1_ptr, w3r_ptr, w5r_ptr, wp_ptr,
+    b1_ptr, b3r_ptr, b5r_ptr, bp_ptr,
+    out_ptr, red_ptr,
+    P, H, W, CIN, NM, C1, R3, CP, OFF_P,
+    sxn, sxc, sxh, sxw,
+    sw1, sw3r, sw5r, swp,
+    son, soc, soh, sow,
+    HAS_B1: tl.constexpr, HAS_B3R: tl.constexpr, HAS_B5R: tl.constexpr, HAS_BP: tl.constexpr,
+    RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """Weights are [Cout, CIN] matrices with unit stride along CIN and row strides sw*;
+    red is dense [P, NM - C1]; out channel of branch 1 is 0.., of the pool projection OFF_P.."""
+    num_n1 = tl.cdiv(NM, BLOCK_N)
+    num_n = num_n1 + tl.cdiv(CP, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_m = pid // num_n
+    pid_n = pid - pid_m * num_n
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if INT64:
+        offs_m = offs_m.to(tl.int64)
+    m_mask = offs_m < P
+    HW = H * W
+    img = offs_m // HW
+    rem = offs_m - img * HW
+    h = rem // W
+    w = rem - h * W
+    x_row = img * sxn + h * sxh + w * sxw
+    o_row = img * son + h * soh + w * sow
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+
+    if pid_n < num_n1:
+        # ---- merged 1x1 GEMM: columns [ch1x1 | ch3x3red | ch5x5red] --------------------------
+        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < NM
+        is1 = offs_n < C1
+        is3 = (offs_n >= C1) & (offs_n < C1 + R3)
+        is5 = (offs_n >= C1 + R3) & n_mask
+        j3 = offs_n - C1
+        j5 = offs_n - C1 - R3
+        w_col = tl.where(is1, w1_ptr + offs_n * sw1,
+                         tl.where(is3, w3r_ptr + j3 * sw3r, w5r_ptr + j5 * sw5r))
+        for k0 in range(0, CIN, BLOCK_K):
+            kk = k0 + offs_k
+            k_mask = kk < CIN
+            a = _load(x_ptr + x_row[:, None] + kk[None, :] * sxc,
+                      m_mask[:, None] & k_mask[None, :], UPCAST)
+            b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
+            acc = _mma(a, b, acc, ALLOW_TF32)
+        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if HAS_B1:
+            bias += tl.load(b1_ptr + offs_n, mask=is1, other=0.0).to(tl.float32)
+        if HAS_B3R:
+            bias += tl.load(b3r_ptr + j3, mask=is3, other=0.0).to(tl.float32)
+        if HAS_B5R:
+            bias += tl.load(b5r_ptr + j5, mask=is5, other=0.0).to(tl.float32)
+        y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
+        # branch 1 straight into its channel slice of the output
+        tl.store(out_ptr + o_row[:, None] + offs_n[None, :] * soc, y,
+                 mask=m_mask[:, None] & is1[None, :])
+        # both reduce outputs into the scratch matrix red[P, NM - C1]
+        RR = NM - C1
+        tl.store(red_ptr + offs_m[:, None] * RR + j3[None, :], y,
+                 mask=m_mask[:, None] & (is3 | is5)[None, :])
+    else:
+        # ---- pool projection: 3x3/s1/p1 max (-inf padding) computed in the A loader ------------
+        offs_n = (pid_n - num_n1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < CP
+        w_col = wp_ptr + offs_n * swp
+        up_ok = h >= 1
+        down_ok = h + 1 < H
+        left_ok = w >= 1
+        right_ok = w + 1 < W
+        for k0 in range(0, CIN, BLOCK_K):
+            kk = k0 + offs_k
+            k_mask = kk < CIN
+            mk = m_mask[:, None] & k_mask[None, :]
+            centre = x_ptr + x_row[:, None] + kk[None, :] * sxc
+            a = _load_or_ninf(centre, mk, UPCAST)
+            for t in tl.static_range(9):
+                if t != 4:
+                    dh = t // 3 - 1
+                    dw = t % 3 - 1
+                    ok = m_mask
+                    if dh == -1:
+                        ok = ok & up_ok
+                    if dh == 1:
+                        ok = ok & down_ok
+                    if dw == -1:
+                        ok = ok & left_ok
+                    if dw == 1:
+                        ok = ok & right_ok
+                    v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & k_mask[None, :],
+                                      UPCAST)
+                    a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL)
+            a = tl.where(mk, a, 0.0)  # no -inf (and no 0 * inf) reaches the dot
+            b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
+            acc = _mma(a, b, acc, ALLOW_TF32)
+        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        if HAS_BP:
+            bias += tl.load(bp_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+        y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
+        tl.store(out_ptr + o_row[:, None] + (OFF_P + offs_n)[None, :] * soc, y,
+                 mask=m_mask[:, None] & n_mask[None, :])
+
+
+def grid(P, NM, CP):
+    """Launch grid for a configuration's META dict."""
+    def g(META):
+        bn = META["BLOCK_N"]
+        return (triton.cdiv(P, META["BLOCK_M"]) * (triton.cdiv(NM, bn) + triton.cdiv(CP, bn)),)
+    return g

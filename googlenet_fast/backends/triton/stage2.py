@@ -1,0 +1,144 @@
+"""Stage 2 of the fused Inception forward (Triton): one launch for the KxK convolutions of both
+reduce branches, as implicit GEMMs over the scratch matrix red[P, ch3x3red + ch5x5red] that
+stage 1 wrote (NHWC rows; branch 2 reads columns [0, ch3x3red), branch 3 the rest).
+
+Column tiles cover [ ch3x3 | ch5x5 ]; the tile index picks the branch (kernel size K3 or K5, both
+odd, padding K//2).  The K loop of a tile runs over (tap, channel chunk) pairs, flattened into
+one loop so that it pipelines: for tap (ky, kx) the A tile is the reduce output of the pixel
+shifted by (ky - K//2, kx - K//2), i.e. row p + dy*W + dx of red, masked to zero outside the
+image (zero padding, as the convolution's); no im2col buffer exists.  The B tile is
+w[co, ci, ky, kx] read with the weight's own strides (channels_last weights, OHWI in memory,
+give unit stride along ci: the fast layout).  Epilogue as in stage 1, writing each branch into
+its channel slice of the output.
+
+Every @triton.jit function this kernel calls lives in this module (see stage1.py).
+"""
+import triton
+import triton.language as tl
+
+
+# Helpers repeated from stage1.py (each stage module is self-contained; see its docstring).
+@triton.jit
+def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
+    """acc += a @ b with fp32 accumulation; fp32 operands: IEEE products unless TF32 is allowed."""
+    if a.dtype == tl.float32:
+        if ALLOW_TF32:
+            acc = tl.dot(a, b, acc, input_precision="tf32")
+        else:
+            acc = tl.dot(a, b, acc, input_precision="ieee")
+    else:
+        acc = tl.dot(a, b, acc)
+    return acc
+
+
+@triton.jit
+def _load(ptrs, mask, UPCAST: tl.constexpr):
+    """Masked load, 0 where masked.  UPCAST (interpreter + bf16 only): return float32; Triton's
+    interpreter keeps bf16 as raw 16-bit integers, so its max, dot and rounding are wrong on them."""
+    v = tl.load(ptrs, mask=mask, other=0.0)
+    if UPCAST:
+        v = v.to(tl.float32)
+    return v
+
+
+@triton.jit
+def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
+    """acc + bias, ReLU (NaN kept, as torch.relu), cast to the output dtype (round to nearest
+    even; done by hand under UPCAST, where the interpreter would truncate fp32 -> bf16)."""
+    acc = acc + bias[None, :]
+    if RELU:
+        acc = tl.where(acc < 0.0, 0.0, acc)
+    if UPCAST:
+        bits = acc.to(tl.uint32, bitcast=True)
+        bits = tl.where(acc != acc, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
+        y = (bits >> 16).to(tl.uint16).to(out_dtype, bitcast=True)
+    else:
+        y = acc.to(out_dtype)
+    return y
+
+
+@triton.jit
+def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, OFF, COUT, tile_n,
+              offs_m, m_mask, h, w, o_row, H, W, soc,
+              KS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+              ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    PAD = KS // 2
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < COUT
+    offs_k = tl.arange(0, BLOCK_K)
+    a_row = red_ptr + offs_m * RR + ROFF      # [BLOCK_M] pointers: this pixel's reduce channels
+    w_col = w_ptr + offs_n * swo              # [BLOCK_N] pointers: this output channel's filter
+    n_cc = tl.cdiv(RC, BLOCK_K)
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for it in range(0, KS * KS * n_cc):
+        tap = it // n_cc
+        c0 = (it - tap * n_cc) * BLOCK_K
+        ky = tap // KS
+        kx = tap - ky * KS
+        dy = ky - PAD
+        dx = kx - PAD
+        hh = h + dy
+        ww = w + dx
+        ok = m_mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        cc = c0 + offs_k
+        c_mask = cc < RC
+        a = _load(a_row[:, None] + (dy * W + dx) * RR + cc[None, :], ok[:, None] & c_mask[None, :],
+                  UPCAST)
+        b = _load(w_col[None, :] + cc[:, None] * swi + (ky * swh + kx * sww),
+                  c_mask[:, None] & n_mask[None, :], UPCAST)
+        acc = _mma(a, b, acc, ALLOW_TF32)
+    bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    if HAS_BIAS:
+        bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
+    tl.store(out_ptr + o_row[:, None] + (OFF + offs_n)[None, :] * soc, y,
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def inception_stage2_kernel(
+    red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr,
+    P, H, W, R3, R5, C3, C5, OFF_3, OFF_5,
+    sw3o, sw3i, sw3h, sw3w,
+    sw5o, sw5i, sw5h, sw5w,
+    son, soc, soh, sow,
+    K3: tl.constexpr, K5: tl.constexpr, HAS_B3: tl.constexpr, HAS_B5: tl.constexpr,
+    RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """red is dense [P, R3 + R5]; w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any strides);
+    branch 2 goes to output channels OFF_3.., branch 3 to OFF_5.."""
+    num_n3 = tl.cdiv(C3, BLOCK_N)
+    num_n = num_n3 + tl.cdiv(C5, BLOCK_N)
+    pid = tl.program_id(0)
+    pid_m = pid // num_n
+    pid_n = pid - pid_m * num_n
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if INT64:
+        offs_m = offs_m.to(tl.int64)
+    m_mask = offs_m < P
+    HW = H * W
+    img = offs_m // HW
+    rem = offs_m - img * HW
+    h = rem // W
+    w = rem - h * W
+    o_row = img * son + h * soh + w * sow
+    RR = R3 + R5
+    if pid_n < num_n3:
+        _kxk_tile(red_ptr, 0, R3, RR, w3_ptr, sw3o, sw3i, sw3h, sw3w, b3_ptr, out_ptr, OFF_3, C3,
+                  pid_n, offs_m, m_mask, h, w, o_row, H, W, soc,
+                  K3, HAS_B3, RELU, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+    else:
+        _kxk_tile(red_ptr, R3, R5, RR, w5_ptr, sw5o, sw5i, sw5h, sw5w, b5_ptr, out_ptr, OFF_5, C5,
+                  pid_n - num_n3, offs_m, m_mask, h, w, o_row, H, W, soc,
+                  K5, HAS_B5, RELU, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+
+
+def grid(P, C3, C5):
+    """Launch grid for a configuration's META dict."""
+    def g(META):
+        bn = META["BLOCK_N"]
+        return (triton.cdiv(P, META["BLOCK_M"]) * (triton.cdiv(C3, bn) + triton.cdiv(C5, bn)),)
+    return g
