@@ -1,0 +1,78 @@
+"""Speedup ratios from a pytest-benchmark JSON file: per group, every provider's median against
+the group's baseline (torchvision eager, channels_last).
+
+    python benchmarks/ratios.py benchmarks/results/cpu.json [--baseline "torchvision eager"] [--json out.json]
+
+speedup = baseline median / provider median (> 1: faster than the baseline).
+"""
+import argparse
+import json
+import re
+import sys
+from collections import OrderedDict
+
+
+def _natural(s):
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
+
+
+def ratios(report, baseline=None):
+    """[(group, provider, median_ms, iqr_ms, rounds, speedup or None)] from a pytest-benchmark report."""
+    groups = OrderedDict()
+    for b in report.get("benchmarks", []):
+        provider = b.get("extra_info", {}).get("provider") or b.get("param") or b["name"]
+        groups.setdefault(b.get("group") or "(no group)", []).append((provider, b))
+    rows = []
+    for group in sorted(groups, key=_natural):
+        entries = groups[group]
+        base_name = baseline or next((b.get("extra_info", {}).get("baseline") for _, b in entries
+                                      if b.get("extra_info", {}).get("baseline")), "torchvision eager")
+        base = next((b["stats"]["median"] for p, b in entries if p == base_name), None)
+        for provider, b in entries:
+            st = b["stats"]
+            rows.append((group, provider, st["median"] * 1e3, st["iqr"] * 1e3, st["rounds"],
+                         base / st["median"] if base else None))
+    return rows
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("json_file", help="the file written by pytest --benchmark-json")
+    ap.add_argument("--baseline", default=None, help="provider to divide by (default: torchvision eager)")
+    ap.add_argument("--json", metavar="PATH", help="also write the ratios as JSON")
+    args = ap.parse_args(argv)
+    try:
+        with open(args.json_file) as f:
+            report = json.load(f)
+    except (OSError, ValueError) as e:
+        print(f"ratios.py: error: cannot read {args.json_file!r} as pytest-benchmark JSON: {e}", file=sys.stderr)
+        return 2
+    rows = ratios(report, args.baseline)
+    if not rows:
+        print(f"ratios.py: error: {args.json_file!r} holds no benchmarks", file=sys.stderr)
+        return 2
+    mi = report.get("machine_info", {})
+    cpu = mi.get("cpu", {}) if isinstance(mi.get("cpu"), dict) else {}
+    print(f"{args.json_file}: {report.get('datetime', '?')}, {cpu.get('brand_raw', mi.get('processor', '?'))}, "
+          f"{cpu.get('count', '?')} cores, python {mi.get('python_version', '?')}")
+    head = ("group", "provider", "median ms", "IQR ms", "rounds", "speedup")
+    cells = [(g, p, f"{m:.3f}", f"{i:.3f}", str(r), f"{s:.2f}x" if s else "-") for g, p, m, i, r, s in rows]
+    w = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(head)]
+    line = lambda c: "  ".join(x.ljust(w[k]) if k < 2 else x.rjust(w[k]) for k, x in enumerate(c))  # noqa: E731
+    print(line(head))
+    print("  ".join("-" * k for k in w))
+    prev = None
+    for c in cells:
+        if prev is not None and c[0] != prev:
+            print()
+        print(line(c))
+        prev = c[0]
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump([dict(zip(("group", "provider", "median_ms", "iqr_ms", "rounds", "speedup"), r))
+                       for r in rows], f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,491 @@
+"""Timing and comparison helpers shared by ``googlenet-fast bench`` and benchmarks/.
+
+Speed is always a ratio against peers measured in the same process and the same run (the
+machines are noisy): providers are warmed up first, then timed in interleaved rounds with
+torch.utils.benchmark.Timer.blocked_autorange, all with the same thread count.
+
+Providers of the whole network (variant="torchvision"):
+    fused                  googlenet_fast.GoogLeNet(fused=True), channels_last
+    fused=False            googlenet_fast.GoogLeNet(fused=False), channels_last
+    torchvision eager      torchvision.models.googlenet, channels_last (the baseline, speedup 1.00)
+    torch.compile          torch.compile(torchvision model) with inductor freezing (opt-in)
+    ... + CUDA graph       the same replayed from a captured CUDA graph (opt-in, CUDA only)
+For variant="paper" torchvision has no such network: the baseline is fused=False.
+"""
+import contextlib
+import logging
+import math
+import os
+import platform
+import sys
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+TORCHVISION = "torchvision eager"
+FUSED = "fused"
+UNFUSED = "fused=False"
+COMPILE = "torch.compile"
+REFERENCE = "reference"
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _timer_cls():
+    """torch.utils.benchmark.Timer, imported without the cpp_extension "No CUDA runtime" warning."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils.benchmark import Timer
+    finally:
+        log.setLevel(level)
+    return Timer
+
+
+def progress(total=None, desc="", enabled=True, unit="it"):
+    """A tqdm progress line on stderr (a no-op object when disabled or tqdm is missing)."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or not enabled:
+        return _NoProgress()
+    # disable=None: tqdm draws only on a terminal; logs get no carriage-return clutter.
+    return tqdm(total=total, desc=desc, leave=False, file=sys.stderr, unit=unit, dynamic_ncols=True,
+                disable=None)
+
+
+class _NoProgress:
+    def update(self, n=1):
+        pass
+
+    def set_description_str(self, s):
+        pass
+
+    def close(self):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+# ----------------------------------------------------------------------------------------------
+# Statistics and timing
+
+
+def _quantile(sorted_xs: Sequence[float], q: float) -> float:
+    """Linear-interpolated quantile of a sorted list (numpy's default method)."""
+    if not sorted_xs:
+        return float("nan")
+    pos = (len(sorted_xs) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
+
+
+def timing_stats(times_s: Sequence[float]) -> Dict[str, float]:
+    """Median, quartiles, IQR, min and max in milliseconds of per-call times in seconds."""
+    xs = sorted(t * 1e3 for t in times_s)
+    q1, med, q3 = _quantile(xs, 0.25), _quantile(xs, 0.5), _quantile(xs, 0.75)
+    return {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1,
+            "min_ms": xs[0] if xs else float("nan"), "max_ms": xs[-1] if xs else float("nan"),
+            "runs": len(xs)}
+
+
+def measure(fn: Callable[[Tensor], object], x: Tensor, min_run_time: float,
+            num_threads: Optional[int] = None, label: str = "") -> List[float]:
+    """Per-call times (seconds) of ``fn(x)`` from Timer.blocked_autorange (CUDA is synchronized
+    by the Timer).  Runs with torch's current thread count unless ``num_threads`` is given
+    (Timer's own default of one thread would make every CPU number single-threaded)."""
+    Timer = _timer_cls()
+    timer = Timer(stmt="fn(x)", globals={"fn": fn, "x": x},
+                  num_threads=num_threads or torch.get_num_threads(), label=label)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    return list(m.times)
+
+
+@dataclass
+class Provider:
+    """One way of running the network (or a block).  ``prepare(x)`` returns the callable that is
+    timed for input ``x`` (e.g. a CUDA graph captured for that shape); the default is ``fn``."""
+    name: str
+    fn: Callable[[Tensor], Tensor]
+    prepare: Optional[Callable[[Tensor], Callable[[Tensor], Tensor]]] = None
+    compiles: bool = False  # the first call compiles (long): warm-up shows it
+    note: str = ""
+
+    def for_input(self, x: Tensor) -> Callable[[Tensor], Tensor]:
+        return self.prepare(x) if self.prepare is not None else self.fn
+
+
+@dataclass
+class Result:
+    batch_size: int
+    provider: str
+    times_s: List[float] = field(default_factory=list)
+    error: Optional[str] = None
+
+    def row(self, baseline_median_ms: Optional[float]) -> Dict[str, object]:
+        d = {"batch_size": self.batch_size, "provider": self.provider}
+        if self.error is not None:
+            d["error"] = self.error
+            return d
+        d.update(timing_stats(self.times_s))
+        d["images_per_s"] = self.batch_size / (d["median_ms"] / 1e3)
+        d["speedup"] = (baseline_median_ms / d["median_ms"]) if baseline_median_ms else None
+        return d
+
+
+def run_providers(providers: Sequence[Provider], x: Tensor, *, min_run_time: float = 2.0,
+                  rounds: int = 3, warmup: int = 3, show_progress: bool = True,
+                  compile_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
+                  ) -> List[Result]:
+    """Warm up every provider on ``x`` then time them in ``rounds`` interleaved rounds of
+    ``min_run_time / rounds`` seconds each.  A provider that raises is reported, not fatal.
+
+    Call under torch.no_grad()/inference_mode() and with the models in eval mode.
+    """
+    b = x.shape[0]
+    results = {p.name: Result(b, p.name) for p in providers}
+    fns = {}
+    for p in providers:
+        desc = (f"b={b} {p.name}: compiling (first call, ~40 s)" if p.compiles
+                else f"b={b} {p.name}: warm-up")
+        bar = progress(total=warmup, desc=desc, enabled=show_progress)
+        if p.compiles and show_progress and not _isatty(sys.stderr):
+            print(desc + " ...", file=sys.stderr, flush=True)
+        try:
+            with compile_context() if p.compiles else contextlib.nullcontext():
+                fn = p.for_input(x)
+                for i in range(warmup):
+                    fn(x)
+                    if i == 0 and p.compiles:
+                        bar.set_description_str(f"b={b} {p.name}: warm-up")
+                    bar.update()
+            _sync(x)
+            fns[p.name] = fn
+        except Exception as e:  # report and go on with the other providers
+            results[p.name].error = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        finally:
+            bar.close()
+    per_round = min_run_time / max(1, rounds)
+    bar = progress(total=rounds * len(fns), desc=f"b={b}: timing", enabled=show_progress)
+    for _ in range(max(1, rounds)):
+        for p in providers:
+            if p.name not in fns:
+                continue
+            try:
+                results[p.name].times_s += measure(fns[p.name], x, per_round, label=p.name)
+            except Exception as e:
+                results[p.name].error = f"{type(e).__name__}: {e}"
+                del fns[p.name]
+            bar.update()
+    bar.close()
+    return [results[p.name] for p in providers]
+
+
+def _isatty(f) -> bool:
+    try:
+        return f.isatty()
+    except Exception:
+        return False
+
+
+def _sync(x: Tensor):
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def rows_with_speedup(results: Sequence[Result], baseline: str) -> List[Dict[str, object]]:
+    """Table rows (dicts) with speedup = baseline median / provider median, per batch size."""
+    base = {r.batch_size: timing_stats(r.times_s)["median_ms"] for r in results
+            if r.provider == baseline and r.error is None and r.times_s}
+    return [r.row(base.get(r.batch_size)) for r in results]
+
+
+def format_table(rows: Sequence[Dict[str, object]], baseline: str) -> str:
+    """A plain-text table of bench rows."""
+    head = ("batch", "provider", "median ms", "IQR ms", "min ms", "max ms", "images/s",
+            f"vs {baseline}")
+    lines = []
+    for r in rows:
+        if "error" in r:
+            lines.append((str(r["batch_size"]), r["provider"], "failed: " + r["error"], "", "", "", "", ""))
+            continue
+        sp = r.get("speedup")
+        lines.append((str(r["batch_size"]), r["provider"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}",
+                      f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}", f"{r['images_per_s']:.1f}",
+                      f"{sp:.2f}x" if sp else "-"))
+    ok = [l for l in lines if not l[2].startswith("failed")]
+    widths = [max([len(h)] + [len(l[i]) for l in (lines if i < 2 else ok)]) for i, h in enumerate(head)]
+
+    def fmt(cells):
+        return "  ".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [fmt(head), "  ".join("-" * w for w in widths)]
+    for l in lines:
+        out.append(f"{l[0].rjust(widths[0])}  {l[1].ljust(widths[1])}  {l[2]}" if l[2].startswith("failed")
+                   else fmt(l))
+    return "\n".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# Accuracy check
+
+
+def compare_logits(out: Tensor, ref: Tensor) -> Dict[str, float]:
+    """Max abs error, relative error (max abs error / max |ref|) and top-1 agreement of logits."""
+    out64, ref64 = out.detach().double().cpu(), ref.detach().double().cpu()
+    max_abs = (out64 - ref64).abs().max().item()
+    scale = ref64.abs().max().item()
+    agree = int((out64.argmax(1) == ref64.argmax(1)).sum().item())
+    return {"max_abs_err": max_abs, "max_ref": scale,
+            "max_rel_err": max_abs / scale if scale > 0 else (0.0 if max_abs == 0 else math.inf),
+            "top1_agree": agree, "n": int(ref.shape[0])}
+
+
+@contextlib.contextmanager
+def no_tf32():
+    """fp32 means fp32: TF32 off for cuBLAS and cuDNN inside the block."""
+    old = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+# ----------------------------------------------------------------------------------------------
+# Providers
+
+
+def compile_with_freezing(module: torch.nn.Module):
+    """torch.compile(module) for inference with inductor freezing (weights folded as constants).
+    Compilation happens at the first call, which must run inside :func:`freezing_context` and
+    under no_grad; static shapes (one graph per batch size)."""
+    return torch.compile(module, dynamic=False)
+
+
+def freezing_context():
+    """torch._inductor.config.patch(freezing=True): wrap the compiling (first) calls in it."""
+    import torch._inductor.config as inductor_config
+    return inductor_config.patch(freezing=True)
+
+
+def cuda_graphed(fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3) -> Callable[[Tensor], Tensor]:
+    """Capture ``fn`` on a static copy of ``example`` into a CUDA graph; the returned callable
+    copies its input into the static buffer and replays (same shape/dtype/device only)."""
+    static_in = example.clone()
+    stream = torch.cuda.Stream(device=example.device)
+    stream.wait_stream(torch.cuda.current_stream(example.device))
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn(static_in)
+    torch.cuda.current_stream(example.device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_out = fn(static_in)
+
+    def replay(x: Tensor) -> Tensor:
+        static_in.copy_(x)
+        graph.replay()
+        return static_out
+
+    return replay
+
+
+def to_device(module: torch.nn.Module, device, dtype) -> torch.nn.Module:
+    return module.to(device=device, dtype=dtype).to(memory_format=torch.channels_last).eval()
+
+
+@dataclass
+class Networks:
+    fused: torch.nn.Module
+    unfused: torch.nn.Module
+    torchvision: Optional[torch.nn.Module]  # None for variant="paper"
+
+    @property
+    def baseline_name(self) -> str:
+        return TORCHVISION if self.torchvision is not None else UNFUSED
+
+    @property
+    def baseline(self) -> torch.nn.Module:
+        return self.torchvision if self.torchvision is not None else self.unfused
+
+
+def build_networks(seed: int = 0, variant: str = "torchvision", device="cpu", dtype=torch.float32,
+                   num_classes: int = 1000, calibration: Optional[Tensor] = None) -> Networks:
+    """GoogLeNet(fused=True) with seeded weights (torch.manual_seed(seed), init_weights=True, no
+    aux heads), and the same state_dict loaded strictly into GoogLeNet(fused=False) and (variant
+    "torchvision") torchvision.models.googlenet; all in eval mode, channels_last, ``dtype``.
+
+    ``calibration`` (float32 images, NCHW): BatchNorm running statistics are first set from
+    these images (see :func:`calibrate_batchnorm`).  Without it, freshly initialized running
+    stats (mean 0, var 1) let the activations of the 0.01-std truncated-normal weights vanish
+    layer by layer, the logits collapse to the classifier's bias and do not depend on the input,
+    and a fused-vs-torchvision check on them proves nothing.
+    """
+    from googlenet_fast.model import GoogLeNet
+    torch.manual_seed(seed)
+    fused = GoogLeNet(num_classes=num_classes, aux_logits=False, init_weights=True, variant=variant, fused=True)
+    if calibration is not None:
+        calibrate_batchnorm(fused, calibration)
+    fused.eval()
+    state = fused.state_dict()
+    unfused = GoogLeNet(num_classes=num_classes, aux_logits=False, init_weights=False, variant=variant, fused=False)
+    unfused.load_state_dict(state, strict=True)
+    tv = None
+    if variant == "torchvision":
+        import torchvision
+        tv = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=False,
+                                          init_weights=False)
+        tv.load_state_dict(state, strict=True)
+    return Networks(*(to_device(m, device, dtype) if m is not None else None for m in (fused, unfused, tv)))
+
+
+PROVIDER_KEYS = {"fused": FUSED, "unfused": UNFUSED, "torchvision": TORCHVISION}
+
+
+def calibrate_batchnorm(model: torch.nn.Module, images: Tensor) -> int:
+    """Set every BatchNorm's running mean/var to the statistics of ``images`` (one train-mode
+    forward under no_grad, cumulative average: momentum=None), then put the model in eval mode.
+    Returns the number of BatchNorm layers (0 for the paper variant, which has none)."""
+    bns = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return 0
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(images)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.eval()
+    return len(bns)
+
+
+def network_providers(nets: Networks, *, compile: bool = False, cuda_graphs: bool = False,
+                      only: Optional[Sequence[str]] = None) -> List[Provider]:
+    """The whole-network providers (see the module docstring).  ``only``: keys of PROVIDER_KEYS
+    ("fused", "unfused", "torchvision") to keep among the eager ones; the baseline always stays."""
+    keep = {PROVIDER_KEYS[k] for k in (only or PROVIDER_KEYS)} | {nets.baseline_name}
+    ps = [Provider(FUSED, nets.fused), Provider(UNFUSED, nets.unfused)]
+    if nets.torchvision is not None:
+        ps.append(Provider(TORCHVISION, nets.torchvision))
+    ps = [p for p in ps if p.name in keep]
+    if compile:
+        ps.append(Provider(COMPILE, compile_with_freezing(nets.baseline), compiles=True,
+                           note=f"torch.compile({nets.baseline_name}), inductor freezing"))
+    if cuda_graphs:
+        for name, m in ((FUSED, nets.fused), (nets.baseline_name, nets.baseline)):
+            if name in keep:
+                ps.append(Provider(f"{name} + CUDA graph", m, prepare=lambda x, m=m: cuda_graphed(m, x)))
+    return ps
+
+
+# ----------------------------------------------------------------------------------------------
+# One Inception block (benchmarks/): the fused op runs on GoogLeNet's Inception.folded_params().
+
+
+# (name of the torchvision attribute, input channels, input spatial size at 224x224)
+STAGE_BLOCKS = {"3a": ("inception3a", 192, 28), "4a": ("inception4a", 480, 14), "5a": ("inception5a", 832, 7)}
+
+
+# ----------------------------------------------------------------------------------------------
+# Environment (``googlenet-fast info`` and the benchmark JSON)
+
+
+def _version(mod_name: str) -> str:
+    try:
+        mod = __import__(mod_name)
+        return getattr(mod, "__version__", "installed")
+    except Exception as e:  # not installed or broken
+        return f"not available ({type(e).__name__})"
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def backend_status() -> Dict[str, str]:
+    """Which backends of the fused op are usable here, with the reason when one is not."""
+    from googlenet_fast.backends import native
+    import importlib.util
+    st = {}
+    st["cpu"] = "usable" if native.available() else f"not usable: extension not loaded ({native.LOAD_ERROR})"
+    if native.cuda_available():
+        st["cuda"] = "usable"
+    elif not native.available():
+        st["cuda"] = "not usable: extension not loaded"
+    elif not native.BUILD_INFO.get("cuda_built"):
+        st["cuda"] = f"not usable: built without CUDA kernels ({native.BUILD_INFO.get('cuda_skip_reason')})"
+    else:
+        st["cuda"] = "not usable: no CUDA device visible"
+    triton_v = _version("triton")
+    has_module = importlib.util.find_spec("googlenet_fast.backends.triton") is not None
+    interp = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    if triton_v.startswith("not available"):
+        st["triton"] = "not usable: triton is not installed"
+    elif not has_module:
+        st["triton"] = "not usable: googlenet_fast.backends.triton is not in this build"
+    elif torch.cuda.is_available():
+        st["triton"] = "usable (CUDA device)" + ("; TRITON_INTERPRET=1 also set" if interp else "")
+    elif interp:
+        st["triton"] = "usable on CPU tensors under the interpreter (TRITON_INTERPRET=1; slow)"
+    else:
+        st["triton"] = "not usable: no CUDA device (set TRITON_INTERPRET=1 for the CPU interpreter)"
+    st["reference"] = "usable"
+    return st
+
+
+def environment_info() -> Dict[str, object]:
+    """Everything a bug report needs: versions, devices, the extension's build, usable backends."""
+    import googlenet_fast
+    from googlenet_fast.backends import native
+    info: Dict[str, object] = {}
+    info["googlenet_fast"] = f"{getattr(googlenet_fast, '__version__', '?')} ({os.path.dirname(googlenet_fast.__file__)})"
+    info["python"] = f"{platform.python_version()} ({sys.executable})"
+    info["platform"] = platform.platform()
+    info["cpu"] = f"{_cpu_name()}, {os.cpu_count()} logical cores"
+    info["torch"] = torch.__version__
+    info["torch CUDA"] = torch.version.cuda or "none (CPU-only build)"
+    info["torchvision"] = _version("torchvision")
+    info["triton"] = _version("triton")
+    info["torch threads"] = f"{torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op"
+    info["oneDNN (mkldnn)"] = torch.backends.mkldnn.is_available()
+    info["MKL"] = torch.backends.mkl.is_available()
+    info["CUDA available"] = torch.cuda.is_available()
+    if torch.cuda.is_available():
+        info["CUDA devices"] = "; ".join(
+            f"{i}: {torch.cuda.get_device_name(i)} (sm_{''.join(map(str, torch.cuda.get_device_capability(i)))})"
+            for i in range(torch.cuda.device_count()))
+    info["extension googlenet_fast._C"] = "loaded" if native.available() else f"not loaded: {native.LOAD_ERROR}"
+    bi = native.BUILD_INFO
+    info["extension built against torch"] = bi.get("torch_built_against", "unknown")
+    if bi.get("torch_built_against") and bi.get("torch_built_against") != torch.__version__:
+        info["extension built against torch"] += f" (MISMATCH: running {torch.__version__}; rebuild)"
+    info["extension CUDA kernels"] = ("built" if bi.get("cuda_built")
+                                      else f"not built ({bi.get('cuda_skip_reason')})")
+    info["extension CUDA archs"] = bi.get("cuda_arch_list")
+    info["extension CUDA_HOME"] = (f"{bi.get('cuda_home')} (from {bi.get('cuda_home_from')})"
+                                   if bi.get("cuda_home") else bi.get("cuda_home_from", "none"))
+    for name, st in backend_status().items():
+        info[f"backend {name}"] = st
+    info["GOOGLENET_FAST_BACKEND"] = os.environ.get("GOOGLENET_FAST_BACKEND", "(unset: auto)")
+    info["TRITON_INTERPRET"] = os.environ.get("TRITON_INTERPRET", "(unset)")
+    return info

@@ -1,0 +1,183 @@
+"""The command line (googlenet_fast.cli), run in-process: bench on photos, info, --images."""
+import json
+import re
+
+import pytest
+import torch
+
+from googlenet_fast import cli, data
+from googlenet_fast.backends import native
+
+# Tiny timing config: the tests check the plumbing and the numerical check, not the speed.
+FAST = ["--device", "cpu", "--min-run-time", "0.05", "--rounds", "1", "--warmup", "1", "--quiet"]
+
+
+def _run(capsys, *argv):
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def _check_lines(out):
+    """{provider: (max abs err, max rel err, top-1 agreed, n)} from the bench's check lines."""
+    found = {}
+    for m in re.finditer(r"check: (.+?) \((\w+)\) vs .+? on (\d+) photos: max abs err (\S+), "
+                         r"max rel err (\S+) \(of max \|logit\| (\S+)\), top-1 agreement (\d+)/(\d+)", out):
+        found[m.group(1)] = dict(n=int(m.group(3)), abs=float(m.group(4)), rel=float(m.group(5).rstrip(",")),
+                                 scale=float(m.group(6)), agree=int(m.group(7)), total=int(m.group(8)))
+    return found
+
+
+def _table_rows(out):
+    """[(batch, provider, median ms, images/s, speedup text)] from the printed table."""
+    rows = []
+    for line in out.splitlines():
+        m = re.match(r"\s*(\d+)\s{2}(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)$",
+                     line)
+        if m:
+            rows.append((int(m.group(1)), m.group(2).strip(), float(m.group(3)), float(m.group(7)), m.group(8)))
+    return rows
+
+
+def test_bench_default_photos(capsys, tmp_path):
+    out_json = tmp_path / "res" / "bench.json"
+    rc, out, err = _run(capsys, "bench", "--batch-sizes", "1", "2", "--json", str(out_json), *FAST)
+    assert rc == 0, out + err
+    photos = data.sample_photos()
+    assert f"images: {len(photos)} from scikit-image sample photos" in out
+    assert "astronaut" in out
+    assert f"-> ({len(photos)}, 3, 224, 224)" in out
+
+    checks = _check_lines(out)
+    assert set(checks) == {"fused"}, out
+    c = checks["fused"]
+    assert c["n"] == len(photos) == c["total"]
+    # The check is meaningful: real (not collapsed) logits, fused within 1e-4 relative of torchvision.
+    assert c["scale"] > 0
+    assert c["rel"] < 1e-4, out
+    assert c["abs"] <= c["rel"] * c["scale"] * 1.001 + 1e-30
+    assert c["agree"] == c["n"], out
+    assert "check: OK" in out
+    assert "warning" not in out
+
+    rows = _table_rows(out)
+    assert {(b, p) for b, p, *_ in rows} == {(b, p) for b in (1, 2)
+                                             for p in ("fused", "fused=False", "torchvision eager")}, out
+    for b, p, median, ips, speedup in rows:
+        assert median > 0
+        assert ips == pytest.approx(b / (median / 1e3), rel=0.01, abs=0.06)  # printed with 1 decimal
+        if p == "torchvision eager":
+            assert speedup == "1.00x"
+
+    report = json.loads(out_json.read_text())
+    assert report["check"]["ok"] is True
+    assert report["check"]["fused"]["max_rel_err"] < 1e-4
+    assert len(report["rows"]) == 6
+    for r in report["rows"]:
+        assert r["runs"] >= 1 and r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
+        assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+    assert report["environment"]["torch"] == torch.__version__
+
+
+def test_info(capsys):
+    rc, out, _ = _run(capsys, "info")
+    assert rc == 0
+    fields = {}
+    for line in out.splitlines():
+        k, _, v = line.partition(": ")
+        fields[k.rstrip(":").strip()] = v.strip()
+    import googlenet_fast
+    assert fields["googlenet_fast"].startswith(googlenet_fast.__version__)
+    assert fields["torch"] == torch.__version__
+    import torchvision
+    assert fields["torchvision"] == torchvision.__version__
+    for key in ("python", "triton", "torch CUDA", "CUDA available", "torch threads",
+                "extension googlenet_fast._C", "extension CUDA kernels", "extension CUDA archs",
+                "extension CUDA_HOME", "backend cpu", "backend cuda", "backend triton", "backend reference"):
+        assert key in fields, f"{key!r} missing from info:\n{out}"
+    assert fields["CUDA available"] == str(torch.cuda.is_available())
+    assert fields["torch threads"].startswith(f"{torch.get_num_threads()} intra-op")
+    assert fields["backend reference"] == "usable"
+    assert fields["backend cpu"].startswith("usable") == native.available()
+    assert fields["backend cuda"].startswith("usable") == native.cuda_available()
+    assert fields["extension CUDA kernels"].startswith("built") == bool(native.BUILD_INFO.get("cuda_built"))
+
+    rc, out, _ = _run(capsys, "info", "--json")
+    assert rc == 0 and json.loads(out)["torch"] == torch.__version__
+
+
+def _png(path, size, seed):
+    from PIL import Image
+    g = torch.Generator().manual_seed(seed)
+    arr = torch.randint(0, 256, (size[1], size[0], 3), generator=g, dtype=torch.uint8).numpy()
+    Image.fromarray(arr).save(path)
+
+
+def test_bench_own_images(capsys, tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _png(folder / "a.png", (320, 240), 0)
+    _png(folder / "b.PNG", (200, 300), 1)
+    (folder / "notes.txt").write_text("not an image")
+    _png(tmp_path / "x.png", (256, 256), 2)
+    # a folder and a file; the batch of 4 repeats the 3 images; the baseline is always timed
+    rc, out, err = _run(capsys, "bench", "--images", str(folder), str(tmp_path / "x.png"),
+                        "--batch-sizes", "4", "--providers", "fused", *FAST)
+    assert rc == 0, out + err
+    assert "images: 3 from --images (a.png, b.PNG, x.png) -> (3, 3, 224, 224)" in out
+    c = _check_lines(out)["fused"]
+    assert c["n"] == 3 and c["rel"] < 1e-4
+    assert {(b, p) for b, p, *_ in _table_rows(out)} == {(4, "fused"), (4, "torchvision eager")}
+
+
+@pytest.mark.parametrize("case", ["empty_folder", "missing", "unreadable", "folder_without_images"])
+def test_bench_bad_images(capsys, tmp_path, case):
+    if case == "empty_folder":
+        path = tmp_path / "empty"
+        path.mkdir()
+        expected = f"folder '{path}' holds no image files"
+    elif case == "folder_without_images":
+        path = tmp_path / "docs"
+        path.mkdir()
+        (path / "readme.txt").write_text("hello")
+        expected = f"folder '{path}' holds no image files"
+    elif case == "missing":
+        path = tmp_path / "nope.jpg"
+        expected = f"'{path}' does not exist"
+    else:
+        path = tmp_path / "broken.png"
+        path.write_bytes(b"not a png")
+        expected = f"cannot read '{path}' as an image"
+    rc, out, err = _run(capsys, "bench", "--images", str(path), *FAST)
+    assert rc == 2
+    assert err.startswith("googlenet-fast bench: error: --images: ")
+    assert expected in err, err
+    assert "Traceback" not in err
+
+
+def test_bench_bad_arguments(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["bench", "--batch-sizes", "0"])
+    assert e.value.code == 2
+    assert "expected a positive integer, got 0" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        rc, _, err = _run(capsys, "bench", "--device", "cuda")
+        assert rc == 2 and "--device cuda: no CUDA device is visible" in err
+
+
+def test_fill_batch_repeats_images():
+    x = torch.arange(3.0).reshape(3, 1, 1, 1).expand(3, 3, 2, 2)
+    y = data.fill_batch(x, 7)
+    assert y.shape == (7, 3, 2, 2)
+    assert y[:, 0, 0, 0].tolist() == [0, 1, 2, 0, 1, 2, 0]
+    assert data.fill_batch(x, 2)[:, 0, 0, 0].tolist() == [0, 1]
+    with pytest.raises(ValueError, match="batch_size"):
+        data.fill_batch(x, 0)
+
+
+def test_parser_has_one_entry_per_command():
+    """Adding a command (e.g. train) is one parser function appended to cli.COMMANDS."""
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if a.dest == "command")
+    assert set(sub.choices) >= {"bench", "info"}
+    assert len(cli.COMMANDS) == len(sub.choices)
