@@ -728,7 +728,12 @@ def googlenet(weights=None, progress: bool = True, **kwargs: Any) -> GoogLeNet:
         warnings.warn("googlenet: 'pretrained' is deprecated, use weights=GoogLeNet_Weights.IMAGENET1K_V1",
                       UserWarning)
         weights = GoogLeNet_Weights.IMAGENET1K_V1 if pretrained else None
-    weights = GoogLeNet_Weights.verify(weights)
+    try:
+        weights = GoogLeNet_Weights.verify(weights)
+    except KeyError:
+        names = ", ".join(GoogLeNet_Weights.__members__)
+        raise ValueError(f"weights: expected None, a GoogLeNet_Weights member or one of its names "
+                         f"({names}), got {weights!r}") from None
 
     original_aux_logits = kwargs.get("aux_logits", False)
     if weights is not None:
