@@ -17,8 +17,11 @@ the form ``googlenet_fast.ops`` calls.
 Layouts read in place, without a copy (so that a module call is exactly two launches):
   * x: any strides (channels_last is the fast one: unit stride along channels);
   * out: any strides (a channel slice of a larger channels_last buffer is the intended use);
-  * 1x1 weights (Cout, Cin, 1, 1) with unit stride along Cin (contiguous, or channels_last);
-    the three sibling 1x1 weights need not be adjacent: each column tile picks its weight;
+  * 1x1 weights (Cout, Cin, 1, 1) with unit stride along Cin (contiguous, or channels_last),
+    the three siblings (w_1x1, w_3x3red, w_5x5red) as adjacent row blocks of one buffer, so that
+    they are the merged GEMM operand [ch1x1 + ch3x3red + ch5x5red, Cin] in place (the model's
+    folded-weight cache holds them so).  Otherwise they are concatenated per call (one small copy
+    kernel), and always while the op is traced (torch.compile, make_fx);
   * KxK weights: channels_last (OHWI in memory) on CUDA.  Other KxK layouts are repacked to
     channels_last per call on CUDA (one small copy kernel; the model should cache channels_last
     weights to avoid it); under the interpreter they are read with their own strides.
@@ -220,6 +223,41 @@ def _unit_k(w: Tensor) -> Tensor:
     return m
 
 
+def _tracing(*tensors) -> bool:
+    """True while the op is being traced (fake/functional tensors, or a proxy/fake/functional
+    dispatch mode): decisions taken from where tensors live in memory must not be baked into a
+    graph that will run on other tensors."""
+    from torch._subclasses.fake_tensor import FakeTensor
+    from torch._subclasses.functional_tensor import FunctionalTensor
+    if any(isinstance(t, (FakeTensor, FunctionalTensor)) for t in tensors):
+        return True
+    keys = torch._C._TorchDispatchModeKey
+    return any(torch._C._get_dispatch_mode(getattr(keys, k)) is not None
+               for k in ("PROXY", "FAKE", "FUNCTIONAL") if hasattr(keys, k))
+
+
+def _merged_1x1(w1: Tensor, w3r: Tensor, w5r: Tensor) -> Tensor:
+    """The merged 1x1 weight [ch1x1 + ch3x3red + ch5x5red, Cin] (unit stride along Cin).
+
+    Read in place when the three [Cout, Cin] weights are adjacent row blocks of one buffer with
+    one row stride (what the model's folded-weight cache holds); concatenated per call (one copy
+    kernel) otherwise, and always while tracing (adjacency of the traced tensors says nothing
+    about the tensors the graph will run on)."""
+    rows = w1.shape[0] + w3r.shape[0] + w5r.shape[0]
+    ld = w1.stride(0)
+    if (not _tracing(w1, w3r, w5r) and w1.device.type != "meta"
+            and w1.numel() > 0 and w3r.numel() > 0 and w5r.numel() > 0):
+        es = w1.element_size()
+        p = w1.data_ptr()
+        if (w3r.stride(0) == ld and w5r.stride(0) == ld and ld >= w1.shape[1]
+                and w3r.untyped_storage().data_ptr() == w1.untyped_storage().data_ptr()
+                and w5r.untyped_storage().data_ptr() == w1.untyped_storage().data_ptr()
+                and w3r.data_ptr() == p + w1.shape[0] * ld * es
+                and w5r.data_ptr() == p + (w1.shape[0] + w3r.shape[0]) * ld * es):
+            return w1.as_strided((rows, w1.shape[1]), (ld, 1))
+    return torch.cat([w1, w3r, w5r], 0)
+
+
 def _single_threaded_blas():
     """The interpreter runs each tl.dot as a small numpy matmul between bursts of Python; a
     multi-threaded BLAS then spends ~40 ms per call waking its threads (measured on 2 cores).
@@ -232,67 +270,98 @@ def _single_threaded_blas():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
-            w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> None:
-    """Run both stages, writing the module's output into ``out`` (any strides)."""
-    from torch.library import wrap_triton
+class LaunchPlan(NamedTuple):
+    """The arguments of both kernel launches of one module call (see :func:`plan_launch`)."""
+    args1: dict   # stage 1 kernel arguments, tile sizes excluded
+    args2: dict   # stage 2 kernel arguments, tile sizes excluded
+    P: int
+    NM: int
+    CP: int
+    C3: int
+    C5: int
+    R3: int
+    R5: int
+    half: bool
 
+
+# Row stride of the scratch matrix red: ch3x3red + ch5x5red rounded up to this many elements, so
+# that every row starts 16-element aligned (Triton then knows it and vectorizes stage 2's loads;
+# ch5x5red = 24 in 4b/4c would otherwise leave rows 8-aligned).
+RED_ALIGN = 16
+
+
+def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5,
+                b_5x5, w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> LaunchPlan:
+    """Allocate the scratch matrix and build both stages' kernel arguments (works on meta tensors,
+    which is how tests/test_triton_compile.py gets the runtime specialization of each kernel)."""
     n, cin, h, w = x.shape
     P = n * h * w
-    if P == 0 or out.numel() == 0:
-        return
     c1, r3, r5, cp = w_1x1.shape[0], w_3x3red.shape[0], w_5x5red.shape[0], w_pool_proj.shape[0]
     c3, c5 = w_3x3.shape[0], w_5x5.shape[0]
     nm = c1 + r3 + r5
-    red = torch.empty((P, r3 + r5), dtype=x.dtype, device=x.device)
+    rr = -(-(r3 + r5) // RED_ALIGN) * RED_ALIGN
+    red = torch.empty((P, rr), dtype=x.dtype, device=x.device)
 
     w1, w3r, w5r, wp = (_unit_k(t) for t in (w_1x1, w_3x3red, w_5x5red, w_pool_proj))
-    if x.device.type == "cuda":
+    wm = _merged_1x1(w1, w3r, w5r)
+    if x.device.type != "cpu":  # CUDA (and meta, as CUDA): the fast KxK layout, OHWI
         w_3x3 = w_3x3.contiguous(memory_format=torch.channels_last)
         w_5x5 = w_5x5.contiguous(memory_format=torch.channels_last)
     biases = [b if b is None or b.stride(0) == 1 else b.contiguous()
               for b in (b_1x1, b_3x3red, b_5x5red, b_pool_proj, b_3x3, b_5x5)]
-    b1, b3r, b5r, bp, b3, b5 = (w1 if b is None else b for b in biases)  # dummy when absent
+    b1, b3r, b5r, bp, b3, b5 = (wp if b is None else b for b in biases)  # dummy when absent
     has = [b is not None for b in biases]
 
-    int64 = FORCE_INT64 or max(_span(t) for t in (x, out, red, w1, w3r, w5r, wp, w_3x3, w_5x5)) >= 2 ** 31
+    int64 = FORCE_INT64 or max(_span(t) for t in (x, out, red, wm, wp, w_3x3, w_5x5)) >= 2 ** 31
     half = x.dtype != torch.float32
     common = dict(RELU=bool(relu), INT64=bool(int64), ALLOW_TF32=_allow_tf32() and not half,
                   UPCAST=bool(interpret and x.dtype == torch.bfloat16))
     so = out.stride()
     sx = x.stride()
-    k = kernels(interpret)
-
     args1 = dict(
-        x_ptr=x, w1_ptr=w1, w3r_ptr=w3r, w5r_ptr=w5r, wp_ptr=wp,
+        x_ptr=x, wm_ptr=wm, wp_ptr=wp,
         b1_ptr=b1, b3r_ptr=b3r, b5r_ptr=b5r, bp_ptr=bp,
         out_ptr=out, red_ptr=red,
-        P=P, H=h, W=w, CIN=cin, NM=nm, C1=c1, R3=r3, CP=cp, OFF_P=c1 + c3 + c5,
+        P=P, H=h, W=w, CIN=cin, NM=nm, C1=c1, R3=r3, CP=cp, RR=rr, OFF_P=c1 + c3 + c5,
         sxn=sx[0], sxc=sx[1], sxh=sx[2], sxw=sx[3],
-        sw1=w1.stride(0), sw3r=w3r.stride(0), sw5r=w5r.stride(0), swp=wp.stride(0),
+        swm=wm.stride(0), swp=wp.stride(0),
         son=so[0], soc=so[1], soh=so[2], sow=so[3],
         HAS_B1=has[0], HAS_B3R=has[1], HAS_B5R=has[2], HAS_BP=has[3], **common)
     s3, s5 = w_3x3.stride(), w_5x5.stride()
     args2 = dict(
         red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out,
-        P=P, H=h, W=w, R3=r3, R5=r5, C3=c3, C5=c5, OFF_3=c1, OFF_5=c1 + c3,
+        P=P, H=h, W=w, R3=r3, R5=r5, RR=rr, C3=c3, C5=c5, OFF_3=c1, OFF_5=c1 + c3,
         sw3o=s3[0], sw3i=s3[1], sw3h=s3[2], sw3w=s3[3],
         sw5o=s5[0], sw5i=s5[1], sw5h=s5[2], sw5w=s5[3],
         son=so[0], soc=so[1], soh=so[2], sow=so[3],
         K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5], **common)
-    g1 = k.stage1.grid(P, nm, cp)
-    g2 = k.stage2.grid(P, c3, c5)
-    if interpret:
-        t1 = configs.interpret_tile(1, P, r3, r5)
-        t2 = configs.interpret_tile(2, P, r3, r5)
-        with _single_threaded_blas():
-            k.stage1.inception_stage1_kernel[g1](**args1, **t1.meta())
-            k.stage2.inception_stage2_kernel[g2](**args2, **t2.meta())
+    return LaunchPlan(args1, args2, P, nm, cp, c3, c5, r3, r5, half)
+
+
+def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+            w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> None:
+    """Run both stages, writing the module's output into ``out`` (any strides)."""
+    from torch.library import wrap_triton
+
+    n, _, h, w = x.shape
+    if n * h * w == 0 or out.numel() == 0:
         return
-    kernel1 = k.stage1_half if half else k.stage1_fp32
-    kernel2 = k.stage2_half if half else k.stage2_fp32
-    wrap_triton(kernel1)[g1](**args1)
-    wrap_triton(kernel2)[g2](**args2)
+    plan = plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red,
+                       w_5x5, b_5x5, w_pool_proj, b_pool_proj, relu, out, interpret)
+    k = kernels(interpret)
+    g1 = k.stage1.grid(plan.P, plan.NM, plan.CP)
+    g2 = k.stage2.grid(plan.P, plan.C3, plan.C5)
+    if interpret:
+        t1 = configs.interpret_tile(1, plan.P, plan.R3, plan.R5)
+        t2 = configs.interpret_tile(2, plan.P, plan.R3, plan.R5)
+        with _single_threaded_blas():
+            k.stage1.inception_stage1_kernel[g1](**plan.args1, **t1.meta(1))
+            k.stage2.inception_stage2_kernel[g2](**plan.args2, **t2.meta(2))
+        return
+    kernel1 = k.stage1_half if plan.half else k.stage1_fp32
+    kernel2 = k.stage2_half if plan.half else k.stage2_fp32
+    wrap_triton(kernel1)[g1](**plan.args1)
+    wrap_triton(kernel2)[g2](**plan.args2)
 
 
 # ----------------------------------------------------------------------------------------------

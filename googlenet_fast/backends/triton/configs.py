@@ -40,15 +40,19 @@ class Tile(NamedTuple):
     BLOCK_K: int
     num_warps: int
     num_stages: int
+    POOL_K: int = 0  # stage 1's pool-projection K step (0: BLOCK_K); see the module docstring
 
-    def meta(self) -> Dict[str, int]:
-        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K}
+    def meta(self, stage: int) -> Dict[str, int]:
+        m = {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K}
+        if stage == 1:
+            m["POOL_BLOCK_K"] = self.POOL_K or self.BLOCK_K
+        return m
 
 
 STAGE1_HALF: List[Tile] = [
-    Tile(128, 128, 64, 8, 3),
-    Tile(128, 64, 64, 4, 4),
-    Tile(64, 128, 64, 4, 3),
+    Tile(128, 128, 64, 8, 3, POOL_K=32),
+    Tile(128, 64, 64, 8, 4),
+    Tile(64, 128, 64, 4, 3, POOL_K=32),
     Tile(64, 64, 64, 4, 3),
     Tile(32, 64, 128, 4, 2),
 ]
@@ -64,13 +68,13 @@ STAGE2_HALF: List[Tile] = [
 ]
 
 STAGE1_FP32: List[Tile] = [
-    Tile(64, 64, 32, 4, 2),
+    Tile(64, 64, 16, 4, 2),
     Tile(32, 64, 32, 4, 2),
     Tile(64, 32, 32, 4, 2),
 ]
 
 STAGE2_FP32: List[Tile] = [
-    Tile(64, 64, 32, 4, 2),
+    Tile(64, 64, 16, 4, 2),
     Tile(32, 64, 32, 4, 2),
     Tile(64, 32, 32, 4, 2),
 ]
@@ -118,5 +122,5 @@ def smem_estimate(t: Tile, elem_bytes: int) -> int:
 
 def triton_configs(stage: int, half: bool):
     import triton
-    return [triton.Config(t.meta(), num_warps=t.num_warps, num_stages=t.num_stages)
+    return [triton.Config(t.meta(stage), num_warps=t.num_warps, num_stages=t.num_stages)
             for t in tiles(stage, half)]

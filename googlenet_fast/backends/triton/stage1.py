@@ -8,10 +8,11 @@ programs sharing a row tile of x run together and read it from L2.  The column t
     [ ch1x1 | ch3x3red | ch5x5red ]  (the merged 1x1 GEMM over x, NM = their sum)   then
     [ pool_proj ]                    (the pool projection)
 and the column tile index picks what a program computes:
-  * merged 1x1 tile: B columns come from the three sibling 1x1 weights (each column's base
-    pointer is picked once, before the K loop; no concatenated weight is built), the epilogue
-    writes ch1x1 columns into the output's first channel slice and the reduce columns into the
-    scratch matrix red[P, ch3x3red + ch5x5red] that stage 2 reads;
+  * merged 1x1 tile: B is the merged weight [ch1x1 + ch3x3red + ch5x5red, Cin] (the three
+    sibling weights as adjacent rows of one buffer, which the model's folded-weight cache
+    provides; the op concatenates them per call otherwise); the epilogue writes ch1x1 columns
+    into the output's first channel slice and the reduce columns into the scratch matrix
+    red[P, ch3x3red + ch5x5red] that stage 2 reads;
   * pool projection tile: the A-operand loader takes the max over the 3x3 neighbourhood
     (stride 1, padding 1; out-of-image taps load -inf, so padding never wins the max) of each
     [BLOCK_M, BLOCK_K] tile of x while loading it; no pooled tensor exists.  The epilogue
@@ -61,6 +62,14 @@ def _load_or_ninf(ptrs, mask, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _wide(v, INT64: tl.constexpr):
+    """v as int64 in the 64-bit offset variant (so products with strides cannot overflow)."""
+    if INT64:
+        v = v.to(tl.int64)
+    return v
+
+
+@triton.jit
 def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
     """acc + bias, ReLU (NaN kept, as torch.relu), cast to the output dtype (round to nearest
     even; done by hand under UPCAST, where the interpreter would truncate fp32 -> bf16)."""
@@ -78,19 +87,21 @@ def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl
 
 @triton.jit
 def inception_stage1_kernel(
-    x_ptr, w1_ptr, w3r_ptr, w5r_ptr, wp_ptr,
+    x_ptr, wm_ptr, wp_ptr,
     b1_ptr, b3r_ptr, b5r_ptr, bp_ptr,
     out_ptr, red_ptr,
-    P, H, W, CIN, NM, C1, R3, CP, OFF_P,
+    P, H, W, CIN, NM, C1, R3, CP, RR, OFF_P,
     sxn, sxc, sxh, sxw,
-    sw1, sw3r, sw5r, swp,
+    swm, swp,
     son, soc, soh, sow,
     HAS_B1: tl.constexpr, HAS_B3R: tl.constexpr, HAS_B5R: tl.constexpr, HAS_BP: tl.constexpr,
     RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, POOL_BLOCK_K: tl.constexpr,
 ):
-    """Weights are [Cout, CIN] matrices with unit stride along CIN and row strides sw*;
-    red is dense [P, NM - C1]; out channel of branch 1 is 0.., of the pool projection OFF_P.."""
+    """wm is the merged 1x1 weight [NM, CIN] (rows: ch1x1, ch3x3red, ch5x5red), wp the pool
+    projection's [CP, CIN]; both with unit stride along CIN and row strides swm, swp.  red is
+    [P, RR] row-major (RR >= NM - C1); branch 1 goes to output channels 0.., the pool
+    projection to OFF_P.."""
     num_n1 = tl.cdiv(NM, BLOCK_N)
     num_n = num_n1 + tl.cdiv(CP, BLOCK_N)
     pid = tl.program_id(0)
@@ -120,10 +131,9 @@ def inception_stage1_kernel(
         is5 = (offs_n >= C1 + R3) & n_mask
         j3 = offs_n - C1
         j5 = offs_n - C1 - R3
-        w_col = tl.where(is1, w1_ptr + offs_n * sw1,
-                         tl.where(is3, w3r_ptr + j3 * sw3r, w5r_ptr + j5 * sw5r))
+        w_col = wm_ptr + offs_n * swm
         for k0 in range(0, CIN, BLOCK_K):
-            kk = k0 + offs_k
+            kk = _wide(k0 + offs_k, INT64)
             k_mask = kk < CIN
             a = _load(x_ptr + x_row[:, None] + kk[None, :] * sxc,
                       m_mask[:, None] & k_mask[None, :], UPCAST)
@@ -138,10 +148,9 @@ def inception_stage1_kernel(
             bias += tl.load(b5r_ptr + j5, mask=is5, other=0.0).to(tl.float32)
         y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
         # branch 1 straight into its channel slice of the output
-        tl.store(out_ptr + o_row[:, None] + offs_n[None, :] * soc, y,
+        tl.store(out_ptr + o_row[:, None] + _wide(offs_n, INT64)[None, :] * soc, y,
                  mask=m_mask[:, None] & is1[None, :])
-        # both reduce outputs into the scratch matrix red[P, NM - C1]
-        RR = NM - C1
+        # both reduce outputs into the scratch matrix red (row stride RR >= NM - C1)
         tl.store(red_ptr + offs_m[:, None] * RR + j3[None, :], y,
                  mask=m_mask[:, None] & (is3 | is5)[None, :])
     else:
@@ -153,8 +162,12 @@ def inception_stage1_kernel(
         down_ok = h + 1 < H
         left_ok = w >= 1
         right_ok = w + 1 < W
-        for k0 in range(0, CIN, BLOCK_K):
-            kk = k0 + offs_k
+        # Not software-pipelined (num_stages=1): multi-buffering nine tap loads would take nine
+        # times the shared memory of a plain GEMM tile; the nine loads are in flight together,
+        # in registers, so big tiles take a narrower K step here (POOL_BLOCK_K).
+        offs_pk = tl.arange(0, POOL_BLOCK_K)
+        for k0 in tl.range(0, CIN, POOL_BLOCK_K, num_stages=1):
+            kk = _wide(k0 + offs_pk, INT64)
             k_mask = kk < CIN
             mk = m_mask[:, None] & k_mask[None, :]
             centre = x_ptr + x_row[:, None] + kk[None, :] * sxc
@@ -174,15 +187,15 @@ def inception_stage1_kernel(
                         ok = ok & right_ok
                     v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & k_mask[None, :],
                                       UPCAST)
-                    a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL)
-            a = tl.where(mk, a, 0.0)  # no -inf (and no 0 * inf) reaches the dot
+                    a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL).to(v.dtype)  # bf16 max returns fp32
+            a = tl.where(mk, a, tl.zeros_like(a))  # no -inf (and no 0 * inf) reaches the dot
             b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
             acc = _mma(a, b, acc, ALLOW_TF32)
         bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
         if HAS_BP:
             bias += tl.load(bp_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
-        tl.store(out_ptr + o_row[:, None] + (OFF_P + offs_n)[None, :] * soc, y,
+        tl.store(out_ptr + o_row[:, None] + _wide(OFF_P + offs_n, INT64)[None, :] * soc, y,
                  mask=m_mask[:, None] & n_mask[None, :])
 
 

@@ -42,6 +42,14 @@ def _load(ptrs, mask, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def _wide(v, INT64: tl.constexpr):
+    """v as int64 in the 64-bit offset variant (so products with strides cannot overflow)."""
+    if INT64:
+        v = v.to(tl.int64)
+    return v
+
+
+@triton.jit
 def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
     """acc + bias, ReLU (NaN kept, as torch.relu), cast to the output dtype (round to nearest
     even; done by hand under UPCAST, where the interpreter would truncate fp32 -> bf16)."""
@@ -60,7 +68,7 @@ def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl
 @triton.jit
 def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, OFF, COUT, tile_n,
               offs_m, m_mask, h, w, o_row, H, W, soc,
-              KS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr,
+              KS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr,
               ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
               BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     PAD = KS // 2
@@ -92,14 +100,14 @@ def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, 
     if HAS_BIAS:
         bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
-    tl.store(out_ptr + o_row[:, None] + (OFF + offs_n)[None, :] * soc, y,
+    tl.store(out_ptr + o_row[:, None] + _wide(OFF + offs_n, INT64)[None, :] * soc, y,
              mask=m_mask[:, None] & n_mask[None, :])
 
 
 @triton.jit
 def inception_stage2_kernel(
     red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr,
-    P, H, W, R3, R5, C3, C5, OFF_3, OFF_5,
+    P, H, W, R3, R5, RR, C3, C5, OFF_3, OFF_5,
     sw3o, sw3i, sw3h, sw3w,
     sw5o, sw5i, sw5h, sw5w,
     son, soc, soh, sow,
@@ -107,7 +115,7 @@ def inception_stage2_kernel(
     RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """red is dense [P, R3 + R5]; w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any strides);
+    """red is [P, RR] row-major (RR >= R3 + R5); w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any strides);
     branch 2 goes to output channels OFF_3.., branch 3 to OFF_5.."""
     num_n3 = tl.cdiv(C3, BLOCK_N)
     num_n = num_n3 + tl.cdiv(C5, BLOCK_N)
@@ -125,15 +133,14 @@ def inception_stage2_kernel(
     h = rem // W
     w = rem - h * W
     o_row = img * son + h * soh + w * sow
-    RR = R3 + R5
     if pid_n < num_n3:
         _kxk_tile(red_ptr, 0, R3, RR, w3_ptr, sw3o, sw3i, sw3h, sw3w, b3_ptr, out_ptr, OFF_3, C3,
                   pid_n, offs_m, m_mask, h, w, o_row, H, W, soc,
-                  K3, HAS_B3, RELU, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+                  K3, HAS_B3, RELU, INT64, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         _kxk_tile(red_ptr, R3, R5, RR, w5_ptr, sw5o, sw5i, sw5h, sw5w, b5_ptr, out_ptr, OFF_5, C5,
                   pid_n - num_n3, offs_m, m_mask, h, w, o_row, H, W, soc,
-                  K5, HAS_B5, RELU, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
+                  K5, HAS_B5, RELU, INT64, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def grid(P, C3, C5):

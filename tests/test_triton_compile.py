@@ -1,0 +1,218 @@
+"""Ahead-of-time compile checks of the Triton kernels (no GPU needed).
+
+Every kernel is compiled for sm_90 (H100/H200) and sm_80 (A100) with each tile configuration the
+autotuner can launch it with, through ``triton.compile(ASTSource(...), target=GPUTarget(...))``,
+with the argument specialization the runtime would use (built by the backend's own
+``plan_launch`` on meta tensors of a real module's shape: ints equal to 1 become constants,
+multiples of 16 carry the divisibility hint, as Triton's launcher does).  That catches what only
+the GPU compiler rejects (types, layouts, shared memory) and reads the cubin:
+  * ``cuobjdump -res-usage``: STACK 0 (no register spills), registers reported;
+  * shared memory within the architecture's per-block limit;
+  * ``nvdisasm``: half-precision dots run on tensor cores (HGMMA = wgmma on sm_90 for tiles of
+    64+ rows, HMMA on sm_80), fp32 dots with TF32 off stay on the FMA units (no HMMA/HGMMA).
+Compiles run in a process pool (one per core) before the checks; Triton's cache makes reruns
+fast.  The summary table (registers, stack, shared memory, MMA instruction) is printed with
+``pytest -s`` and written to $TRITON_AOT_REPORT when set.
+"""
+import json
+import os
+import re
+import subprocess
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+from googlenet_fast.backends import triton as tb  # noqa: E402
+from googlenet_fast.backends.triton import configs  # noqa: E402
+
+BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+ARCHS = (90, 80)
+TL_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
+
+# Shapes whose runtime specialization the compiles use (batch 32, channels_last):
+#   stage 1 at 3a; stage 2 at 4b of the paper variant (K5 = 5, ch5x5red = 24: the widest kernel
+#   and the scratch row stride that needs padding), plus torchvision's 3/3 once.
+SHAPES = {
+    "3a": dict(cin=192, h=28, w=28, c1=64, r3=96, c3=128, k3=3, r5=16, c5=32, k5=3, cp=32),
+    "4b-paper": dict(cin=512, h=14, w=14, c1=160, r3=112, c3=224, k3=3, r5=24, c5=64, k5=5, cp=64),
+    "4b": dict(cin=512, h=14, w=14, c1=160, r3=112, c3=224, k3=3, r5=24, c5=64, k5=3, cp=64),
+}
+BATCH = 32
+
+
+def _meta_plan(shape, dtype, tf32=False, int64=False):
+    s = SHAPES[shape]
+    m = dict(device="meta", dtype=dtype)
+    x = torch.empty(BATCH, s["cin"], s["h"], s["w"], **m).contiguous(memory_format=torch.channels_last)
+    ws = [torch.empty(s["c1"], s["cin"], 1, 1, **m), torch.empty(s["c1"], **m),
+          torch.empty(s["r3"], s["cin"], 1, 1, **m), torch.empty(s["r3"], **m),
+          torch.empty(s["c3"], s["r3"], s["k3"], s["k3"], **m), torch.empty(s["c3"], **m),
+          torch.empty(s["r5"], s["cin"], 1, 1, **m), torch.empty(s["r5"], **m),
+          torch.empty(s["c5"], s["r5"], s["k5"], s["k5"], **m), torch.empty(s["c5"], **m),
+          torch.empty(s["cp"], s["cin"], 1, 1, **m), torch.empty(s["cp"], **m)]
+    out = torch.empty(BATCH, s["c1"] + s["c3"] + s["c5"] + s["cp"], s["h"], s["w"], **m).contiguous(
+        memory_format=torch.channels_last)
+    old = tb.FORCE_INT64
+    tb.FORCE_INT64 = int64
+    try:
+        plan = tb.plan_launch(x, *ws, True, out, interpret=False)
+    finally:
+        tb.FORCE_INT64 = old
+    if tf32:
+        plan.args1["ALLOW_TF32"] = plan.args2["ALLOW_TF32"] = True
+    return plan
+
+
+def _specialize(fn, args, tile):
+    """(signature, constexprs, attrs) as Triton's launcher would build them for these args."""
+    sig, constexprs, attrs = {}, {}, {}
+    meta = tile.meta(1 if "POOL_BLOCK_K" in fn.arg_names else 2)
+    for i, p in enumerate(fn.params):
+        name = p.name
+        v = meta[name] if name in meta else args[name]
+        if p.is_constexpr or name in meta:
+            sig[name], constexprs[name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[name] = "*" + TL_DTYPE[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 16-byte aligned
+        elif isinstance(v, bool):
+            sig[name] = "i1"
+        elif isinstance(v, int):
+            if v == 1:
+                sig[name], constexprs[name] = "constexpr", 1
+            else:
+                sig[name] = "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
+                if v % 16 == 0:
+                    attrs[(i,)] = [["tt.divisibility", 16]]
+        else:
+            raise TypeError(f"{name}: unexpected argument {v!r}")
+    return sig, constexprs, attrs
+
+
+def _resources(cubin: bytes):
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(cubin)
+        path = f.name
+    try:
+        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path],
+                             capture_output=True, text=True, check=True).stdout
+        sass = subprocess.run([os.path.join(BIN, "nvdisasm"), "-c", path],
+                              capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(path)
+    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
+    assert m, res
+    mma = sorted(set(re.findall(r"\b(HGMMA|HMMA|FFMA)\b", sass)))
+    mma_ops = sorted(set(re.findall(r"\b((?:HGMMA|HMMA)\.[\w.]+)", sass)))[:3]
+    return dict(reg=int(m[1]), stack=int(m[2]), local=int(m[4]), units=mma, mma_ops=mma_ops)
+
+
+def _compile_case(case):
+    """Compile one (stage, shape, dtype, tile, arch, flags) case; return its resource summary."""
+    stage, shape, dtype_name, tile_tuple, arch, tf32, int64 = case
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    dtype = getattr(torch, dtype_name)
+    tile = configs.Tile(*tile_tuple)
+    plan = _meta_plan(shape, dtype, tf32=tf32, int64=int64)
+    k = tb.kernels(interpret=False)
+    fn = k.stage1.inception_stage1_kernel if stage == 1 else k.stage2.inception_stage2_kernel
+    args = plan.args1 if stage == 1 else plan.args2
+    sig, constexprs, attrs = _specialize(fn, args, tile)
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
+    r = _resources(compiled.asm["cubin"])
+    r["shared"] = int(compiled.metadata.shared)
+    return r
+
+
+def _cases():
+    cases = []
+    for stage in (1, 2):
+        shape = "3a" if stage == 1 else "4b-paper"
+        for arch in ARCHS:
+            for t in configs.tiles(stage, half=True):
+                cases.append((stage, shape, "bfloat16", tuple(t), arch, False, False))
+            cases.append((stage, shape, "float16", tuple(configs.tiles(stage, True)[0]), arch, False, False))
+            for t in configs.tiles(stage, half=False):
+                cases.append((stage, shape, "float32", tuple(t), arch, False, False))
+        # TF32 allowed by torch's flags, 64-bit offsets, torchvision's 3/3 kernel sizes: once each.
+        cases.append((stage, shape, "float32", tuple(configs.tiles(stage, False)[0]), 90, True, False))
+        cases.append((stage, shape, "bfloat16", tuple(configs.tiles(stage, True)[0]), 90, False, True))
+    cases.append((2, "4b", "bfloat16", tuple(configs.tiles(2, True)[0]), 90, False, False))
+    return cases
+
+
+CASES = _cases()
+
+
+def _case_id(c):
+    stage, shape, dt, t, arch, tf32, int64 = c
+    tile = "x".join(map(str, t[:3])) + f"w{t[3]}s{t[4]}" + (f"p{t[5]}" if len(t) > 5 and t[5] else "")
+    return f"stage{stage}-{shape}-{dt}-{tile}-sm{arch}" + ("-tf32" if tf32 else "") + ("-int64" if int64 else "")
+
+
+@pytest.fixture(scope="module")
+def compiled():
+    if not (os.path.exists(os.path.join(BIN, "cuobjdump")) and os.path.exists(os.path.join(BIN, "nvdisasm"))):
+        pytest.skip(f"cuobjdump/nvdisasm not found in {BIN}")
+    workers = max(1, min(len(CASES), os.cpu_count() or 1))
+    results = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {c: pool.submit(_compile_case, c) for c in CASES}
+        for c, f in futures.items():
+            try:
+                results[c] = f.result()
+            except Exception as e:  # reported by the test of that case
+                results[c] = e
+    lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}  MMA"]
+    report = []
+    for c in CASES:
+        r = results[c]
+        if isinstance(r, Exception):
+            lines.append(f"{_case_id(c):64s} FAILED: {type(r).__name__}: {str(r)[:200]}")
+            continue
+        lines.append(f"{_case_id(c):64s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d}  "
+                     f"{','.join(r['mma_ops']) or ','.join(r['units'])}")
+        report.append(dict(case=_case_id(c), **r))
+    print("\nTriton AOT compile summary\n" + "\n".join(lines))
+    if os.environ.get("TRITON_AOT_REPORT"):
+        with open(os.environ["TRITON_AOT_REPORT"], "w") as f:
+            json.dump(report, f, indent=1)
+    return results
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_aot_compile(compiled, case):
+    stage, shape, dtype_name, tile_tuple, arch, tf32, int64 = case
+    r = compiled[case]
+    if isinstance(r, Exception):
+        raise r
+    tile = configs.Tile(*tile_tuple)
+    assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
+    assert r["shared"] <= configs.SMEM_LIMIT[arch], f"shared memory {r['shared']} over the sm_{arch} limit"
+    if dtype_name in ("bfloat16", "float16"):
+        expected = "HGMMA" if (arch == 90 and tile.BLOCK_M >= 64) else "HMMA"
+        assert expected in r["units"], f"expected {expected} tensor-core dots, SASS has {r['units']}"
+    elif tf32:
+        assert "HGMMA" in r["units"] or "HMMA" in r["units"], f"TF32 dots expected on tensor cores: {r}"
+    else:
+        assert "HGMMA" not in r["units"] and "HMMA" not in r["units"], \
+            f"fp32 with TF32 off must not use tensor cores (TF32): {r}"
+        assert "FFMA" in r["units"]
+
+
+def test_autotune_configs_fit_both_archs():
+    """The estimate used to size the configurations agrees: every half config's pipelined
+    operand buffers fit sm_80's shared memory."""
+    for stage in (1, 2):
+        for t in configs.tiles(stage, half=True):
+            assert configs.smem_estimate(t, 2) <= configs.SMEM_LIMIT[80], t
+        for t in configs.tiles(stage, half=False):
+            assert configs.smem_estimate(t, 4) <= configs.SMEM_LIMIT[80], t
