@@ -246,8 +246,9 @@ class Inception(_FoldedWeightsCache, nn.Module):
     branches and ``torch.cat`` run; train mode with ``fused=True`` uses this reference path until
     the fused backward lands.  The fused path does not call the branch submodules (hooks on them
     do not fire) and falls back to the plain path when a branch is not a plain
-    BasicConv2d/ConvReLU of the expected shape.  Under autocast the fused path runs in the autocast
-    dtype, as the convolutions would.
+    BasicConv2d/ConvReLU of the expected shape, and for float16 on the CPU (the C++ CPU kernel
+    has no float16).  Under autocast the fused path runs in the autocast dtype, as the
+    convolutions would.
     """
 
     def __init__(
@@ -343,9 +344,11 @@ class Inception(_FoldedWeightsCache, nn.Module):
             dtype = self.branch1.conv.weight.dtype
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
-            if x.dtype != dtype:
-                x = x.to(dtype)
-            return ops.inception(x, *self._cached_fold(dtype), relu=True)
+            # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
+            if not (dtype == torch.float16 and x.device.type == "cpu"):
+                if x.dtype != dtype:
+                    x = x.to(dtype)
+                return ops.inception(x, *self._cached_fold(dtype), relu=True)
         return torch.cat(self._forward(x), 1)
 
 
