@@ -1,0 +1,52 @@
+"""Shared test helpers: the paper's nine Inception configurations and weight/input factories."""
+import torch
+
+from googlenet_fast.backends.reference import inception_reference
+
+# Table 1 of the paper (DESIGN.md): name -> (in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5,
+# pool_proj, spatial size at 224x224 input).
+TABLE1 = {
+    "3a": (192, 64, 96, 128, 16, 32, 32, 28),
+    "3b": (256, 128, 128, 192, 32, 96, 64, 28),
+    "4a": (480, 192, 96, 208, 16, 48, 64, 14),
+    "4b": (512, 160, 112, 224, 24, 64, 64, 14),
+    "4c": (512, 128, 128, 256, 24, 64, 64, 14),
+    "4d": (512, 112, 144, 288, 32, 64, 64, 14),
+    "4e": (528, 256, 160, 320, 32, 128, 128, 14),
+    "5a": (832, 256, 160, 320, 32, 128, 128, 7),
+    "5b": (832, 384, 192, 384, 48, 128, 128, 7),
+}
+
+
+def make_weights(cfg, k3=3, k5=3, bias=True, dtype=torch.float32, device="cpu", seed=0):
+    """The 12 weight/bias arguments of the op, He-scaled so activations stay O(1)."""
+    cin, c1, r3, c3, r5, c5, cp = cfg[:7]
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for o, i, k in ((c1, cin, 1), (r3, cin, 1), (c3, r3, k3), (r5, cin, 1), (c5, r5, k5), (cp, cin, 1)):
+        w = torch.randn(o, i, k, k, generator=g, dtype=torch.float64) * (2.0 / (i * k * k)) ** 0.5
+        b = torch.randn(o, generator=g, dtype=torch.float64) * 0.1 if bias else None
+        out += [w.to(dtype=dtype, device=device), None if b is None else b.to(dtype=dtype, device=device)]
+    return out
+
+
+def make_input(n, c, h, w, dtype=torch.float32, device="cpu", seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype=dtype, device=device)
+
+
+def as64(ts):
+    return [None if t is None else t.detach().to(torch.float64) for t in ts]
+
+
+def reference64(x, ws, relu=True):
+    """The oracle: the unfused module in float64."""
+    return inception_reference(x.detach().to(torch.float64), *as64(ws), relu=relu)
+
+
+def rel_err(y, ref):
+    """max |y - ref| / max |ref| (never on zeros: callers assert ref is non-trivial)."""
+    ref = ref.to(torch.float64)
+    scale = ref.abs().max().item()
+    assert scale > 0, "reference is all zeros: the comparison would prove nothing"
+    return (y.to(torch.float64) - ref).abs().max().item() / scale
