@@ -11,6 +11,8 @@ Environment switches:
     CUDA_HOME / CUDA_PATH      the toolkit root (otherwise found from nvcc on PATH, then /usr/local/cuda)
     TORCH_CUDA_ARCH_LIST       target archs (default with no GPU visible: "8.0;9.0")
     MAX_JOBS                   parallel compile jobs for ninja
+
+`python setup.py --print-build-config` prints the resolved configuration and exits (builds nothing).
 """
 import glob
 import os
@@ -152,6 +154,8 @@ for k, v in build_info.items():
     _log(f"{k:20s} = {v}")
 if not build_cuda:
     _log(f"building the CPU part only: {cuda_skip_reason}")
+if "--print-build-config" in sys.argv:
+    sys.exit(0)
 with open(os.path.join(HERE, "googlenet_fast", "_build_info.py"), "w") as f:
     f.write("# Written by setup.py at build time; do not edit.\nBUILD_INFO = " + repr(build_info) + "\n")
 
