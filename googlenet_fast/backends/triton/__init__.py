@@ -61,6 +61,16 @@ OUT_OP_NAME = "googlenet_fast::inception_triton_out"
 
 # Tests set this to force the 64-bit offset path at small sizes.
 FORCE_INT64 = False
+# Tests set this to a (stage-1 Tile, stage-2 Tile) pair to run one configuration (autotuning off).
+FORCE_TILE = None
+AUTOTUNE_ENV = "GOOGLENET_FAST_TRITON_AUTOTUNE"
+
+
+def autotuning() -> bool:
+    """Autotune the tile configuration per shape (default), unless $GOOGLENET_FAST_TRITON_AUTOTUNE
+    is 0 (then a size heuristic picks one configuration: no benchmarking on first call, fewer
+    compiles; what the GPU tests use) or FORCE_TILE is set."""
+    return FORCE_TILE is None and os.environ.get(AUTOTUNE_ENV, "1").strip().lower() not in ("0", "false", "no", "off")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -358,10 +368,18 @@ def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5re
             k.stage1.inception_stage1_kernel[g1](**plan.args1, **t1.meta(1))
             k.stage2.inception_stage2_kernel[g2](**plan.args2, **t2.meta(2))
         return
-    kernel1 = k.stage1_half if plan.half else k.stage1_fp32
-    kernel2 = k.stage2_half if plan.half else k.stage2_fp32
-    wrap_triton(kernel1)[g1](**plan.args1)
-    wrap_triton(kernel2)[g2](**plan.args2)
+    if autotuning():
+        kernel1 = k.stage1_half if plan.half else k.stage1_fp32
+        kernel2 = k.stage2_half if plan.half else k.stage2_fp32
+        wrap_triton(kernel1)[g1](**plan.args1)
+        wrap_triton(kernel2)[g2](**plan.args2)
+        return
+    t1 = FORCE_TILE[0] if FORCE_TILE else configs.heuristic_tile(1, plan.P, plan.half)
+    t2 = FORCE_TILE[1] if FORCE_TILE else configs.heuristic_tile(2, plan.P, plan.half)
+    wrap_triton(k.stage1.inception_stage1_kernel)[g1](
+        **plan.args1, **t1.meta(1), num_warps=t1.num_warps, num_stages=t1.num_stages)
+    wrap_triton(k.stage2.inception_stage2_kernel)[g2](
+        **plan.args2, **t2.meta(2), num_warps=t2.num_warps, num_stages=t2.num_stages)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -374,12 +392,20 @@ def _new_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj):
                        memory_format=_out_memory_format(x))
 
 
+def _check(x, args, out=None):
+    check_triton_args(x, list(zip(_WEIGHT_NAMES, args)), out)
+    _shape(x, *(args[i] for i in (0, 2, 4, 6, 8, 10)))
+    if out is not None:
+        n, _, h, w = x.shape
+        c = args[0].shape[0] + args[4].shape[0] + args[8].shape[0] + args[10].shape[0]
+        if tuple(out.shape) != (n, c, h, w):
+            raise ValueError(f"out: expected shape {(n, c, h, w)}, got {tuple(out.shape)}")
+
+
 def _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
          w_pool_proj, b_pool_proj, relu, out):
     args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
             w_pool_proj, b_pool_proj)
-    check_triton_args(x, list(zip(_WEIGHT_NAMES, args)), out)
-    _shape(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj)
     if x.device.type == "meta":
         return
     if interpreting() and x.device.type == "cpu":
@@ -413,6 +439,8 @@ def inception_triton(
         relu: bool = True) -> Tensor:
     """The fused Inception forward (Triton): same arguments and result as
     ``torch.ops.googlenet_fast.inception``; output in x's suggested memory format."""
+    _check(x, (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+               w_pool_proj, b_pool_proj))
     out = _new_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj)
     _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
          w_pool_proj, b_pool_proj, relu, out)
@@ -427,10 +455,8 @@ def inception_triton_out(
         relu: bool, out: Tensor) -> None:
     """The out= variant: writes the module's output into ``out`` (N, Cout, H, W), any strides
     (e.g. a channel slice of a larger channels_last buffer)."""
-    n, _, h, w = x.shape
-    expected = (n, w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0], h, w)
-    if tuple(out.shape) != expected:
-        raise ValueError(f"out: expected shape {expected}, got {tuple(out.shape)}")
+    _check(x, (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+               w_pool_proj, b_pool_proj), out)
     _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
          w_pool_proj, b_pool_proj, relu, out)
 

@@ -115,6 +115,21 @@ def tiles(stage: int, half: bool) -> List[Tile]:
     return STAGE2_HALF if half else STAGE2_FP32
 
 
+def heuristic_tile(stage: int, P: int, half: bool) -> Tile:
+    """One configuration by pixel count, for runs without autotuning: the largest tile whose
+    row-tile count still fills an H100/H200 (132 SMs) a few times over."""
+    t = tiles(stage, half)
+    if not half:
+        return t[0] if P >= 4096 else t[1]
+    if P >= 16384:
+        return t[0]   # 128x128
+    if P >= 2048:
+        return t[2]   # 64x128
+    if P >= 256:
+        return t[3]   # 64x64
+    return t[4]       # 32x64
+
+
 def smem_estimate(t: Tile, elem_bytes: int) -> int:
     """Pipelined operand buffers: num_stages copies of the A and B tiles."""
     return max(t.num_stages, 1) * (t.BLOCK_M * t.BLOCK_K + t.BLOCK_K * t.BLOCK_N) * elem_bytes

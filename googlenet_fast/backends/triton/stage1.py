@@ -22,7 +22,10 @@ torch.relu), cast to the output dtype, masked stores with the output's own strid
 may be a channel slice of a larger buffer, or NCHW).
 
 Every @triton.jit function this kernel calls lives in this module (the backend loads a private
-copy of the module for the interpreter; see backends/triton/__init__.py).
+copy of the module for the interpreter; see backends/triton/__init__.py), and none comes from
+triton.language's @jit standard library (tl.cdiv, tl.zeros, tl.max, ...): those are built once,
+when triton is imported, for one mode only, so they would break switching to the interpreter
+after import.  Only builtins (tl.full, tl.where, tl.maximum, tl.dot, ...) are used.
 """
 import triton
 import triton.language as tl
@@ -102,8 +105,8 @@ def inception_stage1_kernel(
     projection's [CP, CIN]; both with unit stride along CIN and row strides swm, swp.  red is
     [P, RR] row-major (RR >= NM - C1); branch 1 goes to output channels 0.., the pool
     projection to OFF_P.."""
-    num_n1 = tl.cdiv(NM, BLOCK_N)
-    num_n = num_n1 + tl.cdiv(CP, BLOCK_N)
+    num_n1 = (NM + BLOCK_N - 1) // BLOCK_N
+    num_n = num_n1 + (CP + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
@@ -120,7 +123,7 @@ def inception_stage1_kernel(
     x_row = img * sxn + h * sxh + w * sxw
     o_row = img * son + h * soh + w * sow
     offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
 
     if pid_n < num_n1:
         # ---- merged 1x1 GEMM: columns [ch1x1 | ch3x3red | ch5x5red] --------------------------
@@ -139,7 +142,7 @@ def inception_stage1_kernel(
                       m_mask[:, None] & k_mask[None, :], UPCAST)
             b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
             acc = _mma(a, b, acc, ALLOW_TF32)
-        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        bias = tl.full((BLOCK_N,), 0.0, tl.float32)
         if HAS_B1:
             bias += tl.load(b1_ptr + offs_n, mask=is1, other=0.0).to(tl.float32)
         if HAS_B3R:
@@ -188,10 +191,10 @@ def inception_stage1_kernel(
                     v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & k_mask[None, :],
                                       UPCAST)
                     a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL).to(v.dtype)  # bf16 max returns fp32
-            a = tl.where(mk, a, tl.zeros_like(a))  # no -inf (and no 0 * inf) reaches the dot
+            a = tl.where(mk, a, tl.full(a.shape, 0.0, a.dtype))  # no -inf (and no 0 * inf) reaches the dot
             b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
             acc = _mma(a, b, acc, ALLOW_TF32)
-        bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        bias = tl.full((BLOCK_N,), 0.0, tl.float32)
         if HAS_BP:
             bias += tl.load(bp_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
         y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)

@@ -11,7 +11,8 @@ w[co, ci, ky, kx] read with the weight's own strides (channels_last weights, OHW
 give unit stride along ci: the fast layout).  Epilogue as in stage 1, writing each branch into
 its channel slice of the output.
 
-Every @triton.jit function this kernel calls lives in this module (see stage1.py).
+Every @triton.jit function this kernel calls lives in this module, and none comes from
+triton.language's @jit standard library (see stage1.py).
 """
 import triton
 import triton.language as tl
@@ -77,8 +78,8 @@ def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, 
     offs_k = tl.arange(0, BLOCK_K)
     a_row = red_ptr + offs_m * RR + ROFF      # [BLOCK_M] pointers: this pixel's reduce channels
     w_col = w_ptr + offs_n * swo              # [BLOCK_N] pointers: this output channel's filter
-    n_cc = tl.cdiv(RC, BLOCK_K)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    n_cc = (RC + BLOCK_K - 1) // BLOCK_K
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     for it in range(0, KS * KS * n_cc):
         tap = it // n_cc
         c0 = (it - tap * n_cc) * BLOCK_K
@@ -96,7 +97,7 @@ def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, 
         b = _load(w_col[None, :] + cc[:, None] * swi + (ky * swh + kx * sww),
                   c_mask[:, None] & n_mask[None, :], UPCAST)
         acc = _mma(a, b, acc, ALLOW_TF32)
-    bias = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    bias = tl.full((BLOCK_N,), 0.0, tl.float32)
     if HAS_BIAS:
         bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
@@ -117,8 +118,8 @@ def inception_stage2_kernel(
 ):
     """red is [P, RR] row-major (RR >= R3 + R5); w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any strides);
     branch 2 goes to output channels OFF_3.., branch 3 to OFF_5.."""
-    num_n3 = tl.cdiv(C3, BLOCK_N)
-    num_n = num_n3 + tl.cdiv(C5, BLOCK_N)
+    num_n3 = (C3 + BLOCK_N - 1) // BLOCK_N
+    num_n = num_n3 + (C5 + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n

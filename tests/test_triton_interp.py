@@ -1,0 +1,548 @@
+"""The Triton backend against the reference, on CPU under Triton's interpreter (CI) and, marked
+``gpu``, at real sizes on a CUDA device.
+
+Interpreter: each CPU test sets TRITON_INTERPRET=1 through the ``interp`` fixture (monkeypatch,
+so no other test sees it).  The backend reads the variable at every call and builds its kernels
+for that mode (googlenet_fast/backends/triton/__init__.py: kernels()), so triton may have been
+imported before.  The interpreter costs ~2 ms per program step: the cases use batch 1-2 and maps
+of at most 5x5, and the backend shrinks its fixed interpreter tile to them.
+
+Accuracy: the reference (googlenet_fast.backends.reference) runs in float64 on the same inputs.
+float32 (TF32 off): per output branch, max |err| <= 1e-4 * max |ref|.  float16/bfloat16: per
+branch, max |err| <= 2 * (the same error of the reference run in that dtype) + one unit of the
+dtype's precision at the branch's scale.  Outputs passed as ``out=`` are poisoned with NaN first,
+and every element must then be written (and nothing outside the output's slice).
+"""
+import math
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+
+import googlenet_fast  # noqa: E402
+from googlenet_fast.backends import triton as tb  # noqa: E402
+from googlenet_fast.backends.reference import inception_reference  # noqa: E402
+from googlenet_fast.backends.triton import configs  # noqa: E402
+
+# Table 1 of the paper: in_channels, #1x1, #3x3 reduce, #3x3, #5x5 reduce, #5x5, pool proj,
+# and the module's spatial size at 224x224 input.
+TABLE1 = {
+    "3a": (192, 64, 96, 128, 16, 32, 32, 28),
+    "3b": (256, 128, 128, 192, 32, 96, 64, 28),
+    "4a": (480, 192, 96, 208, 16, 48, 64, 14),
+    "4b": (512, 160, 112, 224, 24, 64, 64, 14),
+    "4c": (512, 128, 128, 256, 24, 64, 64, 14),
+    "4d": (512, 112, 144, 288, 32, 64, 64, 14),
+    "4e": (528, 256, 160, 320, 32, 128, 128, 14),
+    "5a": (832, 256, 160, 320, 32, 128, 128, 7),
+    "5b": (832, 384, 192, 384, 48, 128, 128, 7),
+}
+EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
+
+
+@pytest.fixture
+def interp(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    monkeypatch.delenv("GOOGLENET_FAST_BACKEND", raising=False)
+    yield
+
+
+@pytest.fixture
+def no_autotune(monkeypatch):
+    monkeypatch.setenv(tb.AUTOTUNE_ENV, "0")
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    yield
+
+
+# ----------------------------------------------------------------------------------------------
+# Inputs
+
+def make_weights(name, k3=3, k5=3, dtype=torch.float32, device="cpu", bias=True, merged=True,
+                 kxk_channels_last=False, seed=0):
+    """The 12 weight/bias arguments of one Table-1 module, ~unit-variance outputs.  ``merged``:
+    the three sibling 1x1 weights as adjacent row blocks of one buffer (the model's layout)."""
+    cin, c1, r3, c3, r5, c5, cp, _ = TABLE1[name]
+    g = torch.Generator().manual_seed(seed)
+
+    def w(*shape):
+        fan_in = shape[1] * shape[2] * shape[3]
+        return (torch.randn(*shape, generator=g) * (2.0 / fan_in) ** 0.5).to(dtype).to(device)
+
+    def b(n):
+        return (torch.randn(n, generator=g) * 0.1).to(dtype).to(device) if bias else None
+
+    if merged:
+        wm = w(c1 + r3 + r5, cin, 1, 1)
+        w1, w3r, w5r = wm[:c1], wm[c1:c1 + r3], wm[c1 + r3:]
+    else:
+        w1, w3r, w5r = w(c1, cin, 1, 1), w(r3, cin, 1, 1), w(r5, cin, 1, 1)
+    w3, w5 = w(c3, r3, k3, k3), w(c5, r5, k5, k5)
+    if kxk_channels_last:
+        w3 = w3.contiguous(memory_format=torch.channels_last)
+        w5 = w5.contiguous(memory_format=torch.channels_last)
+    return [w1, b(c1), w3r, b(r3), w3, b(c3), w5r, b(r5), w5, b(c5), w(cp, cin, 1, 1), b(cp)]
+
+
+def make_input(n, cin, h, w, layout="channels_last", dtype=torch.float32, device="cpu", seed=1):
+    """x of shape (n, cin, h, w) laid out as asked:
+    nchw | channels_last | strided (every other pixel of a channels_last map) |
+    sliced (x[..., 1:] of a wider map) | expand (batch stride 0) | nchw_sliced_c (channel slice)."""
+    g = torch.Generator().manual_seed(seed)
+    r = lambda *s: torch.randn(*s, generator=g).to(dtype).to(device)  # noqa: E731
+    if layout == "nchw":
+        x = r(n, cin, h, w)
+    elif layout == "channels_last":
+        x = r(n, cin, h, w).contiguous(memory_format=torch.channels_last)
+    elif layout == "strided":
+        x = r(n, cin, 2 * h, 2 * w).contiguous(memory_format=torch.channels_last)[:, :, ::2, ::2]
+    elif layout == "sliced":
+        x = r(n, cin, h, w + 1).contiguous(memory_format=torch.channels_last)[..., 1:]
+    elif layout == "expand":
+        x = r(1, cin, h, w).contiguous(memory_format=torch.channels_last).expand(n, cin, h, w)
+    elif layout == "nchw_sliced_c":
+        x = r(n, cin + 3, h, w)[:, 2:cin + 2]
+    else:
+        raise ValueError(layout)
+    assert x.shape == (n, cin, h, w)
+    return x
+
+
+def poisoned_out(n, c, h, w, dtype, device, kind):
+    """(out, buffer, (c0, c1)): ``out`` to pass as out=, inside ``buffer`` at channels [c0, c1);
+    everything NaN."""
+    if kind == "slice":  # a channel slice of a larger channels_last buffer (a concat's slot)
+        big = torch.full((n, c + 24, h, w), float("nan"), dtype=dtype, device=device)
+        big = big.contiguous(memory_format=torch.channels_last)
+        return big[:, 16:16 + c], big, (16, 16 + c)
+    if kind == "nchw":
+        big = torch.full((n, c, h, w), float("nan"), dtype=dtype, device=device)
+        return big, big, (0, c)
+    big = torch.full((n, c, h, w), float("nan"), dtype=dtype, device=device).contiguous(
+        memory_format=torch.channels_last)
+    return big, big, (0, c)
+
+
+# ----------------------------------------------------------------------------------------------
+# Checks
+
+def branch_slices(args):
+    c1, c3, c5, cp = args[0].shape[0], args[4].shape[0], args[8].shape[0], args[10].shape[0]
+    edges = [0, c1, c1 + c3, c1 + c3 + c5, c1 + c3 + c5 + cp]
+    return [(name, edges[i], edges[i + 1]) for i, name in enumerate(("1x1", "3x3", "5x5", "pool_proj"))]
+
+
+def reference(x, args, relu, dtype):
+    return inception_reference(x.to(dtype), *[a.to(dtype) if a is not None else None for a in args],
+                               relu=relu)
+
+
+def check_close(y, x, args, relu, truth_dtype=torch.float64):
+    """Compare y to the reference in ``truth_dtype`` branch by branch (see the module docstring)."""
+    assert y.dtype == x.dtype
+    truth = reference(x, args, relu, truth_dtype)
+    assert not torch.isnan(y).any(), "unwritten (NaN) or NaN-producing output elements"
+    own = None if x.dtype == torch.float32 else reference(x, args, relu, x.dtype)
+    for name, c0, c1 in branch_slices(args):
+        t = truth[:, c0:c1].double()
+        scale = max(t.abs().max().item(), 1e-6)
+        err = (y[:, c0:c1].double() - t).abs().max().item()
+        if x.dtype == torch.float32:
+            tol = 1e-4 * scale
+            assert err <= tol, f"branch {name}: max error {err:.3g} > {tol:.3g} (1e-4 of {scale:.3g})"
+        else:
+            own_err = (own[:, c0:c1].double() - t).abs().max().item()
+            tol = 2 * own_err + EPS[x.dtype] * scale
+            assert err <= tol, (f"branch {name}: max error {err:.3g} > {tol:.3g} (2x the reference's own "
+                                f"{x.dtype} error {own_err:.3g} + {EPS[x.dtype]:.2g} x scale {scale:.3g})")
+
+
+def run_case(name, hw, dtype, k5, bias, relu, layout, out_kind, n=1, merged=True, kxk_cl=False,
+             device="cpu"):
+    cin, c1, r3, c3, r5, c5, cp, _ = TABLE1[name]
+    h, w = hw
+    args = make_weights(name, k5=k5, dtype=dtype, device=device, bias=bias, merged=merged,
+                        kxk_channels_last=kxk_cl)
+    x = make_input(n, cin, h, w, layout, dtype, device)
+    if out_kind == "new":
+        y = googlenet_fast.inception(x, *args, relu=relu, backend="triton")
+        assert y.shape == (n, c1 + c3 + c5 + cp, h, w)
+        if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+            assert y.is_contiguous(memory_format=torch.channels_last)
+    else:
+        out, big, (o0, o1) = poisoned_out(n, c1 + c3 + c5 + cp, h, w, dtype, device, out_kind)
+        y = googlenet_fast.inception(x, *args, relu=relu, out=out, backend="triton")
+        assert y is out
+        outside = torch.cat([big[:, :o0], big[:, o1:]], 1)
+        assert torch.isnan(outside).all(), "wrote outside the output's channel slice"
+    check_close(y, x, args, relu)
+    return y
+
+
+# ----------------------------------------------------------------------------------------------
+# Interpreter tests (CPU)
+
+# Each Table-1 module twice (fp32 and fp16), the features spread over the cases so that every one
+# of them (1x1 / 2x2 / odd non-square maps, batch 2, K5 = 3 and 5, bias or not, relu or not, the
+# input layouts, out= slices and NCHW outputs, merged or separate 1x1 weights, OIHW or
+# channels_last KxK weights) meets several modules and both dtypes.
+CASES = [
+    # name, (h, w), dtype, k5, bias, relu, input layout, out, batch, merged 1x1, KxK channels_last
+    ("3a", (1, 1), torch.float32, 3, True, True, "channels_last", "slice", 1, True, True),
+    ("3a", (3, 5), torch.float16, 5, False, False, "strided", "new", 2, False, False),
+    ("3b", (2, 2), torch.float16, 5, True, True, "nchw", "new", 1, True, False),
+    ("3b", (5, 3), torch.float32, 3, False, True, "sliced", "slice", 1, False, True),
+    ("4a", (3, 5), torch.float32, 5, True, False, "strided", "slice", 1, True, False),
+    ("4a", (1, 1), torch.float16, 3, True, True, "expand", "cl", 2, True, True),
+    ("4b", (5, 3), torch.float16, 3, True, True, "channels_last", "slice", 1, False, True),
+    ("4b", (2, 2), torch.float32, 5, True, True, "nchw_sliced_c", "nchw", 2, True, False),
+    ("4c", (2, 3), torch.float32, 3, False, False, "channels_last", "new", 1, True, True),
+    ("4c", (3, 5), torch.float16, 5, True, True, "sliced", "slice", 1, True, False),
+    ("4d", (3, 5), torch.float16, 5, True, True, "strided", "new", 1, False, False),
+    ("4d", (1, 1), torch.float32, 3, True, False, "nchw", "nchw", 1, True, True),
+    ("4e", (2, 2), torch.float32, 5, True, True, "expand", "slice", 2, True, True),
+    ("4e", (5, 3), torch.float16, 3, False, True, "channels_last", "cl", 1, True, False),
+    ("5a", (1, 1), torch.float16, 3, True, False, "channels_last", "slice", 1, True, True),
+    ("5a", (3, 5), torch.float32, 5, True, True, "channels_last", "new", 1, False, False),
+    ("5b", (3, 5), torch.float32, 3, True, True, "channels_last", "slice", 1, True, True),
+    ("5b", (2, 2), torch.float16, 5, False, False, "nchw", "new", 2, True, False),
+]
+
+
+def _case_id(c):
+    name, (h, w), dtype, k5, bias, relu, layout, out, n, merged, cl = c
+    return (f"{name}-{n}x{h}x{w}-{str(dtype)[6:]}-k5={k5}-{'bias' if bias else 'nobias'}-"
+            f"{'relu' if relu else 'norelu'}-{layout}-out={out}-{'merged' if merged else 'sep'}-"
+            f"{'kxkcl' if cl else 'oihw'}")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
+def test_table1_interpreter(interp, case):
+    name, hw, dtype, k5, bias, relu, layout, out, n, merged, cl = case
+    run_case(name, hw, dtype, k5, bias, relu, layout, out, n=n, merged=merged, kxk_cl=cl)
+
+
+def test_bfloat16_interpreter(interp):
+    """bf16 under the interpreter (computed in fp32 there, rounded to nearest even like the GPU)."""
+    run_case("4b", (3, 5), torch.bfloat16, 5, True, True, "channels_last", "slice", n=1)
+    run_case("3a", (2, 2), torch.bfloat16, 3, False, False, "nchw", "new", n=2)
+
+
+def test_pool_padding_is_minus_inf(interp):
+    """Strictly negative input, no ReLU: a zero-padded max pool would give 0 at the borders."""
+    args = make_weights("3a", bias=False)
+    x = -(make_input(1, 192, 3, 5).abs() + 1.0)
+    y = googlenet_fast.inception(x, *args, relu=False, backend="triton")
+    check_close(y, x, args, relu=False)
+    # and the pool branch really differs from what zero padding gives
+    cp0 = 64 + 128 + 32
+    zero_pad = torch.nn.functional.conv2d(
+        torch.nn.functional.pad(x.double(), (1, 1, 1, 1)).unfold(2, 3, 1).unfold(3, 3, 1).amax((-1, -2)),
+        args[10].double())
+    assert (y[:, cp0:].double() - zero_pad).abs().max() > 0.1
+
+
+def test_nan_propagates(interp):
+    """NaN in x propagates through the pool's max and the ReLU as in PyTorch."""
+    args = make_weights("3a")
+    x = make_input(1, 192, 3, 5).clone()
+    x[0, 5, 1, 2] = float("nan")
+    y = googlenet_fast.inception(x, *args, relu=True, backend="triton")
+    ref = reference(x, args, True, torch.float64)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.isnan(y).any()
+    keep = ~torch.isnan(ref)
+    assert (y.double()[keep] - ref[keep]).abs().max() <= 1e-4 * ref[keep].abs().max()
+
+
+def test_int64_offsets_interpreter(interp, monkeypatch):
+    """The 64-bit offset variant computes the same values (forced at a small size here; the GPU
+    test below runs it on tensors over 2**31 elements)."""
+    monkeypatch.setattr(tb, "FORCE_INT64", True)
+    run_case("4e", (3, 5), torch.float32, 5, True, True, "channels_last", "slice", n=2)
+
+
+def test_zero_batch(interp):
+    args = make_weights("3a")
+    x = make_input(1, 192, 3, 5)[:0]
+    y = googlenet_fast.inception(x, *args, backend="triton")
+    assert y.shape == (0, 256, 3, 5)
+
+
+def test_env_var_selects_triton(interp, monkeypatch):
+    """GOOGLENET_FAST_BACKEND=triton routes backend='auto' calls to the Triton op."""
+    calls = []
+    real = tb._launch
+
+    def spy(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(tb, "_launch", spy)
+    monkeypatch.setenv("GOOGLENET_FAST_BACKEND", "triton")
+    args = make_weights("3a")
+    x = make_input(1, 192, 2, 2)
+    y = googlenet_fast.inception(x, *args)
+    assert calls, "the triton backend did not run"
+    check_close(y, x, args, True)
+
+
+def test_merged_weight_read_in_place():
+    """Adjacent sibling 1x1 weights are the merged GEMM operand without a copy; others are
+    concatenated."""
+    args = make_weights("3a", merged=True)
+    w1, w3r, w5r = (tb._unit_k(args[i]) for i in (0, 2, 6))
+    m = tb._merged_1x1(w1, w3r, w5r)
+    assert m.data_ptr() == args[0].data_ptr() and m.shape == (64 + 96 + 16, 192)
+    assert torch.equal(m, torch.cat([w1, w3r, w5r]))
+    sep = make_weights("3a", merged=False)
+    m2 = tb._merged_1x1(*(tb._unit_k(sep[i]) for i in (0, 2, 6)))
+    assert m2.data_ptr() not in (sep[0].data_ptr(), sep[2].data_ptr())
+
+
+def test_opcheck_interpreter(interp):
+    """torch.library.opcheck on both ops (schema, fake kernel, autograd registration,
+    AOTAutograd), CPU tensors under the interpreter."""
+    args = make_weights("3a", bias=True)
+    x = make_input(1, 192, 1, 2)
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_triton.default, (x, *args, True))
+    out = torch.empty(1, 256, 1, 2).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_triton_out.default, (x, *args, True, out))
+
+
+def test_torch_compile_interpreter(interp):
+    """torch.compile(fullgraph=True) traces the op (under the interpreter the launches stay an
+    opaque op; on a GPU they are triton kernel nodes, see the next test) and matches eager."""
+    args = make_weights("3a")
+    x = make_input(1, 192, 2, 3)
+
+    def f(x, *a):
+        return googlenet_fast.inception(x, *a, relu=True, backend="triton") * 2
+
+    torch._dynamo.reset()
+    y = torch.compile(f, fullgraph=True, backend="aot_eager")(x, *args)
+    torch.testing.assert_close(y, f(x, *args), rtol=0, atol=0)
+    check_close(y / 2, x, args, True)
+
+
+def test_aot_graph_has_two_triton_launches():
+    """Traced for CUDA (fake tensors; no GPU needed), the op decomposes into exactly two triton
+    kernel launches: stage 1 and stage 2."""
+    from torch._functorch.aot_autograd import aot_function
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    import logging
+
+    graphs = []
+
+    def compiler(gm, _):
+        graphs.append(gm)
+        return gm
+
+    # Without a GPU, torch cannot run Triton's mutation analysis and says so (then assumes every
+    # input is mutated, which is safe); keep that warning out of the test log.
+    wrap_log = logging.getLogger("torch._higher_order_ops.triton_kernel_wrap")
+    wrap_log.disabled = True
+    try:
+        with FakeTensorMode():
+            args = [a.to("cuda") if a is not None else None for a in make_weights("4b", k5=5)]
+            x = torch.empty(2, 512, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
+            y = aot_function(lambda x, *a: torch.ops.googlenet_fast.inception_triton(x, *a, True),
+                             fw_compiler=compiler)(x, *args)
+    finally:
+        wrap_log.disabled = False
+    assert y.shape == (2, 160 + 224 + 64 + 64, 14, 14) and y.device.type == "cuda"
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    code = graphs[0].code
+    assert code.count("triton_kernel_wrapper_functional(") == 2, code
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input
+
+def test_bad_dtype(interp):
+    args = make_weights("3a", dtype=torch.float64)
+    x = make_input(1, 192, 2, 2, dtype=torch.float64)
+    with pytest.raises(TypeError, match=r"x: the triton backend supports float32, float16 and bfloat16"):
+        googlenet_fast.inception(x, *args, backend="triton")
+    with pytest.raises(TypeError, match=r"^x: "):
+        tb.inception_op().default(x, *args, True)
+
+
+def test_integer_input(interp):
+    args = make_weights("3a")
+    x = torch.zeros(1, 192, 2, 2, dtype=torch.uint8)
+    with pytest.raises(TypeError, match=r"^x: "):
+        googlenet_fast.inception(x, *args, backend="triton")
+
+
+def test_weight_dtype_mismatch(interp):
+    args = make_weights("3a")
+    args[4] = args[4].half()
+    x = make_input(1, 192, 2, 2)
+    with pytest.raises(TypeError, match=r"w_3x3: expected dtype torch.float32"):
+        tb.inception_op().default(x, *args, True)
+
+
+def test_cpu_tensor_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = make_weights("3a")
+    x = make_input(1, 192, 2, 2)
+    with pytest.raises(ValueError, match=r"needs CUDA tensors.*TRITON_INTERPRET=1"):
+        googlenet_fast.inception(x, *args, backend="triton")
+    with pytest.raises(ValueError, match=r"^x: the triton backend needs CUDA tensors"):
+        tb.inception_op().default(x, *args, True)
+
+
+def test_non_4d_input(interp):
+    args = make_weights("3a")
+    x = make_input(1, 192, 2, 2)[0]
+    with pytest.raises(ValueError, match=r"^x: expected a 4-D tensor"):
+        googlenet_fast.inception(x, *args, backend="triton")
+    with pytest.raises(ValueError, match=r"^x: expected a 4-D tensor"):
+        tb.inception_op().default(x, *args, True)
+
+
+def test_bad_out(interp):
+    args = make_weights("3a")
+    x = make_input(1, 192, 2, 2)
+    out = torch.empty(1, 255, 2, 2)
+    with pytest.raises(ValueError, match=r"^out: expected shape"):
+        tb.inception_op().out(x, *args, True, out=out)
+    out = torch.empty(1, 256, 2, 2, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"^out: expected dtype"):
+        tb.inception_op().out(x, *args, True, out=out)
+
+
+def test_unsupported_device(interp):
+    args = [a.to("meta") if a is not None else None for a in make_weights("3a")]
+    x = torch.empty(1, 192, 2, 2, device="meta")
+    with pytest.raises(ValueError, match=r"triton.*needs CUDA tensors"):
+        googlenet_fast.inception(x, *args, backend="triton")
+
+
+def test_interpreter_tiles_shrink():
+    t = configs.interpret_tile(1, 15, 96, 16)
+    assert t.BLOCK_M == 16 and t.BLOCK_K == configs.INTERPRET_STAGE1.BLOCK_K
+    t = configs.interpret_tile(2, 1000, 96, 16)
+    assert t.BLOCK_M == 64 and t.BLOCK_K == 128
+
+
+# ----------------------------------------------------------------------------------------------
+# GPU: the same checks at real sizes (Table-1 maps, batch 1/32/256)
+
+GPU_CASES = ([(name, n, torch.bfloat16) for name in TABLE1 for n in (1, 32, 256)]
+             + [(name, 32, torch.float16) for name in TABLE1]
+             + [(name, n, torch.float32) for name in TABLE1 for n in (1, 32)])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name,n,dtype", GPU_CASES, ids=[f"{c[0]}-b{c[1]}-{str(c[2])[6:]}" for c in GPU_CASES])
+def test_table1_gpu(no_autotune, name, n, dtype):
+    """Real sizes, channels_last in and a channel slice out, poisoned; half precision against the
+    fp32 reference (TF32 off) with the reference's own half error as the yardstick."""
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    cin, c1, r3, c3, r5, c5, cp, hw = TABLE1[name]
+    k5 = 5 if n == 32 else 3  # the paper's 5x5 at batch 32, torchvision's 3x3 otherwise
+    args = make_weights(name, k5=k5, dtype=dtype, device="cuda", kxk_channels_last=True)
+    x = make_input(n, cin, hw, hw, "channels_last", dtype, "cuda")
+    out, big, (o0, o1) = poisoned_out(n, c1 + c3 + c5 + cp, hw, hw, dtype, "cuda", "slice")
+    y = tb.inception_op().out(x, *args, True, out=out)
+    torch.cuda.synchronize()
+    assert torch.isnan(torch.cat([big[:, :o0], big[:, o1:]], 1)).all()
+    check_close(y, x, args, True, truth_dtype=torch.float64 if dtype == torch.float32 else torch.float32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(len(configs.STAGE1_HALF)))
+def test_every_half_tile_gpu(monkeypatch, i):
+    """Each autotuning configuration computes the same result (bf16, paper 4b, batch 8)."""
+    monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_HALF[i], configs.STAGE2_HALF[i]))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    run_case("4b", (14, 14), torch.bfloat16, 5, True, True, "channels_last", "slice", n=8,
+             kxk_cl=True, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("i", range(len(configs.STAGE1_FP32)))
+def test_every_fp32_tile_gpu(monkeypatch, i):
+    monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_FP32[i], configs.STAGE2_FP32[i]))
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    run_case("3b", (28, 28), torch.float32, 5, True, False, "strided", "nchw", n=2, device="cuda")
+
+
+@pytest.mark.gpu
+def test_layouts_gpu(no_autotune):
+    """Strided, sliced, expanded and NCHW inputs; NCHW and new outputs; separate 1x1 weights and
+    OIHW KxK weights (repacked per call)."""
+    for layout, out in (("strided", "new"), ("sliced", "nchw"), ("expand", "slice"), ("nchw", "new")):
+        run_case("4d", (14, 14), torch.bfloat16, 5, True, True, layout, out, n=4, merged=False,
+                 device="cuda")
+
+
+@pytest.mark.gpu
+def test_int64_offsets_gpu(no_autotune):
+    """An output of more than 2**31 elements (5b at 7x7, batch 42,800: 4.4 GB in bf16): the 64-bit
+    offset variant runs, and the first and last images equal the reference."""
+    cin, c1, r3, c3, r5, c5, cp, hw = TABLE1["5b"]
+    cout = c1 + c3 + c5 + cp
+    n = math.ceil(2 ** 31 / (cout * hw * hw)) + 1
+    args = make_weights("5b", dtype=torch.bfloat16, device="cuda", kxk_channels_last=True)
+    x = torch.empty(n, cin, hw, hw, dtype=torch.bfloat16, device="cuda").contiguous(
+        memory_format=torch.channels_last)
+    x[:2].copy_(make_input(2, cin, hw, hw, "channels_last", torch.bfloat16, "cuda", seed=3))
+    x[2:-2].zero_()
+    x[-2:].copy_(make_input(2, cin, hw, hw, "channels_last", torch.bfloat16, "cuda", seed=4))
+    out = torch.full((n, cout, hw, hw), float("nan"), dtype=torch.bfloat16, device="cuda").contiguous(
+        memory_format=torch.channels_last)
+    assert out.numel() >= 2 ** 31
+    tb.inception_op().out(x, *args, True, out=out)
+    torch.cuda.synchronize()
+    for sl in (slice(0, 2), slice(n - 2, n)):
+        check_close(out[sl], x[sl], args, True, truth_dtype=torch.float32)
+    assert not torch.isnan(out[n // 2]).any()
+    del x, out
+    torch.cuda.empty_cache()
+
+
+@pytest.mark.gpu
+def test_compile_and_cuda_graph_gpu(no_autotune):
+    """torch.compile(fullgraph=True) with inductor, and CUDA graph capture, match eager."""
+    args = make_weights("4a", dtype=torch.bfloat16, device="cuda", kxk_channels_last=True)
+    x = make_input(8, 480, 14, 14, "channels_last", torch.bfloat16, "cuda")
+
+    def f(x, *a):
+        return torch.ops.googlenet_fast.inception_triton(x, *a, True)
+
+    eager = f(x, *args)
+    torch._dynamo.reset()
+    compiled = torch.compile(f, fullgraph=True)(x, *args)
+    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    g = torch.cuda.CUDAGraph()
+    static_out = torch.empty_like(eager)
+    tb.inception_op().out(x, *args, True, out=static_out)  # warm up (compile) outside capture
+    torch.cuda.synchronize()
+    static_out.fill_(float("nan"))
+    with torch.cuda.graph(g):
+        tb.inception_op().out(x, *args, True, out=static_out)
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(static_out, eager, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+def test_opcheck_gpu(no_autotune):
+    args = make_weights("3a", dtype=torch.float16, device="cuda", kxk_channels_last=True)
+    x = make_input(2, 192, 5, 7, "channels_last", torch.float16, "cuda")
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_triton.default, (x, *args, True))
+
+
+@pytest.mark.gpu
+def test_autotuned_gpu(monkeypatch):
+    """The autotuned path (default) agrees with the reference too."""
+    monkeypatch.delenv(tb.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    run_case("4e", (14, 14), torch.bfloat16, 3, True, True, "channels_last", "slice", n=32,
+             kxk_cl=True, device="cuda")
