@@ -36,7 +36,7 @@ except ImportError:  # pragma: no cover - torchvision is an install requirement
     GoogLeNetOutputs = namedtuple("GoogLeNetOutputs", ["logits", "aux_logits2", "aux_logits1"])
 
 __all__ = ["GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "PaperInceptionAux",
-           "BasicConv2d", "ConvReLU", "googlenet", "VARIANTS"]
+           "BasicConv2d", "ConvReLU", "googlenet", "InputTooSmallError", "VARIANTS"]
 
 VARIANTS = ("torchvision", "paper")
 
@@ -410,6 +410,11 @@ class PaperInceptionAux(nn.Module):
 # ------------------------------------------------------------------------------------------------
 # Spatial sizes
 
+class InputTooSmallError(ValueError, RuntimeError):
+    """The input is too small for GoogLeNet's max pools.  A ValueError naming the minimum size;
+    also a RuntimeError, the type torchvision's model raises for it (max_pool2d's "Output size is
+    too small"), so code written for torchvision catches it too."""
+
 def _pool_out(size: int, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = True) -> int:
     """Output length of a max/avg pool along one dim, exactly as ATen's pooling_output_shape."""
     out = (size + 2 * padding - (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
@@ -469,6 +474,13 @@ class GoogLeNet(nn.Module):
         fused: run the fused eval path (see the module docstring).  Settable later through the
             ``fused`` property or :meth:`set_fused`, which propagate to every Inception module and
             to the stem's BasicConv2d modules (conv1, conv2, conv3).
+
+    Folded weights: cached under ``torch.no_grad()``/``inference_mode()`` (with gradients
+    enabled and parameters requiring grad they are folded inline on every call, so gradients
+    reach the parameters).  Every cache hit is checked against a snapshot of the parameters,
+    which also catches writes through ``.data`` (~2-3 ms per forward on a 2-core CPU); code that
+    never writes through ``.data`` may skip that check with
+    ``Inception.verify_folded_cache = BasicConv2d.verify_folded_cache = False``.
 
     Forward: ``x`` (N, 3, H, W) floating, H and W at least 15 (torchvision) / 31 (paper) so that
     no max pool has an empty output.  Eval mode (or ``aux_logits=False``) returns the (N,
@@ -632,7 +644,7 @@ class GoogLeNet(nn.Module):
         h, w = x.shape[2], x.shape[3]
         if _trunk_sizes(h, self.variant) is None or _trunk_sizes(w, self.variant) is None:
             m = self.min_input_size
-            raise ValueError(
+            raise InputTooSmallError(
                 f"x: expected a spatial size of at least {m}x{m} for GoogLeNet (variant={self.variant!r}), "
                 f"got {h}x{w}: a max pool's output would be empty (output size is too small)")
 

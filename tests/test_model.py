@@ -442,7 +442,8 @@ TABLE1 = {  # layer -> (out H=W, out C, channels (1x1, 3x3red, 3x3, 5x5red, 5x5,
     "inception5a": (7, 832, (256, 160, 320, 32, 128, 128), 1072, 54),
     "inception5b": (7, 1024, (384, 192, 384, 48, 128, 128), 1388, 71),
 }
-PARAMS_FROM_CHANNELS = {"inception4c", "inception4d", "inception5a", "inception5b"}  # paper's columns disagree
+# rows where the paper's params column disagrees with its own channels: the value counted from them (K)
+PARAMS_FROM_CHANNELS = {"inception4c": 497.5, "inception4d": 590.5, "inception5a": 1018.0, "inception5b": 1409.0}
 OPS_FROM_CHANNELS = {"inception5a": 51.1}
 
 
@@ -517,6 +518,7 @@ def test_paper_table1_counts_and_shapes(paper):
         assert p == from_channels, name
         assert o == pytest.approx(from_channels * 1024 * hw * hw / 1e6, rel=1e-12), name
         if name in PARAMS_FROM_CHANNELS:
+            assert p == PARAMS_FROM_CHANNELS[name], (name, p)
             assert abs(p - params_k) > 0.01 * params_k, name  # the paper's own inconsistency
         else:
             assert abs(p - params_k) <= 0.01 * params_k, (name, p, params_k)
