@@ -103,12 +103,16 @@ class _FoldedWeightsCache:
     and strides (``.to()``, ``.double()``, ``assign=True`` loads), plus the target dtype and any
     BatchNorm eps.  ``param.data.mul_()`` and the like write through a tensor with its own version
     counter, invisible to the key; so while ``verify_folded_cache`` is True (the default) a hit
-    is also checked against a snapshot of the sources (``torch.equal``; ~2 ms per GoogLeNet
-    forward on a 2-core CPU).  Set the class or instance attribute ``verify_folded_cache = False``
-    to skip that check when parameters are never written through ``.data``.
+    on CPU tensors is also checked against a snapshot of the sources (``torch.equal``; ~2-3 ms
+    per GoogLeNet forward on a 2-core CPU).  Set the class or instance attribute
+    ``verify_folded_cache = False`` to skip that check when parameters are never written through
+    ``.data``.  On CUDA the check is never made (it would synchronize the device on every call):
+    there, after writing parameters through ``.data``, call :meth:`clear_folded_cache` (or
+    ``GoogLeNet.clear_folded_cache()``).
 
     Not cached (folded inline on every call): under ``torch.compile`` (traceable, no graph break),
-    and when gradients are enabled and a source requires grad (so eval-mode gradients reach the
+    during CUDA graph capture (each replay then folds the parameters as they are), and when
+    gradients are enabled and a source requires grad (so eval-mode gradients reach the
     parameters).  The cache is not part of the state_dict, is dropped by ``.to()``/``.cuda()``/
     ``.double()`` and by pickling/deepcopy.
     """
@@ -130,19 +134,25 @@ class _FoldedWeightsCache:
         sources = self._fold_sources()
         if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
             return self._fold(dtype)
+        device = sources[0].device
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            # Inside CUDA graph capture: fold in the graph, so that every replay reads the
+            # parameters as they are then (a cached tensor would be baked in, and go stale).
+            return self._fold(dtype)
+        # Content checks would synchronize a GPU on every call: CPU tensors only.
+        verify = bool(self.verify_folded_cache) and device.type == "cpu"
         key = (dtype, self._fold_extra_key(), tuple(_tensor_key(s) for s in sources))
         entry = self.__dict__.get("_fold_cache")
         if entry is not None and entry[0] == key:
             snapshot = entry[1]
-            if not self.verify_folded_cache or (snapshot is not None and all(
+            if not verify or (snapshot is not None and all(
                     s is None or torch.equal(s, c) for s, c in zip(sources, snapshot))):
                 return entry[2]
         # Normal (non-inference) tensors even when filled under inference_mode, so that they can
         # be used later in autograd-recording code; no_grad inside (inference_mode(False) enables grad).
         with torch.inference_mode(False), torch.no_grad():
             value = self._fold(dtype)
-            snapshot = ([None if s is None else s.detach().clone() for s in sources]
-                        if self.verify_folded_cache else None)
+            snapshot = [None if s is None else s.detach().clone() for s in sources] if verify else None
         self.__dict__["_fold_cache"] = (key, snapshot, value)
         return value
 
@@ -477,10 +487,11 @@ class GoogLeNet(nn.Module):
 
     Folded weights: cached under ``torch.no_grad()``/``inference_mode()`` (with gradients
     enabled and parameters requiring grad they are folded inline on every call, so gradients
-    reach the parameters).  Every cache hit is checked against a snapshot of the parameters,
-    which also catches writes through ``.data`` (~2-3 ms per forward on a 2-core CPU); code that
-    never writes through ``.data`` may skip that check with
-    ``Inception.verify_folded_cache = BasicConv2d.verify_folded_cache = False``.
+    reach the parameters).  On CPU every cache hit is checked against a snapshot of the
+    parameters, which also catches writes through ``.data`` (~2-3 ms per forward on a 2-core
+    CPU); code that never writes through ``.data`` may skip that check with
+    ``Inception.verify_folded_cache = BasicConv2d.verify_folded_cache = False``.  On CUDA there
+    is no such check: call :meth:`clear_folded_cache` after writing through ``.data``.
 
     Forward: ``x`` (N, 3, H, W) floating, H and W at least 15 (torchvision) / 31 (paper) so that
     no max pool has an empty output.  Eval mode (or ``aux_logits=False``) returns the (N,
@@ -620,6 +631,12 @@ class GoogLeNet(nn.Module):
             if isinstance(m, BasicConv2d):
                 m.fused = fused
         return self
+
+    def clear_folded_cache(self) -> None:
+        """Drop every module's cached folded weights (rebuilt on the next fused eval call)."""
+        for m in self.modules():
+            if isinstance(m, _FoldedWeightsCache):
+                m.clear_folded_cache()
 
     # -- forward ---------------------------------------------------------------------------------
     @property

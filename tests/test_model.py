@@ -334,6 +334,25 @@ def test_cache_after_data_mutation(fresh):
     _changed_and_correct(m, x, y1)
 
 
+def test_cache_without_content_check_and_clear(fresh, monkeypatch):
+    """verify_folded_cache=False: only the key (data_ptr, _version, ...) decides; a write through
+    .data then needs clear_folded_cache(), as on CUDA."""
+    m, x, y0 = fresh
+    monkeypatch.setattr(Inception, "verify_folded_cache", False)
+    monkeypatch.setattr(BasicConv2d, "verify_folded_cache", False)
+    with torch.no_grad():
+        m(x)
+        m.inception4b.branch2[1].conv.weight.data.mul_(-1.5)
+        stale = m(x)
+    assert torch.equal(stale, y0)  # documented: the key cannot see .data writes
+    m.clear_folded_cache()
+    assert not any("_fold_cache" in mod.__dict__ for mod in m.modules())
+    y1 = _changed_and_correct(m, x, y0)
+    with torch.no_grad():  # in-place on the parameter itself bumps _version: seen without the check
+        m.inception5b.branch4[1].bn.weight.mul_(2.0)
+    _changed_and_correct(m, x, y1)
+
+
 def test_cache_after_double_and_mode_switch(fresh):
     m, x, y0 = fresh
     m.train()
@@ -651,3 +670,46 @@ def test_bad_input_errors(pair, fused):
                 ours([[1.0]])
     finally:
         ours.fused = True
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (skipped without CUDA)
+
+@pytest.mark.gpu
+def test_gpu_fused_matches_torchvision_fp32_bf16_and_graph_capture():
+    dev = "cuda"
+    tv = tv_model(aux_logits=False, seed=31).to(dev)
+    ours = ours_from(tv).to(dev)
+    x = make_input(2, 3, 224, 224, seed=32).to(dev)
+    check_against_tv(tv, ours, x)
+    check_against_tv(tv, ours, x.contiguous(memory_format=torch.channels_last))
+    check_against_tv(tv, ours, make_input(1, 3, 15, 15).to(dev))
+    with torch.no_grad():
+        ref64 = copy.deepcopy(tv).double()(x.double())
+        for dtype in (torch.bfloat16, torch.float16):
+            tv_h = copy.deepcopy(tv).to(dtype)(x.to(dtype))
+            out = copy.deepcopy(ours).to(dtype)(x.to(dtype))
+            assert out.dtype == dtype
+            assert rel_err(out, ref64) <= 2 * rel_err(tv_h, ref64), dtype
+    # CUDA graph capture: folding is captured too, so a replay sees later parameter updates
+    m = copy.deepcopy(ours)
+    static_x = x.clone()
+    with torch.no_grad():
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                m(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_y = m(static_x)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert rel_err(static_y, tv(x)) <= TOL
+        m.inception4a.branch2[1].bn.running_var.mul_(3.0)
+        graph.replay()
+        m.fused = False
+        ref = m(static_x)
+        assert rel_err(static_y, ref) <= TOL
+        assert (static_y - tv(x)).abs().max() > 100 * TOL * ref.abs().max()
