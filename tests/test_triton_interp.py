@@ -431,9 +431,12 @@ def test_interpreter_tiles_shrink():
 # ----------------------------------------------------------------------------------------------
 # GPU: the same checks at real sizes (Table-1 maps, batch 1/32/256)
 
+# bf16 (the dtype the network runs in) everywhere; fp16 and fp32 on a subset (each distinct
+# shape costs Triton compiles, and the GPU check has minutes, not hours).
 GPU_CASES = ([(name, n, torch.bfloat16) for name in TABLE1 for n in (1, 32, 256)]
-             + [(name, 32, torch.float16) for name in TABLE1]
-             + [(name, n, torch.float32) for name in TABLE1 for n in (1, 32)])
+             + [(name, 32, torch.float16) for name in ("3a", "4b", "5b")]
+             + [(name, 1, torch.float32) for name in TABLE1]
+             + [(name, 32, torch.float32) for name in ("3b", "4e")])
 
 
 @pytest.mark.gpu

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# GPU check for a machine with an H200 and no network access (Python 3.12, torch, triton, pytest
+# and pytest-benchmark already installed).  Installs nothing from the network.  Stages, each
+# time-boxed with `timeout`, all logged:
+#   1. environment (nvidia-smi, versions)                                         env.txt
+#   2. build the extension here (pip -e without deps or isolation; fallback:
+#      setup.py build_ext --inplace), sm_90 only unless TORCH_CUDA_ARCH_LIST is set  build.log
+#   3. the GPU tests: pytest -m gpu (every test marked gpu in tests/)             pytest-gpu.log/.xml
+#   4. the per-block table, triton (and cuda when built) vs torchvision eager, bf16 channels_last,
+#      batch 1/32/256, and the whole network at batch 1 and 256                  gpu_blocks.txt/.json
+# Usage: benchmarks/device_check.sh [RESULTS_DIR]
+#   DRY_RUN=1: check this script's logic on a machine without a GPU (build with
+#   setup.py build_ext --inplace instead of pip -e, gpu_blocks.py --dry-run).
+#   RESULTS_DIR defaults to $RESULTS_DIR, else $OUT, else benchmarks/results/<date>.
+#   Stage limits (seconds): BUILD_TIMEOUT (140), TEST_TIMEOUT (170), BENCH_TIMEOUT (130); the
+#   whole script stays under 8 minutes.  Results hold at most 7 files (summary.txt, env.txt,
+#   build.log, pytest-gpu.log, pytest-gpu.xml, gpu_blocks.txt, gpu_blocks.json).  Exit status: 0 when every stage passed, else 1.
+set -u -o pipefail
+
+T_START=$(date +%s)
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+RESULTS="${1:-${RESULTS_DIR:-${OUT:-$ROOT/benchmarks/results/$(date +%Y%m%d-%H%M%S)}}}"
+mkdir -p "$RESULTS"
+RESULTS="$(cd "$RESULTS" && pwd)"
+PY="${PYTHON:-python3}"
+BUILD_TIMEOUT="${BUILD_TIMEOUT:-140}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-170}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-130}"
+export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
+export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
+export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1   # never reach for the network
+export PYTHONUNBUFFERED=1
+unset TRITON_INTERPRET
+# One Triton cache for the prewarm processes and the timed process (outside the results
+# directory: only a few files may come back from there).
+export TRITON_CACHE_DIR="${TRITON_CACHE_DIR:-/tmp/googlenet_fast-triton-cache}"
+NPROC=$(nproc)
+PREWARM=$(( NPROC > 16 ? 16 : NPROC ))
+
+declare -A STATUS
+elapsed() { echo $(( $(date +%s) - T_START )); }
+stage() { echo; echo "=== [$(elapsed)s] $*" | tee -a "$RESULTS/summary.txt"; }
+record() {  # record NAME RC
+  STATUS[$1]=$2
+  if [ "$2" -eq 0 ]; then r=ok; elif [ "$2" -eq 124 ]; then r="TIMEOUT"; else r="FAILED (rc=$2)"; fi
+  echo "--- $1: $r [$(elapsed)s]" | tee -a "$RESULTS/summary.txt"
+}
+
+stage "environment -> $RESULTS/env.txt"
+{
+  date -u; uname -a; nvidia-smi || true
+  "$PY" - <<'EOF'
+import sys, platform, torch
+print("python", platform.python_version(), sys.executable)
+print("torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available())
+if torch.cuda.is_available():
+    print("device", torch.cuda.get_device_name(), torch.cuda.get_device_capability())
+for m in ("triton", "torchvision", "pytest", "pytest_benchmark"):
+    try:
+        mod = __import__(m)
+        print(m, getattr(mod, "__version__", "?"))
+    except Exception as e:
+        print(m, "MISSING", e)
+EOF
+  command -v nvcc && nvcc --version | tail -2
+  git -C "$ROOT" log --oneline -1 2>/dev/null || true
+} > "$RESULTS/env.txt" 2>&1
+cat "$RESULTS/env.txt"
+
+stage "build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST, MAX_JOBS=$MAX_JOBS, limit ${BUILD_TIMEOUT}s) -> build.log"
+if [ "${DRY_RUN:-0}" = 1 ]; then
+  timeout "$BUILD_TIMEOUT" "$PY" setup.py build_ext --inplace > "$RESULTS/build.log" 2>&1
+else
+  timeout "$BUILD_TIMEOUT" "$PY" -m pip install --no-build-isolation --no-deps --no-index -e . \
+    > "$RESULTS/build.log" 2>&1
+fi
+rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ]; then
+  echo "pip install failed (rc=$rc); trying setup.py build_ext --inplace" | tee -a "$RESULTS/build.log"
+  left=$(( BUILD_TIMEOUT - $(elapsed) + 5 )); [ $left -lt 30 ] && left=30
+  timeout "$left" "$PY" setup.py build_ext --inplace >> "$RESULTS/build.log" 2>&1
+  rc=$?
+fi
+tail -n 15 "$RESULTS/build.log"
+"$PY" - <<'EOF' 2>&1 | tee -a "$RESULTS/build.log"
+from googlenet_fast.backends import native
+print("googlenet_fast._C loaded:", native.available(), "| load error:", native.LOAD_ERROR)
+print("build info:", native.BUILD_INFO, "| cuda backend usable:", native.cuda_available())
+EOF
+record build $rc
+
+stage "GPU tests: pytest -m gpu (limit ${TEST_TIMEOUT}s) -> pytest-gpu.log"
+timeout "$TEST_TIMEOUT" "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider --durations=15 \
+  --junitxml="$RESULTS/pytest-gpu.xml" tests/ > "$RESULTS/pytest-gpu.log" 2>&1
+rc=$?
+# pytest exit 5 = nothing collected/selected: count it as a failure of this check
+tail -n 40 "$RESULTS/pytest-gpu.log"
+record gpu-tests $rc
+
+stage "block table + network (limit ${BENCH_TIMEOUT}s) -> gpu_blocks.txt / gpu_blocks.json"
+BENCH_ARGS=(--prewarm "$PREWARM" --warmup 10 --rep 50)
+[ "${DRY_RUN:-0}" = 1 ] && BENCH_ARGS=(--dry-run)
+timeout "$BENCH_TIMEOUT" "$PY" benchmarks/gpu_blocks.py "${BENCH_ARGS[@]}" \
+  --json "$RESULTS/gpu_blocks.json" > "$RESULTS/gpu_blocks.txt" 2>&1
+rc=$?
+cat "$RESULTS/gpu_blocks.txt"
+record bench $rc
+
+stage "done in $(elapsed)s"
+fail=0
+for k in build gpu-tests bench; do
+  echo "$k: ${STATUS[$k]:-not run}" | tee -a "$RESULTS/summary.txt"
+  [ "${STATUS[$k]:-1}" -eq 0 ] || fail=1
+done
+exit $fail
