@@ -408,4 +408,10 @@ def test_compile_fullgraph(pair):
         ref2 = m(make_input(1, 3, 64, 64, seed=17))
     assert rel_err(out, ref) <= TOL
     assert rel_err(out2, ref2) <= TOL
+    # the compiled graph runs the fused op for each of the nine Inception modules, no BatchNorm
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        compiled(x)
+    names = [e.name for e in prof.events()]
+    assert sum(n.startswith("googlenet_fast::inception") for n in names) == 9, sorted(set(names))
+    assert not any("batch_norm" in n for n in names)
     torch._dynamo.reset()
