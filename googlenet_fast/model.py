@@ -195,8 +195,9 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
     """torchvision's conv block: ``relu(bn(conv(x)))``, Conv2d(bias=False), BatchNorm2d(eps=0.001).
 
     Attribute ``fused`` (default False; GoogLeNet sets it on its stem): in eval mode the conv runs
-    with the BatchNorm folded into its weight and bias (cached, see :class:`_FoldedWeightsCache`).
-    BatchNorm without running statistics is never folded.
+    with the BatchNorm folded into its weight and bias (cached, see :class:`_FoldedWeightsCache`);
+    ``.conv`` and ``.bn`` are then not called (hooks on them do not fire).  A ``bn`` that is not
+    a BatchNorm2d with running statistics is never folded.
     """
 
     def __init__(self, in_channels: int, out_channels: int, **conv_kwargs: Any) -> None:
@@ -218,9 +219,13 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         """(weight, bias) of the conv with the BatchNorm's running statistics folded in."""
         return self._cached_fold(dtype or self.conv.weight.dtype)
 
+    def _can_fold(self) -> bool:
+        bn = self.bn
+        return (isinstance(self.conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
+                and bn.running_mean is not None and bn.running_var is not None)
+
     def forward(self, x: Tensor) -> Tensor:
-        if (self.fused and not self.training and self.bn.running_mean is not None
-                and self.bn.running_var is not None):
+        if self.fused and not self.training and self._can_fold():
             w, b = self.folded_params()
             c = self.conv
             if c.padding_mode != "zeros":
@@ -301,14 +306,20 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 self.branch4[1])
 
     def _can_fuse(self) -> bool:
-        pool = self.branch4[0]
-        if not (type(pool) is nn.MaxPool2d and pool.kernel_size in (3, (3, 3))
-                and pool.stride in (1, (1, 1)) and pool.padding in (1, (1, 1))
-                and pool.dilation in (1, (1, 1))):
+        """True when the module is what the fused op computes (plain blocks, odd square KxK)."""
+        try:
+            pool = self.branch4[0]
+            if not (type(pool) is nn.MaxPool2d and pool.kernel_size in (3, (3, 3))
+                    and pool.stride in (1, (1, 1)) and pool.padding in (1, (1, 1))
+                    and pool.dilation in (1, (1, 1)) and len(self.branch2) == 2 and len(self.branch3) == 2
+                    and len(self.branch4) == 2):
+                return False
+            k3, k5 = self.branch2[1].conv.kernel_size[0], self.branch3[1].conv.kernel_size[0]
+        except (AttributeError, IndexError, TypeError):
             return False
-        kernels = (1, 1, self.branch2[1].conv.kernel_size[0] if hasattr(self.branch2[1], "conv") else 0,
-                   1, self.branch3[1].conv.kernel_size[0] if hasattr(self.branch3[1], "conv") else 0, 1)
-        return all(_foldable_block(b, k) for b, k in zip(self._blocks(), kernels))
+        if k3 % 2 == 0 or k5 % 2 == 0:
+            return False
+        return all(_foldable_block(b, k) for b, k in zip(self._blocks(), (1, 1, k3, 1, k5, 1)))
 
     def _fold_sources(self):
         return [t for b in self._blocks() for t in _block_sources(b)]

@@ -160,6 +160,8 @@ def test_conv_blocks():
         assert torch.equal(b(x), ref)
         b.fused = True  # folded BN
         assert rel_err(b(x), ref) <= 1e-6
+        b.bn = nn.Identity()  # not foldable any more: the plain path, no crash
+        assert torch.equal(b(x), F.relu(b.conv(x)))
 
 
 # ------------------------------------------------------------------------------------------------
