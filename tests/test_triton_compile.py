@@ -8,6 +8,7 @@ multiples of 16 carry the divisibility hint, as Triton's launcher does).  That c
 the GPU compiler rejects (types, layouts, shared memory) and reads the cubin:
   * ``cuobjdump -res-usage``: STACK 0 (no register spills), registers reported;
   * shared memory within the architecture's per-block limit;
+  * the GEMM loops are software-pipelined (TTGIR has async copies to shared memory);
   * ``nvdisasm``: half-precision dots run on tensor cores (HGMMA = wgmma on sm_90 for tiles of
     64+ rows, HMMA on sm_80), fp32 dots with TF32 off stay on the FMA units (no HMMA/HGMMA).
 Compiles run in a process pool (one per core) before the checks; Triton's cache makes reruns
@@ -129,6 +130,9 @@ def _compile_case(case):
                               options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
     r = _resources(compiled.asm["cubin"])
     r["shared"] = int(compiled.metadata.shared)
+    # Software-pipelined GEMM loop: its operand loads became asynchronous copies to shared memory
+    # (needs vectorizable, i.e. provably aligned and contiguous, loads).
+    r["async_copies"] = compiled.asm["ttgir"].count("async_copy_global_to_local")
     return r
 
 
@@ -146,6 +150,7 @@ def _cases():
         cases.append((stage, shape, "float32", tuple(configs.tiles(stage, False)[0]), 90, True, False))
         cases.append((stage, shape, "bfloat16", tuple(configs.tiles(stage, True)[0]), 90, False, True))
     cases.append((2, "4b", "bfloat16", tuple(configs.tiles(2, True)[0]), 90, False, False))
+    cases.append((2, "3a", "bfloat16", tuple(configs.tiles(2, True)[0]), 80, False, False))
     return cases
 
 
@@ -171,14 +176,14 @@ def compiled():
                 results[c] = f.result()
             except Exception as e:  # reported by the test of that case
                 results[c] = e
-    lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}  MMA"]
+    lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s} {'ASYNC':>5s}  MMA"]
     report = []
     for c in CASES:
         r = results[c]
         if isinstance(r, Exception):
             lines.append(f"{_case_id(c):64s} FAILED: {type(r).__name__}: {str(r)[:200]}")
             continue
-        lines.append(f"{_case_id(c):64s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d}  "
+        lines.append(f"{_case_id(c):64s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d} {r['async_copies']:5d}  "
                      f"{','.join(r['mma_ops']) or ','.join(r['units'])}")
         report.append(dict(case=_case_id(c), **r))
     print("\nTriton AOT compile summary\n" + "\n".join(lines))
@@ -197,6 +202,7 @@ def test_aot_compile(compiled, case):
     tile = configs.Tile(*tile_tuple)
     assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
     assert r["shared"] <= configs.SMEM_LIMIT[arch], f"shared memory {r['shared']} over the sm_{arch} limit"
+    assert r["async_copies"] > 0, "the GEMM loop is not software-pipelined (no async copies)"
     if dtype_name in ("bfloat16", "float16"):
         expected = "HGMMA" if (arch == 90 and tile.BLOCK_M >= 64) else "HMMA"
         assert expected in r["units"], f"expected {expected} tensor-core dots, SASS has {r['units']}"

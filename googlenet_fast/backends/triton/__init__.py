@@ -300,6 +300,14 @@ class LaunchPlan(NamedTuple):
 RED_ALIGN = 16
 
 
+def _pow2_divisor(*values, cap=16) -> int:
+    """The largest power of two (<= cap) dividing every value (0 counts as divisible)."""
+    d = cap
+    while d > 1 and any(int(v) % d for v in values):
+        d //= 2
+    return d
+
+
 def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5,
                 b_5x5, w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> LaunchPlan:
     """Allocate the scratch matrix and build both stages' kernel arguments (works on meta tensors,
@@ -344,7 +352,9 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
         sw3o=s3[0], sw3i=s3[1], sw3h=s3[2], sw3w=s3[3],
         sw5o=s5[0], sw5i=s5[1], sw5h=s5[2], sw5w=s5[3],
         son=so[0], soc=so[1], soh=so[2], sow=so[3],
-        K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5], **common)
+        K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5],
+        W_ALIGN=_pow2_divisor(s3[0], s3[2], s3[3], s5[0], s5[2], s5[3]),
+        C_ALIGN=_pow2_divisor(r3, r5), **common)
     return LaunchPlan(args1, args2, P, nm, cp, c3, c5, r3, r5, half)
 
 

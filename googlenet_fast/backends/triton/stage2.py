@@ -67,12 +67,79 @@ def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl
 
 
 @triton.jit
-def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, OFF, COUT, tile_n,
-              offs_m, m_mask, h, w, o_row, H, W, soc,
-              KS: tl.constexpr, HAS_BIAS: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr,
-              ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
-              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def inception_stage2_kernel(
+    red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr,
+    P, H, W, R3, R5, RR, C3, C5, OFF_3, OFF_5,
+    sw3o, sw3i, sw3h, sw3w,
+    sw5o, sw5i, sw5h, sw5w,
+    son, soc, soh, sow,
+    K3: tl.constexpr, K5: tl.constexpr, HAS_B3: tl.constexpr, HAS_B5: tl.constexpr,
+    W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
+    RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    """red is [P, RR] row-major (RR >= R3 + R5); w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any
+    strides; W_ALIGN divides their o/h/w strides and C_ALIGN both reduce widths, facts that let
+    Triton vectorize (and so pipeline) the loads of 4b/4c, whose ch5x5red = 24 defeats its
+    divisible-by-16 specialization); branch 2 goes to output channels OFF_3.., branch 3 to OFF_5..
+
+    One code path for both branches: the branch's scalars (weight, strides, kernel size, reduce
+    slice, output slice) are picked per program, so there is a single K loop, software-pipelined
+    with one set of shared-memory buffers (two inlined loops would each get their own)."""
+    num_n3 = (C3 + BLOCK_N - 1) // BLOCK_N
+    num_n = num_n3 + (C5 + BLOCK_N - 1) // BLOCK_N
+    pid = tl.program_id(0)
+    pid_m = pid // num_n
+    pid_n = pid - pid_m * num_n
+    if pid_n < num_n3:
+        tile_n = pid_n
+        w_ptr = w3_ptr
+        swo = sw3o
+        swi = sw3i
+        swh = sw3h
+        sww = sw3w
+        b_ptr = b3_ptr
+        has_bias = HAS_B3
+        KS = K3
+        ROFF = 0
+        RC = R3
+        OFF = OFF_3
+        COUT = C3
+    else:
+        tile_n = pid_n - num_n3
+        w_ptr = w5_ptr
+        swo = sw5o
+        swi = sw5i
+        swh = sw5h
+        sww = sw5w
+        b_ptr = b5_ptr
+        has_bias = HAS_B5
+        KS = K5
+        ROFF = R3
+        RC = R5
+        OFF = OFF_5
+        COUT = C5
     PAD = KS // 2
+    # Alignment facts Triton loses when the two branches' values are merged above, restated as
+    # arithmetic it can read (v // A * A == v: the host computed A to divide v): the channel mask
+    # stays constant over a vector of A channels and the weight rows start A-aligned, so loads
+    # vectorize and the loop pipelines.
+    RC = RC // C_ALIGN * C_ALIGN
+    swo = swo // W_ALIGN * W_ALIGN
+    swh = swh // W_ALIGN * W_ALIGN
+    sww = sww // W_ALIGN * W_ALIGN
+
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    if INT64:
+        offs_m = offs_m.to(tl.int64)
+    m_mask = offs_m < P
+    HW = H * W
+    img = offs_m // HW
+    rem = offs_m - img * HW
+    h = rem // W
+    w = rem - h * W
+    o_row = img * son + h * soh + w * sow
+
     offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < COUT
     offs_k = tl.arange(0, BLOCK_K)
@@ -98,50 +165,11 @@ def _kxk_tile(red_ptr, ROFF, RC, RR, w_ptr, swo, swi, swh, sww, b_ptr, out_ptr, 
                   c_mask[:, None] & n_mask[None, :], UPCAST)
         acc = _mma(a, b, acc, ALLOW_TF32)
     bias = tl.full((BLOCK_N,), 0.0, tl.float32)
-    if HAS_BIAS:
+    if has_bias:
         bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
     y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
     tl.store(out_ptr + o_row[:, None] + _wide(OFF + offs_n, INT64)[None, :] * soc, y,
              mask=m_mask[:, None] & n_mask[None, :])
-
-
-@triton.jit
-def inception_stage2_kernel(
-    red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr,
-    P, H, W, R3, R5, RR, C3, C5, OFF_3, OFF_5,
-    sw3o, sw3i, sw3h, sw3w,
-    sw5o, sw5i, sw5h, sw5w,
-    son, soc, soh, sow,
-    K3: tl.constexpr, K5: tl.constexpr, HAS_B3: tl.constexpr, HAS_B5: tl.constexpr,
-    RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-):
-    """red is [P, RR] row-major (RR >= R3 + R5); w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any strides);
-    branch 2 goes to output channels OFF_3.., branch 3 to OFF_5.."""
-    num_n3 = (C3 + BLOCK_N - 1) // BLOCK_N
-    num_n = num_n3 + (C5 + BLOCK_N - 1) // BLOCK_N
-    pid = tl.program_id(0)
-    pid_m = pid // num_n
-    pid_n = pid - pid_m * num_n
-
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < P
-    HW = H * W
-    img = offs_m // HW
-    rem = offs_m - img * HW
-    h = rem // W
-    w = rem - h * W
-    o_row = img * son + h * soh + w * sow
-    if pid_n < num_n3:
-        _kxk_tile(red_ptr, 0, R3, RR, w3_ptr, sw3o, sw3i, sw3h, sw3w, b3_ptr, out_ptr, OFF_3, C3,
-                  pid_n, offs_m, m_mask, h, w, o_row, H, W, soc,
-                  K3, HAS_B3, RELU, INT64, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
-    else:
-        _kxk_tile(red_ptr, R3, R5, RR, w5_ptr, sw5o, sw5i, sw5h, sw5w, b5_ptr, out_ptr, OFF_5, C5,
-                  pid_n - num_n3, offs_m, m_mask, h, w, o_row, H, W, soc,
-                  K5, HAS_B5, RELU, INT64, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 def grid(P, C3, C5):
