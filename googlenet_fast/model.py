@@ -479,8 +479,9 @@ class GoogLeNet(nn.Module):
 
     Args:
         num_classes, aux_logits, transform_input, init_weights, blocks, dropout_aux: as
-            ``torchvision.models.GoogLeNet``.  ``init_weights`` None warns exactly as torchvision
-            (FutureWarning) and means True for ``variant="torchvision"``: trunc_normal(std 0.01)
+            ``torchvision.models.GoogLeNet``.  ``init_weights`` None means True; for
+            ``variant="torchvision"`` it warns exactly as torchvision (FutureWarning).  True gives,
+            for ``variant="torchvision"``, trunc_normal(std 0.01)
             for conv/linear weights, BatchNorm weight 1 and bias 0 (the same values as torchvision
             under the same seed).  For ``variant="paper"`` True/None gives Caffe's bvlc_googlenet
             fillers: "xavier" uniform(+-sqrt(3 / fan_in)) weights, conv biases 0.2, linear biases 0.
@@ -530,13 +531,14 @@ class GoogLeNet(nn.Module):
         paper = variant == "paper"
         if blocks is None:
             blocks = [ConvReLU, Inception, PaperInceptionAux] if paper else [BasicConv2d, Inception, InceptionAux]
-        if init_weights is None:
+        if init_weights is None and not paper:
             warnings.warn(
                 "The default weight initialization of GoogleNet will be changed in future releases of "
                 "torchvision. If you wish to keep the old behavior (which leads to long initialization times"
                 " due to scipy/scipy#11299), please set init_weights=True.",
                 FutureWarning,
             )
+        if init_weights is None:
             init_weights = True
         if len(blocks) != 3:
             raise ValueError(f"blocks length should be 3 instead of {len(blocks)}")

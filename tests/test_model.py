@@ -128,6 +128,8 @@ def test_init_weights_none_warns_like_torchvision():
         warnings.simplefilter("error")
         GoogLeNet(init_weights=False, aux_logits=False)
         GoogLeNet(init_weights=True, aux_logits=False)
+        p = GoogLeNet(variant="paper", aux_logits=False)  # no torchvision notice for the paper's init
+    assert torch.all(p.conv1.conv.bias == 0.2)
 
 
 def test_module_types_and_defaults():
