@@ -322,7 +322,9 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
 
     w1, w3r, w5r, wp = (_unit_k(t) for t in (w_1x1, w_3x3red, w_5x5red, w_pool_proj))
     wm = _merged_1x1(w1, w3r, w5r)
-    if x.device.type != "cpu":  # CUDA (and meta, as CUDA): the fast KxK layout, OHWI
+    if x.device.type != "cpu" or w_3x3.stride(1) != w_5x5.stride(1):
+        # CUDA (and meta, as CUDA): the fast KxK layout, OHWI; and stage 2 takes one input-channel
+        # stride for both KxK weights.
         w_3x3 = w_3x3.contiguous(memory_format=torch.channels_last)
         w_5x5 = w_5x5.contiguous(memory_format=torch.channels_last)
     biases = [b if b is None or b.stride(0) == 1 else b.contiguous()
@@ -349,8 +351,8 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
     args2 = dict(
         red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out,
         P=P, H=h, W=w, R3=r3, R5=r5, RR=rr, C3=c3, C5=c5, OFF_3=c1, OFF_5=c1 + c3,
-        sw3o=s3[0], sw3i=s3[1], sw3h=s3[2], sw3w=s3[3],
-        sw5o=s5[0], sw5i=s5[1], sw5h=s5[2], sw5w=s5[3],
+        sw3o=s3[0], sw3h=s3[2], sw3w=s3[3],
+        sw5o=s5[0], sw5h=s5[2], sw5w=s5[3], swi=s3[1],
         son=so[0], soc=so[1], soh=so[2], sow=so[3],
         K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5],
         W_ALIGN=_pow2_divisor(s3[0], s3[2], s3[3], s5[0], s5[2], s5[3]),

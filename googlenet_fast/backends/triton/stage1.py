@@ -89,6 +89,97 @@ def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl
 
 
 @triton.jit
+def _merged_1x1_tile(x_ptr, wm_ptr, b1_ptr, b3r_ptr, b5r_ptr, out_ptr, red_ptr, tile_n,
+                     offs_m, m_mask, x_row, o_row, CIN, NM, C1, R3, RR, sxc, swm, soc,
+                     HAS_B1: tl.constexpr, HAS_B3R: tl.constexpr, HAS_B5R: tl.constexpr,
+                     RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                     UPCAST: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """One [BLOCK_M, BLOCK_N] tile of the merged 1x1 GEMM: columns [ch1x1 | ch3x3red | ch5x5red]."""
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_k = tl.arange(0, BLOCK_K)
+    n_mask = offs_n < NM
+    is1 = offs_n < C1
+    is3 = (offs_n >= C1) & (offs_n < C1 + R3)
+    is5 = (offs_n >= C1 + R3) & n_mask
+    j3 = offs_n - C1
+    j5 = offs_n - C1 - R3
+    w_col = wm_ptr + offs_n * swm
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    for k0 in range(0, CIN, BLOCK_K):
+        kk = _wide(k0 + offs_k, INT64)
+        k_mask = kk < CIN
+        a = _load(x_ptr + x_row[:, None] + kk[None, :] * sxc, m_mask[:, None] & k_mask[None, :], UPCAST)
+        b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
+        acc = _mma(a, b, acc, ALLOW_TF32)
+    bias = tl.full((BLOCK_N,), 0.0, tl.float32)
+    if HAS_B1:
+        bias += tl.load(b1_ptr + offs_n, mask=is1, other=0.0).to(tl.float32)
+    if HAS_B3R:
+        bias += tl.load(b3r_ptr + j3, mask=is3, other=0.0).to(tl.float32)
+    if HAS_B5R:
+        bias += tl.load(b5r_ptr + j5, mask=is5, other=0.0).to(tl.float32)
+    y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
+    # branch 1 straight into its channel slice of the output
+    tl.store(out_ptr + o_row[:, None] + _wide(offs_n, INT64)[None, :] * soc, y,
+             mask=m_mask[:, None] & is1[None, :])
+    # both reduce outputs into the scratch matrix red (row stride RR >= NM - C1)
+    tl.store(red_ptr + offs_m[:, None] * RR + j3[None, :], y, mask=m_mask[:, None] & (is3 | is5)[None, :])
+
+
+@triton.jit
+def _pool_proj_tile(x_ptr, wp_ptr, bp_ptr, out_ptr, tile_n, m_mask, h, w, x_row, o_row,
+                    H, W, CIN, CP, OFF_P, sxc, sxh, sxw, swp, soc,
+                    HAS_BP: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr,
+                    ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POOL_BLOCK_K: tl.constexpr):
+    """One tile of the pool projection; the A loader takes the 3x3/s1/p1 max (-inf padding)."""
+    offs_n = tile_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_mask = offs_n < CP
+    w_col = wp_ptr + offs_n * swp
+    up_ok = h >= 1
+    down_ok = h + 1 < H
+    left_ok = w >= 1
+    right_ok = w + 1 < W
+    offs_k = tl.arange(0, POOL_BLOCK_K)
+    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
+    # Not software-pipelined (num_stages=1): multi-buffering nine tap loads would take nine times
+    # the shared memory of a plain GEMM tile; the nine loads are in flight together, in
+    # registers, so big tiles take a narrower K step here (POOL_BLOCK_K).
+    for k0 in tl.range(0, CIN, POOL_BLOCK_K, num_stages=1):
+        kk = _wide(k0 + offs_k, INT64)
+        k_mask = kk < CIN
+        mk = m_mask[:, None] & k_mask[None, :]
+        centre = x_ptr + x_row[:, None] + kk[None, :] * sxc
+        a = _load_or_ninf(centre, mk, UPCAST)
+        for t in tl.static_range(9):
+            if t != 4:
+                dh = t // 3 - 1
+                dw = t % 3 - 1
+                ok = m_mask
+                if dh == -1:
+                    ok = ok & up_ok
+                if dh == 1:
+                    ok = ok & down_ok
+                if dw == -1:
+                    ok = ok & left_ok
+                if dw == 1:
+                    ok = ok & right_ok
+                v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & k_mask[None, :], UPCAST)
+                # (the max of two bf16 tensors comes back as fp32: cast back)
+                a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL).to(v.dtype)
+        a = tl.where(mk, a, tl.full(a.shape, 0.0, a.dtype))  # no -inf (and no 0 * inf) reaches the dot
+        b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
+        acc = _mma(a, b, acc, ALLOW_TF32)
+    bias = tl.full((BLOCK_N,), 0.0, tl.float32)
+    if HAS_BP:
+        bias += tl.load(bp_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
+    tl.store(out_ptr + o_row[:, None] + _wide(OFF_P + offs_n, INT64)[None, :] * soc, y,
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def inception_stage1_kernel(
     x_ptr, wm_ptr, wp_ptr,
     b1_ptr, b3r_ptr, b5r_ptr, bp_ptr,
@@ -122,84 +213,17 @@ def inception_stage1_kernel(
     w = rem - h * W
     x_row = img * sxn + h * sxh + w * sxw
     o_row = img * son + h * soh + w * sow
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
-
+    # Each branch is a helper of its own: nothing is merged across the two (a runtime-uniform
+    # branch per program, no values carried out of it).
     if pid_n < num_n1:
-        # ---- merged 1x1 GEMM: columns [ch1x1 | ch3x3red | ch5x5red] --------------------------
-        offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < NM
-        is1 = offs_n < C1
-        is3 = (offs_n >= C1) & (offs_n < C1 + R3)
-        is5 = (offs_n >= C1 + R3) & n_mask
-        j3 = offs_n - C1
-        j5 = offs_n - C1 - R3
-        w_col = wm_ptr + offs_n * swm
-        for k0 in range(0, CIN, BLOCK_K):
-            kk = _wide(k0 + offs_k, INT64)
-            k_mask = kk < CIN
-            a = _load(x_ptr + x_row[:, None] + kk[None, :] * sxc,
-                      m_mask[:, None] & k_mask[None, :], UPCAST)
-            b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
-            acc = _mma(a, b, acc, ALLOW_TF32)
-        bias = tl.full((BLOCK_N,), 0.0, tl.float32)
-        if HAS_B1:
-            bias += tl.load(b1_ptr + offs_n, mask=is1, other=0.0).to(tl.float32)
-        if HAS_B3R:
-            bias += tl.load(b3r_ptr + j3, mask=is3, other=0.0).to(tl.float32)
-        if HAS_B5R:
-            bias += tl.load(b5r_ptr + j5, mask=is5, other=0.0).to(tl.float32)
-        y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
-        # branch 1 straight into its channel slice of the output
-        tl.store(out_ptr + o_row[:, None] + _wide(offs_n, INT64)[None, :] * soc, y,
-                 mask=m_mask[:, None] & is1[None, :])
-        # both reduce outputs into the scratch matrix red (row stride RR >= NM - C1)
-        tl.store(red_ptr + offs_m[:, None] * RR + j3[None, :], y,
-                 mask=m_mask[:, None] & (is3 | is5)[None, :])
+        _merged_1x1_tile(x_ptr, wm_ptr, b1_ptr, b3r_ptr, b5r_ptr, out_ptr, red_ptr, pid_n,
+                         offs_m, m_mask, x_row, o_row, CIN, NM, C1, R3, RR, sxc, swm, soc,
+                         HAS_B1, HAS_B3R, HAS_B5R, RELU, INT64, ALLOW_TF32, UPCAST,
+                         BLOCK_M, BLOCK_N, BLOCK_K)
     else:
-        # ---- pool projection: 3x3/s1/p1 max (-inf padding) computed in the A loader ------------
-        offs_n = (pid_n - num_n1) * BLOCK_N + tl.arange(0, BLOCK_N)
-        n_mask = offs_n < CP
-        w_col = wp_ptr + offs_n * swp
-        up_ok = h >= 1
-        down_ok = h + 1 < H
-        left_ok = w >= 1
-        right_ok = w + 1 < W
-        # Not software-pipelined (num_stages=1): multi-buffering nine tap loads would take nine
-        # times the shared memory of a plain GEMM tile; the nine loads are in flight together,
-        # in registers, so big tiles take a narrower K step here (POOL_BLOCK_K).
-        offs_pk = tl.arange(0, POOL_BLOCK_K)
-        for k0 in tl.range(0, CIN, POOL_BLOCK_K, num_stages=1):
-            kk = _wide(k0 + offs_pk, INT64)
-            k_mask = kk < CIN
-            mk = m_mask[:, None] & k_mask[None, :]
-            centre = x_ptr + x_row[:, None] + kk[None, :] * sxc
-            a = _load_or_ninf(centre, mk, UPCAST)
-            for t in tl.static_range(9):
-                if t != 4:
-                    dh = t // 3 - 1
-                    dw = t % 3 - 1
-                    ok = m_mask
-                    if dh == -1:
-                        ok = ok & up_ok
-                    if dh == 1:
-                        ok = ok & down_ok
-                    if dw == -1:
-                        ok = ok & left_ok
-                    if dw == 1:
-                        ok = ok & right_ok
-                    v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & k_mask[None, :],
-                                      UPCAST)
-                    a = tl.maximum(a, v, propagate_nan=tl.PropagateNan.ALL).to(v.dtype)  # bf16 max returns fp32
-            a = tl.where(mk, a, tl.full(a.shape, 0.0, a.dtype))  # no -inf (and no 0 * inf) reaches the dot
-            b = _load(w_col[None, :] + kk[:, None], k_mask[:, None] & n_mask[None, :], UPCAST)
-            acc = _mma(a, b, acc, ALLOW_TF32)
-        bias = tl.full((BLOCK_N,), 0.0, tl.float32)
-        if HAS_BP:
-            bias += tl.load(bp_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-        y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
-        tl.store(out_ptr + o_row[:, None] + _wide(OFF_P + offs_n, INT64)[None, :] * soc, y,
-                 mask=m_mask[:, None] & n_mask[None, :])
+        _pool_proj_tile(x_ptr, wp_ptr, bp_ptr, out_ptr, pid_n - num_n1, m_mask, h, w, x_row, o_row,
+                        H, W, CIN, CP, OFF_P, sxc, sxh, sxw, swp, soc,
+                        HAS_BP, RELU, INT64, ALLOW_TF32, UPCAST, BLOCK_M, BLOCK_N, POOL_BLOCK_K)
 
 
 def grid(P, NM, CP):

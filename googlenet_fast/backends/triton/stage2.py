@@ -70,18 +70,19 @@ def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl
 def inception_stage2_kernel(
     red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr,
     P, H, W, R3, R5, RR, C3, C5, OFF_3, OFF_5,
-    sw3o, sw3i, sw3h, sw3w,
-    sw5o, sw5i, sw5h, sw5w,
+    sw3o, sw3h, sw3w,
+    sw5o, sw5h, sw5w, swi,
     son, soc, soh, sow,
     K3: tl.constexpr, K5: tl.constexpr, HAS_B3: tl.constexpr, HAS_B5: tl.constexpr,
     W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
     RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
-    """red is [P, RR] row-major (RR >= R3 + R5); w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5] (any
-    strides; W_ALIGN divides their o/h/w strides and C_ALIGN both reduce widths, facts that let
-    Triton vectorize (and so pipeline) the loads of 4b/4c, whose ch5x5red = 24 defeats its
-    divisible-by-16 specialization); branch 2 goes to output channels OFF_3.., branch 3 to OFF_5..
+    """red is [P, RR] row-major (RR >= R3 + R5); w3 is [C3, R3, K3, K3], w5 [C5, R5, K5, K5]
+    (any strides, one stride swi along the input channels for both).  W_ALIGN divides their
+    o/h/w strides and C_ALIGN both reduce widths: facts that let Triton vectorize (and so
+    pipeline) the loads of 4b/4c, whose ch5x5red = 24 defeats its divisible-by-16
+    specialization.  Branch 2 goes to output channels OFF_3.., branch 3 to OFF_5..
 
     One code path for both branches: the branch's scalars (weight, strides, kernel size, reduce
     slice, output slice) are picked per program, so there is a single K loop, software-pipelined
@@ -91,34 +92,26 @@ def inception_stage2_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
-    if pid_n < num_n3:
-        tile_n = pid_n
+    # The branch's scalars, picked per program.  tl.where on scalars (not an if/else that
+    # assigns them) so that constexpr operands (K3, HAS_B3, ...) become runtime values the same
+    # way on every Triton version; pointers, always runtime values, go through one if/else.
+    is3 = pid_n < num_n3
+    tile_n = tl.where(is3, pid_n, pid_n - num_n3)
+    KS = tl.where(is3, K3, K5)
+    has_bias = tl.where(is3, HAS_B3, HAS_B5)
+    ROFF = tl.where(is3, 0, R3)
+    RC = tl.where(is3, R3, R5)
+    OFF = tl.where(is3, OFF_3, OFF_5)
+    COUT = tl.where(is3, C3, C5)
+    swo = tl.where(is3, sw3o, sw5o)
+    swh = tl.where(is3, sw3h, sw5h)
+    sww = tl.where(is3, sw3w, sw5w)
+    if is3:
         w_ptr = w3_ptr
-        swo = sw3o
-        swi = sw3i
-        swh = sw3h
-        sww = sw3w
         b_ptr = b3_ptr
-        has_bias = HAS_B3
-        KS = K3
-        ROFF = 0
-        RC = R3
-        OFF = OFF_3
-        COUT = C3
     else:
-        tile_n = pid_n - num_n3
         w_ptr = w5_ptr
-        swo = sw5o
-        swi = sw5i
-        swh = sw5h
-        sww = sw5w
         b_ptr = b5_ptr
-        has_bias = HAS_B5
-        KS = K5
-        ROFF = R3
-        RC = R5
-        OFF = OFF_5
-        COUT = C5
     PAD = KS // 2
     # Alignment facts Triton loses when the two branches' values are merged above, restated as
     # arithmetic it can read (v // A * A == v: the host computed A to divide v): the channel mask
