@@ -228,11 +228,10 @@ def bench_network(args, device, dtype, timer):
 # Parallel compile of every kernel variant the table will autotune over
 
 def _prewarm_job(job):
-    name, n, dtype_name, stage, tile_idx = job
+    name, n, dtype_name = job
     try:
         import torch as _t
         from googlenet_fast.backends import triton as tb
-        from googlenet_fast.backends.triton import configs
         dtype = DTYPES[dtype_name]
         cin, c1, r3, c3, r5, c5, cp, hw = TABLE1[name]
         m = dict(device="meta", dtype=dtype)
@@ -245,15 +244,7 @@ def _prewarm_job(job):
               _t.empty(cp, cin, 1, 1, **m), _t.empty(cp, **m)]
         out = _t.empty(n, c1 + c3 + c5 + cp, hw, hw, **m).contiguous(**cl)
         plan = tb.plan_launch(x, *ws, True, out, interpret=False)
-        args = dict(plan.args1 if stage == 1 else plan.args2)
-        for k, v in args.items():  # specialization depends on dtype and alignment only
-            if isinstance(v, _t.Tensor):
-                args[k] = _t.empty(64, dtype=v.dtype, device="cuda")
-        tile = configs.tiles(stage, plan.half)[tile_idx]
-        k = tb.kernels(interpret=False)
-        fn = k.stage1.inception_stage1_kernel if stage == 1 else k.stage2.inception_stage2_kernel
-        fn.warmup(**args, **tile.meta(stage), num_warps=tile.num_warps, num_stages=tile.num_stages,
-                  grid=(1,))
+        tb.precompile(plan, which="all")
         return None
     except Exception as e:
         return f"{job}: {type(e).__name__}: {e}"
@@ -261,15 +252,13 @@ def _prewarm_job(job):
 
 def prewarm(args, dtype_name, procs):
     import multiprocessing as mp
-    from googlenet_fast.backends.triton import configs
-    half = dtype_name != "fp32"
-    jobs = [(name, n, dtype_name, stage, i) for name in TABLE1 if not args.blocks or name in args.blocks
-            for n in args.batches for stage in (1, 2) for i in range(len(configs.tiles(stage, half)))]
+    jobs = [(name, n, dtype_name) for name in TABLE1 if not args.blocks or name in args.blocks
+            for n in args.batches]
     t0 = time.time()
     with mp.get_context("spawn").Pool(procs) as pool:
         errors = [e for e in pool.map(_prewarm_job, jobs, chunksize=1) if e]
-    print(f"prewarm: {len(jobs)} kernel variants compiled in {time.time() - t0:.1f} s with {procs} "
-          f"processes ({len(errors)} failed)", flush=True)
+    print(f"prewarm: kernels for {len(jobs)} (block, batch) shapes compiled in {time.time() - t0:.1f} s "
+          f"with {procs} processes ({len(errors)} failed)", flush=True)
     for e in errors[:5]:
         print("  prewarm failure:", e, flush=True)
 

@@ -439,9 +439,72 @@ GPU_CASES = ([(name, n, torch.bfloat16) for name in TABLE1 for n in (1, 32, 256)
              + [(name, 32, torch.float32) for name in ("3b", "4e")])
 
 
+def _meta_plan(name, n, hw, dtype, k5, layout="channels_last", out_kind="slice", merged=True, kxk_cl=True,
+               relu=True):
+    """The launch plan of a GPU case, built on meta tensors laid out as the case lays them out."""
+    cin, c1, r3, c3, r5, c5, cp, _ = TABLE1[name]
+    args = make_weights(name, k5=k5, dtype=dtype, device="meta", merged=merged, kxk_channels_last=kxk_cl)
+    x = make_input(n, cin, hw[0], hw[1], layout, dtype, "meta")
+    out = poisoned_out(n, c1 + c3 + c5 + cp, hw[0], hw[1], dtype, "meta", out_kind)[0]
+    return tb.plan_launch(x, *args, relu, out, interpret=False)
+
+
+def _precompile_job(job):
+    """Worker: compile (into the shared Triton cache) what one GPU case will launch."""
+    plan_kwargs, force_tile, autotune = job
+    try:
+        os.environ.pop("TRITON_INTERPRET", None)
+        os.environ[tb.AUTOTUNE_ENV] = "1" if autotune else "0"
+        tb.FORCE_TILE = force_tile
+        return tb.precompile(_meta_plan(**plan_kwargs))
+    except Exception as e:  # the test itself will then compile (and report) it
+        return f"{job}: {type(e).__name__}: {e}"
+
+
+def _gpu_precompile_jobs():
+    jobs = [(dict(name=name, n=n, hw=(TABLE1[name][-1],) * 2, dtype=dtype, k5=5 if n == 32 else 3), None, False)
+            for name, n, dtype in GPU_CASES]
+    jobs += [(dict(name="4b", n=8, hw=(14, 14), dtype=torch.bfloat16, k5=5), (t1, t2), False)
+             for t1, t2 in zip(configs.STAGE1_HALF, configs.STAGE2_HALF)]
+    jobs += [(dict(name="3b", n=2, hw=(28, 28), dtype=torch.float32, k5=5, layout="strided", out_kind="nchw",
+                   relu=False), (t1, t2), False)
+             for t1, t2 in zip(configs.STAGE1_FP32, configs.STAGE2_FP32)]
+    jobs.append((dict(name="4e", n=32, hw=(14, 14), dtype=torch.bfloat16, k5=3), None, True))
+    return jobs
+
+
+def test_gpu_precompile_plans_build():
+    """The GPU precompile jobs describe valid launches (checked here without a GPU)."""
+    for plan_kwargs, _, _ in _gpu_precompile_jobs():
+        plan = _meta_plan(**plan_kwargs)
+        assert plan.P == plan_kwargs["n"] * plan_kwargs["hw"][0] * plan_kwargs["hw"][1]
+
+
+@pytest.fixture(scope="module")
+def gpu_precompiled():
+    """Compile the GPU tests' Triton kernels in parallel first (one process per core, up to 16;
+    Triton's on-disk cache then serves the tests), so that the GPU check's few minutes go to
+    running them.  Best effort: whatever fails here is compiled by the test that needs it."""
+    if not torch.cuda.is_available() or os.environ.get("GOOGLENET_FAST_NO_PRECOMPILE") == "1":
+        return
+    import multiprocessing as mp
+    import time
+    from concurrent.futures import ProcessPoolExecutor
+    jobs = _gpu_precompile_jobs()
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=min(16, os.cpu_count() or 1),
+                             mp_context=mp.get_context("spawn")) as pool:
+        results = list(pool.map(_precompile_job, jobs))
+    errors = [r for r in results if isinstance(r, str)]
+    print(f"\n[precompile] {sum(r for r in results if isinstance(r, int))} kernel variants for "
+          f"{len(jobs)} GPU cases in {time.time() - t0:.1f} s ({len(errors)} failed)")
+    for e in errors[:3]:
+        print("[precompile]", e)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,n,dtype", GPU_CASES, ids=[f"{c[0]}-b{c[1]}-{str(c[2])[6:]}" for c in GPU_CASES])
-def test_table1_gpu(no_autotune, name, n, dtype):
+def test_table1_gpu(gpu_precompiled, no_autotune, name, n, dtype):
     """Real sizes, channels_last in and a channel slice out, poisoned; half precision against the
     fp32 reference (TF32 off) with the reference's own half error as the yardstick."""
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -459,7 +522,7 @@ def test_table1_gpu(no_autotune, name, n, dtype):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(len(configs.STAGE1_HALF)))
-def test_every_half_tile_gpu(monkeypatch, i):
+def test_every_half_tile_gpu(gpu_precompiled, monkeypatch, i):
     """Each autotuning configuration computes the same result (bf16, paper 4b, batch 8)."""
     monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_HALF[i], configs.STAGE2_HALF[i]))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
@@ -469,7 +532,7 @@ def test_every_half_tile_gpu(monkeypatch, i):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(len(configs.STAGE1_FP32)))
-def test_every_fp32_tile_gpu(monkeypatch, i):
+def test_every_fp32_tile_gpu(gpu_precompiled, monkeypatch, i):
     monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_FP32[i], configs.STAGE2_FP32[i]))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -543,7 +606,7 @@ def test_opcheck_gpu(no_autotune):
 
 
 @pytest.mark.gpu
-def test_autotuned_gpu(monkeypatch):
+def test_autotuned_gpu(gpu_precompiled, monkeypatch):
     """The autotuned path (default) agrees with the reference too."""
     monkeypatch.delenv(tb.AUTOTUNE_ENV, raising=False)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -360,6 +360,32 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
     return LaunchPlan(args1, args2, P, nm, cp, c3, c5, r3, r5, half)
 
 
+def precompile(plan: LaunchPlan, which: str = "launch") -> int:
+    """Compile, without running, the kernels a call with this plan would launch on the current
+    CUDA device, and return how many variants were built.  ``plan`` may come from meta tensors
+    (plan_launch works on them): a kernel's specialization depends on its tensors' dtypes and
+    16-byte alignment only, so small stand-ins are passed.  ``which``: "launch" (what the call
+    would use: every autotuning configuration, or the heuristic/forced tile) or "all" (every
+    configuration).  Run in worker processes sharing TRITON_CACHE_DIR, this fills Triton's
+    on-disk cache in parallel (benchmarks/gpu_blocks.py --prewarm, the GPU tests)."""
+    k = kernels(interpret=False)
+    count = 0
+    for stage, fn, args in ((1, k.stage1.inception_stage1_kernel, plan.args1),
+                            (2, k.stage2.inception_stage2_kernel, plan.args2)):
+        if which == "all" or autotuning():
+            tiles = configs.tiles(stage, plan.half)
+        elif FORCE_TILE:
+            tiles = [FORCE_TILE[stage - 1]]
+        else:
+            tiles = [configs.heuristic_tile(stage, plan.P, plan.half)]
+        args = {n: (torch.empty(64, dtype=v.dtype, device="cuda") if isinstance(v, Tensor) else v)
+                for n, v in args.items()}
+        for t in tiles:
+            fn.warmup(**args, **t.meta(stage), num_warps=t.num_warps, num_stages=t.num_stages, grid=(1,))
+            count += 1
+    return count
+
+
 def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
             w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> None:
     """Run both stages, writing the module's output into ``out`` (any strides)."""

@@ -3,29 +3,39 @@
 Both stages are GEMMs over pixels: M = N*H*W pixels (NHWC rows), N = output channels, K = input
 channels (stage 1: Cin; stage 2: K*K taps x reduce channels).  What varies across GoogLeNet's
 nine Inception modules and the batch sizes that matter (1, 32, 256) is mostly M: from 49 pixels
-(5a/5b at batch 1, a single row-tile) to 200,704 (3a/3b at batch 256).  N is 80..624 per stage,
+(5a/5b at batch 1, a single row tile) to 200,704 (3a/3b at batch 256).  N is 80..624 per stage,
 K is 192..832 (stage 1) and 9*16..9*192 (stage 2).  So the set is small and spans M:
 
 half precision (fp16/bf16; tensor cores: wgmma on sm_90 when BLOCK_M >= 64 and num_warps is a
-multiple of 4, mma.sync on sm_80):
+multiple of 4, mma.sync on sm_80), BLOCK_M x BLOCK_N x BLOCK_K, warps, pipeline stages:
   * 128x128x64, 8 warps, 3 stages: the large-M workhorse (batch 32/256), full wgmma tiles;
-  * 128x64x64,  4 warps, 4 stages: large M with narrow N segments (pool_proj 32..128, ch5x5 32..128)
-    that would waste half of a 128-wide tile;
+  * 128x64x64,  8 warps, 4 stages: large M with narrow column segments (pool_proj and ch5x5 are
+    32..128 wide) that would waste half of a 128-wide tile;
   * 64x128x64,  4 warps, 3 stages: medium M (batch 1 at 28x28 = 784 pixels) with more row tiles;
   * 64x64x64,   4 warps, 3 stages: small M (14x14 maps at batch 1), twice the programs of the above;
-  * 32x64x128,  4 warps, 2 stages: tiny M (7x7 = 49 pixels at batch 1): more programs in flight
-    (mma.sync; wgmma needs M >= 64), fewer K iterations.
-Shared memory is at most stages * (BM*BK + BK*BN) * 2 bytes = 96 KiB, inside both sm_80 (164 KiB)
-and sm_90 (227 KiB) limits; tests/test_triton_compile.py compiles each of them for sm_80 and
-sm_90 and checks there are no register spills.
+  * 32x64x128 (stage 2: 32x64x64), 4 warps, 2 stages: tiny M (7x7 = 49 pixels at batch 1): more
+    programs in flight (mma.sync; wgmma needs M >= 64), fewer K iterations.
+Stage 1's pool projection loads its A tile as nine shifted tiles of x (the 3x3 max) held in
+registers at once and is not software-pipelined; POOL_K narrows its K step (32 instead of 64)
+for the tiles where nine [BLOCK_M, BLOCK_K] loads per thread would otherwise spill (128x128 and
+64x128: 16 instead of 32 elements per thread per tap).
+Shared memory is at most stages * (BM*BK + BK*BN) * 2 bytes = 96 KiB, inside both sm_80 (163
+KiB) and sm_90 (227 KiB) limits.  tests/test_triton_compile.py compiles every configuration for
+sm_90 and sm_80 and checks: no spills (STACK 0; 72..224 registers per thread), shared memory
+within the limit, wgmma (HGMMA) on sm_90, pipelined GEMM loops.
 
 float32: IEEE fp32 dots (``input_precision="ieee"``) run on the FMA units, with both operand
-tiles in registers, so tiles are smaller to stay spill-free; the same configurations serve TF32
-(when torch.backends.cuda.matmul allows it).
+tiles in registers, so tiles are smaller to stay spill-free (64x64x16, 32x64x32, 64x32x32); the
+same configurations serve TF32 (when torch.backends.cuda.matmul allows it).
+
+Without autotuning ($GOOGLENET_FAST_TRITON_AUTOTUNE=0: no benchmarking on a shape's first call,
+fewer compiles) heuristic_tile() picks by pixel count.
 
 Under TRITON_INTERPRET=1 the interpreter pays ~2 ms of Python per program per loop iteration,
-whatever the tile size, so one fixed configuration with big tiles keeps the program count and
-the iteration count low (CI runs small maps, where a single row tile covers the batch).
+nearly whatever the tile size, so one fixed configuration with big tiles keeps the program count
+and the iteration count low (CI runs small maps, where a single row tile covers the batch); its
+BLOCK_M (and stage 2's BLOCK_K) shrink to the problem, as the interpreter's dots cost grows with
+the tile.
 
 Autotuning keys (the arguments whose change can change the best tile): stage 1 on P (pixels),
 CIN, NM (ch1x1+ch3x3red+ch5x5red) and CP (pool_proj); stage 2 on P, R3, R5, C3, C5, K3, K5.
