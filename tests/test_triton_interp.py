@@ -326,9 +326,12 @@ def test_torch_compile_interpreter(interp):
     check_close(y / 2, x, args, True)
 
 
-def test_aot_graph_has_two_triton_launches():
+@pytest.mark.parametrize("autotune", ["1", "0"])
+def test_aot_graph_has_two_triton_launches(monkeypatch, autotune):
     """Traced for CUDA (fake tensors; no GPU needed), the op decomposes into exactly two triton
-    kernel launches: stage 1 and stage 2."""
+    kernel launches: stage 1 and stage 2 (autotuned kernels, or one configuration each)."""
+    monkeypatch.setenv(tb.AUTOTUNE_ENV, autotune)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from torch._functorch.aot_autograd import aot_function
     from torch._subclasses.fake_tensor import FakeTensorMode
     import logging
@@ -421,6 +424,22 @@ def test_unsupported_device(interp):
         googlenet_fast.inception(x, *args, backend="triton")
 
 
+def test_tf32_follows_torch_flags(monkeypatch):
+    """fp32 dots are IEEE unless torch.backends.cuda.matmul allows TF32; half dtypes ignore it."""
+    def plan(dtype):
+        args = [a.to("meta") if a is not None else None for a in make_weights("3a", dtype=dtype)]
+        x = torch.empty(1, 192, 2, 2, device="meta", dtype=dtype)
+        return tb.plan_launch(x, *args, True, torch.empty(1, 256, 2, 2, device="meta", dtype=dtype),
+                              interpret=False)
+
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "ieee")
+    assert plan(torch.float32).args1["ALLOW_TF32"] is False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32")
+    assert plan(torch.float32).args1["ALLOW_TF32"] is True
+    assert plan(torch.float32).args2["ALLOW_TF32"] is True
+    assert plan(torch.bfloat16).args1["ALLOW_TF32"] is False
+
+
 def test_interpreter_tiles_shrink():
     t = configs.interpret_tile(1, 15, 96, 16)
     assert t.BLOCK_M == 16 and t.BLOCK_K == configs.INTERPRET_STAGE1.BLOCK_K
@@ -504,11 +523,11 @@ def gpu_precompiled():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("name,n,dtype", GPU_CASES, ids=[f"{c[0]}-b{c[1]}-{str(c[2])[6:]}" for c in GPU_CASES])
-def test_table1_gpu(gpu_precompiled, no_autotune, name, n, dtype):
+def test_table1_gpu(gpu_precompiled, no_autotune, monkeypatch, name, n, dtype):
     """Real sizes, channels_last in and a channel slice out, poisoned; half precision against the
     fp32 reference (TF32 off) with the reference's own half error as the yardstick."""
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     cin, c1, r3, c3, r5, c5, cp, hw = TABLE1[name]
     k5 = 5 if n == 32 else 3  # the paper's 5x5 at batch 32, torchvision's 3x3 otherwise
     args = make_weights(name, k5=k5, dtype=dtype, device="cuda", kxk_channels_last=True)
@@ -535,7 +554,8 @@ def test_every_half_tile_gpu(gpu_precompiled, monkeypatch, i):
 def test_every_fp32_tile_gpu(gpu_precompiled, monkeypatch, i):
     monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_FP32[i], configs.STAGE2_FP32[i]))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    torch.backends.cuda.matmul.allow_tf32 = False
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     run_case("3b", (28, 28), torch.float32, 5, True, False, "strided", "nchw", n=2, device="cuda")
 
 
@@ -585,7 +605,7 @@ def test_compile_and_cuda_graph_gpu(no_autotune):
     eager = f(x, *args)
     torch._dynamo.reset()
     compiled = torch.compile(f, fullgraph=True)(x, *args)
-    torch.testing.assert_close(compiled, eager, rtol=0, atol=0)
+    torch.testing.assert_close(compiled, eager)
     g = torch.cuda.CUDAGraph()
     static_out = torch.empty_like(eager)
     tb.inception_op().out(x, *args, True, out=static_out)  # warm up (compile) outside capture

@@ -203,17 +203,25 @@ def _shape(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj):
 
 def _span(t: Tensor) -> int:
     """Elements between the first and one past the last element a view can touch."""
-    if t.numel() == 0:
-        return 0
-    return 1 + sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride()))
+    span = 1
+    for s, st in zip(t.shape, t.stride()):
+        if s == 0:
+            return 0
+        span += (s - 1) * abs(st)
+    return span
 
 
 def _allow_tf32() -> bool:
+    """Whether torch's own flags allow TF32 for fp32 matmuls (the new fp32_precision API first;
+    the legacy allow_tf32 flag when that says "none")."""
     m = torch.backends.cuda.matmul
     prec = getattr(m, "fp32_precision", None)
     if prec is not None and prec != "none":
         return prec == "tf32"
-    return bool(m.allow_tf32)
+    try:
+        return bool(m.allow_tf32)
+    except RuntimeError:  # torch refuses to read it after a mix of the two APIs
+        return False
 
 
 def _out_memory_format(x: Tensor):
@@ -332,7 +340,11 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
     b1, b3r, b5r, bp, b3, b5 = (wp if b is None else b for b in biases)  # dummy when absent
     has = [b is not None for b in biases]
 
-    int64 = FORCE_INT64 or max(_span(t) for t in (x, out, red, wm, wp, w_3x3, w_5x5)) >= 2 ** 31
+    # 64-bit offsets when a view reaches 2**31 elements or more: x and out may be views into
+    # larger buffers (their span counts); the scratch and the weights are dense.
+    int64 = (FORCE_INT64 or _span(x) >= 2 ** 31 or _span(out) >= 2 ** 31
+             or red.numel() >= 2 ** 31 or wm.numel() >= 2 ** 31 or _span(wp) >= 2 ** 31
+             or w_3x3.numel() >= 2 ** 31 or w_5x5.numel() >= 2 ** 31)
     half = x.dtype != torch.float32
     common = dict(RELU=bool(relu), INT64=bool(int64), ALLOW_TF32=_allow_tf32() and not half,
                   UPCAST=bool(interpret and x.dtype == torch.bfloat16))
