@@ -1,0 +1,9 @@
+// CPU emulation stand-in for c10/cuda/CUDAStream.h (see tests/cuda_emulation/emulation.h).
+#pragma once
+#include <cuda_runtime_api.h>
+namespace c10::cuda {
+struct CUDAStream {
+  operator cudaStream_t() const { return nullptr; }
+};
+inline CUDAStream getCurrentCUDAStream(int = -1) { return {}; }
+}  // namespace c10::cuda
