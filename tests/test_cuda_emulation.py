@@ -58,7 +58,7 @@ def emu():
     # load() rebuilds when any source or flag changes: its hash covers the included files too.
     return load(name="googlenet_fast_cuda_emulation", sources=[main],
                 extra_include_paths=[os.path.join(HERE, "cuda_emulation", "shim"), inc],
-                extra_cflags=["-O1", "-fsanitize=alignment", "-fno-sanitize-recover=alignment"],
+                extra_cflags=["-std=c++20", "-O1", "-fsanitize=alignment", "-fno-sanitize-recover=alignment"],
                 extra_ldflags=["-fsanitize=alignment"], build_directory=build_dir, verbose=False)
 
 
