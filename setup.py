@@ -9,7 +9,7 @@ GOOGLENET_FAST_NO_CUDA=1.  Install after torch is present:
 Environment switches:
     GOOGLENET_FAST_NO_CUDA=1   build the CPU part only, even if a toolkit is found
     CUDA_HOME / CUDA_PATH      the toolkit root (otherwise found from nvcc on PATH, then /usr/local/cuda)
-    TORCH_CUDA_ARCH_LIST       target archs (default with no GPU visible: "8.0;9.0")
+    TORCH_CUDA_ARCH_LIST       target archs (default with no GPU visible: "8.0;9.0+PTX")
     MAX_JOBS                   parallel compile jobs for ninja
 
 `python setup.py --print-build-config` prints the resolved configuration and exits (builds nothing).
@@ -24,7 +24,7 @@ import sys
 from setuptools import find_packages, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_ARCHS = "8.0;9.0"
+DEFAULT_ARCHS = "8.0;9.0+PTX"  # sm_80 and sm_90 SASS, plus PTX that newer GPUs JIT-compile
 
 
 def _log(msg):

@@ -43,7 +43,7 @@ def test_cuda_home_resolved_through_an_nvcc_wrapper(tmp_path):
     has_cuda_sources = bool(glob.glob(os.path.join(ROOT, "csrc", "cuda", "*.cu")))
     assert field(out, "cuda_built") == str(has_cuda_sources)
     if has_cuda_sources and not torch.cuda.is_available():
-        assert field(out, "cuda_arch_list") == "8.0;9.0"
+        assert field(out, "cuda_arch_list") == "8.0;9.0+PTX"
 
 
 def test_cuda_switched_off_builds_cpu_only():
