@@ -23,13 +23,24 @@ Layouts read in place, without a copy (so that a module call is exactly two laun
     folded-weight cache holds them so).  Otherwise they are concatenated per call (one small copy
     kernel), and always while the op is traced (torch.compile, make_fx);
   * KxK weights: channels_last (OHWI in memory) on CUDA.  Other KxK layouts are repacked to
-    channels_last per call on CUDA (one small copy kernel; the model should cache channels_last
-    weights to avoid it); under the interpreter they are read with their own strides.
+    channels_last per call on CUDA (one small copy kernel; the model caches channels_last
+    weights, so it avoids it); under the interpreter they are read with their own strides (one
+    input-channel stride for both, else both are repacked).
 Bias: any 1-D tensor or None (per-branch flags; a None bias costs nothing).
+Scratch: red[N*H*W, r3 + r5 rounded up to 16] in x's dtype, allocated per call (the caching
+allocator; inside CUDA graph capture, the graph's pool).
 
 dtypes: float32 (IEEE fp32 products unless ``torch.backends.cuda.matmul`` allows TF32), float16,
 bfloat16; fp32 accumulation.  Offsets are 64-bit (a constexpr switch) whenever a tensor spans
 2**31 elements or more.
+
+Tile configurations (configs.py) are autotuned per shape on first call (Triton's autotuner:
+it benchmarks every configuration, so the first call of a shape must not be inside CUDA graph
+capture; warm up first).  $GOOGLENET_FAST_TRITON_AUTOTUNE=0 picks one by a size heuristic
+instead.  :func:`precompile` fills Triton's cache ahead of time (in parallel processes).
+
+Autograd: the backward is the reference module's vector-Jacobian product (as the C++ op's on
+devices without a fused backward kernel).
 
 Devices: CUDA tensors; CPU tensors only under Triton's interpreter (TRITON_INTERPRET=1), which is
 how CI runs these kernels.  The interpreter mode is read at each call: the kernels are built for
