@@ -12,6 +12,9 @@
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
 
+#include <array>
+#include <tuple>
+
 namespace googlenet_fast {
 
 struct InceptionShape {
@@ -41,6 +44,36 @@ at::Tensor empty_inception_output(const InceptionArgs& a, const InceptionShape& 
 
 // CPU kernel (csrc/cpu/inception_cpu.cpp): writes the module's output into `out`.
 void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);
+
+// ---- backward (csrc/cpu/inception_backward_cpu.cpp) -------------------------------------------
+// googlenet_fast::inception_backward(grad_out, x, <the 12 weights/biases>, relu, out, output_mask)
+// returns the 13 gradients in argument order (x, w_1x1, b_1x1, ..., w_pool_proj, b_pool_proj);
+// gradient i is computed when output_mask[i] is set (and, for a bias, when the bias is given),
+// None otherwise.  `out` is the forward output, read only for the ReLU masks (required when relu
+// and any gradient is asked for); x is read only when a requested gradient needs it.
+constexpr int kInceptionNumGrads = 13;
+using InceptionGradMask = std::array<bool, kInceptionNumGrads>;
+using InceptionGrads =
+    std::tuple<c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+               c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+               c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+               c10::optional<at::Tensor>, c10::optional<at::Tensor>, c10::optional<at::Tensor>,
+               c10::optional<at::Tensor>>;
+
+#define GF_INCEPTION_BACKWARD_PARAMS                                                                  \
+  const at::Tensor &grad_out, const at::Tensor &x, const at::Tensor &w_1x1,                           \
+      const c10::optional<at::Tensor>&b_1x1, const at::Tensor &w_3x3red,                             \
+      const c10::optional<at::Tensor>&b_3x3red, const at::Tensor &w_3x3,                             \
+      const c10::optional<at::Tensor>&b_3x3, const at::Tensor &w_5x5red,                             \
+      const c10::optional<at::Tensor>&b_5x5red, const at::Tensor &w_5x5,                             \
+      const c10::optional<at::Tensor>&b_5x5, const at::Tensor &w_pool_proj,                          \
+      const c10::optional<at::Tensor>&b_pool_proj, bool relu, const c10::optional<at::Tensor>&out, \
+      googlenet_fast::InceptionGradMask output_mask
+
+// CPU kernel: the fused backward (float32/float64 natively; bfloat16/float16 computed in float32).
+// grad_x comes in x's suggested memory format, each weight's gradient in the weight's; the fake
+// kernel (googlenet_fast/ops.py, _fake_backward) allocates the same.
+InceptionGrads inception_backward_cpu(GF_INCEPTION_BACKWARD_PARAMS);
 
 #ifdef GOOGLENET_FAST_WITH_CUDA
 // CUDA kernel (csrc/cuda/): writes the module's output into `out`.

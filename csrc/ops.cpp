@@ -135,6 +135,17 @@ TORCH_LIBRARY(googlenet_fast, m) {
   "Tensor w_pool_proj, Tensor? b_pool_proj, bool relu=True"
   m.def("inception(" GF_SCHEMA_PARAMS ") -> Tensor");
   m.def("inception.out(" GF_SCHEMA_PARAMS ", *, Tensor(a!) out) -> Tensor(a!)");
+  // Its backward: the 13 gradients of (x, w_1x1, b_1x1, ..., b_pool_proj), each computed only when
+  // output_mask asks for it (and, for a bias, the bias exists), else None.  `out` is the forward
+  // output (ReLU masks; may be None when relu is False).  Not differentiable itself.
+  m.def(
+      "inception_backward(Tensor grad_out, Tensor x, Tensor w_1x1, Tensor? b_1x1, Tensor w_3x3red, "
+      "Tensor? b_3x3red, Tensor w_3x3, Tensor? b_3x3, Tensor w_5x5red, Tensor? b_5x5red, Tensor w_5x5, "
+      "Tensor? b_5x5, Tensor w_pool_proj, Tensor? b_pool_proj, bool relu, Tensor? out, bool[13] output_mask) "
+      "-> (Tensor? grad_x, Tensor? grad_w_1x1, Tensor? grad_b_1x1, Tensor? grad_w_3x3red, "
+      "Tensor? grad_b_3x3red, Tensor? grad_w_3x3, Tensor? grad_b_3x3, Tensor? grad_w_5x5red, "
+      "Tensor? grad_b_5x5red, Tensor? grad_w_5x5, Tensor? grad_b_5x5, Tensor? grad_w_pool_proj, "
+      "Tensor? grad_b_pool_proj)");
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, Meta, m) {
@@ -145,6 +156,7 @@ TORCH_LIBRARY_IMPL(googlenet_fast, Meta, m) {
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("inception", &inception_functional<inception_forward_cpu>);
   m.impl("inception.out", &inception_out<inception_forward_cpu>);
+  m.impl("inception_backward", &inception_backward_cpu);
 }
 
 #ifdef GOOGLENET_FAST_WITH_CUDA

@@ -256,38 +256,135 @@ def _is_channels_last(x: Tensor) -> bool:
 
 
 # ----------------------------------------------------------------------------------------------
-# Autograd.  Until the fused backward op lands, the gradient is the reference module's vector-
-# Jacobian product (torch.func.vjp, traceable by AOTAutograd): correct, but it recomputes the
-# forward unfused.
+# Autograd.  The backward is an op of its own, googlenet_fast::inception_backward (csrc/ops.cpp):
+# fused on the CPU (csrc/cpu/inception_backward_cpu.cpp), with a fake kernel here for torch.compile.
+# On a device without a backward kernel (CUDA until csrc/cuda registers one) the gradient is the
+# reference module's vector-Jacobian product (torch.func.vjp, traceable by AOTAutograd): correct,
+# but it recomputes the forward unfused.  Only what the requested gradients need is saved: x when
+# a requested gradient reads it, the forward output when relu is on (its ReLU masks), the
+# weights and biases (parameters, no extra memory).  The op is differentiable once: backpropagating
+# through the backward raises (see _not_twice_differentiable).
+
+BACKWARD_OP = "googlenet_fast::inception_backward"
+_NUM_GRADS = 13  # x and the twelve weights/biases, in the op's argument order
+(_GX, _GW1, _GB1, _GW3R, _GB3R, _GW3, _GB3, _GW5R, _GB5R, _GW5, _GB5, _GWP, _GBP) = range(_NUM_GRADS)
+
+
+def _backward_needs_x(mask, relu) -> bool:
+    """Whether the fused backward reads x for the gradients in ``mask`` (as make_plan in
+    csrc/cpu/inception_backward_cpu.cpp): every gradient but the biases', and the reduce biases'
+    when relu is on (their ReLU masks are recomputed from x)."""
+    return (any(mask[i] for i in (_GX, _GW1, _GW3R, _GW3, _GW5R, _GW5, _GWP))
+            or (relu and (mask[_GB3R] or mask[_GB5R])))
+
+
+def _has_fused_backward(device: torch.device) -> bool:
+    """True when googlenet_fast::inception_backward has a kernel for ``device``'s dispatch key."""
+    if not native.available():
+        return False
+    key = {"cpu": "CPU", "cuda": "CUDA"}.get(device.type)
+    return key is not None and torch._C._dispatch_has_kernel_for_dispatch_key(BACKWARD_OP, key)
+
 
 def _setup_context(ctx, inputs, output):
-    ctx.relu = inputs[-1]
-    ctx.save_for_backward(*inputs[:-1])
+    tensors, relu = inputs[:_NUM_GRADS], bool(inputs[_NUM_GRADS])
+    x = tensors[0]
+    # Gradients to compute: requested and (for a bias) present.  needs_input_grad may carry
+    # trailing entries for the autograd wrapper's own arguments.
+    mask = tuple(bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:_NUM_GRADS], tensors))
+    ctx.relu = relu
+    ctx.mask = mask
+    ctx.fused = _has_fused_backward(x.device)
+    if ctx.fused:
+        need_x = _backward_needs_x(mask, relu)
+    else:
+        need_x = any(mask)  # the reference recompute reads x
+    ctx.x_meta = (tuple(x.shape), x.dtype, x.device)
+    saved_out = output if (relu and ctx.fused and any(mask)) else None
+    ctx.save_for_backward(x if need_x else None, *tensors[1:], saved_out)
+
+
+def _fake_backward(grad_out, x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red,
+                   w_5x5, b_5x5, w_pool_proj, b_pool_proj, relu, out, output_mask):
+    """Fake (meta) kernel of googlenet_fast::inception_backward: the requested gradients' shapes
+    and strides, as the CPU kernel allocates them (grad_x in x's suggested memory format, each
+    weight's gradient in the weight's, biases 1-D); None for the others."""
+    from torch._prims_common import suggest_memory_format
+    args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+            w_pool_proj, b_pool_proj)
+    shape = check_inception_args(x, *args)
+    expected = (shape.n, shape.out_channels, shape.h, shape.w)
+    for name, t in (("grad_out", grad_out), ("out", out)):
+        if t is not None and tuple(t.shape) != expected:
+            raise ValueError(f"{name}: expected shape {list(expected)} (the forward output's), got {list(t.shape)}")
+    if out is None and relu and any(output_mask):
+        raise ValueError("out: the forward output is required when relu=True (its ReLU masks), got None")
+    return tuple(
+        None if not (m and t is not None) else
+        torch.empty(t.shape, dtype=t.dtype, device=t.device, memory_format=suggest_memory_format(t))
+        for m, t in zip(output_mask, (x,) + args))
+
+
+def _placeholder_x(shape, dtype, device):
+    # An x of the right sizes that owns one element: the fused backward reads only x's sizes when
+    # no requested gradient needs its values.
+    return torch.zeros((), dtype=dtype, device=device).expand(shape)
 
 
 def _backward(ctx, grad):
     saved = ctx.saved_tensors
-    relu = ctx.relu
-    present = [i for i, t in enumerate(saved) if t is not None]
+    x, weights, out = saved[0], saved[1:_NUM_GRADS], saved[_NUM_GRADS]
+    mask = ctx.mask
+    if not any(mask):
+        return (None,) * (_NUM_GRADS + 1)
+    if x is None:
+        x = _placeholder_x(*ctx.x_meta)
+    if ctx.fused:
+        grads = torch.ops.googlenet_fast.inception_backward(grad, x, *weights, ctx.relu, out, list(mask))
+        return tuple(grads) + (None,)
+    return _reference_vjp(grad, x, weights, ctx.relu, mask) + (None,)
+
+
+def _reference_vjp(grad, x, weights, relu, mask):
+    """The composition used where no backward kernel exists: the vjp of the reference module."""
+    full = (x,) + tuple(weights)
+    present = [i for i, t in enumerate(full) if t is not None]
 
     def f(*ts):
-        full = list(saved)
+        args = list(full)
         for i, t in zip(present, ts):
-            full[i] = t
-        return inception_reference(*full, relu=relu)
+            args[i] = t
+        return inception_reference(*args, relu=relu)
 
-    _, vjp = torch.func.vjp(f, *[saved[i] for i in present])
+    _, vjp = torch.func.vjp(f, *[full[i] for i in present])
     grads = vjp(grad)
-    result = [None] * len(saved)
+    result = [None] * len(full)
     for i, g in zip(present, grads):
-        result[i] = g if ctx.needs_input_grad[i] else None
-    return tuple(result) + (None,)
+        result[i] = g if mask[i] else None
+    return tuple(result)
+
+
+def _not_twice_differentiable(ctx, *grads):
+    raise RuntimeError(
+        "googlenet_fast.inception is not twice differentiable: its backward "
+        "(googlenet_fast::inception_backward) has no derivative. Use backend='reference' (or "
+        "GoogLeNet(fused=False)) for double backward, e.g. gradient penalties or "
+        "torch.autograd.gradgradcheck.")
+
+
+def register_inception_autograd(qualname: str = "googlenet_fast::inception"):
+    """Attach the fused backward to an op with the fused op's signature ``(x, 12 weights/biases,
+    relu) -> Tensor`` (the C++ op; a Triton op may reuse it).  CPU tensors get the fused C++
+    backward, other devices the reference vjp until a backward kernel is registered for them."""
+    torch.library.register_autograd(qualname, _backward, setup_context=_setup_context)
 
 
 def _register_autograd():
     if native.available():
-        torch.library.register_autograd("googlenet_fast::inception", _backward,
-                                        setup_context=_setup_context)
+        torch.library.register_fake(BACKWARD_OP, _fake_backward)
+        register_inception_autograd("googlenet_fast::inception")
+        torch.library.register_autograd(BACKWARD_OP, _not_twice_differentiable,
+                                        setup_context=lambda ctx, inputs, output: None)
 
 
 _register_autograd()
