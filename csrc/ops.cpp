@@ -1,5 +1,5 @@
-// googlenet_fast: the op schema (one TORCH_LIBRARY), argument checks, Meta kernels, and the
-// CPU/CUDA registrations.  Loading googlenet_fast._C registers everything below.
+// googlenet_fast: the op schema (one TORCH_LIBRARY), argument checks, and the CPU/CUDA
+// registrations.  Loading googlenet_fast._C registers everything below.
 #include <Python.h>
 
 #include <ATen/ATen.h>
@@ -16,17 +16,29 @@ std::string shape_str(const at::Tensor& t) {
   return os.str();
 }
 
-void check_weight(const char* name, const at::Tensor& w, int64_t in_ch, int64_t k, const at::Tensor& x) {
+// torch's Python spelling of a dtype, so C++ and Python errors read alike.
+std::string dtype_str(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return "torch.float32";
+    case at::kDouble: return "torch.float64";
+    case at::kHalf: return "torch.float16";
+    case at::kBFloat16: return "torch.bfloat16";
+    default: return std::string("torch.") + c10::toString(t);
+  }
+}
+
+void check_weight(const char* name, const at::Tensor& w, int64_t in_ch, int64_t k, const at::Tensor& x,
+                  const char* in_src = "the channels of x") {
   TORCH_CHECK_VALUE(w.dim() == 4, name, ": expected a 4-D conv weight (out, in, kH, kW), got shape ",
                     shape_str(w));
-  TORCH_CHECK_VALUE(w.size(1) == in_ch, name, ": expected ", in_ch, " input channels (dim 1), got shape ",
+  TORCH_CHECK_VALUE(w.size(1) == in_ch, name, ": expected ", in_ch, " input channels (dim 1, ", in_src, "), got shape ",
                     shape_str(w));
   TORCH_CHECK_VALUE(w.size(2) == w.size(3) && w.size(2) % 2 == 1, name,
                     ": expected a square kernel of odd size, got shape ", shape_str(w));
   TORCH_CHECK_VALUE(k < 0 || w.size(2) == k, name, ": expected a ", k, "x", k, " kernel, got shape ",
                     shape_str(w));
-  TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(),
-                   " (the dtype of x), got ", w.scalar_type());
+  TORCH_CHECK_TYPE(w.scalar_type() == x.scalar_type(), name, ": expected dtype ", dtype_str(x.scalar_type()),
+                   " (the dtype of x), got ", dtype_str(w.scalar_type()));
   TORCH_CHECK_VALUE(w.device() == x.device(), name, ": expected a tensor on ", x.device(),
                     " (the device of x), got ", w.device());
 }
@@ -35,8 +47,8 @@ void check_bias(const char* name, const c10::optional<at::Tensor>& b, int64_t ou
   if (!b.has_value() || !b->defined()) return;
   TORCH_CHECK_VALUE(b->dim() == 1 && b->size(0) == out_ch, name, ": expected shape [", out_ch, "], got ",
                     shape_str(*b));
-  TORCH_CHECK_TYPE(b->scalar_type() == x.scalar_type(), name, ": expected dtype ", x.scalar_type(),
-                   " (the dtype of x), got ", b->scalar_type());
+  TORCH_CHECK_TYPE(b->scalar_type() == x.scalar_type(), name, ": expected dtype ", dtype_str(x.scalar_type()),
+                   " (the dtype of x), got ", dtype_str(b->scalar_type()));
   TORCH_CHECK_VALUE(b->device() == x.device(), name, ": expected a tensor on ", x.device(),
                     " (the device of x), got ", b->device());
 }
@@ -48,7 +60,7 @@ InceptionShape check_inception_args(const InceptionArgs& a, const at::Tensor* ou
   TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
   const auto st = x.scalar_type();
   TORCH_CHECK_TYPE(st == at::kFloat || st == at::kDouble || st == at::kBFloat16 || st == at::kHalf,
-                   "x: expected a floating dtype (float32, float64, float16, bfloat16), got ", st);
+                   "x: expected a floating dtype (float32, float64, float16, bfloat16), got ", dtype_str(st));
   InceptionShape s{};
   s.n = x.size(0); s.cin = x.size(1); s.h = x.size(2); s.w = x.size(3);
   TORCH_CHECK_VALUE(s.h >= 1 && s.w >= 1, "x: expected a spatial size of at least 1x1, got ", s.h, "x", s.w);
@@ -60,8 +72,8 @@ InceptionShape check_inception_args(const InceptionArgs& a, const at::Tensor* ou
   s.ch3x3red = a.w_3x3red.size(0);
   s.ch5x5red = a.w_5x5red.size(0);
   s.pool_proj = a.w_pool_proj.size(0);
-  check_weight("w_3x3", a.w_3x3, s.ch3x3red, -1, x);
-  check_weight("w_5x5", a.w_5x5, s.ch5x5red, -1, x);
+  check_weight("w_3x3", a.w_3x3, s.ch3x3red, -1, x, "the output channels of w_3x3red");
+  check_weight("w_5x5", a.w_5x5, s.ch5x5red, -1, x, "the output channels of w_5x5red");
   s.ch3x3 = a.w_3x3.size(0); s.k3 = a.w_3x3.size(2);
   s.ch5x5 = a.w_5x5.size(0); s.k5 = a.w_5x5.size(2);
   check_bias("b_1x1", a.b_1x1, s.ch1x1, x);
@@ -76,7 +88,7 @@ InceptionShape check_inception_args(const InceptionArgs& a, const at::Tensor* ou
                           o.size(3) == s.w,
                       "out: expected shape [", s.n, ", ", s.out_channels(), ", ", s.h, ", ", s.w, "], got ",
                       shape_str(o));
-    TORCH_CHECK_TYPE(o.scalar_type() == st, "out: expected dtype ", st, " (the dtype of x), got ", o.scalar_type());
+    TORCH_CHECK_TYPE(o.scalar_type() == st, "out: expected dtype ", dtype_str(st), " (the dtype of x), got ", dtype_str(o.scalar_type()));
     TORCH_CHECK_VALUE(o.device() == x.device(), "out: expected a tensor on ", x.device(),
                       " (the device of x), got ", o.device());
   }
@@ -115,14 +127,11 @@ at::Tensor inception_functional(GF_INCEPTION_PARAMS) {
 }
 
 template <Kernel K>
-at::Tensor& inception_out(GF_INCEPTION_PARAMS, at::Tensor& out) {
+void inception_out(GF_INCEPTION_PARAMS, at::Tensor& out) {
   const InceptionArgs a = GF_INCEPTION_ARGS;
   const InceptionShape s = check_inception_args(a, &out);
   if (out.numel() > 0) K(a, s, out);
-  return out;
 }
-
-void meta_kernel(const InceptionArgs&, const InceptionShape&, at::Tensor&) {}
 
 }  // namespace
 
@@ -134,7 +143,9 @@ TORCH_LIBRARY(googlenet_fast, m) {
   "Tensor? b_3x3, Tensor w_5x5red, Tensor? b_5x5red, Tensor w_5x5, Tensor? b_5x5, "            \
   "Tensor w_pool_proj, Tensor? b_pool_proj, bool relu=True"
   m.def("inception(" GF_SCHEMA_PARAMS ") -> Tensor");
-  m.def("inception.out(" GF_SCHEMA_PARAMS ", *, Tensor(a!) out) -> Tensor(a!)");
+  // The out variant returns nothing: functionalization (torch.compile) does not support custom
+  // ops whose outputs alias an input.
+  m.def("inception.out(" GF_SCHEMA_PARAMS ", *, Tensor(a!) out) -> ()");
   // Its backward: the 13 gradients of (x, w_1x1, b_1x1, ..., b_pool_proj), each computed only when
   // output_mask asks for it (and, for a bias, the bias exists), else None.  `out` is the forward
   // output (ReLU masks; may be None when relu is False).  Not differentiable itself.
@@ -148,10 +159,8 @@ TORCH_LIBRARY(googlenet_fast, m) {
       "Tensor? grad_b_pool_proj)");
 }
 
-TORCH_LIBRARY_IMPL(googlenet_fast, Meta, m) {
-  m.impl("inception", &inception_functional<meta_kernel>);
-  m.impl("inception.out", &inception_out<meta_kernel>);
-}
+// The fake (meta) kernels of these ops are Python (googlenet_fast/ops.py, torch.library.register_fake):
+// they must handle symbolic sizes under torch.compile(dynamic=True), which size()-based C++ cannot.
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("inception", &inception_functional<inception_forward_cpu>);

@@ -1,15 +1,142 @@
-"""Which GPU backend ``backend="auto"`` runs for a CUDA tensor.
+"""Which GPU backend ``backend="auto"`` runs for a CUDA tensor: triton or cuda, per Inception
+configuration, dtype and batch size.
 
-Until a measured per-configuration table ships, triton is chosen when it is importable and
-the CUDA C++ backend otherwise.
+The choice is a one-time measurement, cached: the first eager call with a new key runs both
+backends on the caller's own tensors (a few warm runs each, timed with CUDA events on the current
+stream) and keeps the faster.  Choices live in memory and, unless GOOGLENET_FAST_BACKEND_CACHE is
+set to an empty string, in a JSON file (default ``~/.cache/googlenet_fast/gpu_backends.json``) so
+that later processes skip the measurement.  Keys: device name, dtype, the module's channel
+configuration and kernel sizes, spatial size, and the batch size rounded up to a power of two.
+
+No measurement happens while tracing (torch.compile) or capturing a CUDA graph, nor when only
+one GPU backend is usable: then triton is chosen when it is importable, cuda otherwise.
 """
-from typing import Optional
+import json
+import os
+import threading
+from typing import Callable, Dict, Optional, Sequence
+
+import torch
+
+CACHE_ENV = "GOOGLENET_FAST_BACKEND_CACHE"
+GPU_BACKENDS = ("triton", "cuda")
+
+_lock = threading.Lock()
+_choices: Dict[str, str] = {}
+_loaded_file: Optional[str] = None
 
 
-def pick_gpu_backend(shape: Optional[object] = None) -> str:
-    """Return "triton" or "cuda" for an Inception call of the given InceptionShape."""
+def cache_path() -> Optional[str]:
+    """The JSON file holding measured choices, or None when persistence is switched off."""
+    p = os.environ.get(CACHE_ENV)
+    if p is not None:
+        return p or None
+    return os.path.join(os.path.expanduser("~"), ".cache", "googlenet_fast", "gpu_backends.json")
+
+
+def _load():
+    global _loaded_file
+    path = cache_path()
+    if path == _loaded_file:
+        return
+    _loaded_file = path
+    if path and os.path.isfile(path):
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            _choices.update({k: v for k, v in data.items() if v in GPU_BACKENDS})
+        except (OSError, ValueError):
+            pass  # an unreadable cache is re-measured, never fatal
+
+
+def _save():
+    path = cache_path()
+    if not path:
+        return
+    try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump(_choices, f, indent=1, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # read-only home: keep the in-memory choice
+
+
+def choice_key(shape, dtype: torch.dtype, device_name: str) -> str:
+    """The cache key of an Inception call (see the module docstring)."""
+    bucket = 1
+    while bucket < max(1, shape.n):
+        bucket *= 2
+    cfg = (shape.in_channels, shape.ch1x1, shape.ch3x3red, shape.ch3x3, shape.k3, shape.ch5x5red,
+           shape.ch5x5, shape.k5, shape.pool_proj, shape.h, shape.w)
+    return f"{device_name}|{str(dtype).replace('torch.', '')}|{'x'.join(map(str, cfg))}|n<={bucket}"
+
+
+def default_gpu_backend() -> str:
+    """triton when importable, else cuda."""
     try:
         import triton  # noqa: F401
         return "triton"
     except ImportError:
         return "cuda"
+
+
+def cuda_event_timer(fn: Callable[[], None], reps: int = 5) -> float:
+    """Median milliseconds of ``fn`` on the current CUDA stream (after two warm-up calls)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(reps):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return sorted(times)[len(times) // 2]
+
+
+def pick_gpu_backend(shape, dtype: torch.dtype, device_name: str, usable: Sequence[str],
+                     run: Callable[[str], None], timer: Callable[[Callable[[], None]], float] = cuda_event_timer,
+                     can_measure: bool = True) -> str:
+    """Return the backend for this call: the cached choice, else a fresh measurement.
+
+    Args:
+        shape: the call's InceptionShape.
+        dtype, device_name: the input's dtype and ``torch.cuda.get_device_name``.
+        usable: the GPU backends that can run here (subset of ("triton", "cuda")).
+        run: ``run(name)`` runs the call once with backend ``name`` (into a scratch output).
+        timer: ``timer(fn) -> ms``; CUDA events by default.
+        can_measure: False while tracing or capturing a CUDA graph.
+    Raises:
+        RuntimeError: no GPU backend is usable.
+    """
+    usable = [b for b in GPU_BACKENDS if b in usable]
+    if not usable:
+        raise RuntimeError("backend='auto': no GPU backend is usable for a CUDA tensor (triton is not "
+                           "importable and googlenet_fast._C has no CUDA kernels)")
+    if len(usable) == 1:
+        return usable[0]
+    key = choice_key(shape, dtype, device_name)
+    with _lock:
+        _load()
+        cached = _choices.get(key)
+    if cached in usable:
+        return cached
+    if not can_measure:
+        return default_gpu_backend() if default_gpu_backend() in usable else usable[0]
+    times = {b: timer(lambda b=b: run(b)) for b in usable}
+    best = min(times, key=times.get)
+    with _lock:
+        _choices[key] = best
+        _save()
+    return best
+
+
+def clear_choices() -> None:
+    """Forget every measured choice (in memory; the JSON file stays)."""
+    global _loaded_file
+    with _lock:
+        _choices.clear()
+        _loaded_file = None

@@ -41,13 +41,13 @@ class InceptionShape(NamedTuple):
         return self.ch1x1 + self.ch3x3 + self.ch5x5 + self.pool_proj
 
 
-def _check_weight(name, w, out_ch, in_ch, k, x):
+def _check_weight(name, w, out_ch, in_ch, k, x, in_src="the channels of x"):
     if not isinstance(w, Tensor):
         raise TypeError(f"{name}: expected a Tensor, got {type(w).__name__}")
     if w.dim() != 4:
         raise ValueError(f"{name}: expected a 4-D conv weight (out, in, kH, kW), got shape {tuple(w.shape)}")
     if in_ch is not None and w.shape[1] != in_ch:
-        raise ValueError(f"{name}: expected {in_ch} input channels (dim 1), got shape {tuple(w.shape)}")
+        raise ValueError(f"{name}: expected {in_ch} input channels (dim 1, {in_src}), got shape {tuple(w.shape)}")
     if out_ch is not None and w.shape[0] != out_ch:
         raise ValueError(f"{name}: expected {out_ch} output channels (dim 0), got shape {tuple(w.shape)}")
     if k is not None and (w.shape[2] != k or w.shape[3] != k):
@@ -96,8 +96,8 @@ def check_inception_args(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3,
     _check_weight("w_5x5red", w_5x5red, None, cin, 1, x)
     _check_weight("w_pool_proj", w_pool_proj, None, cin, 1, x)
     r3, r5 = w_3x3red.shape[0], w_5x5red.shape[0]
-    _check_weight("w_3x3", w_3x3, None, r3, None, x)
-    _check_weight("w_5x5", w_5x5, None, r5, None, x)
+    _check_weight("w_3x3", w_3x3, None, r3, None, x, "the output channels of w_3x3red")
+    _check_weight("w_5x5", w_5x5, None, r5, None, x, "the output channels of w_5x5red")
     shape = InceptionShape(n, cin, h, w, w_1x1.shape[0], r3, w_3x3.shape[0], w_3x3.shape[2],
                            r5, w_5x5.shape[0], w_5x5.shape[2], w_pool_proj.shape[0])
     for name, b, c in (("b_1x1", b_1x1, shape.ch1x1), ("b_3x3red", b_3x3red, r3),
@@ -118,15 +118,31 @@ def check_inception_args(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3,
 
 
 def _triton_interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    # The values triton itself accepts for TRITON_INTERPRET.
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
 
 
-def resolve_backend(backend: str, x: Tensor, shape: Optional[InceptionShape] = None) -> str:
+def _usable_gpu_backends():
+    usable = []
+    try:
+        import triton  # noqa: F401
+        usable.append("triton")
+    except ImportError:
+        pass
+    if native.available() and native.BUILD_INFO.get("cuda_built"):
+        usable.append("cuda")
+    return usable
+
+
+def resolve_backend(backend: str, x: Tensor, shape: Optional[InceptionShape] = None,
+                    run=None) -> str:
     """Turn ``backend`` ("auto" or a name) into the backend that will run, or raise.
 
-    ``"auto"`` is replaced by $GOOGLENET_FAST_BACKEND when set.  Then, for a CUDA tensor:
-    the faster GPU backend (triton when importable, else cuda); for a CPU tensor: the C++ ``cpu``
-    backend (``reference`` with a warning if the extension is not built).
+    ``"auto"`` is replaced by $GOOGLENET_FAST_BACKEND when set.  Then, for a CUDA tensor: the
+    GPU backend (triton or cuda) measured faster for this configuration, dtype and batch size
+    (a one-time measurement through ``run(name)``, cached: see googlenet_fast.autotune_table);
+    for a CPU tensor: the C++ ``cpu`` backend (``reference`` with a warning if the extension is
+    not built).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -137,7 +153,11 @@ def resolve_backend(backend: str, x: Tensor, shape: Optional[InceptionShape] = N
     if backend == "auto":
         if x.device.type == "cuda":
             from . import autotune_table
-            backend = autotune_table.pick_gpu_backend(shape)
+            can_measure = (run is not None and shape is not None and not torch.compiler.is_compiling()
+                           and not torch.cuda.is_current_stream_capturing())
+            backend = autotune_table.pick_gpu_backend(
+                shape, x.dtype, torch.cuda.get_device_name(x.device), _usable_gpu_backends(),
+                run if run is not None else (lambda name: None), can_measure=can_measure)
         elif x.device.type == "cpu":
             if not native.available():
                 _warn_once(f"googlenet_fast._C is not available ({native.LOAD_ERROR}); "
@@ -231,7 +251,12 @@ def inception(
     args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3,
             w_5x5red, b_5x5red, w_5x5, b_5x5, w_pool_proj, b_pool_proj)
     shape = check_inception_args(x, *args, out=out)
-    name = resolve_backend(backend, x, shape)
+
+    def trial(name):  # one timed run for backend="auto"'s one-time measurement, into scratch
+        with torch.no_grad():
+            inception(x, *args, relu=relu, backend=name)
+
+    name = resolve_backend(backend, x, shape, run=trial)
     if out is not None and torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x,) + args):
         raise RuntimeError("inception(): functions with out=... arguments don't support automatic "
@@ -248,7 +273,34 @@ def inception(
         op = triton_backend.inception_op()
     if out is None:
         return op.default(x, *args, relu)
-    return op.out(x, *args, relu, out=out)
+    op.out(x, *args, relu, out=out)  # the out variants return nothing (see csrc/ops.cpp)
+    return out
+
+
+def _fake_output(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+                 w_pool_proj, b_pool_proj, relu=True):
+    """Fake (meta) kernel of googlenet_fast::inception: the output's shape and strides, no data.
+
+    Same memory format rule as the C++ kernels: x.suggest_memory_format()."""
+    check_inception_args(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red,
+                         w_5x5, b_5x5, w_pool_proj, b_pool_proj)
+    from torch._prims_common import suggest_memory_format
+    c = w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0]
+    return x.new_empty((x.shape[0], c, x.shape[2], x.shape[3])).contiguous(
+        memory_format=suggest_memory_format(x))
+
+
+def _fake_out_variant(*args, out):
+    check_inception_args(*args[:13], out=out)
+
+
+def _register_fakes():
+    if native.available():
+        torch.library.register_fake("googlenet_fast::inception", _fake_output)
+        torch.library.register_fake("googlenet_fast::inception.out", _fake_out_variant)
+
+
+_register_fakes()
 
 
 def _is_channels_last(x: Tensor) -> bool:
