@@ -75,23 +75,32 @@ def _fold_conv_block(block: nn.Module, dtype: torch.dtype) -> Tuple[Tensor, Opti
 
 
 def _block_sources(block: nn.Module) -> List[Optional[Tensor]]:
-    """Every tensor the folded weights of a conv block depend on."""
+    """Every tensor the folded weights of a conv block depend on.
+
+    BatchNorm's num_batches_tracked is included although folding does not read it: a train-mode
+    forward updates running_mean/var in place inside the kernel without bumping their version
+    counters (torch 2.14, CPU), while ``num_batches_tracked += 1`` does bump its own.
+    """
     conv = block.conv
     out = [conv.weight, conv.bias]
     bn = getattr(block, "bn", None)
     if bn is not None:
-        out += [bn.weight, bn.bias, bn.running_mean, bn.running_var]
+        out += [bn.weight, bn.bias, bn.running_mean, bn.running_var,
+                getattr(bn, "num_batches_tracked", None)]
     return out
 
 
 def _tensor_key(t: Optional[Tensor]):
+    """What identifies a source tensor's state, cheaply (this runs on every fused forward):
+    the object (a replaced parameter, ``assign=True`` loads), its storage (``.data = ...``) and
+    its version counter (in-place updates)."""
     if t is None:
         return None
     try:
         version = t._version
     except RuntimeError:  # inference tensors carry no version counter: the content check decides
         version = None
-    return (t.data_ptr(), version, t.dtype, t.device, tuple(t.shape), tuple(t.stride()))
+    return (id(t), t.data_ptr(), version)
 
 
 class _FoldedWeightsCache:
@@ -102,13 +111,12 @@ class _FoldedWeightsCache:
     optimizer steps, ``load_state_dict``, in-place ops under ``no_grad``), dtype, device, shape
     and strides (``.to()``, ``.double()``, ``assign=True`` loads), plus the target dtype and any
     BatchNorm eps.  ``param.data.mul_()`` and the like write through a tensor with its own version
-    counter, invisible to the key; so while ``verify_folded_cache`` is True (the default) a hit
-    on CPU tensors is also checked against a snapshot of the sources (``torch.equal``; ~2-3 ms
-    per GoogLeNet forward on a 2-core CPU).  Set the class or instance attribute
-    ``verify_folded_cache = False`` to skip that check when parameters are never written through
-    ``.data``.  On CUDA the check is never made (it would synchronize the device on every call):
-    there, after writing parameters through ``.data``, call :meth:`clear_folded_cache` (or
-    ``GoogLeNet.clear_folded_cache()``).
+    counter, invisible to the key: after such writes call :meth:`clear_folded_cache` (or
+    ``GoogLeNet.clear_folded_cache()``).  Opt-in on CPU tensors: with the class or instance
+    attribute ``verify_folded_cache = True`` every hit is also checked against a snapshot of the
+    sources (``torch.equal``), which catches ``.data`` writes at ~2-3 ms per GoogLeNet forward on
+    a 2-core CPU (8% of a batch-1 forward; hence off by default).  On CUDA the check is never
+    made (it would synchronize the device on every call).
 
     Not cached (folded inline on every call): under ``torch.compile`` (traceable, no graph break),
     during CUDA graph capture (each replay then folds the parameters as they are), and when
@@ -117,7 +125,7 @@ class _FoldedWeightsCache:
     ``.double()`` and by pickling/deepcopy.
     """
 
-    verify_folded_cache: bool = True
+    verify_folded_cache: bool = False
 
     def _fold_sources(self) -> List[Optional[Tensor]]:
         raise NotImplementedError
@@ -328,6 +336,10 @@ class Inception(_FoldedWeightsCache, nn.Module):
         return tuple(b.bn.eps for b in self._blocks() if getattr(b, "bn", None) is not None)
 
     def _fold(self, dtype):
+        # The structure check runs here, i.e. when the cache is (re)built, not on every call:
+        # replacing a submodule replaces its tensors, which changes the cache key.
+        if not self._can_fuse():
+            return None
         (w1, b1), (w3r, b3r), (w3, b3), (w5r, b5r), (w5, b5), (wp, bp) = (
             _fold_conv_block(b, dtype) for b in self._blocks())
         # The three sibling 1x1 weights as adjacent row slices of one buffer (the fused kernels
@@ -351,25 +363,29 @@ class Inception(_FoldedWeightsCache, nn.Module):
         weights are adjacent row slices of one contiguous buffer, the KxK weights channels_last.
         Cached until a parameter or buffer changes (see :class:`_FoldedWeightsCache`).
         """
-        if not self._can_fuse():
+        folded = self._cached_fold(dtype or self.branch1.conv.weight.dtype)
+        if folded is None:
             raise RuntimeError("Inception.folded_params: every branch must be a plain BasicConv2d "
                                "(with running statistics) or ConvReLU of the module's kernel sizes")
-        return self._cached_fold(dtype or self.branch1.conv.weight.dtype)
+        return folded
 
     # -- forward ---------------------------------------------------------------------------------
     def _forward(self, x: Tensor) -> List[Tensor]:
         return [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and not self.training and self._can_fuse():
+        if self.fused and not self.training:
             dtype = self.branch1.conv.weight.dtype
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
             # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
             if not (dtype == torch.float16 and x.device.type == "cpu"):
-                if x.dtype != dtype:
-                    x = x.to(dtype)
-                return ops.inception(x, *self._cached_fold(dtype), relu=True)
+                folded = self._cached_fold(dtype)  # None: not a module the fused op computes
+                if folded is not None:
+                    if x.dtype != dtype:
+                        x = x.to(dtype)
+                    # The weights are ours and well-formed; the kernels still check x.
+                    return ops.inception(x, *folded, relu=True, validate=False)
         return torch.cat(self._forward(x), 1)
 
 
@@ -499,11 +515,10 @@ class GoogLeNet(nn.Module):
 
     Folded weights: cached under ``torch.no_grad()``/``inference_mode()`` (with gradients
     enabled and parameters requiring grad they are folded inline on every call, so gradients
-    reach the parameters).  On CPU every cache hit is checked against a snapshot of the
-    parameters, which also catches writes through ``.data`` (~2-3 ms per forward on a 2-core
-    CPU); code that never writes through ``.data`` may skip that check with
-    ``Inception.verify_folded_cache = BasicConv2d.verify_folded_cache = False``.  On CUDA there
-    is no such check: call :meth:`clear_folded_cache` after writing through ``.data``.
+    reach the parameters).  The cache sees optimizer steps, ``load_state_dict`` and ``.to()``
+    (version counters and storage); after writing parameters through ``.data`` call
+    :meth:`clear_folded_cache`, or opt in to a content check on CPU (~2-3 ms per forward) with
+    ``Inception.verify_folded_cache = BasicConv2d.verify_folded_cache = True``.
 
     Forward: ``x`` (N, 3, H, W) floating, H and W at least 15 (torchvision) / 31 (paper) so that
     no max pool has an empty output.  Eval mode (or ``aux_logits=False``) returns the (N,

@@ -324,10 +324,12 @@ def test_cache_after_load_state_dict(fresh):
     _changed_and_correct(m, x, y0)
 
 
-def test_cache_after_data_mutation(fresh):
-    """.data has a version counter of its own: the key alone would miss this; the content check
-    catches it."""
+def test_cache_after_data_mutation(fresh, monkeypatch):
+    """.data has a version counter of its own: the key alone would miss this; the opt-in content
+    check catches it."""
     m, x, y0 = fresh
+    monkeypatch.setattr(Inception, "verify_folded_cache", True)
+    monkeypatch.setattr(BasicConv2d, "verify_folded_cache", True)
     v = m.inception4b.branch2[1].conv.weight._version
     m.inception4b.branch2[1].conv.weight.data.mul_(-1.5)
     m.conv1.bn.running_var.data.mul_(3.0)
@@ -339,8 +341,8 @@ def test_cache_after_data_mutation(fresh):
 
 
 def test_cache_without_content_check_and_clear(fresh, monkeypatch):
-    """verify_folded_cache=False: only the key (data_ptr, _version, ...) decides; a write through
-    .data then needs clear_folded_cache(), as on CUDA."""
+    """verify_folded_cache=False (the default): only the key (data_ptr, _version, ...) decides; a
+    write through .data then needs clear_folded_cache()."""
     m, x, y0 = fresh
     monkeypatch.setattr(Inception, "verify_folded_cache", False)
     monkeypatch.setattr(BasicConv2d, "verify_folded_cache", False)
