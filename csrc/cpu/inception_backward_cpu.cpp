@@ -146,6 +146,18 @@ at::Tensor mat(const T* p, int64_t rows, int64_t cols, int64_t ld) {
 // C = A x B (overwrite)
 inline void mm(at::Tensor C, const at::Tensor& A, const at::Tensor& B) { at::mm_out(C, A, B); }
 
+// Threads that at::parallel_for can use here.  It is inline code: it runs its range on the calling
+// thread unless this file is compiled with OpenMP (-fopenmp defines _OPENMP, and ATen's headers then
+// define INTRA_OP_PARALLEL); without it the blocks run in order and the BLAS threads each GEMM, so
+// the blocks are made larger.
+int64_t block_threads() {
+#ifdef INTRA_OP_PARALLEL
+  return std::max<int64_t>(1, at::get_num_threads());
+#else
+  return 1;
+#endif
+}
+
 // Pixel blocks: a multiple of the thread count, about `target` pixels each (as the forward); a
 // single block when there are too few pixels to be worth a parallel region.
 struct Blocks {
@@ -153,7 +165,7 @@ struct Blocks {
 };
 Blocks make_blocks(int64_t pixels, int64_t target) {
   if (pixels < 2 * target) return {1, std::max<int64_t>(pixels, 1)};
-  const int64_t t = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t t = block_threads();
   int64_t count = t * ((pixels + t * target - 1) / (t * target));
   count = std::max<int64_t>(1, std::min(count, pixels));
   const int64_t size = (pixels + count - 1) / count;
@@ -164,7 +176,7 @@ Blocks make_blocks(int64_t pixels, int64_t target) {
 // in order and let the BLAS thread each GEMM.
 template <typename F>
 void run_blocks(int64_t count, const F& f) {
-  const int64_t nt = at::get_num_threads();
+  const int64_t nt = block_threads();
   if (count >= nt && nt > 1) {
     at::parallel_for(0, count, 1, f);
   } else {
@@ -382,9 +394,10 @@ void backward_impl(const Inputs& in, const InceptionShape& s, const Plan& pl, bo
   acc3.init(pl.g[kW3], c3, KK3 * r3, st);
   acc5.init(pl.g[kW5], c5, KK5 * r5, st);
   accp.init(pl.g[kWp], cp, Cin, st);
-  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
-  const Blocks chunks = make_blocks(P, std::clamp<int64_t>(P / nthreads, 64, 512));  // >= 1 chunk per thread
-  const int64_t sub = std::min<int64_t>(64, chunks.size);
+  const int64_t nthreads = block_threads();
+  const Blocks chunks = nthreads > 1 ? make_blocks(P, std::clamp<int64_t>(P / nthreads, 64, 512))  // >= 1 per thread
+                                     : make_blocks(P, 1024);
+  const int64_t sub = std::min<int64_t>(nthreads > 1 ? 64 : 256, chunks.size);
   const int64_t halo = W + 1;
   at::Tensor halos_t;
   T* halos = nullptr;  // [chunks, 2, halo, Cin]: before / after the chunk
