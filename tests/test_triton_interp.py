@@ -424,7 +424,7 @@ def test_unsupported_device(interp):
         googlenet_fast.inception(x, *args, backend="triton")
 
 
-def test_tf32_follows_torch_flags(monkeypatch):
+def test_tf32_follows_torch_flags():
     """fp32 dots are IEEE unless torch.backends.cuda.matmul allows TF32; half dtypes ignore it."""
     def plan(dtype):
         args = [a.to("meta") if a is not None else None for a in make_weights("3a", dtype=dtype)]
@@ -432,12 +432,19 @@ def test_tf32_follows_torch_flags(monkeypatch):
         return tb.plan_launch(x, *args, True, torch.empty(1, 256, 2, 2, device="meta", dtype=dtype),
                               interpret=False)
 
-    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "ieee")
-    assert plan(torch.float32).args1["ALLOW_TF32"] is False
-    monkeypatch.setattr(torch.backends.cuda.matmul, "fp32_precision", "tf32")
-    assert plan(torch.float32).args1["ALLOW_TF32"] is True
-    assert plan(torch.float32).args2["ALLOW_TF32"] is True
-    assert plan(torch.bfloat16).args1["ALLOW_TF32"] is False
+    # Saved and restored by hand: cuBLASModule answers fp32_precision through __getattr__, which
+    # monkeypatch's teardown cannot always undo (it tried delattr in a fresh process).
+    matmul = torch.backends.cuda.matmul
+    old = matmul.fp32_precision
+    try:
+        matmul.fp32_precision = "ieee"
+        assert plan(torch.float32).args1["ALLOW_TF32"] is False
+        matmul.fp32_precision = "tf32"
+        assert plan(torch.float32).args1["ALLOW_TF32"] is True
+        assert plan(torch.float32).args2["ALLOW_TF32"] is True
+        assert plan(torch.bfloat16).args1["ALLOW_TF32"] is False
+    finally:
+        matmul.fp32_precision = old
 
 
 def test_interpreter_tiles_shrink():
