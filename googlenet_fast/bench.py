@@ -272,10 +272,29 @@ def compile_with_freezing(module: torch.nn.Module):
     return torch.compile(module, dynamic=False)
 
 
+@contextlib.contextmanager
 def freezing_context():
-    """torch._inductor.config.patch(freezing=True): wrap the compiling (first) calls in it."""
+    """torch._inductor.config.patch(freezing=True): wrap the compiling (first) calls in it.
+    Also mutes cpp_extension's "No CUDA runtime is found" warning that inductor's import of it
+    logs on a machine without a GPU."""
     import torch._inductor.config as inductor_config
-    return inductor_config.patch(freezing=True)
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with inductor_config.patch(freezing=True):
+            yield
+    finally:
+        log.setLevel(level)
+
+
+def load_average() -> Optional[tuple]:
+    """The 1/5/15-minute load averages (None where the OS has none): other processes on the
+    CPU make every timing noisy, and more so the OpenMP-parallel ones."""
+    try:
+        return os.getloadavg()
+    except (AttributeError, OSError):
+        return None
 
 
 def cuda_graphed(fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3) -> Callable[[Tensor], Tensor]:

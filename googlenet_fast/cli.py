@@ -132,6 +132,7 @@ def run_bench(args) -> int:
         failed |= _check(nets, photos, device, dtype, args, report)
         providers = bench.network_providers(nets, compile=args.compile, cuda_graphs=args.cuda_graphs,
                                             only=args.providers)
+        load_before = bench.load_average()
         results = []
         for b in args.batch_sizes:
             x = data.fill_batch(photos, b).to(device=device, dtype=dtype).contiguous(
@@ -146,6 +147,15 @@ def run_bench(args) -> int:
     print(f"ms per batch: median, IQR and range of {args.rounds} interleaved rounds, "
           f"{args.min_run_time:g} s per provider and batch size; eval, no_grad, channels_last, {args.dtype}"
           + ("".join(f"; {n}" for n in notes)))
+    load_after = bench.load_average()
+    if load_before is not None and device.type == "cpu":
+        cores = os.cpu_count() or 1
+        # this process itself adds up to its thread count to the load while it times
+        slack = max(1.0, 0.5 * cores)
+        noisy = load_before[0] > slack or load_after[0] > torch.get_num_threads() + slack
+        print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after timing, "
+              f"{cores} cores" + (": other processes were running, the timings are noisy" if noisy else ""))
+        report["load_average"] = {"before": load_before, "after": load_after, "cores": cores}
     failed |= any("error" in r for r in rows)
     report["rows"] = rows
     if args.json:
