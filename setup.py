@@ -127,7 +127,11 @@ if build_cuda:
             arch_list = DEFAULT_ARCHS
         os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
 
-cxx_flags = ["-O3"]  # torch.utils.cpp_extension picks the C++ standard torch needs
+# torch.utils.cpp_extension picks the C++ standard torch needs.  -fopenmp: at::parallel_for is
+# expanded in our own translation units (ATen/ParallelOpenMP.h); without it the loops run serially.
+# The link flag makes _C need libgomp.so.1, which resolves to the one torch has already loaded.
+cxx_flags = ["-O3", "-fopenmp"]
+link_flags = ["-fopenmp"]
 sources = [os.path.join("csrc", "ops.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 define_macros = []
 if build_cuda:
@@ -136,10 +140,11 @@ if build_cuda:
     ext = CUDAExtension(
         "googlenet_fast._C", sources, define_macros=define_macros,
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "--expt-relaxed-constexpr",
-                                                        "-lineinfo"]})
+                                                        "-lineinfo"]},
+        extra_link_args=link_flags)
 else:
     ext = CppExtension("googlenet_fast._C", sources, define_macros=define_macros,
-                       extra_compile_args={"cxx": cxx_flags})
+                       extra_compile_args={"cxx": cxx_flags}, extra_link_args=link_flags)
 
 # The resolved configuration, printed now and shipped with the package for `googlenet_fast info`.
 build_info = {
