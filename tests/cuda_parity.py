@@ -11,19 +11,7 @@ import torch
 
 from googlenet_fast.backends.reference import inception_reference
 
-# Table 1 of the paper (DESIGN.md): name -> (in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5,
-# pool_proj, spatial size at a 224x224 input).
-TABLE1 = {
-    "3a": (192, 64, 96, 128, 16, 32, 32, 28),
-    "3b": (256, 128, 128, 192, 32, 96, 64, 28),
-    "4a": (480, 192, 96, 208, 16, 48, 64, 14),
-    "4b": (512, 160, 112, 224, 24, 64, 64, 14),
-    "4c": (512, 128, 128, 256, 24, 64, 64, 14),
-    "4d": (512, 112, 144, 288, 32, 64, 64, 14),
-    "4e": (528, 256, 160, 320, 32, 128, 128, 14),
-    "5a": (832, 256, 160, 320, 32, 128, 128, 7),
-    "5b": (832, 384, 192, 384, 48, 128, 128, 7),
-}
+from googlenet_fast.table1 import TABLE1  # noqa: E402  (the paper's Table 1, one copy)
 
 # Small shapes that reach every path: (n, cin, h, w, ch1x1, ch3x3red, ch3x3, k3, ch5x5red, ch5x5,
 # k5, pool_proj).  Channel counts that are not multiples of 16 bytes take the element-wise loader

@@ -13,20 +13,12 @@ from googlenet_fast.backends import native
 from googlenet_fast.backends.reference import inception_reference
 from googlenet_fast.ops import inception
 
+from googlenet_fast.table1 import TABLE1 as PAPER_TABLE1  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not native.available(), reason="googlenet_fast._C is not built")
 
 # Table 1 of the paper: name -> (in_channels, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj).
-TABLE1 = {
-    "3a": (192, 64, 96, 128, 16, 32, 32),
-    "3b": (256, 128, 128, 192, 32, 96, 64),
-    "4a": (480, 192, 96, 208, 16, 48, 64),
-    "4b": (512, 160, 112, 224, 24, 64, 64),
-    "4c": (512, 128, 128, 256, 24, 64, 64),
-    "4d": (512, 112, 144, 288, 32, 64, 64),
-    "4e": (528, 256, 160, 320, 32, 128, 128),
-    "5a": (832, 256, 160, 320, 32, 128, 128),
-    "5b": (832, 384, 192, 384, 48, 128, 128),
-}
+TABLE1 = {name: cfg[:7] for name, cfg in PAPER_TABLE1.items()}
 # Small maps per configuration (odd, even, non-square, tiny), and the 5x5 branch's kernel
 # (5: the paper; 3: torchvision).
 SMALL_MAPS = {"3a": (6, 5), "3b": (4, 7), "4a": (5, 5), "4b": (3, 4), "4c": (7, 3), "4d": (2, 2),
