@@ -183,7 +183,9 @@ def fmt_row(r):
             f"{r['fused_gbs']:10.1f} {r['torchvision_gbs']:8.1f} {r['max_rel_err']:8.2e}")
 
 
-def bench_network(args, device, dtype, timer):
+def bench_network(args, device, dtype, timer, backends=("auto",)):
+    """The whole network, fused (once per backend, forced through $GOOGLENET_FAST_BACKEND, plus
+    "auto") vs torchvision eager, same weights, dtype and layout."""
     import torchvision
     import googlenet_fast
     rows = []
@@ -198,18 +200,30 @@ def bench_network(args, device, dtype, timer):
         x = torch.randn(n, 3, args.net_hw, args.net_hw, device=device, dtype=dtype).contiguous(**cl)
         with torch.no_grad():
             ref = tv(x)
-            y = ours(x)
-            err = rel_err(y, ref)
             t_tv, g_tv = timer(lambda: tv(x))
-            t_f, g_f = timer(lambda: ours(x))
-        row = dict(network="googlenet", batch=n, hw=args.net_hw, dtype=str(dtype)[6:],
-                   fused_ms=t_f, torchvision_ms=t_tv, ratio=t_tv / t_f, fused_graph_ms=g_f,
-                   torchvision_graph_ms=g_tv, graph_ratio=(g_tv / g_f) if (g_f and g_tv) else None,
-                   max_rel_err=err)
-        rows.append(row)
-        print(f"network batch {n:4d}: fused {t_f:.3f} ms, torchvision {t_tv:.3f} ms, ratio {t_tv / t_f:.2f}; "
-              f"CUDA graphs: fused {_f(g_f, '.3f')} ms, torchvision {_f(g_tv, '.3f')} ms, "
-              f"ratio {_f(row['graph_ratio'], '.2f')}; max rel err {err:.2e}", flush=True)
+            for be in backends:
+                saved = os.environ.get("GOOGLENET_FAST_BACKEND")
+                if be == "auto":
+                    os.environ.pop("GOOGLENET_FAST_BACKEND", None)
+                else:
+                    os.environ["GOOGLENET_FAST_BACKEND"] = be
+                try:
+                    err = rel_err(ours(x), ref)
+                    t_f, g_f = timer(lambda: ours(x))
+                finally:
+                    if saved is None:
+                        os.environ.pop("GOOGLENET_FAST_BACKEND", None)
+                    else:
+                        os.environ["GOOGLENET_FAST_BACKEND"] = saved
+                row = dict(network="googlenet", backend=be, batch=n, hw=args.net_hw, dtype=str(dtype)[6:],
+                           fused_ms=t_f, torchvision_ms=t_tv, ratio=t_tv / t_f, fused_graph_ms=g_f,
+                           torchvision_graph_ms=g_tv, graph_ratio=(g_tv / g_f) if (g_f and g_tv) else None,
+                           max_rel_err=err)
+                rows.append(row)
+                print(f"network batch {n:4d} [{be}]: fused {t_f:.3f} ms, torchvision {t_tv:.3f} ms, "
+                      f"ratio {t_tv / t_f:.2f}; CUDA graphs: fused {_f(g_f, '.3f')} ms, torchvision "
+                      f"{_f(g_tv, '.3f')} ms, ratio {_f(row['graph_ratio'], '.2f')}; max rel err {err:.2e}",
+                      flush=True)
     return rows
 
 
@@ -311,7 +325,8 @@ def main(argv=None):
     net_rows = []
     if not args.no_network:
         try:
-            net_rows = bench_network(args, device, dtype, timer)
+            net_rows = bench_network(args, device, dtype, timer,
+                                     tuple(backends) + (("auto",) if len(backends) > 1 else ()))
         except Exception as e:  # the model is another teammate's; report and keep the block table
             print(f"network benchmark failed: {type(e).__name__}: {e}", flush=True)
             net_rows = [dict(network="googlenet", error=f"{type(e).__name__}: {e}")]
