@@ -9,12 +9,13 @@
 #   4. the per-block table, triton (and cuda when built) vs torchvision eager, bf16 channels_last,
 #      batch 1/32/256, and the whole network at batch 1 and 256                  gpu_blocks.txt/.json
 #   5. every other test marked gpu (the CUDA backend's, the model's)             pytest-other-gpu.log
+#   6. compute-sanitizer memcheck on the CUDA kernels (benchmarks/cuda_sanitizer.sh; appended)
 # Usage: benchmarks/device_check.sh [RESULTS_DIR]
 #   DRY_RUN=1: check this script's logic on a machine without a GPU (build with
 #   setup.py build_ext --inplace instead of pip -e, gpu_blocks.py --dry-run).
 #   RESULTS_DIR defaults to $RESULTS_DIR, else $OUT, else benchmarks/results/<date>.
 #   Stage limits (seconds): BUILD_TIMEOUT (120), TRITON_TEST_TIMEOUT (110), TEST_TIMEOUT (80, the
-#   other GPU tests), BENCH_TIMEOUT (120): with the rest, under 8 minutes.  Results hold 8 files
+#   other GPU tests), BENCH_TIMEOUT (120), SANITIZER_TIMEOUT (40): with the rest, under 8 minutes.  Results hold 8 files
 #   (summary.txt, env.txt, build.log, pytest-triton-gpu.log/.xml, pytest-other-gpu.log,
 #   gpu_blocks.txt, gpu_blocks.json).  Exit status: 0 when every stage passed, else 1.
 set -u -o pipefail
@@ -119,9 +120,17 @@ rc=$?
 tail -n 30 "$RESULTS/pytest-other-gpu.log"
 record other-gpu-tests $rc
 
+# compute-sanitizer memcheck on small configurations of the CUDA backend (issue 4), when the
+# machine has the tool; its log is appended to pytest-other-gpu.log (only 8 files come back).
+stage "compute-sanitizer memcheck, CUDA backend (limit ${SANITIZER_TIMEOUT:-40}s) -> pytest-other-gpu.log"
+timeout "${SANITIZER_TIMEOUT:-40}" bash benchmarks/cuda_sanitizer.sh memcheck >> "$RESULTS/pytest-other-gpu.log" 2>&1
+rc=$?
+tail -n 5 "$RESULTS/pytest-other-gpu.log"
+record sanitizer $rc
+
 stage "done in $(elapsed)s"
 fail=0
-for k in build triton-gpu-tests bench other-gpu-tests; do
+for k in build triton-gpu-tests bench other-gpu-tests sanitizer; do
   echo "$k: ${STATUS[$k]:-not run}" | tee -a "$RESULTS/summary.txt"
   [ "${STATUS[$k]:-1}" -eq 0 ] || fail=1
 done
