@@ -403,8 +403,11 @@ class InceptionAux(nn.Module):
         self.fc2 = nn.Linear(1024, num_classes)
         self.dropout = nn.Dropout(p=dropout)
 
+    def _pool(self, x: Tensor) -> Tensor:
+        return F.adaptive_avg_pool2d(x, (4, 4))
+
     def forward(self, x: Tensor) -> Tensor:
-        x = F.adaptive_avg_pool2d(x, (4, 4))
+        x = self._pool(x)
         x = self.conv(x)
         x = torch.flatten(x, 1)
         x = F.relu(self.fc1(x), inplace=True)
@@ -412,7 +415,7 @@ class InceptionAux(nn.Module):
         return self.fc2(x)
 
 
-class PaperInceptionAux(nn.Module):
+class PaperInceptionAux(InceptionAux):
     """The paper's auxiliary head: avg pool 5x5/3, 1x1 conv 128 + bias + ReLU, fc 1024 + ReLU,
     dropout 0.7, fc.
 
@@ -423,25 +426,15 @@ class PaperInceptionAux(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int,
                  conv_block: Optional[Callable[..., nn.Module]] = None, dropout: float = 0.7) -> None:
-        super().__init__()
-        if conv_block is None:
-            conv_block = ConvReLU
-        self.conv = conv_block(in_channels, 128, kernel_size=1)
-        self.fc1 = nn.Linear(2048, 1024)
-        self.fc2 = nn.Linear(1024, num_classes)
-        self.dropout = nn.Dropout(p=dropout)
+        # The same layers as torchvision's head (conv, fc1 2048->1024, fc2, dropout); only the
+        # default conv block (bias + ReLU) and the pooling in forward differ.
+        super().__init__(in_channels, num_classes, conv_block or ConvReLU, dropout)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def _pool(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2], x.shape[-1]
         if _pool_out(h, 5, 3, ceil_mode=False) == 4 and _pool_out(w, 5, 3, ceil_mode=False) == 4:
-            x = F.avg_pool2d(x, kernel_size=5, stride=3)
-        else:
-            x = F.adaptive_avg_pool2d(x, (4, 4))
-        x = self.conv(x)
-        x = torch.flatten(x, 1)
-        x = F.relu(self.fc1(x), inplace=True)
-        x = self.dropout(x)
-        return self.fc2(x)
+            return F.avg_pool2d(x, kernel_size=5, stride=3)
+        return F.adaptive_avg_pool2d(x, (4, 4))
 
 
 # ------------------------------------------------------------------------------------------------
