@@ -147,6 +147,11 @@ def run_bench(args) -> int:
     print(f"ms per batch: median, IQR and range of {args.rounds} interleaved rounds, "
           f"{args.min_run_time:g} s per provider and batch size; eval, no_grad, channels_last, {args.dtype}"
           + ("".join(f"; {n}" for n in notes)))
+    noisy_rows = [f"b={r['batch_size']} {r['provider']}" for r in rows
+                  if "error" not in r and r["iqr_ms"] > 0.1 * r["median_ms"]]
+    if noisy_rows:
+        print(f"noisy (IQR over 10% of the median): {', '.join(noisy_rows)}; rerun with a larger "
+              "--min-run-time / --rounds, or on a quieter machine")
     load_after = bench.load_average()
     if load_before is not None and device.type == "cpu":
         cores = os.cpu_count() or 1
