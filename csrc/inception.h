@@ -42,6 +42,28 @@ InceptionShape check_inception_args(const InceptionArgs& a, const at::Tensor* ou
 // A fresh output for x: (N, out_channels, H, W), x's dtype/device, x's suggested memory format.
 at::Tensor empty_inception_output(const InceptionArgs& a, const InceptionShape& s);
 
+// The pixel stride of an NHWC view [N, H, W, C] if every pixel p = (n*H + h)*W + w sits at
+// p * stride and channels are unit-strided; -1 otherwise.  Every backend writes straight into `out`
+// when this is >= 0 (channels_last, or a channel slice of a larger channels_last buffer).
+inline int64_t nhwc_pixel_stride(const at::Tensor& nhwc) {
+  const int64_t C = nhwc.size(3);
+  if (C > 1 && nhwc.stride(3) != 1) return -1;
+  int64_t ld = -1;
+  int64_t inner = 1;  // pixels per step of the dim, innermost first
+  for (int d = 2; d >= 0; --d) {
+    if (nhwc.size(d) > 1) {
+      if (ld < 0) {
+        if (nhwc.stride(d) % inner != 0) return -1;
+        ld = nhwc.stride(d) / inner;
+      }
+      if (nhwc.stride(d) != ld * inner) return -1;
+    }
+    inner *= nhwc.size(d);
+  }
+  if (ld < 0) ld = C;  // a single pixel
+  return ld < C ? -1 : ld;
+}
+
 // CPU kernel (csrc/cpu/inception_cpu.cpp): writes the module's output into `out`.
 void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);
 

@@ -41,27 +41,6 @@ void gemm_rows(int64_t rows, int64_t n, int64_t k, const scalar_t* a, int64_t ld
   at::mm_out(C, A, Wt);
 }
 
-// The pixel stride of an NHWC view [N, H, W, C] if every pixel p = (n*H + h)*W + w sits at
-// p * stride and channels are unit-strided; -1 otherwise.
-int64_t nhwc_pixel_stride(const at::Tensor& nhwc) {
-  const int64_t C = nhwc.size(3);
-  if (C > 1 && nhwc.stride(3) != 1) return -1;
-  int64_t ld = -1;
-  int64_t inner = 1;  // pixels per step of the dim, innermost first
-  for (int d = 2; d >= 0; --d) {
-    if (nhwc.size(d) > 1) {
-      if (ld < 0) {
-        if (nhwc.stride(d) % inner != 0) return -1;
-        ld = nhwc.stride(d) / inner;
-      }
-      if (nhwc.stride(d) != ld * inner) return -1;
-    }
-    inner *= nhwc.size(d);
-  }
-  if (ld < 0) ld = C;  // a single pixel
-  return ld < C ? -1 : ld;
-}
-
 // 2-D row-major [rows, cols] weight matrix of a conv weight, OHWI order for KxK (matching the
 // im2col column order (ky, kx, ci)); a view when the weight is already laid out that way.
 at::Tensor ohwi_matrix(const at::Tensor& w) {

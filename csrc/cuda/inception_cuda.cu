@@ -509,27 +509,6 @@ __global__ void __launch_bounds__(kThreads) stage_kernel_fma(const __grid_consta
 
 // ---- host side ------------------------------------------------------------------------------
 
-// The pixel stride of an NHWC view [N, H, W, C] if every pixel p = (n*H + h)*W + w sits at
-// p * stride and channels are unit-strided; -1 otherwise.  (Same rule as the CPU backend.)
-int64_t nhwc_pixel_stride(const at::Tensor& nhwc) {
-  const int64_t C = nhwc.size(3);
-  if (C > 1 && nhwc.stride(3) != 1) return -1;
-  int64_t ld = -1;
-  int64_t inner = 1;
-  for (int d = 2; d >= 0; --d) {
-    if (nhwc.size(d) > 1) {
-      if (ld < 0) {
-        if (nhwc.stride(d) % inner != 0) return -1;
-        ld = nhwc.stride(d) / inner;
-      }
-      if (nhwc.stride(d) != ld * inner) return -1;
-    }
-    inner *= nhwc.size(d);
-  }
-  if (ld < 0) ld = C;
-  return ld < C ? -1 : ld;
-}
-
 bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
 
 int checked_int(int64_t v, const char* what) {
