@@ -10,6 +10,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <c10/util/Optional.h>
 
 #include <array>
@@ -63,6 +64,25 @@ inline int64_t nhwc_pixel_stride(const at::Tensor& nhwc) {
   if (ld < 0) ld = C;  // a single pixel
   return ld < C ? -1 : ld;
 }
+
+// Where a kernel writes the module's output: `out`'s own NHWC view when it is row-strided
+// (nhwc_pixel_stride >= 0), else a dense NHWC buffer that finish() copies back into `out`.
+struct NhwcOutput {
+  at::Tensor view;    // out.permute(0, 2, 3, 1)
+  at::Tensor target;  // what the kernel writes: `view` itself, or a dense temporary
+  int64_t ldo;        // target's pixel stride, in elements
+  NhwcOutput(at::Tensor& out, const InceptionShape& s) : view(out.permute({0, 2, 3, 1})) {
+    ldo = nhwc_pixel_stride(view);
+    target = view;
+    if (ldo < 0) {
+      target = at::empty({s.n, s.h, s.w, s.out_channels()}, out.options());
+      ldo = s.out_channels();
+    }
+  }
+  void finish() {
+    if (!target.is_same(view)) view.copy_(target);
+  }
+};
 
 // CPU kernel (csrc/cpu/inception_cpu.cpp): writes the module's output into `out`.
 void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);

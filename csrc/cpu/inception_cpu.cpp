@@ -230,17 +230,11 @@ void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::
                    "(use bfloat16, or backend='reference')");
   // Write straight into `out` when its NHWC view is row-strided (channels_last, or a channel
   // slice of a larger channels_last buffer); otherwise into a dense NHWC buffer, then copy.
-  at::Tensor nhwc = out.permute({0, 2, 3, 1});
-  int64_t ldo = nhwc_pixel_stride(nhwc);
-  at::Tensor target = nhwc;
-  if (ldo < 0) {
-    target = at::empty({s.n, s.h, s.w, s.out_channels()}, out.options());
-    ldo = s.out_channels();
-  }
+  NhwcOutput o(out, s);
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.x.scalar_type(), "inception_forward_cpu", [&] {
-    inception_cpu_impl<scalar_t>(a, s, target.data_ptr<scalar_t>(), ldo);
+    inception_cpu_impl<scalar_t>(a, s, o.target.data_ptr<scalar_t>(), o.ldo);
   });
-  if (!target.is_same(nhwc)) nhwc.copy_(target);
+  o.finish();
 }
 
 }  // namespace googlenet_fast

@@ -633,14 +633,9 @@ void inception_forward_cuda(const InceptionArgs& a, const InceptionShape& s, at:
   const int64_t es = a.x.element_size();
 
   // Output: straight into `out` when its NHWC view is row-strided, else a dense temp + copy.
-  at::Tensor nhwc = out.permute({0, 2, 3, 1});
-  int64_t ldo = nhwc_pixel_stride(nhwc);
-  at::Tensor target = nhwc;
-  if (ldo < 0) {
-    target = at::empty({s.n, s.h, s.w, s.out_channels()}, out.options());
-    ldo = s.out_channels();
-  }
-  char* O = static_cast<char*>(target.data_ptr());
+  NhwcOutput o(out, s);
+  const int64_t ldo = o.ldo;
+  char* O = static_cast<char*>(o.target.data_ptr());
 
   // Operands: NHWC x (a view when x is channels_last), (Cout, Cin) 1x1 weights and OHWI KxK
   // weights (views when already laid out so), contiguous biases.
@@ -694,7 +689,7 @@ void inception_forward_cuda(const InceptionArgs& a, const InceptionShape& s, at:
 
   launch_stage(p1, st, stream);
   launch_stage(p2, st, stream);
-  if (!target.is_same(nhwc)) nhwc.copy_(target);
+  o.finish();
 }
 
 }  // namespace googlenet_fast
