@@ -149,3 +149,50 @@ def triton_configs(stage: int, half: bool):
     import triton
     return [triton.Config(t.meta(stage), num_warps=t.num_warps, num_stages=t.num_stages)
             for t in tiles(stage, half)]
+
+
+# ----------------------------------------------------------------------------------------------
+# Backward kernels (backward.py).  One configuration per kernel and precision for now (no
+# autotuning): 64x64 tiles with 64-wide K steps on tensor cores for half precision (wgmma on sm_90:
+# BLOCK_M = 64, 4 warps), 64x64x16 on the FMA units for fp32 (as the forward's fp32 tiles).
+#   reduce: the recomputed reduce activations (GEMM over Cin);
+#   dgrad:  dA = [dY1 | dR3 | dR5] (KxK dgrad, K loop over taps x output-channel chunks);
+#   dpool:  the pool projection's dgrad + window argmax (K loop over pool_proj);
+#   dx:     [dY1 | dR3 | dR5] Wm + the pool gather (K loop over ch1x1+ch3x3red+ch5x5red);
+#   wgrad:  the weight gradients, rows = output channels, K loop over pixels (split-K); the pool
+#           projection's (whose B loader takes the 3x3 max: nine loads) runs unpipelined.
+BWD_HALF: Dict[str, Tile] = {
+    "reduce": Tile(64, 64, 64, 4, 3),
+    "dgrad": Tile(64, 64, 64, 4, 3),
+    "dpool": Tile(64, 64, 64, 4, 3),
+    "dx": Tile(64, 64, 64, 4, 3),
+    "wgrad": Tile(64, 64, 64, 4, 3),
+}
+BWD_FP32: Dict[str, Tile] = {k: Tile(64, 64, 16, 4, 2) for k in BWD_HALF}
+BWD_KINDS = tuple(BWD_HALF)
+# Split-K of the weight gradients: enough (tiles x splits) programs to fill ~2 waves of an
+# H100/H200 (132 SMs), each split at least BWD_MIN_SPLIT_PIXELS pixels.
+BWD_TARGET_PROGRAMS = 264
+BWD_MIN_SPLIT_PIXELS = 1024
+
+
+def bwd_tile(kind: str, half: bool) -> Tile:
+    return (BWD_HALF if half else BWD_FP32)[kind]
+
+
+def bwd_interpret_tile(kind: str, P: int, rows: int, cols: int, k: int) -> Tile:
+    """Under the interpreter: one big tile shrunk to the problem (>= 16, the smallest dot; rows
+    and K steps along pixels at most 64, channel dimensions at most 256)."""
+    pix = lambda v: _pow2_between(v, 16, 64)  # noqa: E731
+    ch = lambda v: _pow2_between(v, 16, 256)  # noqa: E731
+    if kind == "wgrad":
+        return Tile(ch(rows), ch(cols), pix(P), 4, 1)
+    return Tile(pix(P), ch(cols), ch(k), 4, 1)
+
+
+def bwd_split(P: int, tiles: int, block_k: int, interpret: bool) -> int:
+    """Number of pixel splits of a weight-gradient launch with ``tiles`` output tiles."""
+    if interpret or P <= BWD_MIN_SPLIT_PIXELS:
+        return 1
+    want = -(-BWD_TARGET_PROGRAMS // max(tiles, 1))
+    return max(1, min(want, P // BWD_MIN_SPLIT_PIXELS))
