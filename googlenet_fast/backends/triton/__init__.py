@@ -675,7 +675,10 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
     o = out if (relu and out is not None) else grad_out
     rr = _cdiv(r3 + r5, RED_ALIGN) * RED_ALIGN
     red = torch.empty((P, rr), dtype=dt, device=dev) if plan.R else dummy
-    da = torch.empty((P, nm), dtype=dt, device=dev) if plan.dA else dummy
+    # dA's columns not computed (a partial request) are zeros: the sibling wgrad GEMM reads every
+    # row block of it, and garbage there could overflow (the rows are not returned).
+    alloc = torch.empty if (plan.dY1 and plan.dR3 and plan.dR5) else torch.zeros
+    da = alloc((P, nm), dtype=dt, device=dev) if plan.dA else dummy
     gx = plan.g[_GX]
     dpool = torch.empty((P, cin), dtype=acc_dt, device=dev) if gx else dummy
     code = torch.empty((P, cin), dtype=torch.int8, device=dev) if gx else dummy
@@ -747,9 +750,11 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
 
         if any(g[i] for i in (_GW1, _GB1, _GW3R, _GB3R, _GW5R, _GB5R)):
             t = tile_of("wgrad", nm, cin, P)
-            nt_n = _cdiv(cin, t.BLOCK_N) if (g[_GW1] or g[_GW3R] or g[_GW5R]) else 1
+            bias_only = not (g[_GW1] or g[_GW3R] or g[_GW5R])
+            nt_n = 1 if bias_only else _cdiv(cin, t.BLOCK_N)
             ws = _wgrad_launch(k, t, 0, _cdiv(nm, t.BLOCK_M) * nt_n, nm * cin + nm, wg_args, interpret,
-                               dict(NT_N=nt_n, NT3=0, OW_A=0, OB_A=nm * cin), P, acc_dt, dev)
+                               dict(NT_N=nt_n, NT3=0, OW_A=0, OB_A=nm * cin, BIAS_ONLY=bias_only),
+                               P, acc_dt, dev)
             wmg = ws[:nm * cin].view(nm, cin)
             for gi, bi, r0, r1 in ((_GW1, _GB1, 0, c1), (_GW3R, _GB3R, c1, c1 + r3), (_GW5R, _GB5R, c1 + r3, nm)):
                 if gi in result:
@@ -760,7 +765,8 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
             t = tile_of("wgrad", cp, cin, P)
             nt_n = _cdiv(cin, t.BLOCK_N) if g[_GWP] else 1
             ws = _wgrad_launch(k, t, 1, _cdiv(cp, t.BLOCK_M) * nt_n, cp * cin + cp, wg_args, interpret,
-                               dict(NT_N=nt_n, NT3=0, OW_A=0, OB_A=cp * cin), P, acc_dt, dev)
+                               dict(NT_N=nt_n, NT3=0, OW_A=0, OB_A=cp * cin, BIAS_ONLY=not g[_GWP]),
+                               P, acc_dt, dev)
             if _GWP in result:
                 result[_GWP].copy_(ws[:cp * cin].view(cp, cin, 1, 1))
             if _GBP in result:
@@ -769,12 +775,16 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
         if do3 or do5:
             t = tile_of("wgrad", max(c3 if do3 else 0, c5 if do5 else 0),
                         max(r3 if do3 else 0, r5 if do5 else 0), P)
-            nt3 = k3 * k3 * _cdiv(c3, t.BLOCK_M) * _cdiv(r3, t.BLOCK_N) if do3 else 0
-            nt5 = k5 * k5 * _cdiv(c5, t.BLOCK_M) * _cdiv(r5, t.BLOCK_N) if do5 else 0
+            # Bias gradients only (no KxK weight gradient, so R may not exist): the first tap's
+            # tiles, which sum dY without reading R.
+            bias_only = not (g[_GW3] or g[_GW5])
+            nt3 = (1 if bias_only else k3 * k3) * _cdiv(c3, t.BLOCK_M) * _cdiv(r3, t.BLOCK_N) if do3 else 0
+            nt5 = (1 if bias_only else k5 * k5) * _cdiv(c5, t.BLOCK_M) * _cdiv(r5, t.BLOCK_N) if do5 else 0
             ow5 = c3 * r3 * k3 * k3
             ob3 = ow5 + c5 * r5 * k5 * k5
             ws = _wgrad_launch(k, t, 2, nt3 + nt5, ob3 + c3 + c5, wg_args, interpret,
-                               dict(NT_N=1, NT3=nt3, OW_3=0, OW_5=ow5, OB_3=ob3, OB_5=ob3 + c3), P, acc_dt, dev)
+                               dict(NT_N=1, NT3=nt3, OW_3=0, OW_5=ow5, OB_3=ob3, OB_5=ob3 + c3,
+                                    BIAS_ONLY=bias_only), P, acc_dt, dev)
             if _GW3 in result:
                 result[_GW3].copy_(ws[:ow5].view(c3, r3, k3, k3))
             if _GW5 in result:
@@ -792,7 +802,7 @@ def _wgrad_launch(k, t, mode, tiles, size, wg_args, interpret, extra, P, acc_dt,
     chunk = _cdiv(_cdiv(P, split), t.BLOCK_K) * t.BLOCK_K
     split = _cdiv(P, chunk)
     ws = torch.empty((split, size), dtype=acc_dt, device=dev)
-    offs = dict(OW_A=0, OB_A=0, OW_3=0, OW_5=0, OB_3=0, OB_5=0, NT_N=1, NT3=0)
+    offs = dict(OW_A=0, OB_A=0, OW_3=0, OW_5=0, OB_3=0, OB_5=0, NT_N=1, NT3=0, BIAS_ONLY=False)
     offs.update(extra)
     args = dict(wg_args, ws_ptr=ws, WS_STRIDE=size, K_CHUNK=chunk, MODE=mode, **offs)
     args["INT64"] = bool(args["INT64"] or split * size >= 2 ** 31)

@@ -355,7 +355,7 @@ def _pixels(k0, offs_k, k_hi, H, W, INT64: tl.constexpr):
 
 @triton.jit
 def _wgrad_1x1_tile(da_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN, NM,
-                    sxn, sxc, sxh, sxw, OW, OB,
+                    sxn, sxc, sxh, sxw, OW, OB, BIAS_ONLY: tl.constexpr,
                     INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
                     F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_K: tl.constexpr):
@@ -373,12 +373,14 @@ def _wgrad_1x1_tile(da_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN, NM,
     for k0 in range(k_lo, k_hi, BLOCK_K):
         p, k_mask, img, h, w = _pixels(k0, offs_k, k_hi, H, W, INT64)
         a = _load(da_ptr + p[None, :] * NM + offs_m[:, None], m_mask[:, None] & k_mask[None, :], UPCAST)
-        b = _load(x_ptr + (img * sxn + h * sxh + w * sxw)[:, None] + cn[None, :] * sxc,
-                  k_mask[:, None] & n_mask[None, :], UPCAST)
-        acc = _mma(a, b, acc, ALLOW_TF32)
+        if not BIAS_ONLY:
+            b = _load(x_ptr + (img * sxn + h * sxh + w * sxw)[:, None] + cn[None, :] * sxc,
+                      k_mask[:, None] & n_mask[None, :], UPCAST)
+            acc = _mma(a, b, acc, ALLOW_TF32)
         if tile_n == 0:
             bsum += tl.reduce(a.to(bsum.dtype), 1, _add, keep_dims=True)
-    tl.store(ws + OW + offs_m[:, None] * CIN + cn[None, :], acc, mask=m_mask[:, None] & n_mask[None, :])
+    if not BIAS_ONLY:
+        tl.store(ws + OW + offs_m[:, None] * CIN + cn[None, :], acc, mask=m_mask[:, None] & n_mask[None, :])
     if tile_n == 0:
         tl.store(ws + OB + offs_m[:, None], bsum, mask=m_mask[:, None])
 
@@ -386,7 +388,7 @@ def _wgrad_1x1_tile(da_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN, NM,
 @triton.jit
 def _wgrad_pool_tile(g_ptr, o_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN, CP, OFF_P,
                      sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw, OW, OB,
-                     RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr,
+                     BIAS_ONLY: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr,
                      UPCAST: tl.constexpr, F64: tl.constexpr, BLOCK_M: tl.constexpr,
                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dWp[c, ci] = sum_p dY4[p, c] maxpool(x)[p, ci]; bias: sum_p dY4[p, c]."""
@@ -406,21 +408,23 @@ def _wgrad_pool_tile(g_ptr, o_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN,
         a = _grad(g_ptr + (img * sgn + h * sgh + w * sgw)[None, :] + cg[:, None] * sgc,
                   o_ptr + (img * son + h * soh + w * sow)[None, :] + cg[:, None] * soc,
                   m_mask[:, None] & k_mask[None, :], RELU, UPCAST)
-        mk = k_mask[:, None] & n_mask[None, :]
-        centre = x_ptr + (img * sxn + h * sxh + w * sxw)[:, None] + cn[None, :] * sxc
-        b = _load_or_ninf(centre, mk, UPCAST)
-        for t in tl.static_range(9):
-            if t != 4:
-                dh = t // 3 - 1
-                dw = t % 3 - 1
-                ok = k_mask & (h + dh >= 0) & (h + dh < H) & (w + dw >= 0) & (w + dw < W)
-                v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & n_mask[None, :], UPCAST)
-                b = tl.maximum(b, v, propagate_nan=tl.PropagateNan.ALL).to(v.dtype)
-        b = tl.where(mk, b, tl.full(b.shape, 0.0, b.dtype))
-        acc = _mma(a, b, acc, ALLOW_TF32)
+        if not BIAS_ONLY:
+            mk = k_mask[:, None] & n_mask[None, :]
+            centre = x_ptr + (img * sxn + h * sxh + w * sxw)[:, None] + cn[None, :] * sxc
+            b = _load_or_ninf(centre, mk, UPCAST)
+            for t in tl.static_range(9):
+                if t != 4:
+                    dh = t // 3 - 1
+                    dw = t % 3 - 1
+                    ok = k_mask & (h + dh >= 0) & (h + dh < H) & (w + dw >= 0) & (w + dw < W)
+                    v = _load_or_ninf(centre + (dh * sxh + dw * sxw), ok[:, None] & n_mask[None, :], UPCAST)
+                    b = tl.maximum(b, v, propagate_nan=tl.PropagateNan.ALL).to(v.dtype)
+            b = tl.where(mk, b, tl.full(b.shape, 0.0, b.dtype))
+            acc = _mma(a, b, acc, ALLOW_TF32)
         if tile_n == 0:
             bsum += tl.reduce(a.to(bsum.dtype), 1, _add, keep_dims=True)
-    tl.store(ws + OW + offs_m[:, None] * CIN + cn[None, :], acc, mask=m_mask[:, None] & n_mask[None, :])
+    if not BIAS_ONLY:
+        tl.store(ws + OW + offs_m[:, None] * CIN + cn[None, :], acc, mask=m_mask[:, None] & n_mask[None, :])
     if tile_n == 0:
         tl.store(ws + OB + offs_m[:, None], bsum, mask=m_mask[:, None])
 
@@ -428,7 +432,7 @@ def _wgrad_pool_tile(g_ptr, o_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN,
 @triton.jit
 def _wgrad_kxk_tile(g_ptr, o_ptr, red_ptr, ws, tile, NT3, k_lo, k_hi, H, W, RR, R3, R5, C3, C5,
                     OFF_3, OFF_5, sgn, sgc, sgh, sgw, son, soc, soh, sow, OW_3, OW_5, OB_3, OB_5,
-                    K3: tl.constexpr, K5: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr,
+                    BIAS_ONLY: tl.constexpr, K3: tl.constexpr, K5: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr,
                     ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """dW[co, ci, ky, kx] = sum_p dY[p, co] R[p + (ky-PAD, kx-PAD), ci] (0 outside the image);
@@ -474,17 +478,19 @@ def _wgrad_kxk_tile(g_ptr, o_ptr, red_ptr, ws, tile, NT3, k_lo, k_hi, H, W, RR, 
         a = _grad(g_ptr + (img * sgn + h * sgh + w * sgw)[None, :] + cg[:, None] * sgc,
                   o_ptr + (img * son + h * soh + w * sow)[None, :] + cg[:, None] * soc,
                   m_mask[:, None] & k_mask[None, :], RELU, UPCAST)
-        hh = h + dy
-        ww = w + dx
-        ok = k_mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-        b = _load(red_ptr + (p + (dy * W + dx))[:, None] * RR + cr[None, :], ok[:, None] & n_mask[None, :],
-                  UPCAST)
-        acc = _mma(a, b, acc, ALLOW_TF32)
+        if not BIAS_ONLY:
+            hh = h + dy
+            ww = w + dx
+            ok = k_mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+            b = _load(red_ptr + (p + (dy * W + dx))[:, None] * RR + cr[None, :],
+                      ok[:, None] & n_mask[None, :], UPCAST)
+            acc = _mma(a, b, acc, ALLOW_TF32)
         if first:
             bsum += tl.reduce(a.to(bsum.dtype), 1, _add, keep_dims=True)
-    KK = KS * KS
-    tl.store(ws + OW + (offs_m[:, None] * RC + offs_n[None, :]) * KK + tap, acc,
-             mask=m_mask[:, None] & n_mask[None, :])
+    if not BIAS_ONLY:
+        KK = KS * KS
+        tl.store(ws + OW + (offs_m[:, None] * RC + offs_n[None, :]) * KK + tap, acc,
+                 mask=m_mask[:, None] & n_mask[None, :])
     if first:
         tl.store(ws + OB + offs_m[:, None], bsum, mask=m_mask[:, None])
 
@@ -495,14 +501,16 @@ def inception_bwd_wgrad_kernel(
     P, H, W, CIN, NM, RR, CP, R3, R5, C3, C5, OFF_3, OFF_5, OFF_P,
     sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw,
     NT_N, NT3, OW_A, OB_A, OW_3, OW_5, OB_3, OB_5, WS_STRIDE, K_CHUNK,
-    MODE: tl.constexpr, K3: tl.constexpr, K5: tl.constexpr, RELU: tl.constexpr,
-    INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr, F64: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    MODE: tl.constexpr, BIAS_ONLY: tl.constexpr, K3: tl.constexpr, K5: tl.constexpr,
+    RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
+    F64: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     """Grid (tiles, SPLIT); split s sums pixels [s*K_CHUNK, (s+1)*K_CHUNK) into ws[s].
     MODE 0 (sibling 1x1s) and 1 (pool projection): tiles = row tiles x NT_N column tiles over Cin
     (NT_N = 1 when only the bias gradients are wanted); weights at OW_A, biases at OB_A.
-    MODE 2 (KxK): tiles = [K3*K3*... of branch 2 (NT3 of them) | branch 3]."""
+    MODE 2 (KxK): tiles = [K3*K3*... of branch 2 (NT3 of them) | branch 3].
+    BIAS_ONLY: only the bias gradients (the B operand, e.g. R or x, is not read; the host then
+    launches the first tap's / first column's tiles only)."""
     tile = tl.program_id(0)
     split = tl.program_id(1)
     k_lo = split * K_CHUNK
@@ -510,16 +518,16 @@ def inception_bwd_wgrad_kernel(
     ws = ws_ptr + _wide(split, INT64) * WS_STRIDE
     if MODE == 0:
         _wgrad_1x1_tile(da_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN, NM,
-                        sxn, sxc, sxh, sxw, OW_A, OB_A,
+                        sxn, sxc, sxh, sxw, OW_A, OB_A, BIAS_ONLY,
                         INT64, ALLOW_TF32, UPCAST, F64, BLOCK_M, BLOCK_N, BLOCK_K)
     elif MODE == 1:
         _wgrad_pool_tile(g_ptr, o_ptr, x_ptr, ws, tile, NT_N, k_lo, k_hi, H, W, CIN, CP, OFF_P,
                          sgn, sgc, sgh, sgw, son, soc, soh, sow, sxn, sxc, sxh, sxw, OW_A, OB_A,
-                         RELU, INT64, ALLOW_TF32, UPCAST, F64, BLOCK_M, BLOCK_N, BLOCK_K)
+                         BIAS_ONLY, RELU, INT64, ALLOW_TF32, UPCAST, F64, BLOCK_M, BLOCK_N, BLOCK_K)
     else:
         _wgrad_kxk_tile(g_ptr, o_ptr, red_ptr, ws, tile, NT3, k_lo, k_hi, H, W, RR, R3, R5, C3, C5,
                         OFF_3, OFF_5, sgn, sgc, sgh, sgw, son, soc, soh, sow, OW_3, OW_5, OB_3, OB_5,
-                        K3, K5, RELU, INT64, ALLOW_TF32, UPCAST, F64, BLOCK_M, BLOCK_N, BLOCK_K)
+                        BIAS_ONLY, K3, K5, RELU, INT64, ALLOW_TF32, UPCAST, F64, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 # ----------------------------------------------------------------------------------------------
