@@ -319,3 +319,60 @@ def test_bad_arguments():
         torch.ops.googlenet_fast.inception_backward_triton(y[:, 1:], x, *ws, True, y, [True] * 13)
     with pytest.raises(TypeError, match="grad_out: expected dtype"):
         torch.ops.googlenet_fast.inception_backward_triton(y.double(), x, *ws, True, y, [True] * 13)
+
+
+# ----------------------------------------------------------------------------------------------
+# Train-mode BatchNorm forward stage (bn_train.py, issue 5 item 2)
+
+def _bn_train_reference(x, ws, rw, rb, eps, dtype):
+    """The plain PyTorch composition in ``dtype`` (statistics in at least float32)."""
+    import torch.nn.functional as F
+    w1, _, w3r, _, w3, _, w5r, _, w5, _, wp, _ = [None if t is None else t.to(dtype) for t in ws]
+    x = x.to(dtype)
+    r3 = w3r.shape[0]
+    b1 = F.conv2d(x, w1)
+    red = F.conv2d(x, torch.cat([w3r, w5r]))
+    sdt = torch.float64 if dtype == torch.float64 else torch.float32
+    var, mean = torch.var_mean(red.to(sdt), dim=(0, 2, 3), correction=0)
+    a = F.relu((red.to(sdt) - mean[:, None, None]) * torch.rsqrt(var + eps)[:, None, None]
+               * rw.to(sdt)[:, None, None] + rb.to(sdt)[:, None, None]).to(dtype)
+    b2 = F.conv2d(a[:, :r3], w3, padding=w3.shape[-1] // 2)
+    b3 = F.conv2d(a[:, r3:], w5, padding=w5.shape[-1] // 2)
+    b4 = F.conv2d(F.max_pool2d(x, 3, 1, 1, ceil_mode=True), wp)
+    return torch.cat([b1, b2, b3, b4], 1), red, mean, var
+
+
+@pytest.mark.parametrize("dtype,k5,layout", [(torch.float32, 5, "nchw"), (torch.float16, 3, "channels_last"),
+                                             (torch.float32, 3, "channels_last")])
+def test_bn_train_forward(dtype, k5, layout):
+    from googlenet_fast.backends.triton.bn_train import inception_bn_train_triton
+    n, cin, h, w, c1, r3, c3, k3, r5, c5, _, cp = (2, 20, 4, 3, 6, 18, 20, 3, 7, 9, 5, 5)
+    x0, ws0 = make(n, cin, h, w, c1, r3, c3, k3, r5, c5, k5, cp, bias=False, seed=20)
+    x0 = x0 * 2 + 0.5   # batch statistics far from (0, 1)
+    g = torch.Generator().manual_seed(21)
+    rw = torch.rand(r3 + r5, generator=g, dtype=torch.float64) + 0.5
+    rb = torch.randn(r3 + r5, generator=g, dtype=torch.float64) * 0.3
+    eps = 1e-3
+    x = x0.to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    ws = [None if t is None else t.to(dtype) for t in ws0]
+    out, red, mean, var = inception_bn_train_triton(x, ws[0], ws[2], ws[4], ws[6], ws[8], ws[10],
+                                                    rw.float(), rb.float(), eps)
+    assert out.shape == (n, c1 + c3 + c5 + cp, h, w) and out.dtype == dtype
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert red.shape == (n, r3 + r5, h, w) and red.dtype == dtype
+    assert red.is_contiguous(memory_format=torch.channels_last)
+    assert mean.dtype == torch.float32 and var.dtype == torch.float32 and mean.shape == (r3 + r5,)
+    # Truth: the composition in float64 on the same (rounded) values; half also against its own.
+    t_out, t_red, t_mean, t_var = _bn_train_reference(x, ws, rw, rb, eps, torch.float64)
+    own = _bn_train_reference(x, ws, rw, rb, eps, dtype) if dtype in EPS else None
+    for i, (name, got, truth) in enumerate((("out", out, t_out), ("reduce", red, t_red),
+                                            ("mean", mean, t_mean), ("var", var, t_var))):
+        scale = max(truth.abs().max().item(), 1e-6)
+        err = (got.double() - truth).abs().max().item()
+        if dtype == torch.float32:
+            tol = 1e-5 * scale
+        else:
+            tol = 2 * (own[i].double() - truth).abs().max().item() + EPS[dtype] * scale
+        assert err <= tol, f"{name}: max error {err:.3g} > {tol:.3g} (scale {scale:.3g})"

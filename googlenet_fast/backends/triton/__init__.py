@@ -387,14 +387,14 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
         HAS_B1=has[0], HAS_B3R=has[1], HAS_B5R=has[2], HAS_BP=has[3], **common)
     s3, s5 = w_3x3.stride(), w_5x5.stride()
     args2 = dict(
-        red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out,
+        red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out, ss_ptr=red,
         P=P, H=h, W=w, R3=r3, R5=r5, RR=rr, C3=c3, C5=c5, OFF_3=c1, OFF_5=c1 + c3,
         sw3o=s3[0], sw3h=s3[2], sw3w=s3[3],
         sw5o=s5[0], sw5h=s5[2], sw5w=s5[3], swi=s3[1],
         son=so[0], soc=so[1], soh=so[2], sow=so[3],
         K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5],
         W_ALIGN=_pow2_divisor(s3[0], s3[2], s3[3], s5[0], s5[2], s5[3]),
-        C_ALIGN=_pow2_divisor(r3, r5), **common)
+        C_ALIGN=_pow2_divisor(r3, r5), BN=False, **common)
     return LaunchPlan(args1, args2, P, nm, cp, c3, c5, r3, r5, half)
 
 

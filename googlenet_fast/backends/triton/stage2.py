@@ -68,13 +68,13 @@ def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl
 
 @triton.jit
 def inception_stage2_kernel(
-    red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr,
+    red_ptr, w3_ptr, w5_ptr, b3_ptr, b5_ptr, out_ptr, ss_ptr,
     P, H, W, R3, R5, RR, C3, C5, OFF_3, OFF_5,
     sw3o, sw3h, sw3w,
     sw5o, sw5h, sw5w, swi,
     son, soc, soh, sow,
     K3: tl.constexpr, K5: tl.constexpr, HAS_B3: tl.constexpr, HAS_B5: tl.constexpr,
-    W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr,
+    W_ALIGN: tl.constexpr, C_ALIGN: tl.constexpr, BN: tl.constexpr,
     RELU: tl.constexpr, INT64: tl.constexpr, ALLOW_TF32: tl.constexpr, UPCAST: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
@@ -86,7 +86,12 @@ def inception_stage2_kernel(
 
     One code path for both branches: the branch's scalars (weight, strides, kernel size, reduce
     slice, output slice) are picked per program, so there is a single K loop, software-pipelined
-    with one set of shared-memory buffers (two inlined loops would each get their own)."""
+    with one set of shared-memory buffers (two inlined loops would each get their own).
+
+    BN (train-mode BatchNorm, bn_train.py): red holds the PRE-BatchNorm reduce outputs and the A
+    loader applies relu(v * scale[c] + shift[c]) (ss is fp32 [2, RR]: scale row then shift row,
+    per reduce channel), taps outside the image staying 0 (the convolution pads the activation);
+    the caller then passes no bias and RELU off for the epilogue."""
     num_n3 = (C3 + BLOCK_N - 1) // BLOCK_N
     num_n = num_n3 + (C5 + BLOCK_N - 1) // BLOCK_N
     pid = tl.program_id(0)
@@ -152,8 +157,14 @@ def inception_stage2_kernel(
         ok = m_mask & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
         cc = c0 + offs_k
         c_mask = cc < RC
-        a = _load(a_row[:, None] + (dy * W + dx) * RR + cc[None, :], ok[:, None] & c_mask[None, :],
-                  UPCAST)
+        a_mask = ok[:, None] & c_mask[None, :]
+        a = _load(a_row[:, None] + (dy * W + dx) * RR + cc[None, :], a_mask, UPCAST)
+        if BN:
+            scale = tl.load(ss_ptr + ROFF + cc, mask=c_mask, other=0.0)
+            shift = tl.load(ss_ptr + RR + ROFF + cc, mask=c_mask, other=0.0)
+            v = a.to(tl.float32) * scale[None, :] + shift[None, :]
+            v = tl.where(v < 0.0, 0.0, v)  # (NaN kept, as torch.relu)
+            a = tl.where(a_mask, v, 0.0).to(a.dtype)
         b = _load(w_col[None, :] + cc[:, None] * swi + (ky * swh + kx * sww),
                   c_mask[:, None] & n_mask[None, :], UPCAST)
         acc = _mma(a, b, acc, ALLOW_TF32)
