@@ -247,8 +247,116 @@ def run_info(args) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# train
 
-COMMANDS = [add_bench_parser, add_info_parser]
+
+def add_train_parser(subparsers):
+    # argument types of this command (bench's _positive_int/_positive_float are shared)
+    def _nonneg_float(s):
+        v = float(s)
+        if not v >= 0:
+            raise argparse.ArgumentTypeError(f"expected a number >= 0, got {s}")
+        return v
+
+    def _fraction(s):
+        v = float(s)
+        if not 0 < v < 1:
+            raise argparse.ArgumentTypeError(f"expected a number between 0 and 1 (exclusive), got {s}")
+        return v
+
+    def _smoothing(s):
+        v = float(s)
+        if not 0 <= v < 1:
+            raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {s}")
+        return v
+
+    def _nonneg_int(s):
+        v = int(s)
+        if v < 0:
+            raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
+        return v
+
+    p = subparsers.add_parser(
+        "train", help="train GoogLeNet on scikit-learn's digits or an image folder",
+        description="Train GoogLeNet (fused Inception modules) on scikit-learn's bundled digits "
+                    "(default: 1797 8x8 images upscaled to --image-size, stratified 80/20 split) or "
+                    "on an ImageFolder directory; validation top-1 and loss per epoch, checkpoints "
+                    "that resume to the same losses, --compare against the reference path. Under "
+                    "torchrun (WORLD_SIZE > 1) it trains with DistributedDataParallel. With --resume, "
+                    "settings not given on the command line come from the checkpoint.",
+        epilog="Settings marked * must match the checkpoint when resuming (omit them to take the "
+               "checkpoint's).")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", metavar="DIR", default=None,
+                   help="* ImageFolder directory (class subfolders; with train/ and val/ subfolders "
+                        "those are the splits, else a seeded random split by --val-fraction). "
+                        "Default: scikit-learn's digits")
+    g.add_argument("--val-fraction", type=_fraction, default=None,
+                   help="* validation share when splitting (default 0.2)")
+    g.add_argument("--image-size", type=_positive_int, default=None, metavar="S",
+                   help="* input S x S (default 32; at least 15 for torchvision, 31 for paper)")
+    g.add_argument("--num-classes", type=_positive_int, default=None,
+                   help="* model outputs (default: the data's class count)")
+    g.add_argument("--workers", type=_nonneg_int, default=None,
+                   help="DataLoader workers (default 0 for digits, up to 4 for a folder)")
+    g = p.add_argument_group("model and optimization")
+    g.add_argument("--variant", choices=("torchvision", "paper"), default=None,
+                   help="* network variant (default torchvision)")
+    g.add_argument("--epochs", type=_positive_int, default=None, help="* (default 8)")
+    g.add_argument("--batch-size", type=_positive_int, default=None,
+                   help="* per process (default 64); the last partial batch of an epoch is dropped")
+    g.add_argument("--lr", type=_positive_float, default=None, help="* peak learning rate (default 0.05)")
+    g.add_argument("--optimizer", choices=("sgd", "adamw"), default=None,
+                   help="* sgd: momentum 0.9, Nesterov (default); adamw")
+    g.add_argument("--weight-decay", type=_nonneg_float, default=None,
+                   help="* on conv/linear weights, not biases or BatchNorm (default 5e-4)")
+    g.add_argument("--warmup-steps", type=_nonneg_int, default=None,
+                   help="* linear warm-up steps before the per-step cosine decay (default 20)")
+    g.add_argument("--label-smoothing", type=_smoothing, default=None, help="* (default 0)")
+    g.add_argument("--aux-weight", type=_nonneg_float, default=None,
+                   help="* loss = main + W x (aux1 + aux2) (default 0.3, the paper's; 0 drops the aux heads)")
+    g.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="* autocast (CPU: bfloat16; CUDA: --amp-dtype, float16 with a GradScaler)")
+    g.add_argument("--amp-dtype", choices=("bfloat16", "float16"), default=None,
+                   help="* autocast dtype (default bfloat16)")
+    g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="channels_last model and inputs (default on)")
+    g.add_argument("--seed", type=int, default=None,
+                   help="* weights, split, data order and dropout (default 0)")
+    g.add_argument("--device", choices=("cpu", "cuda"), default=None,
+                   help="default: cuda when visible, else cpu (under torchrun: cuda:LOCAL_RANK)")
+    g.add_argument("--threads", type=_positive_int, default=None,
+                   help="torch.set_num_threads (default: torch's choice; on a CPU busy with other "
+                        "jobs 1 can be much faster)")
+    g.add_argument("--compare", action="store_true", default=None,
+                   help="* also train the reference path (fused=False) from the same seed and batches "
+                        "and report the largest per-step loss difference")
+    g.add_argument("--unfused", action="store_true", default=None,
+                   help="* train the reference path (fused=False) only")
+    g = p.add_argument_group("checkpoints and control")
+    g.add_argument("--checkpoint", metavar="PATH", default=None,
+                   help="write a checkpoint here after each epoch, every --checkpoint-interval steps "
+                        "and at the end (atomically: temp file + os.replace). Default with --resume: "
+                        "the resumed file")
+    g.add_argument("--checkpoint-interval", type=_positive_int, default=None, metavar="STEPS",
+                   help="also checkpoint every STEPS steps, mid-epoch too")
+    g.add_argument("--resume", metavar="PATH", default=None,
+                   help="continue a checkpointed run exactly (same batches, dropout and losses)")
+    g.add_argument("--max-steps", type=_positive_int, default=None,
+                   help="stop after this global step (the LR schedule still spans --epochs)")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")
+    p.set_defaults(func=run_train)
+    return p
+
+
+def run_train(args) -> int:
+    from . import train
+    return train.run(args)
+
+
+# ----------------------------------------------------------------------------------------------
+
+COMMANDS = [add_bench_parser, add_info_parser, add_train_parser]
 
 
 def build_parser() -> argparse.ArgumentParser:
