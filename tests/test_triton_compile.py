@@ -222,3 +222,108 @@ def test_autotune_configs_fit_both_archs():
             assert configs.smem_estimate(t, 2) <= configs.SMEM_LIMIT[80], t
         for t in configs.tiles(stage, half=False):
             assert configs.smem_estimate(t, 4) <= configs.SMEM_LIMIT[80], t
+
+
+# ----------------------------------------------------------------------------------------------
+# The backward kernels (backward.py) and stage 2's train-mode BatchNorm loader (BN=True): each
+# launch of a full backward (every gradient requested, relu on) of 4b-paper at batch 32,
+# channels_last, as backends/triton's backward_launches() records it on meta tensors.
+
+TL_DTYPE.setdefault(torch.int8, "i8")
+BWD_KINDS = ("reduce", "dgrad", "dpool", "dx", "wgrad", "wgrad_pool", "wgrad_kxk")
+
+
+def _bwd_launches(dtype_name):
+    dtype = getattr(torch, dtype_name)
+    s = SHAPES["4b-paper"]
+    m = dict(device="meta", dtype=dtype)
+    x = torch.empty(BATCH, s["cin"], s["h"], s["w"], **m).contiguous(memory_format=torch.channels_last)
+    ws = [torch.empty(s["c1"], s["cin"], 1, 1, **m), torch.empty(s["c1"], **m),
+          torch.empty(s["r3"], s["cin"], 1, 1, **m), torch.empty(s["r3"], **m),
+          torch.empty(s["c3"], s["r3"], s["k3"], s["k3"], **m), torch.empty(s["c3"], **m),
+          torch.empty(s["r5"], s["cin"], 1, 1, **m), torch.empty(s["r5"], **m),
+          torch.empty(s["c5"], s["r5"], s["k5"], s["k5"], **m), torch.empty(s["c5"], **m),
+          torch.empty(s["cp"], s["cin"], 1, 1, **m), torch.empty(s["cp"], **m)]
+    out = torch.empty(BATCH, s["c1"] + s["c3"] + s["c5"] + s["cp"], s["h"], s["w"], **m).contiguous(
+        memory_format=torch.channels_last)
+    return {kind: (fn, args, tile)
+            for kind, fn, args, tile, _ in tb.backward_launches(out, x, ws, True, out, [True] * 13)}
+
+
+def _compile_bwd_case(case):
+    """Compile one (kind, dtype, arch) backward case (kind "stage2-bn": stage 2 with BN=True)."""
+    kind, dtype_name, arch = case
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    if kind == "stage2-bn":
+        plan = _meta_plan("4b-paper", getattr(torch, dtype_name))
+        fn = tb.kernels(interpret=False).stage2.inception_stage2_kernel
+        args = dict(plan.args2, BN=True, HAS_B3=False, HAS_B5=False, RELU=False,
+                    ss_ptr=torch.empty(64, dtype=torch.float32, device="meta"))
+        tile = configs.tiles(2, dtype_name != "float32")[0]
+    else:
+        fn, args, tile = _bwd_launches(dtype_name)[kind]
+    sig, constexprs, attrs = _specialize(fn, args, tile)
+    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", arch, 32),
+                              options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
+    r = _resources(compiled.asm["cubin"])
+    r["shared"] = int(compiled.metadata.shared)
+    r["async_copies"] = compiled.asm["ttgir"].count("async_copy_global_to_local")
+    r["block_m"] = tile.BLOCK_M
+    return r
+
+
+BWD_CASES = ([(k, "bfloat16", a) for a in ARCHS for k in BWD_KINDS]
+             + [(k, "float32", a) for a in ARCHS for k in BWD_KINDS]
+             + [("dgrad", "float16", 90), ("stage2-bn", "bfloat16", 90), ("stage2-bn", "float32", 80)])
+
+
+def _bwd_case_id(c):
+    kind, dt, arch = c
+    return f"{kind}-{dt}-sm{arch}"
+
+
+@pytest.fixture(scope="module")
+def compiled_bwd():
+    if not (os.path.exists(os.path.join(BIN, "cuobjdump")) and os.path.exists(os.path.join(BIN, "nvdisasm"))):
+        pytest.skip(f"cuobjdump/nvdisasm not found in {BIN}")
+    workers = max(1, min(len(BWD_CASES), os.cpu_count() or 1))
+    results = {}
+    with ProcessPoolExecutor(max_workers=workers) as pool:
+        futures = {c: pool.submit(_compile_bwd_case, c) for c in BWD_CASES}
+        for c, f in futures.items():
+            try:
+                results[c] = f.result()
+            except Exception as e:  # reported by the test of that case
+                results[c] = e
+    lines = [f"{'case':40s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s} {'ASYNC':>5s}  MMA"]
+    for c in BWD_CASES:
+        r = results[c]
+        if isinstance(r, Exception):
+            lines.append(f"{_bwd_case_id(c):40s} FAILED: {type(r).__name__}: {str(r)[:200]}")
+        else:
+            lines.append(f"{_bwd_case_id(c):40s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d} "
+                         f"{r['async_copies']:5d}  {','.join(r['mma_ops']) or ','.join(r['units'])}")
+    print("\nTriton AOT compile summary (backward, BN stage 2)\n" + "\n".join(lines))
+    return results
+
+
+@pytest.mark.parametrize("case", BWD_CASES, ids=[_bwd_case_id(c) for c in BWD_CASES])
+def test_aot_compile_backward(compiled_bwd, case):
+    kind, dtype_name, arch = case
+    r = compiled_bwd[case]
+    if isinstance(r, Exception):
+        raise r
+    assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
+    assert r["shared"] <= configs.SMEM_LIMIT[arch], f"shared memory {r['shared']} over the sm_{arch} limit"
+    if kind != "wgrad_pool":  # (its B loader's nine loads run unpipelined, as stage 1's pool tile)
+        assert r["async_copies"] > 0, "the GEMM loop is not software-pipelined (no async copies)"
+    if dtype_name in ("bfloat16", "float16"):
+        expected = "HGMMA" if (arch == 90 and r["block_m"] >= 64) else "HMMA"
+        assert expected in r["units"], f"expected {expected} tensor-core dots, SASS has {r['units']}"
+    else:
+        assert "HGMMA" not in r["units"] and "HMMA" not in r["units"], \
+            f"fp32 with TF32 off must not use tensor cores (TF32): {r}"
+        assert "FFMA" in r["units"]

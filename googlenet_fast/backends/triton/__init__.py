@@ -629,8 +629,16 @@ def _check_backward_args(grad_out, x, weights, relu, out, output_mask):
         raise ValueError("out: the forward output is required when relu=True (its ReLU masks), got None")
 
 
+# When a list: _bwd_run records (kind, kernel, args, tile, grid) instead of launching (and
+# _backward_launch runs on meta tensors): backward_launches() for the AOT compile tests.
+_BWD_RECORD = None
+
+
 def _bwd_run(fn, grid, args, tile, interpret, kind):
     from torch.library import wrap_triton
+    if _BWD_RECORD is not None:
+        _BWD_RECORD.append((kind, fn, dict(args), tile, grid))
+        return
     meta = dict(BLOCK_M=tile.BLOCK_M, BLOCK_N=tile.BLOCK_N, BLOCK_K=tile.BLOCK_K)
     if interpret:
         fn[grid](**args, **meta)
@@ -652,7 +660,7 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
     for i, t in enumerate(full):
         if output_mask[i] and t is not None:
             result[i] = next(it)
-    if x.device.type == "meta" or not result:
+    if (x.device.type == "meta" and _BWD_RECORD is None) or not result:
         return
     n, cin, h, wd = x.shape
     P = n * h * wd
@@ -762,7 +770,7 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
                 if bi in result:
                     result[bi].copy_(ws[nm * cin + r0:nm * cin + r1])
         if g[_GWP] or g[_GBP]:
-            t = tile_of("wgrad", cp, cin, P)
+            t = tile_of("wgrad_pool", cp, cin, P)
             nt_n = _cdiv(cin, t.BLOCK_N) if g[_GWP] else 1
             ws = _wgrad_launch(k, t, 1, _cdiv(cp, t.BLOCK_M) * nt_n, cp * cin + cp, wg_args, interpret,
                                dict(NT_N=nt_n, NT3=0, OW_A=0, OB_A=cp * cin, BIAS_ONLY=not g[_GWP]),
@@ -773,7 +781,7 @@ def _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interp
                 result[_GBP].copy_(ws[cp * cin:])
         do3, do5 = g[_GW3] or g[_GB3], g[_GW5] or g[_GB5]
         if do3 or do5:
-            t = tile_of("wgrad", max(c3 if do3 else 0, c5 if do5 else 0),
+            t = tile_of("wgrad_kxk", max(c3 if do3 else 0, c5 if do5 else 0),
                         max(r3 if do3 else 0, r5 if do5 else 0), P)
             # Bias gradients only (no KxK weight gradient, so R may not exist): the first tap's
             # tiles, which sum dY without reading R.
@@ -806,8 +814,22 @@ def _wgrad_launch(k, t, mode, tiles, size, wg_args, interpret, extra, P, acc_dt,
     offs.update(extra)
     args = dict(wg_args, ws_ptr=ws, WS_STRIDE=size, K_CHUNK=chunk, MODE=mode, **offs)
     args["INT64"] = bool(args["INT64"] or split * size >= 2 ** 31)
-    _bwd_run(k.inception_bwd_wgrad_kernel, (tiles, split), args, t, interpret, "wgrad")
+    _bwd_run(k.inception_bwd_wgrad_kernel, (tiles, split), args, t, interpret, ("wgrad", "wgrad_pool", "wgrad_kxk")[mode])
     return ws[0] if split == 1 else ws.sum(0)
+
+
+def backward_launches(grad_out, x, weights, relu, out, output_mask):
+    """The backward's launches for these (meta) tensors without running them: a list of
+    (kind, kernel, arguments, tile, grid), kernels built for the GPU (tests/test_triton_compile.py
+    compiles each for sm_90 and sm_80)."""
+    global _BWD_RECORD
+    _BWD_RECORD = []
+    try:
+        grads = _bwd_alloc(x, weights, output_mask)
+        _backward_launch(grad_out, x, weights, relu, out, output_mask, grads, interpret=False)
+        return _BWD_RECORD
+    finally:
+        _BWD_RECORD = None
 
 
 @torch.library.custom_op("googlenet_fast::_inception_backward_triton_interpreted", mutates_args=())

@@ -160,15 +160,24 @@ def triton_configs(stage: int, half: bool):
 #   dpool:  the pool projection's dgrad + window argmax (K loop over pool_proj);
 #   dx:     [dY1 | dR3 | dR5] Wm + the pool gather (K loop over ch1x1+ch3x3red+ch5x5red);
 #   wgrad:  the weight gradients, rows = output channels, K loop over pixels (split-K); the pool
-#           projection's (whose B loader takes the 3x3 max: nine loads) runs unpipelined.
+#           projection's ("wgrad_pool": its B loader takes the 3x3 max, nine loads in flight)
+#           runs unpipelined with a 32-pixel K step (64 reached 255 registers on sm_90);
+#   dpool takes 8 warps (its argmax epilogue spilled on sm_80 with 4).
 BWD_HALF: Dict[str, Tile] = {
     "reduce": Tile(64, 64, 64, 4, 3),
     "dgrad": Tile(64, 64, 64, 4, 3),
-    "dpool": Tile(64, 64, 64, 4, 3),
+    "dpool": Tile(64, 64, 64, 8, 3),
     "dx": Tile(64, 64, 64, 4, 3),
     "wgrad": Tile(64, 64, 64, 4, 3),
+    "wgrad_pool": Tile(64, 64, 32, 4, 1),
+    "wgrad_kxk": Tile(64, 64, 64, 4, 3),
 }
 BWD_FP32: Dict[str, Tile] = {k: Tile(64, 64, 16, 4, 2) for k in BWD_HALF}
+BWD_FP32["wgrad_pool"] = Tile(64, 64, 16, 4, 1)
+# 8 warps where 4 spilled on sm_90 (dx: the pool gather's nine loads next to the accumulator;
+# wgrad: the pixel decomposition of the K step); the KxK wgrad stays at 4 (8 spilled there).
+BWD_FP32["dx"] = Tile(64, 64, 16, 8, 2)
+BWD_FP32["wgrad"] = Tile(64, 64, 16, 8, 2)
 BWD_KINDS = tuple(BWD_HALF)
 # Split-K of the weight gradients: enough (tiles x splits) programs to fill ~2 waves of an
 # H100/H200 (132 SMs), each split at least BWD_MIN_SPLIT_PIXELS pixels.
@@ -185,7 +194,7 @@ def bwd_interpret_tile(kind: str, P: int, rows: int, cols: int, k: int) -> Tile:
     and K steps along pixels at most 64, channel dimensions at most 256)."""
     pix = lambda v: _pow2_between(v, 16, 64)  # noqa: E731
     ch = lambda v: _pow2_between(v, 16, 256)  # noqa: E731
-    if kind == "wgrad":
+    if kind.startswith("wgrad"):
         return Tile(ch(rows), ch(cols), pix(P), 4, 1)
     return Tile(pix(P), ch(cols), ch(k), 4, 1)
 
