@@ -117,6 +117,20 @@ using InceptionGrads =
 // kernel (googlenet_fast/ops.py, _fake_backward) allocates the same.
 InceptionGrads inception_backward_cpu(GF_INCEPTION_BACKWARD_PARAMS);
 
+// ---- train-mode BatchNorm stage (csrc/cpu/inception_cpu.cpp) ----------------------------------
+// googlenet_fast::inception_bn_train: the module's convolutions with no bias and no epilogue
+// activation (a.relu false, biases absent), for BatchNorm with batch statistics after them.
+// Returns (out, reduce, reduce_mean, reduce_var):
+//   out     (N, out_channels, H, W) channels_last: the four branches' pre-BatchNorm outputs;
+//   reduce  (N, ch3x3red + ch5x5red, H, W) channels_last: the two reduce convs' pre-BN outputs;
+//   reduce_mean, reduce_var (ch3x3red + ch5x5red,) in the accumulator type: batch mean and biased
+//           variance of `reduce` over N, H, W.
+// Stage 2 reads `reduce` through relu((v - mean) * rsqrt(var + eps) * reduce_weight + reduce_bias),
+// the reduce branches' BatchNorm + ReLU applied in its im2col loader (never stored).
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inception_bn_train_cpu(
+    const InceptionArgs& a, const InceptionShape& s, const at::Tensor& reduce_weight,
+    const at::Tensor& reduce_bias, double eps);
+
 #ifdef GOOGLENET_FAST_WITH_CUDA
 // CUDA kernel (csrc/cuda/): writes the module's output into `out`.
 void inception_forward_cuda(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);

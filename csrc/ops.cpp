@@ -3,6 +3,7 @@
 #include <Python.h>
 
 #include <ATen/ATen.h>
+#include <cmath>
 #include <torch/library.h>
 
 #include "inception.h"
@@ -133,6 +134,33 @@ void inception_out(GF_INCEPTION_PARAMS, at::Tensor& out) {
   if (out.numel() > 0) K(a, s, out);
 }
 
+// googlenet_fast::inception_bn_train: the checks, then the device kernel.
+using BnTrainKernel = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> (*)(
+    const InceptionArgs&, const InceptionShape&, const at::Tensor&, const at::Tensor&, double);
+
+template <BnTrainKernel K>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inception_bn_train(
+    const at::Tensor& x, const at::Tensor& w_1x1, const at::Tensor& w_3x3red, const at::Tensor& w_3x3,
+    const at::Tensor& w_5x5red, const at::Tensor& w_5x5, const at::Tensor& w_pool_proj,
+    const at::Tensor& reduce_weight, const at::Tensor& reduce_bias, double eps) {
+  const c10::optional<at::Tensor> none;
+  const InceptionArgs a{x, w_1x1, none, w_3x3red, none, w_3x3, none, w_5x5red, none, w_5x5, none,
+                        w_pool_proj, none, /*relu=*/false};
+  const InceptionShape s = check_inception_args(a, nullptr);
+  const int64_t rr = s.ch3x3red + s.ch5x5red;
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor*>{"reduce_weight", &reduce_weight},
+                                {"reduce_bias", &reduce_bias}}) {
+    TORCH_CHECK_VALUE(t->dim() == 1 && t->size(0) == rr, name, ": expected shape [", rr,
+                      "] (ch3x3red + ch5x5red), got ", shape_str(*t));
+    TORCH_CHECK_TYPE(at::isFloatingType(t->scalar_type()), name, ": expected a floating dtype, got ",
+                     dtype_str(t->scalar_type()));
+    TORCH_CHECK_VALUE(t->device() == x.device(), name, ": expected a tensor on ", x.device(),
+                      " (the device of x), got ", t->device());
+  }
+  TORCH_CHECK_VALUE(std::isfinite(eps) && eps >= 0, "eps: expected a finite value >= 0, got ", eps);
+  return K(a, s, reduce_weight, reduce_bias, eps);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(googlenet_fast, m) {
@@ -157,6 +185,14 @@ TORCH_LIBRARY(googlenet_fast, m) {
       "Tensor? grad_b_3x3red, Tensor? grad_w_3x3, Tensor? grad_b_3x3, Tensor? grad_w_5x5red, "
       "Tensor? grad_b_5x5red, Tensor? grad_w_5x5, Tensor? grad_b_5x5, Tensor? grad_w_pool_proj, "
       "Tensor? grad_b_pool_proj)");
+  // Train-mode BatchNorm stage (csrc/inception.h): pre-BN outputs of the four branches (out) and
+  // of the two reduce convs (reduce), the reduce outputs' batch mean and biased variance; stage 2
+  // applies the reduce branches' BatchNorm + ReLU in its loader.  The caller runs one BatchNorm
+  // + ReLU over all of `out`'s channels.  Autograd: googlenet_fast/ops.py.
+  m.def(
+      "inception_bn_train(Tensor x, Tensor w_1x1, Tensor w_3x3red, Tensor w_3x3, Tensor w_5x5red, "
+      "Tensor w_5x5, Tensor w_pool_proj, Tensor reduce_weight, Tensor reduce_bias, float eps) "
+      "-> (Tensor out, Tensor reduce, Tensor reduce_mean, Tensor reduce_var)");
 }
 
 // The fake (meta) kernels of these ops are Python (googlenet_fast/ops.py, torch.library.register_fake):
@@ -166,6 +202,7 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("inception", &inception_functional<inception_forward_cpu>);
   m.impl("inception.out", &inception_out<inception_forward_cpu>);
   m.impl("inception_backward", &inception_backward_cpu);
+  m.impl("inception_bn_train", &inception_bn_train<inception_bn_train_cpu>);
 }
 
 #ifdef GOOGLENET_FAST_WITH_CUDA

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops
+from . import bn_train, ops
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
     from torchvision.models.googlenet import GoogLeNetOutputs
@@ -377,7 +377,88 @@ class Inception(_FoldedWeightsCache, nn.Module):
     def _forward(self, x: Tensor) -> List[Tensor]:
         return [self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)]
 
+    def _train_bns(self) -> Optional[List[nn.BatchNorm2d]]:
+        """The six BatchNorms in block order when the train-mode fused path applies to them:
+        each exactly ``nn.BatchNorm2d`` (not SyncBatchNorm, whose statistics span processes)
+        with affine parameters, running statistics and a numeric momentum, all with one eps and
+        one momentum.  None otherwise (the plain modules run)."""
+        bns = [getattr(b, "bn", None) for b in self._blocks()]
+        if not all(type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+                   and bn.running_mean is not None and bn.momentum is not None for bn in bns):
+            return None
+        if len({bn.eps for bn in bns}) != 1 or len({bn.momentum for bn in bns}) != 1:
+            return None
+        return bns
+
+    def _forward_train_fused(self, x: Tensor, dtype: torch.dtype) -> Optional[Tensor]:
+        """Train mode through the fused kernels, or None when they do not apply.
+
+        Paper variant (ConvReLU blocks): the fused op with bias + ReLU epilogues and its fused
+        backward.  torchvision variant (BasicConv2d): :func:`googlenet_fast.bn_train.inception_bn_train`
+        writes the pre-BatchNorm branch outputs into one concatenated buffer (the reduce
+        branches' BatchNorm + ReLU run inside its second stage), then ONE batch_norm + ReLU runs
+        over all channels; running_mean / running_var / num_batches_tracked of all six
+        BatchNorms update as nn.BatchNorm2d's would (momentum, unbiased running variance).
+        BatchNorm is never folded in train mode.
+        """
+        if not self._can_fuse():
+            return None
+        blocks = self._blocks()
+        convs = [b.conv for b in blocks]
+        if x.dtype != dtype:
+            x = x.to(dtype)
+        if isinstance(blocks[0], ConvReLU):
+            params = []
+            for c in convs:
+                params += [c.weight.to(dtype), None if c.bias is None else c.bias.to(dtype)]
+            return ops.inception(x, *params, relu=True, validate=False)
+        bns = self._train_bns()
+        if bns is None or any(c.bias is not None for c in convs):
+            return None
+        n, _, h, w = x.shape
+        F._verify_batch_size((n, 1, h, w))  # nn.BatchNorm2d's own error for one value per channel
+        momentum, eps = bns[0].momentum, bns[0].eps
+        red_bns = (bns[1], bns[3])
+        out_bns = (bns[0], bns[2], bns[4], bns[5])  # branch order of the concatenation
+        with torch.no_grad():
+            for bn in bns:
+                bn.num_batches_tracked.add_(1)
+        w1, w3r, w3, w5r, w5, wp = (c.weight.to(dtype) for c in convs)
+        out, _, mean, var = bn_train.inception_bn_train(
+            x, w1, w3r, w3, w5r, w5, wp, torch.cat([bn.weight for bn in red_bns]),
+            torch.cat([bn.bias for bn in red_bns]), eps, validate=False)
+        # The reduce BatchNorms' running statistics (their normalization ran inside the kernel):
+        # nn.BatchNorm2d's update, momentum * batch + (1 - momentum) * running, with the unbiased
+        # batch variance.
+        count = n * h * w
+        with torch.no_grad():
+            unbiased = var * (count / (count - 1))
+            for bn, m, v in zip(red_bns, mean.split([w3r.shape[0], w5r.shape[0]]),
+                                unbiased.split([w3r.shape[0], w5r.shape[0]])):
+                bn.running_mean.copy_(momentum * m + (1 - momentum) * bn.running_mean)
+                bn.running_var.copy_(momentum * v + (1 - momentum) * bn.running_var)
+        # One BatchNorm over every output channel; ATen updates the concatenated running
+        # statistics in place, which are then copied back into the four modules.
+        sizes = [bn.num_features for bn in out_bns]
+        running_mean = torch.cat([bn.running_mean for bn in out_bns])
+        running_var = torch.cat([bn.running_var for bn in out_bns])
+        y = F.batch_norm(out, running_mean, running_var, torch.cat([bn.weight for bn in out_bns]),
+                         torch.cat([bn.bias for bn in out_bns]), True, momentum, eps)
+        with torch.no_grad():
+            for bn, m, v in zip(out_bns, running_mean.split(sizes), running_var.split(sizes)):
+                bn.running_mean.copy_(m)
+                bn.running_var.copy_(v)
+        return F.relu(y, inplace=True)
+
     def forward(self, x: Tensor) -> Tensor:
+        if self.fused and self.training:
+            dtype = self.branch1.conv.weight.dtype
+            if torch.is_autocast_enabled(x.device.type):
+                dtype = torch.get_autocast_dtype(x.device.type)
+            if not (dtype == torch.float16 and x.device.type == "cpu"):
+                y = self._forward_train_fused(x, dtype)
+                if y is not None:
+                    return y
         if self.fused and not self.training:
             dtype = self.branch1.conv.weight.dtype
             if torch.is_autocast_enabled(x.device.type):
@@ -740,7 +821,7 @@ class GoogLeNet(nn.Module):
         """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux."""
         self._check_input(x)
         x = self._transform_input(x)
-        if self._fused and not self.training:
+        if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
         x, aux2, aux1 = self._forward(x)

@@ -108,35 +108,42 @@ Blocks make_blocks(int64_t pixels, int64_t target) {
   return {(pixels + size - 1) / size, size};
 }
 
+// Enough blocks: one per thread at least, GEMMs single-threaded inside.  Too few (tiny maps
+// at batch 1): run the blocks in order and let the BLAS thread each GEMM.
+template <typename F>
+void run_blocks(int64_t count, const F& f) {
+  const int64_t nt = at::get_num_threads();
+  if (count >= nt && nt > 1) at::parallel_for(0, count, 1, f); else f(0, count);
+}
+
+// Per-channel affine + ReLU applied by stage 2's im2col loader to the reduce outputs it reads:
+// v -> max(v * scale[c] + shift[c], 0), the train-mode BatchNorm + ReLU of the two reduce branches
+// (scale = gamma * rsqrt(var + eps), shift = beta - mean * scale).  nullptr: read as stored.
+template <typename acc_t>
+struct ReduceNorm {
+  const acc_t* scale = nullptr;
+  const acc_t* shift = nullptr;
+};
+
+// Stage 1: merged 1x1 GEMM + pool projection over pixel blocks.  Writes branch 1 and the pool
+// projection into their slices of `out` (pixel stride ldo) and the two reduce outputs into
+// R [pixels, ch3x3red + ch5x5red]; `relu` and the biases apply to all of them.
 template <typename scalar_t>
-void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_t* out, int64_t ldo) {
+void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t* X, scalar_t* out, int64_t ldo,
+                scalar_t* R) {
   using acc_t = at::opmath_type<scalar_t>;
   const int64_t H = s.h, W = s.w, Cin = s.cin;
   const int64_t P = s.n * H * W;  // pixels
   const int64_t c1 = s.ch1x1, r3 = s.ch3x3red, r5 = s.ch5x5red, cp = s.pool_proj;
   const int64_t nm = c1 + r3 + r5, rr = r3 + r5;
   const bool relu = a.relu;
-
-  // NHWC input (a view when x is channels_last; expanded or strided inputs are made dense here).
-  const at::Tensor xc = a.x.permute({0, 2, 3, 1}).contiguous();
-  const scalar_t* X = xc.const_data_ptr<scalar_t>();
-
   const at::Tensor wm = merged_1x1_weight(a, s);
   const at::Tensor wp = a.w_pool_proj.reshape({cp, Cin}).contiguous();
-  const at::Tensor w3 = ohwi_matrix(a.w_3x3);
-  const at::Tensor w5 = ohwi_matrix(a.w_5x5);
-  bool has_bm, has_bp, has_b3, has_b5;
+  bool has_bm, has_bp;
   const std::vector<acc_t> bm = bias_vector<acc_t>({{&a.b_1x1, c1}, {&a.b_3x3red, r3}, {&a.b_5x5red, r5}}, &has_bm);
   const std::vector<acc_t> bp = bias_vector<acc_t>({{&a.b_pool_proj, cp}}, &has_bp);
-  const std::vector<acc_t> b3 = bias_vector<acc_t>({{&a.b_3x3, s.ch3x3}}, &has_b3);
-  const std::vector<acc_t> b5 = bias_vector<acc_t>({{&a.b_5x5, s.ch5x5}}, &has_b5);
+  const int64_t off_b4 = c1 + s.ch3x3 + s.ch5x5;
 
-  // Scratch for the two reduce outputs: the only intermediate that touches memory.
-  std::vector<scalar_t> red(static_cast<size_t>(P * rr));
-  scalar_t* R = red.data();
-  const int64_t off_b2 = c1, off_b3 = c1 + s.ch3x3, off_b4 = c1 + s.ch3x3 + s.ch5x5;
-
-  // ---- stage 1: merged 1x1 GEMM + pool projection ------------------------------------------
   const Blocks b1 = make_blocks(P, 512);
   auto stage1 = [&](int64_t begin, int64_t end) {
     std::vector<scalar_t> acc(static_cast<size_t>(b1.size * std::max(nm, cp)));
@@ -176,8 +183,28 @@ void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_
         store_row(acc.data() + r * cp, has_bp ? bp.data() : nullptr, relu, out + (p0 + r) * ldo + off_b4, cp);
     }
   };
+  run_blocks(b1.count, stage1);
+}
 
-  // ---- stage 2: KxK convolutions of both reduce branches (im2col per pixel block) ------------
+// Stage 2: the KxK convolutions of both reduce branches as im2col GEMMs, one pixel block at a
+// time (the im2col block stays in cache), writing their channel slices with bias + `relu`.  The
+// loader applies `norm` (when set) to every in-bounds tap; padding taps stay 0, i.e. the
+// convolution pads its (normalized, activated) input as nn.Conv2d does.
+template <typename scalar_t>
+void stage2_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t* R, scalar_t* out, int64_t ldo,
+                ReduceNorm<at::opmath_type<scalar_t>> norm) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const int64_t H = s.h, W = s.w;
+  const int64_t P = s.n * H * W;
+  const int64_t c1 = s.ch1x1, r3 = s.ch3x3red, r5 = s.ch5x5red, rr = r3 + r5;
+  const bool relu = a.relu;
+  const at::Tensor w3 = ohwi_matrix(a.w_3x3);
+  const at::Tensor w5 = ohwi_matrix(a.w_5x5);
+  bool has_b3, has_b5;
+  const std::vector<acc_t> b3 = bias_vector<acc_t>({{&a.b_3x3, s.ch3x3}}, &has_b3);
+  const std::vector<acc_t> b5 = bias_vector<acc_t>({{&a.b_5x5, s.ch5x5}}, &has_b5);
+  const int64_t off_b2 = c1, off_b3 = c1 + s.ch3x3;
+
   const Blocks b2 = make_blocks(P, 256);
   auto stage2 = [&](int64_t begin, int64_t end) {
     const int64_t kmax = std::max(s.k3 * s.k3 * r3, s.k5 * s.k5 * r5);
@@ -191,6 +218,8 @@ void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_
         const int64_t ooff = branch == 0 ? off_b2 : off_b3, pad = K / 2, kk = K * K * rc;
         const scalar_t* wk = (branch == 0 ? w3 : w5).const_data_ptr<scalar_t>();
         const acc_t* bias = branch == 0 ? (has_b3 ? b3.data() : nullptr) : (has_b5 ? b5.data() : nullptr);
+        const acc_t* nscale = norm.scale != nullptr ? norm.scale + roff : nullptr;
+        const acc_t* nshift = norm.shift != nullptr ? norm.shift + roff : nullptr;
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t p = p0 + r, n = p / (H * W), h = (p / W) % H, w = p % W;
           scalar_t* dst = col.data() + r * kk;
@@ -200,9 +229,16 @@ void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_
               const int64_t ww = w + kx - pad;
               if (hh < 0 || hh >= H || ww < 0 || ww >= W) {
                 std::fill(dst, dst + rc, scalar_t(0));
-              } else {
-                const scalar_t* src = R + ((n * H + hh) * W + ww) * rr + roff;
+                continue;
+              }
+              const scalar_t* src = R + ((n * H + hh) * W + ww) * rr + roff;
+              if (nscale == nullptr) {
                 std::copy(src, src + rc, dst);
+              } else {
+                for (int64_t c = 0; c < rc; ++c) {
+                  const acc_t v = static_cast<acc_t>(src[c]) * nscale[c] + nshift[c];
+                  dst[c] = static_cast<scalar_t>((v > acc_t(0) || v != v) ? v : acc_t(0));
+                }
               }
             }
           }
@@ -213,12 +249,17 @@ void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_
       }
     }
   };
+  run_blocks(b2.count, stage2);
+}
 
-  // Enough blocks: one per thread at least, GEMMs single-threaded inside.  Too few (tiny maps
-  // at batch 1): run the blocks in order and let the BLAS thread each GEMM.
-  const int64_t nt = at::get_num_threads();
-  if (b1.count >= nt && nt > 1) at::parallel_for(0, b1.count, 1, stage1); else stage1(0, b1.count);
-  if (b2.count >= nt && nt > 1) at::parallel_for(0, b2.count, 1, stage2); else stage2(0, b2.count);
+template <typename scalar_t>
+void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_t* out, int64_t ldo) {
+  // NHWC input (a view when x is channels_last; expanded or strided inputs are made dense here).
+  const at::Tensor xc = a.x.permute({0, 2, 3, 1}).contiguous();
+  // Scratch for the two reduce outputs: the only intermediate that touches memory.
+  std::vector<scalar_t> red(static_cast<size_t>(s.n * s.h * s.w * (s.ch3x3red + s.ch5x5red)));
+  stage1_cpu<scalar_t>(a, s, xc.const_data_ptr<scalar_t>(), out, ldo, red.data());
+  stage2_cpu<scalar_t>(a, s, red.data(), out, ldo, {});
 }
 
 }  // namespace
@@ -235,6 +276,45 @@ void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::
     inception_cpu_impl<scalar_t>(a, s, o.target.data_ptr<scalar_t>(), o.ldo);
   });
   o.finish();
+}
+
+}  // namespace googlenet_fast
+
+namespace googlenet_fast {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inception_bn_train_cpu(
+    const InceptionArgs& a, const InceptionShape& s, const at::Tensor& reduce_weight,
+    const at::Tensor& reduce_bias, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  TORCH_CHECK_TYPE(a.x.scalar_type() != at::kHalf,
+                   "x: the cpu backend supports float32, float64 and bfloat16, got float16 "
+                   "(use bfloat16, or backend='reference')");
+  const int64_t rr = s.ch3x3red + s.ch5x5red, P = s.n * s.h * s.w;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor out = at::empty({s.n, s.out_channels(), s.h, s.w}, a.x.options().memory_format(cl));
+  at::Tensor reduce = at::empty({s.n, rr, s.h, s.w}, a.x.options().memory_format(cl));
+  const auto acc_type = at::toOpMathType(a.x.scalar_type());
+  if (P == 0) {
+    at::Tensor nan = at::full({rr}, std::numeric_limits<double>::quiet_NaN(), a.x.options().dtype(acc_type));
+    return {out, reduce, nan, nan.clone()};
+  }
+  const at::Tensor xc = a.x.permute({0, 2, 3, 1}).contiguous();
+  const int64_t ldo = s.out_channels();
+  at::Tensor mean, var;
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, a.x.scalar_type(), "inception_bn_train_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    scalar_t* O = out.data_ptr<scalar_t>();  // channels_last: the NHWC view is dense [P, out_channels]
+    scalar_t* R = reduce.data_ptr<scalar_t>();
+    stage1_cpu<scalar_t>(a, s, xc.const_data_ptr<scalar_t>(), O, ldo, R);
+    // Batch statistics of the reduce outputs over N, H, W (biased variance, as BatchNorm
+    // normalizes with), in the accumulator type.
+    const at::Tensor rm = reduce.permute({0, 2, 3, 1}).reshape({P, rr}).to(acc_type);
+    std::tie(var, mean) = at::var_mean(rm, at::IntArrayRef{0}, /*correction=*/0, /*keepdim=*/false);
+    const at::Tensor scale = (reduce_weight.to(acc_type) * at::rsqrt(var + eps)).contiguous();
+    const at::Tensor shift = (reduce_bias.to(acc_type) - mean * scale).contiguous();
+    stage2_cpu<scalar_t>(a, s, R, O, ldo, {scale.const_data_ptr<acc_t>(), shift.const_data_ptr<acc_t>()});
+  });
+  return {out, reduce, mean, var};
 }
 
 }  // namespace googlenet_fast

@@ -34,3 +34,26 @@ def inception_reference(
     pooled = F.max_pool2d(x, kernel_size=3, stride=1, padding=1, ceil_mode=True)
     b4 = act(F.conv2d(pooled, w_pool_proj, b_pool_proj))
     return torch.cat([b1, b2, b3, b4], dim=1)
+
+
+def inception_bn_train_reference(
+    x: Tensor, w_1x1: Tensor, w_3x3red: Tensor, w_3x3: Tensor, w_5x5red: Tensor, w_5x5: Tensor,
+    w_pool_proj: Tensor, reduce_weight: Tensor, reduce_bias: Tensor, eps: float,
+):
+    """The train-mode BatchNorm stage, unfused: same arguments and results as
+    :func:`googlenet_fast.inception_bn_train` (pre-BN branch outputs, pre-BN reduce outputs, the
+    reduce outputs' batch mean and biased variance), computed with conv2d / var_mean / relu."""
+    cl = torch.channels_last
+    acc = torch.float64 if x.dtype == torch.float64 else torch.float32
+    r3 = w_3x3red.shape[0]
+    reduce = F.conv2d(x, torch.cat([w_3x3red, w_5x5red], 0))
+    var, mean = torch.var_mean(reduce.to(acc), dim=(0, 2, 3), correction=0)
+    scale = reduce_weight.to(acc) * torch.rsqrt(var + eps)
+    shift = reduce_bias.to(acc) - mean * scale
+    act = F.relu(reduce.to(acc) * scale[:, None, None] + shift[:, None, None]).to(x.dtype)
+    b1 = F.conv2d(x, w_1x1)
+    b2 = F.conv2d(act[:, :r3], w_3x3, padding=w_3x3.shape[-1] // 2)
+    b3 = F.conv2d(act[:, r3:], w_5x5, padding=w_5x5.shape[-1] // 2)
+    b4 = F.conv2d(F.max_pool2d(x, 3, 1, 1, ceil_mode=True), w_pool_proj)
+    out = torch.cat([b1, b2, b3, b4], 1).contiguous(memory_format=cl)
+    return out, reduce.contiguous(memory_format=cl), mean, var
