@@ -1,0 +1,178 @@
+"""googlenet_fast.bn_train.inception_bn_train: the train-mode BatchNorm stage of an Inception module
+(pre-BN branch outputs, reduce BN + ReLU inside stage 2), its autograd and its argument checks,
+against the plain PyTorch composition (backends/reference.py) on every CPU-runnable backend."""
+import os
+
+import pytest
+import torch
+
+from googlenet_fast import bn_train
+from googlenet_fast.backends.reference import inception_bn_train_reference
+
+# (n, cin, h, w, ch1x1, ch3x3red, ch3x3, k3, ch5x5red, ch5x5, k5, pool_proj)
+CONFIGS = [
+    (2, 16, 5, 4, 8, 6, 10, 3, 4, 6, 5, 5),
+    (3, 12, 7, 7, 5, 4, 6, 3, 3, 5, 3, 4),
+    (2, 8, 1, 2, 3, 2, 3, 3, 2, 2, 1, 3),   # 1-pixel-high maps, a 1x1 "KxK"
+]
+
+
+def _args(cfg, dtype=torch.float32, seed=0):
+    n, cin, h, w, c1, r3, c3, k3, r5, c5, k5, cp = cfg
+    g = torch.Generator().manual_seed(seed)
+
+    def rnd(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=g, dtype=torch.float64) * scale).to(dtype)
+
+    x = rnd(n, cin, h, w)
+    weights = [rnd(c1, cin, 1, 1, scale=cin ** -0.5), rnd(r3, cin, 1, 1, scale=cin ** -0.5),
+               rnd(c3, r3, k3, k3, scale=(r3 * k3 * k3) ** -0.5), rnd(r5, cin, 1, 1, scale=cin ** -0.5),
+               rnd(c5, r5, k5, k5, scale=(r5 * k5 * k5) ** -0.5), rnd(cp, cin, 1, 1, scale=cin ** -0.5)]
+    pdt = torch.float64 if dtype == torch.float64 else torch.float32
+    gamma = (torch.rand(r3 + r5, generator=g, dtype=torch.float64) + 0.5).to(pdt)
+    beta = (torch.randn(r3 + r5, generator=g, dtype=torch.float64) * 0.3).to(pdt)
+    return [x] + weights + [gamma, beta]
+
+
+def _check_outputs(got, args, eps, rtol):
+    ref = inception_bn_train_reference(*[t.double() for t in args], eps)
+    names = ("out", "reduce", "reduce_mean", "reduce_var")
+    for name, a, r in zip(names, got, ref):
+        assert a.shape == r.shape, name
+        scale = r.abs().max().clamp_min(1e-30)
+        err = ((a.double() - r).abs().max() / scale).item()
+        assert err <= rtol, (name, err)
+    out, reduce, mean, var = got
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert reduce.is_contiguous(memory_format=torch.channels_last)
+    assert mean.dtype == var.dtype == (torch.float64 if args[0].dtype == torch.float64 else torch.float32)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS)
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_cpu_forward_matches_reference(cfg, dtype, rtol):
+    args = _args(cfg, dtype)
+    _check_outputs(bn_train.inception_bn_train(*args, 1e-3, backend="cpu"), args, 1e-3, rtol)
+
+
+def test_cpu_forward_any_input_strides():
+    args = _args(CONFIGS[0])
+    x = args[0]
+    big = torch.randn(x.shape[0], x.shape[1], 2 * x.shape[2], 2 * x.shape[3] + 1)
+    for variant in (x.contiguous(memory_format=torch.channels_last), big[:, :, ::2, 1::2],
+                    x[:, :1].expand_as(x)):
+        a = [variant] + args[1:]
+        _check_outputs(bn_train.inception_bn_train(*a, 1e-3, backend="cpu"), a, 1e-3, 1e-5)
+
+
+def test_bf16_bn_params_in_float32_autocast_style():
+    # Under autocast the convolutions run in bf16 while BatchNorm's gamma/beta stay float32.
+    args = _args(CONFIGS[1], torch.bfloat16)
+    gamma, beta = args[7].float(), args[8].float()
+    got = bn_train.inception_bn_train(*args[:7], gamma, beta, 1e-3, backend="cpu")
+    _check_outputs(got, args[:7] + [gamma, beta], 1e-3, 3e-2)
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2])
+def test_cpu_gradcheck_float64(cfg):
+    args = [t.requires_grad_() for t in _args(cfg, torch.float64)]
+    assert torch.autograd.gradcheck(
+        lambda *a: bn_train.inception_bn_train(*a, 1e-3, backend="cpu")[0], args, eps=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "triton"])
+@pytest.mark.parametrize("cfg", CONFIGS)
+def test_gradients_match_reference_fp32(backend, cfg, monkeypatch):
+    if backend == "triton":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args = _args(cfg, torch.float32, seed=1)
+    leaves = [t.clone().requires_grad_() for t in args]
+    out = bn_train.inception_bn_train(*leaves, 1e-3, backend=backend)
+    if backend == "triton":
+        _check_outputs([t.detach() for t in out], args, 1e-3, 1e-5)
+    go = torch.randn(out[0].shape, generator=torch.Generator().manual_seed(2))
+    grads = torch.autograd.grad(out[0], leaves, go)
+    ref_leaves = [t.double().requires_grad_() for t in args]
+    ref = torch.autograd.grad(inception_bn_train_reference(*ref_leaves, 1e-3)[0], ref_leaves, go.double())
+    names = ("x", "w_1x1", "w_3x3red", "w_3x3", "w_5x5red", "w_5x5", "w_pool_proj", "reduce_weight", "reduce_bias")
+    for name, a, r in zip(names, grads, ref):
+        assert a.dtype == args[names.index(name)].dtype
+        err = ((a.double() - r).abs().max() / r.abs().max()).item()
+        assert err <= 1e-4, (name, err)
+
+
+def test_partial_gradients_only_weights():
+    args = _args(CONFIGS[0], torch.float64, seed=3)
+    leaves = [t.clone().requires_grad_(i in (3, 6, 7)) for i, t in enumerate(args)]
+    out = bn_train.inception_bn_train(*leaves, 1e-3, backend="cpu")[0]
+    go = torch.randn_like(out)
+    got = torch.autograd.grad(out, [leaves[i] for i in (3, 6, 7)], go)
+    ref_leaves = [t.clone().requires_grad_(i in (3, 6, 7)) for i, t in enumerate(args)]
+    ref = torch.autograd.grad(inception_bn_train_reference(*ref_leaves, 1e-3)[0],
+                              [ref_leaves[i] for i in (3, 6, 7)], go)
+    for a, r in zip(got, ref):
+        torch.testing.assert_close(a, r, rtol=1e-10, atol=1e-12)
+
+
+def test_only_out_is_differentiable():
+    args = [t.requires_grad_() for t in _args(CONFIGS[0])]
+    out, reduce, mean, var = bn_train.inception_bn_train(*args, 1e-3, backend="cpu")
+    assert out.requires_grad
+    assert not (reduce.requires_grad or mean.requires_grad or var.requires_grad)
+
+
+def test_opcheck_cpu_op():
+    args = _args(CONFIGS[1])
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_bn_train.default, tuple(args) + (1e-3,))
+
+
+def test_opcheck_triton_op_interpreted(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    args = _args(CONFIGS[1])
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_bn_train_triton.default, tuple(args) + (1e-3,))
+
+
+def test_compile_fullgraph_forward_backward():
+    args = _args(CONFIGS[0], seed=4)
+    leaves = [t.clone().requires_grad_() for t in args]
+
+    def f(*a):
+        out = bn_train.inception_bn_train(*a, 1e-3, backend="cpu", validate=False)[0]
+        return torch.nn.functional.batch_norm(out, None, None, training=True).relu().square().sum()
+
+    eager = torch.autograd.grad(f(*leaves), leaves)
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    got = torch.autograd.grad(compiled(*leaves), leaves)
+    for a, b in zip(got, eager):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("index,value,exc,match", [
+    (7, torch.ones(3), ValueError, r"reduce_weight: expected shape \(10,\)"),
+    (8, torch.ones(10, 1), ValueError, r"reduce_bias: expected shape \(10,\)"),
+    (8, torch.ones(10, dtype=torch.int64), TypeError, "reduce_bias: expected a floating dtype"),
+    (8, torch.ones(10, device="meta"), ValueError, "reduce_bias: expected a tensor on cpu"),
+    (3, torch.ones(10, 5, 3, 3), ValueError, "w_3x3: expected 6 input channels"),
+    (0, torch.ones(2, 16, 5), ValueError, "x: expected a 4-D tensor"),
+])
+def test_bad_arguments_name_the_argument(index, value, exc, match):
+    args = _args(CONFIGS[0])
+    args[index] = value
+    with pytest.raises(exc, match=match):
+        bn_train.inception_bn_train(*args, 1e-3, backend="cpu")
+
+
+@pytest.mark.parametrize("eps", [-1.0, float("inf"), float("nan")])
+def test_bad_eps(eps):
+    args = _args(CONFIGS[0])
+    with pytest.raises(ValueError, match="eps: expected a finite value >= 0"):
+        bn_train.inception_bn_train(*args, eps, backend="cpu")
+    with pytest.raises(ValueError, match="eps: expected a finite value >= 0"):  # the C++ op checks too
+        torch.ops.googlenet_fast.inception_bn_train(*args, eps)
+
+
+def test_cpp_op_checks_reduce_weight_shape():
+    args = _args(CONFIGS[0])
+    args[7] = torch.ones(4)
+    with pytest.raises(ValueError, match=r"reduce_weight: expected shape \[10\]"):
+        torch.ops.googlenet_fast.inception_bn_train(*args, 1e-3)
