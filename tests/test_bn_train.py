@@ -176,3 +176,23 @@ def test_cpp_op_checks_reduce_weight_shape():
     args[7] = torch.ones(4)
     with pytest.raises(ValueError, match=r"reduce_weight: expected shape \[10\]"):
         torch.ops.googlenet_fast.inception_bn_train(*args, 1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
+@pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+def test_gpu_inception_4a_matches_reference(backend, dtype, rtol):
+    # Table 1's inception 4a at batch 8 on the GPU: forward outputs and gradients.
+    cfg = (8, 480, 14, 14, 192, 96, 208, 3, 16, 48, 3, 64)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    args = [t.cuda() for t in _args(cfg, dtype, seed=5)]
+    leaves = [t.clone().requires_grad_() for t in args]
+    got = bn_train.inception_bn_train(*leaves, 1e-3, backend=backend)
+    _check_outputs([t.detach().cpu() for t in got], [t.cpu() for t in args], 1e-3, rtol)
+    go = torch.randn(got[0].shape, device="cuda", dtype=dtype)
+    grads = torch.autograd.grad(got[0], leaves, go)
+    ref_leaves = [t.double().requires_grad_() for t in args]
+    ref = torch.autograd.grad(inception_bn_train_reference(*ref_leaves, 1e-3)[0], ref_leaves, go.double())
+    for i, (a, r) in enumerate(zip(grads, ref)):
+        err = ((a.double() - r).abs().max() / r.abs().max()).item()
+        assert err <= (1e-4 if dtype == torch.float32 else 5e-2), (i, err)
