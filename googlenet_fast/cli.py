@@ -54,7 +54,11 @@ def add_bench_parser(subparsers):
                     "torchvision's googlenet with the same weights on real photos, then time the "
                     "providers (fused, fused=False, torchvision eager channels_last, optionally "
                     "torch.compile with inductor freezing) in one process: eval, no_grad, "
-                    "channels_last inputs.")
+                    "channels_last inputs. --mode train times a training step instead.")
+    p.add_argument("--mode", choices=("eval", "train"), default="eval",
+                   help="eval (default): inference; train: one training step per call (train-mode "
+                        "forward with the aux heads, loss main + 0.3 aux, backward, SGD momentum 0.9 "
+                        "step), float32 only")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when a CUDA device is visible, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -67,7 +71,8 @@ def add_bench_parser(subparsers):
                    help="image files or folders of your own (default: scikit-image's sample photos)")
     p.add_argument("--compile", action="store_true",
                    help="also time torch.compile of the baseline with inductor freezing "
-                        "(compiles for ~40 s per batch size)")
+                        "(compiles for ~40 s per batch size); with --mode train, torch.compile of the "
+                        "baseline's train step (inductor, no freezing; compiles for minutes)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: also time fused and the baseline replayed from CUDA graphs")
     p.add_argument("--providers", nargs="+", choices=("fused", "unfused", "torchvision"), default=None,
@@ -82,6 +87,8 @@ def add_bench_parser(subparsers):
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the weights (default 0)")
     p.add_argument("--json", metavar="PATH", help="also write the check and the table as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
+    # Tests only: resize the preprocessed photos to N x N (tiny, fast runs).
+    p.add_argument("--image-size", type=_positive_int, default=None, help=argparse.SUPPRESS)
     p.set_defaults(func=run_bench)
     return p
 
@@ -114,24 +121,40 @@ def run_bench(args) -> int:
         torch.set_num_threads(args.threads)
     if args.cuda_graphs and device.type != "cuda":
         raise CommandError("--cuda-graphs needs --device cuda")
+    train = args.mode == "train"
+    if train and args.dtype != "float32":
+        raise CommandError(f"--mode train: expected --dtype float32 (the train step runs float32), "
+                           f"got {args.dtype}")
+    if train and args.cuda_graphs:
+        raise CommandError("--cuda-graphs: only with --mode eval")
     images = _load_photos(args)
     photos = data.preprocess(images)
+    if args.image_size is not None:
+        photos = torch.nn.functional.interpolate(photos, size=(args.image_size,) * 2, mode="bilinear",
+                                                 antialias=True, align_corners=False)
     source = "--images" if args.images else "scikit-image sample photos"
     print(f"images: {len(images)} from {source} ({', '.join(n for n, _ in images)}) -> "
-          f"{tuple(photos.shape)}, Resize 256, CenterCrop 224, ImageNet normalization")
+          f"{tuple(photos.shape)}, Resize 256, CenterCrop 224"
+          + (f", resized to {args.image_size}" if args.image_size is not None else "")
+          + ", ImageNet normalization")
     dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else bench._cpu_name()
-    print(f"device: {device} ({dev_name}), dtype {args.dtype}, variant {args.variant}, "
+    print(f"device: {device} ({dev_name}), dtype {args.dtype}, variant {args.variant}, mode {args.mode}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, seed {args.seed}")
 
     report = {"args": {k: v for k, v in vars(args).items() if k != "func"},
               "environment": {k: str(v) for k, v in bench.environment_info().items()}}
     failed = False
-    with bench.no_tf32(), torch.no_grad():
-        nets = bench.build_networks(seed=args.seed, variant=args.variant, device=device, dtype=dtype,
-                                    calibration=photos)
-        failed |= _check(nets, photos, device, dtype, args, report)
-        providers = bench.network_providers(nets, compile=args.compile, cuda_graphs=args.cuda_graphs,
-                                            only=args.providers)
+    with bench.no_tf32(), (torch.enable_grad() if train else torch.no_grad()):
+        if train:
+            nets = bench.build_train_networks(seed=args.seed, variant=args.variant, device=device)
+            failed |= _check_train(nets, photos, device, args, report)
+            providers = bench.train_providers(nets, compile=args.compile, only=args.providers)
+        else:
+            nets = bench.build_networks(seed=args.seed, variant=args.variant, device=device, dtype=dtype,
+                                        calibration=photos)
+            failed |= _check(nets, photos, device, dtype, args, report)
+            providers = bench.network_providers(nets, compile=args.compile, cuda_graphs=args.cuda_graphs,
+                                                only=args.providers)
         load_before = bench.load_average()
         results = []
         for b in args.batch_sizes:
@@ -139,14 +162,23 @@ def run_bench(args) -> int:
                 memory_format=torch.channels_last)
             results += bench.run_providers(providers, x, min_run_time=args.min_run_time, rounds=args.rounds,
                                            warmup=args.warmup, show_progress=not args.quiet,
-                                           compile_context=bench.freezing_context)
+                                           compile_context=(bench.quiet_compile_context if train
+                                                            else bench.freezing_context))
     rows = bench.rows_with_speedup(results, nets.baseline_name)
     print()
     print(bench.format_table(rows, nets.baseline_name))
     notes = [p.note for p in providers if p.note]
-    print(f"ms per batch: median, IQR and range of {args.rounds} interleaved rounds, "
-          f"{args.min_run_time:g} s per provider and batch size; eval, no_grad, channels_last, {args.dtype}"
+    what = (f"train step (train-mode forward with aux heads, loss main + {bench.AUX_WEIGHT:g} aux, backward, "
+            f"SGD lr {bench.TRAIN_LR:g} momentum {bench.TRAIN_MOMENTUM:g} step), channels_last, {args.dtype}"
+            if train else f"eval, no_grad, channels_last, {args.dtype}")
+    print(f"ms per {'step' if train else 'batch'}: median, IQR and range of {args.rounds} interleaved rounds, "
+          f"{args.min_run_time:g} s per provider and batch size; {what}"
           + ("".join(f"; {n}" for n in notes)))
+    if train:
+        for p in providers:  # the steps train on one batch: a diverged run would time NaN arithmetic
+            last = getattr(p.fn, "last_loss", None)
+            if last is not None and not torch.isfinite(last).all():
+                print(f"warning: {p.name}: the loss became {last.item()} during timing")
     noisy_rows = [f"b={r['batch_size']} {r['provider']}" for r in rows
                   if "error" not in r and r["iqr_ms"] > 0.1 * r["median_ms"]]
     if noisy_rows:
@@ -211,6 +243,35 @@ def _check(nets, photos, device, dtype, args, report) -> bool:
     print(f"check: {'OK' if verdict else 'FAILED'} ({rule})")
     report["check"] = {"reference": f"{ref_name} float32", "rule": rule, "ok": verdict, **{
         k: v for k, v in checks.items()}}
+    return not verdict
+
+
+def _check_train(nets, photos, device, args, report) -> bool:
+    """--mode train: print fused vs the baseline for one train-mode forward + backward on the
+    photos (logits, both aux heads, loss); return True when it fails (1e-4 relative)."""
+    import torch
+    from . import bench
+    ref_name = nets.baseline_name
+    x = photos.to(device).contiguous(memory_format=torch.channels_last)
+    try:
+        res = bench.check_train_step(nets, x, seed=args.seed)[bench.FUSED]
+    except Exception as e:
+        print(f"check: fused train step failed on the photos: {type(e).__name__}: {e}")
+        report["check"] = {"error": f"{type(e).__name__}: {e}"}
+        return True
+    limit = 1e-4
+    for k in ("logits", "aux_logits2", "aux_logits1"):
+        c = res[k]
+        print(f"check: fused train step {k} vs {ref_name} on {c['n']} photos (same dropout masks): "
+              f"max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g} "
+              f"(of max |logit| {c['max_ref']:.3g}), top-1 agreement {c['top1_agree']}/{c['n']}")
+    print(f"check: fused train step loss rel err {res['loss_rel_err']:.3g}")
+    verdict = all(res[k]["max_rel_err"] <= limit for k in ("logits", "aux_logits2", "aux_logits1")) \
+        and res["loss_rel_err"] <= limit
+    rule = f"logits, aux logits and loss: max rel err <= {limit:g}"
+    print(f"check: {'OK' if verdict else 'FAILED'} ({rule})")
+    report["check"] = {"reference": f"{ref_name} float32, train mode", "rule": rule, "ok": verdict,
+                       bench.FUSED: res}
     return not verdict
 
 

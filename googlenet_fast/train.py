@@ -197,6 +197,8 @@ def _resolve_settings(args, ckpt: Optional[Dict[str, Any]], resume_path: Optiona
             s[k] = saved[k]
         else:
             s[k] = DEFAULTS[k] if given is None else given
+    if s["data"] is not None and "data" not in saved:
+        s["data"] = os.path.abspath(s["data"])  # a resume from another folder finds it
     if s["compare"] and s["unfused"]:
         raise CommandError("--compare and --unfused exclude each other (--compare already trains "
                            "the reference path next to the fused one)")

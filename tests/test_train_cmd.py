@@ -377,21 +377,31 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_cpu(folder, tmp_path):
-    """2 processes, gloo, DistributedSampler: rank 0 alone prints and saves; the checkpoint has
-    both ranks' RNG states; a resumed DDP run continues."""
-    ck = str(tmp_path / "ddp.pt")
+def _torchrun(*argv):
     repo = os.path.dirname(os.path.dirname(os.path.abspath(train.__file__)))
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=repo + os.pathsep + os.environ.get("PYTHONPATH", ""))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={_free_port()}",
-           "-m", "googlenet_fast", "train", "--no-progress", "--data", folder, "--image-size", str(S),
-           "--batch-size", "2", "--val-fraction", "0.25", "--epochs", "2", "--device", "cpu",
-           "--checkpoint", ck]
+           "-m", "googlenet_fast", "train", "--no-progress", "--device", "cpu", *argv]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env, cwd=repo)
     assert p.returncode == 0, p.stdout + p.stderr
+    return p
+
+
+def test_torchrun_two_processes_cpu(folder, tmp_path):
+    """2 processes, gloo, DistributedSampler: rank 0 alone prints and saves; the checkpoint has
+    both ranks' RNG states; a DDP run stopped mid-epoch and resumed ends with the same weights."""
+    ck = str(tmp_path / "ddp.pt")
+    run = ("--data", folder, "--image-size", str(S), "--batch-size", "2", "--val-fraction", "0.25", "--epochs", "2")
+    p = _torchrun(*run, "--checkpoint", ck)
     assert p.stdout.count("summary:") == 1 and "x 2 processes (DDP)" in p.stdout
     assert len(re.findall(r"^epoch \d/2: ", p.stdout, re.M)) == 2
     assert re.search(r"val acc [\d.]+% \(\d+/3\)", p.stdout)  # both ranks' halves, all-reduced
     c = torch.load(ck, weights_only=True)
     assert c["world_size"] == 2 and len(c["rng"]) == 2 and c["step"] == 4  # 9 images -> 5 per rank -> 2 steps
     assert not torch.equal(c["rng"][0]["torch"], c["rng"][1]["torch"])
+    ck2 = str(tmp_path / "ddp_part.pt")
+    _torchrun(*run, "--checkpoint", ck2, "--max-steps", "3")
+    p = _torchrun("--resume", ck2)
+    assert "resumed from" in p.stdout and p.stdout.count("summary:") == 1
+    c2 = torch.load(ck2, weights_only=True)
+    assert c2["step"] == 4 and _state_equal(c["runs"]["fused"]["model"], c2["runs"]["fused"]["model"])
