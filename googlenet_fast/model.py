@@ -8,11 +8,14 @@ Two variants, one class (see /work/shared/DESIGN.md):
   GoogLeNet): conv + bias + ReLU everywhere, no BatchNorm, LocalResponseNorm after pool1 and after
   conv3, true 5x5 convolutions, 3x3/2 max pools, aux heads after 4a and 4d.
 
-``fused=True`` (default) changes only how eval mode computes, never the result (within fp32
-rounding): the input is converted to channels_last once at the network's entry; the stem's
-``BasicConv2d`` modules run with BatchNorm folded into the convolution; each ``Inception`` module
-runs :func:`googlenet_fast.ops.inception` on folded weights.  Train mode runs the plain modules
-(the fused backward is not there yet).
+``fused=True`` (default) changes only how the network computes, never the result (within fp32
+rounding): the input is converted to channels_last once at the network's entry.  In eval mode
+the stem's ``BasicConv2d`` modules run with BatchNorm folded into the convolution and each
+``Inception`` module runs :func:`googlenet_fast.ops.inception` on folded weights.  In train mode
+(never folded) each ``Inception`` module of the torchvision variant runs
+:func:`googlenet_fast.bn_train.inception_bn_train` (pre-BatchNorm outputs into one concatenated
+buffer, the reduce branches' BatchNorm + ReLU inside the second stage) and one BatchNorm + ReLU
+over all its channels; the paper variant runs the fused op with its fused backward.
 
 Folded weights are cached per module and rebuilt whenever a parameter or buffer changed (see
 :class:`_FoldedWeightsCache`); under ``torch.compile`` they are folded inline in the graph.
@@ -269,13 +272,14 @@ class Inception(_FoldedWeightsCache, nn.Module):
     ``conv_block`` defaults to :class:`BasicConv2d`; :class:`ConvReLU` gives the paper's module.
 
     ``fused`` (attribute, default True): in eval mode, run :func:`googlenet_fast.ops.inception`
-    (backend "auto") on :meth:`folded_params`.  In train mode, or with ``fused=False``, the plain
-    branches and ``torch.cat`` run; train mode with ``fused=True`` uses this reference path until
-    the fused backward lands.  The fused path does not call the branch submodules (hooks on them
-    do not fire) and falls back to the plain path when a branch is not a plain
-    BasicConv2d/ConvReLU of the expected shape, and for float16 on the CPU (the C++ CPU kernel
-    has no float16).  Under autocast the fused path runs in the autocast dtype, as the
-    convolutions would.
+    (backend "auto") on :meth:`folded_params`; in train mode, see :meth:`_forward_train_fused`
+    (BatchNorm with batch statistics, never folded).  With ``fused=False`` the plain branches and
+    ``torch.cat`` run.  The fused paths do not call the branch submodules (hooks on them do not
+    fire) and fall back to the plain path when a branch is not a plain BasicConv2d/ConvReLU of
+    the expected shape, in train mode when a BatchNorm is not exactly ``nn.BatchNorm2d`` with
+    affine parameters, running statistics and a numeric momentum (SyncBatchNorm, momentum=None,
+    mixed eps/momentum), and for float16 on the CPU (the C++ CPU kernel has no float16).  Under
+    autocast the fused path runs in the autocast dtype, as the convolutions would.
     """
 
     def __init__(

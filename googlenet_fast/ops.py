@@ -320,9 +320,11 @@ def _is_channels_last(x: Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Autograd.  The backward is an op of its own, googlenet_fast::inception_backward (csrc/ops.cpp):
 # fused on the CPU (csrc/cpu/inception_backward_cpu.cpp), with a fake kernel here for torch.compile.
-# On a device without a backward kernel (CUDA until csrc/cuda registers one) the gradient is the
-# reference module's vector-Jacobian product (torch.func.vjp, traceable by AOTAutograd): correct,
-# but it recomputes the forward unfused.  Only what the requested gradients need is saved: x when
+# The Triton op (googlenet_fast::inception_triton) has a Triton backward of its own
+# (backends/triton/backward.py, googlenet_fast::inception_backward_triton).  The CUDA C++ op has no
+# backward kernel: there the gradient is the documented composition, the reference module's
+# vector-Jacobian product (torch.func.vjp, traceable by AOTAutograd): correct, but it recomputes
+# the forward unfused (the model's train mode on CUDA picks the Triton op when triton is present).  Only what the requested gradients need is saved: x when
 # a requested gradient reads it, the forward output when relu is on (its ReLU masks), the
 # weights and biases (parameters, no extra memory).  The op is differentiable once: backpropagating
 # through the backward raises (see _not_twice_differentiable).
