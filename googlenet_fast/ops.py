@@ -237,7 +237,8 @@ def inception(
             channel slice of a larger channels_last buffer; written in place and returned.
             Not differentiable (as ATen's out= variants).
         backend: "auto" | "cpu" | "cuda" | "triton" | "reference"; "auto" is overridden by
-            $GOOGLENET_FAST_BACKEND.
+            $GOOGLENET_FAST_BACKEND.  On CUDA, "auto" picks triton when gradients are required
+            (its backward is a Triton kernel; the cuda backend's is the reference vjp).
         validate: run the Python-side argument checks (default).  False skips them for callers
             that built the weights themselves (GoogLeNet does: ~40 us per call saved); the C++
             kernels check their arguments either way, the Triton and reference paths do not.
@@ -266,6 +267,10 @@ def inception(
         with torch.no_grad():
             inception(x, *args, relu=relu, backend=name)
 
+    if (backend == "auto" and x.device.type == "cuda" and not os.environ.get(BACKEND_ENV)
+            and torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x,) + args)
+            and "triton" in _usable_gpu_backends()):
+        backend = "triton"  # training: the backend with a backward kernel (cuda's is a composition)
     name = resolve_backend(backend, x, shape, run=trial)
     if out is not None and torch.is_grad_enabled() and any(
             t is not None and t.requires_grad for t in (x,) + args):
