@@ -14,6 +14,7 @@ done and sees the same batches, the same dropout masks and the same weights, hen
 as an uninterrupted run.  Nothing in the loop draws from the global RNG except the model
 (dropout), and there is no random augmentation.
 """
+import copy
 import math
 import os
 import random
@@ -428,7 +429,6 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
 
     runs: List[Run] = []
     for i, name in enumerate(names):
-        import copy
         model = base if i == 0 else copy.deepcopy(base)
         model.fused = name == "fused"
         model = model.to(device)

@@ -7,7 +7,7 @@ Both loaders return a :class:`TrainData`: a train and a validation ``Dataset`` w
 """
 import os
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
