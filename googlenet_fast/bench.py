@@ -11,6 +11,14 @@ Providers of the whole network (variant="torchvision"):
     torch.compile          torch.compile(torchvision model) with inductor freezing (opt-in)
     ... + CUDA graph       the same replayed from a captured CUDA graph (opt-in, CUDA only)
 For variant="paper" torchvision has no such network: the baseline is fused=False.
+
+Train mode (``bench --mode train``, :func:`train_providers`): each provider is one training
+step, fn(x) = forward in train mode with the aux heads, loss CE(logits) + 0.3 * (CE(aux1) +
+CE(aux2)) on fixed labels, backward, SGD(lr 0, momentum 0.9) step (see TRAIN_LR), on
+channels_last fp32 inputs, for
+fused, fused=False and torchvision eager; optionally torch.compile(torchvision model) (module
+compile, inductor, no freezing; the backward is compiled by AOTAutograd, the optimizer step is
+eager).
 """
 import contextlib
 import logging
@@ -408,6 +416,137 @@ def network_providers(nets: Networks, *, compile: bool = False, cuda_graphs: boo
             if name in keep:
                 ps.append(Provider(f"{name} + CUDA graph", m, prepare=lambda x, m=m: cuda_graphed(m, x)))
     return ps
+
+
+# ----------------------------------------------------------------------------------------------
+# Train step providers (``bench --mode train``, benchmarks/test_bench_cpu.py)
+
+# lr 0: SGD runs all its arithmetic (it does not special-case lr == 0) but the weights stay put,
+# so every provider times the same computation on the same values throughout.  With lr 0.01 the
+# model memorizes the one timed batch within ~15 steps (loss 11 -> 1e-5) and the providers'
+# weights drift apart: dense-kernel work does not depend on the values except through denormals
+# or NaN/inf after a divergence, which lr 0 rules out.
+TRAIN_LR = 0.0
+TRAIN_MOMENTUM = 0.9
+AUX_WEIGHT = 0.3
+
+
+def train_loss(out, y: Tensor) -> Tensor:
+    """CE(logits) + 0.3 * (CE(aux1) + CE(aux2)) of GoogLeNetOutputs (the paper's aux weight)."""
+    ce = torch.nn.functional.cross_entropy
+    return ce(out.logits, y) + AUX_WEIGHT * (ce(out.aux_logits1, y) + ce(out.aux_logits2, y))
+
+
+def train_labels(batch_size: int, num_classes: int = 1000, seed: int = 0, device="cpu") -> Tensor:
+    """Fixed labels for a batch size (the same for every provider)."""
+    g = torch.Generator().manual_seed(seed + batch_size)
+    return torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
+
+
+class TrainStep:
+    """``fn(x)``: one training step of ``model`` on ``x`` and :func:`train_labels` for x's batch
+    size: zero_grad(set_to_none), forward (through ``forward``, default the model itself, e.g. a
+    torch.compile wrapper), :func:`train_loss`, backward, SGD(lr, momentum) step.  Returns the
+    detached loss."""
+
+    def __init__(self, model: torch.nn.Module, forward: Optional[Callable] = None, num_classes: int = 1000,
+                 lr: float = TRAIN_LR, momentum: float = TRAIN_MOMENTUM):
+        self.model = model
+        self.forward = forward if forward is not None else model
+        self.num_classes = num_classes
+        self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
+        self._labels: Dict[tuple, Tensor] = {}
+        self.last_loss: Optional[Tensor] = None
+
+    def labels(self, x: Tensor) -> Tensor:
+        key = (x.shape[0], x.device)
+        if key not in self._labels:
+            self._labels[key] = train_labels(x.shape[0], self.num_classes, device=x.device)
+        return self._labels[key]
+
+    def __call__(self, x: Tensor) -> Tensor:
+        self.opt.zero_grad(set_to_none=True)
+        loss = train_loss(self.forward(x), self.labels(x))
+        loss.backward()
+        self.opt.step()
+        self.last_loss = loss.detach()
+        return self.last_loss
+
+
+def build_train_networks(seed: int = 0, variant: str = "torchvision", device="cpu",
+                         num_classes: int = 1000) -> Networks:
+    """As :func:`build_networks` for training: float32, aux heads, train mode, channels_last
+    parameters, the same seeded state in GoogLeNet(fused=True), GoogLeNet(fused=False) and (variant
+    "torchvision") torchvision.models.googlenet.  No BatchNorm calibration (train mode normalizes
+    with batch statistics)."""
+    from googlenet_fast.model import GoogLeNet
+    torch.manual_seed(seed)
+    fused = GoogLeNet(num_classes=num_classes, aux_logits=True, init_weights=True, variant=variant, fused=True)
+    state = fused.state_dict()
+    unfused = GoogLeNet(num_classes=num_classes, aux_logits=True, init_weights=False, variant=variant, fused=False)
+    unfused.load_state_dict(state, strict=True)
+    tv = None
+    if variant == "torchvision":
+        import torchvision
+        tv = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=True,
+                                          init_weights=False)
+        tv.load_state_dict(state, strict=True)
+    return Networks(*(m.to(device=device).to(memory_format=torch.channels_last).train() if m is not None
+                      else None for m in (fused, unfused, tv)))
+
+
+def train_providers(nets: Networks, *, compile: bool = False, only: Optional[Sequence[str]] = None,
+                    num_classes: int = 1000) -> List[Provider]:
+    """Train-step providers over :func:`build_train_networks`: each owns its model and an SGD
+    optimizer (the steps change the weights; every provider starts from the same state).  With
+    ``compile``: torch.compile of a copy of the baseline network (inductor, no freezing)."""
+    import copy
+    keep = {PROVIDER_KEYS[k] for k in (only or PROVIDER_KEYS)} | {nets.baseline_name}
+    ps = [Provider(FUSED, TrainStep(nets.fused, num_classes=num_classes)),
+          Provider(UNFUSED, TrainStep(nets.unfused, num_classes=num_classes))]
+    if nets.torchvision is not None:
+        ps.append(Provider(TORCHVISION, TrainStep(nets.torchvision, num_classes=num_classes)))
+    ps = [p for p in ps if p.name in keep]
+    if compile:
+        model = copy.deepcopy(nets.baseline)
+        ps.append(Provider(COMPILE, TrainStep(model, forward=torch.compile(model, dynamic=False),
+                                              num_classes=num_classes),
+                           compiles=True, note=f"torch.compile({nets.baseline_name}) train step, inductor"))
+    return ps
+
+
+def check_train_step(nets: Networks, images: Tensor, num_classes: int = 1000, seed: int = 0) -> Dict[str, Dict]:
+    """One train-mode forward + backward of fused and of the baseline on ``images`` (copies of the
+    networks, the same dropout masks): {provider: compare_logits of the logits and of both aux
+    heads (keys "logits", "aux_logits1", "aux_logits2"), plus "loss_rel_err"}.  Gradients are
+    not compared here: in float32 they differ at ReLU kinks (tests/test_train_parity.py)."""
+    import copy
+    y = train_labels(images.shape[0], num_classes, device=images.device)
+    outs = {}
+    for name, model in ((FUSED, nets.fused), (nets.baseline_name, nets.baseline)):
+        m = copy.deepcopy(model).train()
+        torch.manual_seed(seed)
+        out = m(images)
+        loss = train_loss(out, y)
+        loss.backward()
+        outs[name] = (out, loss.detach())
+    (out, loss), (ref, ref_loss) = outs[FUSED], outs[nets.baseline_name]
+    res = {k: compare_logits(getattr(out, k), getattr(ref, k)) for k in ("logits", "aux_logits1", "aux_logits2")}
+    res["loss_rel_err"] = abs(loss.item() - ref_loss.item()) / abs(ref_loss.item())
+    return {FUSED: res}
+
+
+@contextlib.contextmanager
+def quiet_compile_context():
+    """No freezing (training): only mutes cpp_extension's "No CUDA runtime is found" warning that
+    inductor's import of it logs on a machine without a GPU."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 # ----------------------------------------------------------------------------------------------
