@@ -18,7 +18,8 @@ Autograd (registered here for every backend's op): the backward is a composition
 BatchNorm + ReLU backward via ``aten.native_batch_norm_backward``, the three sibling 1x1 dgrads as
 ONE GEMM over ``[dY1 | dR3 | dR5]`` and their wgrads as ONE GEMM, the pool projection's dgrad
 routed through ``max_pool2d_with_indices_backward``).  It recomputes the reduce activations from
-the saved pre-BN ``reduce`` (one elementwise pass) instead of storing them.
+the saved pre-BN ``reduce`` (one elementwise pass) instead of storing them.  Differentiable
+once: backward with create_graph=True raises a clear error.
 
 Backends: ``cpu`` (C++ kernel, csrc/cpu/inception_cpu.cpp), ``triton`` (the Triton stage kernels,
 googlenet_fast/backends/triton/bn_train.py, when present), ``reference`` (plain PyTorch,
@@ -148,6 +149,13 @@ def _nhwc_matrix(t: Tensor) -> Tensor:
 def _backward(ctx, grad_out, *_non_differentiable):
     """Gradients of ``out`` w.r.t. (x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj,
     reduce_weight, reduce_bias); see the module docstring for the composition."""
+    if torch.is_grad_enabled():
+        # create_graph=True: the composition below is made of differentiable ATen ops, but the
+        # saved batch statistics are constants to it, so its own gradient would be wrong.
+        raise RuntimeError(
+            "googlenet_fast.inception_bn_train is not twice differentiable: its backward treats the "
+            "saved batch statistics as constants. Use GoogLeNet(fused=False) (or backend='reference') "
+            "for double backward, e.g. gradient penalties.")
     (x, w1, w3r, w3, w5r, w5, wp, gamma, beta, reduce, mean, var) = ctx.saved_tensors
     need = ctx.needs_input_grad
     aten = torch.ops.aten

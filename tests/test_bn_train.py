@@ -196,3 +196,10 @@ def test_gpu_inception_4a_matches_reference(backend, dtype, rtol):
     for i, (a, r) in enumerate(zip(grads, ref)):
         err = ((a.double() - r).abs().max() / r.abs().max()).item()
         assert err <= (1e-4 if dtype == torch.float32 else 5e-2), (i, err)
+
+
+def test_double_backward_is_a_clear_error():
+    args = [t.requires_grad_() for t in _args(CONFIGS[0], torch.float64)]
+    out = bn_train.inception_bn_train(*args, 1e-3, backend="cpu")[0]
+    with pytest.raises(RuntimeError, match="not twice differentiable"):
+        torch.autograd.grad(out.square().sum(), args[0], create_graph=True)
