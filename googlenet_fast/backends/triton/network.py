@@ -173,7 +173,7 @@ class Launch(NamedTuple):
 
     def meta(self):
         t = self.tile
-        if self.kind == "pool":
+        if self.kind in ("pool", "pool_lrn"):
             return dict(BLOCK_M=t.BLOCK_M, BLOCK_C=t.BLOCK_N)
         if self.kind == "head":
             return dict(BLOCK_J=t.BLOCK_M, BLOCK_B=t.BLOCK_N, BLOCK_K=t.BLOCK_K)
@@ -229,11 +229,12 @@ def launch_plan(kind: str, x: Tensor, weight: Optional[Tensor], bias: Optional[T
         kern, stride, lrn_size = ints
         alpha, beta, kk = floats
         c = x.shape[1]
-        t = _tile("pool", x, interpret, P, c, 0)
+        pkind = "pool_lrn" if lrn_size else "pool"
+        t = _tile(pkind, x, interpret, P, c, 0)
         args = dict(x_ptr=x, out_ptr=out, P=P, OH=oh, OW=ow, C=c, XH=x.shape[2], XW=x.shape[3], **xs, **os_,
                     lrn_alpha_n=float(alpha) / max(lrn_size, 1), lrn_beta=float(beta), lrn_k=float(kk),
                     POOL_K=int(kern), POOL_S=int(stride), LRN_SIZE=int(lrn_size), **_common(x, interpret, x, out))
-        return Launch("pool", k.max_pool_nhwc_kernel, args, t, (_cdiv(P, t.BLOCK_M) * _cdiv(c, t.BLOCK_N),))
+        return Launch(pkind, k.max_pool_nhwc_kernel, args, t, (_cdiv(P, t.BLOCK_M) * _cdiv(c, t.BLOCK_N),))
     cout, cin, ks = weight.shape[0], weight.shape[1], weight.shape[2]
     b, has_b = _bias_arg(bias, weight)
     sw = weight.stride()
@@ -252,7 +253,7 @@ def launch_plan(kind: str, x: Tensor, weight: Optional[Tensor], bias: Optional[T
         alpha, beta, kk = floats
         if lrn_size and not pool_k:
             pool_k, pool_s = 1, 1  # the LRN alone: a 1x1/1 "pool"
-        kind2 = "conv_pool" if pool_k else "conv"
+        kind2 = ("conv_pool_lrn" if lrn_size else "conv_pool") if pool_k else "conv"
         t = _tile(kind2, x, interpret, P, cout, cin)
         args = dict(x_ptr=x, w_ptr=weight, b_ptr=b, out_ptr=out, P=P, OH=oh, OW=ow, CIN=cin, COUT=cout,
                     XH=x.shape[2], XW=x.shape[3], **xs, **ws, **os_,

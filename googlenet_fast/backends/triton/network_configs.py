@@ -32,8 +32,10 @@ GPU_TILES = {
     "conv_gather": (Tile(128, 64, 32, 4, 2), Tile(64, 64, 16, 4, 2)),
     "conv": (Tile(128, 64, 64, 4, 3), Tile(64, 64, 16, 4, 2)),
     "conv_pool": (Tile(64, 64, 32, 4, 1), Tile(64, 64, 16, 4, 1)),
+    "conv_pool_lrn": (Tile(64, 64, 16, 8, 1), Tile(64, 64, 16, 8, 1)),
     # pool: BLOCK_M pixels x BLOCK_N channels (BLOCK_K unused)
     "pool": (Tile(64, 64, 0, 4, 1), Tile(64, 64, 0, 4, 1)),
+    "pool_lrn": (Tile(32, 64, 0, 4, 1), Tile(32, 64, 0, 4, 1)),
     # head: BLOCK_M classes x BLOCK_N images x BLOCK_K channels
     "head": (Tile(128, 32, 64, 4, 2), Tile(64, 32, 32, 4, 2)),
 }
@@ -54,6 +56,6 @@ def _pow2_between(v: int, lo: int, hi: int) -> int:
 
 def interpret_tile(kind: str, m: int, n: int, k: int) -> Tile:
     """Interpreter tile for a launch of ``m`` rows, ``n`` columns, ``k`` reduction (per step)."""
-    if kind == "pool":
+    if kind in ("pool", "pool_lrn"):
         return Tile(_pow2_between(m, 16, 128), _pow2_between(n, 16, 256), 0, 4, 1)
     return Tile(_pow2_between(m, 16, 128), _pow2_between(n, 16, 256), _pow2_between(k, 16, 256), 4, 1)

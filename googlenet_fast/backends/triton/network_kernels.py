@@ -130,26 +130,24 @@ def _pool_lrn_tile(x_ptr, x_img, ph, pw, m_mask, cc, C, XH, XW, sxc, sxh, sxw,
     if LRN_SIZE == 0:
         v = _window_max(x_ptr, x_img, ph, pw, m_mask, cc, C, XH, XW, sxc, sxh, sxw, POOL_K, POOL_S, INT64)
     elif not LRN_FIRST:
-        # lrn(pool(x)): the pooled values of the channel neighbours, recomputed
-        v = _window_max(x_ptr, x_img, ph, pw, m_mask, cc, C, XH, XW, sxc, sxh, sxw, POOL_K, POOL_S, INT64)
-        s = tl.full(v.shape, 0.0, tl.float32)
-        for d in tl.static_range(LRN_SIZE):
+        # lrn(pool(x)): the pooled values of the channel neighbours, recomputed.  Runtime loops
+        # (here and below) keep one window's loads in flight at a time (no spills).
+        v = tl.full(mk.shape, 0.0, tl.float32)
+        s = tl.full(mk.shape, 0.0, tl.float32)
+        for d in range(0, LRN_SIZE):
             c2 = cc + (d - LRN_SIZE // 2)
-            if d - LRN_SIZE // 2 == 0:
-                u = v
-            else:
-                u = _window_max(x_ptr, x_img, ph, pw, m_mask, c2, C, XH, XW,
-                                sxc, sxh, sxw, POOL_K, POOL_S, INT64)
+            u = _window_max(x_ptr, x_img, ph, pw, m_mask, c2, C, XH, XW, sxc, sxh, sxw, POOL_K, POOL_S, INT64)
             # channels outside [0, C) count as zeros
             u = tl.where(m_mask[:, None] & ((c2 >= 0) & (c2 < C))[None, :], u, 0.0)
             s += u * u
+            v = tl.where(d == LRN_SIZE // 2, u, v)
         v = v * _lrn_scale(s, lrn_alpha_n, lrn_beta, lrn_k)
     else:
         # pool(lrn(x)): LRN at every tap, then the max
         h0 = ph * POOL_S
         w0 = pw * POOL_S
         v = tl.full(mk.shape, float("-inf"), tl.float32)
-        for t in tl.static_range(POOL_K * POOL_K):
+        for t in range(0, POOL_K * POOL_K):
             hh = h0 + t // POOL_K
             ww = w0 + t % POOL_K
             ok = m_mask & (hh < XH) & (ww < XW)
