@@ -312,6 +312,35 @@ def test_torch_compile(interp):
     assert torch.equal(eager, compiled)
 
 
+def test_torch_compile_fused_forward(interp):
+    """The whole fused forward traces with fullgraph=True (the folded weights inline, every
+    kernel an op of its own)."""
+    m = _model("paper")
+    x = _rand(1, 3, 32, 32)
+    with torch.no_grad():
+        eager = nw.fused_forward_triton(m, x)
+        compiled = torch.compile(lambda x: nw.fused_forward_triton(m, x), fullgraph=True, backend="aot_eager")(x)
+    assert (compiled - eager).abs().max().item() <= 1e-6 * eager.abs().max().item()
+
+
+def test_int64_offsets(interp, poison, monkeypatch):
+    monkeypatch.setattr(nw, "FORCE_INT64", True)
+    x = _rand(2, 12, 9, 7, scale=3.0)
+    w, b = _rand(16, 12, 3, 3, scale=0.2, seed=1), _rand(16, seed=2)
+    _check(nw.conv_nhwc(x, w, b), lambda x, w, b: F.relu(F.conv2d(x, w, b, padding=1)), (x, w, b), torch.float32)
+    _check(nw.conv_nhwc(x, w[:, :, :1, :1], b, pool=(3, 2), lrn=LRN),
+           lambda x, w, b: F.relu(F.conv2d(F.local_response_norm(F.max_pool2d(x, 3, 2, ceil_mode=True), *LRN), w, b)),
+           (x, w[:, :, :1, :1], b), torch.float32)
+    _check(nw.max_pool_nhwc(x, 3, 2, lrn=LRN), lambda x: F.max_pool2d(F.local_response_norm(x, *LRN), 3, 2, ceil_mode=True),
+           (x,), torch.float32)
+    _check(nw.conv_stem(x[:, :3], w[:, :3, :, :].repeat(1, 1, 3, 3)[:, :, :7, :7]),
+           lambda x, w: F.relu(F.conv2d(x, w, None, 2, 3)), (x[:, :3], w[:, :3].repeat(1, 1, 3, 3)[:, :, :7, :7]),
+           torch.float32)
+    wf = _rand(5, 12, seed=3)
+    _check(nw.avgpool_linear(x, wf), lambda x, w: F.linear(F.adaptive_avg_pool2d(x, 1).flatten(1), w), (x, wf),
+           torch.float32)
+
+
 # ----------------------------------------------------------------------------------------------
 # Bad input
 

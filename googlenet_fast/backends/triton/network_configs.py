@@ -8,9 +8,12 @@ tests/test_triton_network_compile.py.
 
   conv1 (gather loader, K = 3*7*7 = 147):   half 128x64x32, 4 warps, 2 stages; fp32 64x64x16;
   conv3 (3x3, tap x 64-channel loop):       half 128x64x64, 4 warps, 3 stages; fp32 64x64x16;
-  conv2 (1x1 with the 3x3/2 max pool and the LRN in its loader: 9 or 45 loads per element, not
-        pipelined): half 64x64x32, 4 warps; fp32 64x64x16;
-  max pool (optionally LRN per tap):        64 pixels x 64 channels, 4 warps;
+  conv2 (1x1 with the 3x3/2 max pool in its loader: 9 loads per element, not pipelined):
+        half 64x64x32, 4 warps; fp32 64x64x16;
+  conv2 with the pool and the LRN (paper; 45 loads per element, one 9-tap window in flight at a
+        time): 64x64x16, 8 warps (4 warps spill on sm_80);
+  max pool: 64 pixels x 64 channels, 4 warps; with the LRN at every tap (paper's maxpool2):
+        32 x 64 (64 x 64 spills);
   head (classes x images x channels):       half 128x32x64, 4 warps; fp32 64x32x32.
 
 The interpreter (TRITON_INTERPRET=1) pays per program and loop step, not per element: big tiles

@@ -259,7 +259,6 @@ def conv_nhwc_kernel(
     n_mask = offs_n < COUT
     w_col = w_ptr + _wide(offs_n, INT64) * swo
     offs_k = tl.arange(0, BLOCK_K)
-    PAD: tl.constexpr = KS // 2
     n_cc = (CIN + BLOCK_K - 1) // BLOCK_K
     acc = tl.full((BLOCK_M, BLOCK_N), 0.0, tl.float32)
     if POOL_K == 0:
@@ -269,12 +268,12 @@ def conv_nhwc_kernel(
             c0 = (it - tap * n_cc) * BLOCK_K
             ky = tap // KS
             kx = tap - ky * KS
-            hh = oh + (ky - PAD)
-            ww = ow + (kx - PAD)
+            hh = oh + (ky - KS // 2)
+            ww = ow + (kx - KS // 2)
             ok = m_mask & (hh >= 0) & (hh < OH) & (ww >= 0) & (ww < OW)
             cc = c0 + offs_k
             c_mask = cc < CIN
-            a = _load(x_ptr + (x_row + ((ky - PAD) * sxh + (kx - PAD) * sxw))[:, None]
+            a = _load(x_ptr + (x_row + ((ky - KS // 2) * sxh + (kx - KS // 2) * sxw))[:, None]
                       + _wide(cc, INT64)[None, :] * sxc, ok[:, None] & c_mask[None, :], UPCAST)
             b = _load(w_col[None, :] + cc[:, None] * swi + (ky * swh + kx * sww),
                       c_mask[:, None] & n_mask[None, :], UPCAST)
@@ -286,8 +285,8 @@ def conv_nhwc_kernel(
             c0 = (it - tap * n_cc) * BLOCK_K
             ky = tap // KS
             kx = tap - ky * KS
-            hh = oh + (ky - PAD)
-            ww = ow + (kx - PAD)
+            hh = oh + (ky - KS // 2)
+            ww = ow + (kx - KS // 2)
             ok = m_mask & (hh >= 0) & (hh < OH) & (ww >= 0) & (ww < OW)
             cc = c0 + offs_k
             c_mask = cc < CIN
