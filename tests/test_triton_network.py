@@ -248,8 +248,8 @@ def _model(variant, seed=0, **kw):
 def test_fused_forward_matches_model(interp, variant, kw, shape, layout):
     m = _model(variant, **kw)
     x = _layout(_rand(*shape), layout)
-    assert nw.fused_forward_supported(m, x) is None
     with torch.no_grad():
+        assert nw.fused_forward_supported(m, x) is None
         ref = m(x)
         y = nw.fused_forward_triton(m, x)
         ref64 = m.double()(x.double())
@@ -267,9 +267,13 @@ def test_fused_forward_supported_says_why(interp):
     with pytest.raises(ValueError, match="train mode"):
         nw.fused_forward_triton(m, x)
     m.eval()
+    assert "gradients" in nw.fused_forward_supported(m, x)
+    with torch.no_grad():
+        assert nw.fused_forward_supported(m, x) is None
     m.maxpool3 = torch.nn.MaxPool2d(3, 2, ceil_mode=False)
-    assert "maxpool3" in nw.fused_forward_supported(m, x)
-    assert "CUDA" in nw.fused_forward_supported(_model("paper"), torch.empty(1, 3, 32, 32, device="meta"))
+    with torch.no_grad():
+        assert "maxpool3" in nw.fused_forward_supported(m, x)
+        assert "CUDA" in nw.fused_forward_supported(_model("paper"), torch.empty(1, 3, 32, 32, device="meta"))
 
 
 # ----------------------------------------------------------------------------------------------

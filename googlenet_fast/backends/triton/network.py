@@ -491,7 +491,9 @@ def fused_forward_supported(model, x: Tensor) -> Optional[str]:
     otherwise why not (a sentence).  Checks: eval mode; the layers are the ones GoogLeNet builds
     (plain conv blocks with the stem's kernel sizes/strides, ceil-mode max pools without padding,
     square kernels, LRNs where the paper variant has them, Inception modules that fold);
-    x a CUDA tensor (or CPU under TRITON_INTERPRET=1) of a supported dtype, no autocast."""
+    x a CUDA tensor (or CPU under TRITON_INTERPRET=1) of a supported dtype, no autocast; no
+    gradient required (grad mode off, or neither x nor a parameter requires grad: these ops
+    have no autograd formula)."""
     import torch.nn as nn
     if getattr(model, "training", False):
         return "the model is in train mode (the fused forward is eval only)"
@@ -506,6 +508,9 @@ def fused_forward_supported(model, x: Tensor) -> Optional[str]:
         return f"x is on {x.device} (CUDA, or CPU under TRITON_INTERPRET=1)"
     if torch.is_autocast_enabled(x.device.type):
         return "autocast is enabled"
+    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters())):
+        return ("gradients are required (the network kernels have no backward): run under "
+                "torch.no_grad() / torch.inference_mode()")
     try:
         dtype = model.conv1.conv.weight.dtype
         if dtype not in SUPPORTED_DTYPES:
