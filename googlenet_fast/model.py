@@ -824,6 +824,10 @@ class GoogLeNet(nn.Module):
     def forward(self, x: Tensor):
         """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux."""
         self._check_input(x)
+        if self._fused and not self.training and x.device.type == "cuda":
+            y = ops.fused_network_forward(self, x)  # the whole network in Triton kernels, or None
+            if y is not None:
+                return y
         x = self._transform_input(x)
         if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.

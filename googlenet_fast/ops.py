@@ -292,6 +292,29 @@ def inception(
     return out
 
 
+def fused_network_forward(model, x: Tensor) -> Optional[Tensor]:
+    """The whole eval-mode network through Triton kernels (issue #6), or None where it does not
+    apply.
+
+    Stem (conv1 7x7/2 reading NCHW directly; maxpool1 [+ LRN] computed in conv2's loader; conv3),
+    the transition max pools (NHWC pool kernel), the nine Inception modules (the fused Triton op)
+    and the head (global average pool + linear in one kernel): 25 launches per forward, see
+    googlenet_fast/backends/triton/network.py.  Applies to a CUDA ``x`` (float32/float16/bfloat16)
+    of a standard GoogLeNet (either variant) in eval mode, autocast off, no gradient required,
+    when triton is installed and $GOOGLENET_FAST_BACKEND is unset, "auto" or "triton" (set it to
+    "cuda" or "reference" to run the per-module path instead).
+    """
+    if x.device.type != "cuda" or os.environ.get(BACKEND_ENV, "auto") not in ("", "auto", "triton"):
+        return None
+    try:
+        from .backends.triton import network
+    except ImportError:
+        return None
+    if network.fused_forward_supported(model, x) is not None:
+        return None
+    return network.fused_forward_triton(model, x)
+
+
 def _fake_output(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
                  w_pool_proj, b_pool_proj, relu=True):
     """Fake (meta) kernel of googlenet_fast::inception: the output's shape and strides, no data.

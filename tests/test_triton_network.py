@@ -459,3 +459,36 @@ def test_compile_gpu():
         eager = nw.fused_forward_triton(m, x)
         compiled = torch.compile(lambda x: nw.fused_forward_triton(m, x), fullgraph=True)(x)
     assert (compiled - eager).abs().max().item() <= 1e-5 * eager.abs().max().item()
+
+
+def test_model_hook_not_used_on_cpu_or_with_grad(monkeypatch):
+    # GoogLeNet.forward takes the whole-network Triton path only for CUDA inputs in eval mode.
+    from googlenet_fast import GoogLeNet, ops
+    from googlenet_fast.backends.triton import network as tn
+    calls = []
+    monkeypatch.setattr(tn, "fused_forward_triton", lambda m, x: calls.append(1))
+    model = GoogLeNet(aux_logits=False, init_weights=True).eval()
+    with torch.no_grad():
+        model(torch.randn(1, 3, 32, 32))
+    assert calls == []
+    assert ops.fused_network_forward(model, torch.randn(1, 3, 32, 32)) is None
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", ["torchvision", "paper"])
+def test_gpu_model_forward_uses_network_kernels(variant, monkeypatch):
+    from googlenet_fast import GoogLeNet
+    from googlenet_fast.backends.triton import network as tn
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    calls = []
+    real = tn.fused_forward_triton
+    monkeypatch.setattr(tn, "fused_forward_triton", lambda m, x: calls.append(1) or real(m, x))
+    torch.manual_seed(0)
+    model = GoogLeNet(aux_logits=False, init_weights=True, variant=variant).eval().cuda()
+    x = torch.randn(2, 3, 224, 224, device="cuda")
+    with torch.no_grad():
+        got = model(x)
+        model.fused = False
+        ref = model(x)
+    assert calls == [1]
+    assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-4
