@@ -4,6 +4,10 @@ the group's baseline (torchvision eager, channels_last).
     python benchmarks/ratios.py benchmarks/results/cpu.json [--baseline "torchvision eager"] [--json out.json]
 
 speedup = baseline median / provider median (> 1: faster than the baseline).
+
+When the file holds both whole-network groups ("network b=N", eval) and train-step groups
+("train step b=N", BENCH_TRAIN=1), a second table puts each provider's eval and train-step
+speedups side by side per batch size.
 """
 import argparse
 import json
@@ -33,6 +37,42 @@ def ratios(report, baseline=None):
             rows.append((group, provider, st["median"] * 1e3, st["iqr"] * 1e3, st["rounds"],
                          base / st["median"] if base else None))
     return rows
+
+
+SIDE_BY_SIDE = (("network", "eval"), ("train step", "train step"))
+
+
+def side_by_side(rows):
+    """[(batch, provider, {column: speedup or None})] for the whole-network eval groups and the
+    train-step groups (empty unless the train-step groups are present)."""
+    kinds = dict(SIDE_BY_SIDE)
+    table = OrderedDict()
+    seen = set()
+    for group, provider, _, _, _, speedup in rows:
+        m = re.fullmatch(r"(.+) b=(\d+)", group)
+        if not m or m.group(1) not in kinds:
+            continue
+        seen.add(m.group(1))
+        table.setdefault((int(m.group(2)), provider), {})[kinds[m.group(1)]] = speedup
+    if "train step" not in seen:
+        return []
+    return [(b, p, cols) for (b, p), cols in sorted(table.items(), key=lambda kv: kv[0][0])]
+
+
+def _print_side_by_side(rows, baseline):
+    sbs = side_by_side(rows)
+    if not sbs:
+        return
+    cols = [c for _, c in SIDE_BY_SIDE]
+    head = ("batch", "provider") + tuple(f"{c} speedup" for c in cols)
+    cells = [(str(b), p) + tuple(f"{d[c]:.2f}x" if d.get(c) else "-" for c in cols) for b, p, d in sbs]
+    w = [max(len(h), *(len(c[k]) for c in cells)) for k, h in enumerate(head)]
+    print()
+    print(f"eval and train step side by side (speedup over {baseline or 'torchvision eager'}):")
+    print("  ".join(x.ljust(w[k]) if k == 1 else x.rjust(w[k]) for k, x in enumerate(head)))
+    print("  ".join("-" * k for k in w))
+    for c in cells:
+        print("  ".join(x.ljust(w[k]) if k == 1 else x.rjust(w[k]) for k, x in enumerate(c)))
 
 
 def main(argv=None):
@@ -67,6 +107,7 @@ def main(argv=None):
             print()
         print(line(c))
         prev = c[0]
+    _print_side_by_side(rows, args.baseline)
     if args.json:
         with open(args.json, "w") as f:
             json.dump([dict(zip(("group", "provider", "median_ms", "iqr_ms", "rounds", "speedup"), r))

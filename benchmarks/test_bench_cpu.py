@@ -1,4 +1,5 @@
-"""CPU benchmarks (pytest-benchmark): the providers side by side, eval, fp32, channels_last.
+"""CPU benchmarks (pytest-benchmark): the providers side by side, eval (and opt-in train step),
+fp32, channels_last.
 
     mkdir -p benchmarks/results
     pytest benchmarks/test_bench_cpu.py --benchmark-json benchmarks/results/cpu.json
@@ -8,7 +9,15 @@ Groups (one table each in pytest-benchmark's output):
     network b=1, network b=8          fused | fused=False | torchvision eager | torch.compile
     inception 3a|4a|5a b=1|8          fused op (folded weights) | torchvision Inception eager |
                                       reference backend | torch.compile
-torch.compile (inductor freezing, ~40 s per compile) only with BENCH_COMPILE=1.
+    train step b=8, b=32              fused | fused=False | torchvision eager | torch.compile
+                                      (one SGD step: train-mode forward with aux heads, loss
+                                      main + 0.3 aux, backward, SGD momentum; bench.TrainStep)
+torch.compile (inductor freezing, ~40 s per compile) only with BENCH_COMPILE=1.  The train-step
+groups (a 2-core CPU needs ~0.5 s per b=8 step, ~2 s per b=32 step) only with BENCH_TRAIN=1, so
+that the default run stays as fast as before; their torch.compile provider (inductor, no freezing,
+several minutes per batch size) needs BENCH_COMPILE=1 as well:
+
+    BENCH_TRAIN=1 pytest benchmarks/test_bench_cpu.py -k train --benchmark-json benchmarks/results/cpu-train.json
 
 Not part of the test suite (pytest.ini: testpaths = tests).  Every provider's output is checked
 against torchvision's in the same run before it is timed.
@@ -25,12 +34,15 @@ from googlenet_fast import data  # noqa: E402
 from googlenet_fast.ops import inception  # noqa: E402
 
 BATCH_SIZES = (1, 8)
+TRAIN_BATCH_SIZES = (8, 32)
 COMPILE = os.environ.get("BENCH_COMPILE", "0") == "1"
+TRAIN = os.environ.get("BENCH_TRAIN", "0") == "1"
 WARMUP = 3
 RTOL = 1e-4  # max abs error / max |reference|, fp32
 
 NETWORK_PROVIDERS = [B.FUSED, B.UNFUSED, B.TORCHVISION] + ([B.COMPILE] if COMPILE else [])
 BLOCK_PROVIDERS = [B.FUSED, B.TORCHVISION, B.REFERENCE] + ([B.COMPILE] if COMPILE else [])
+TRAIN_PROVIDERS = [B.FUSED, B.UNFUSED, B.TORCHVISION] + ([B.COMPILE] if COMPILE else [])
 
 
 @pytest.fixture(autouse=True)
@@ -125,3 +137,38 @@ def test_inception_block(benchmark, blocks, compiled, stage, batch_size, provide
     _tag(benchmark, f"inception {stage} b={batch_size}", provider, batch_size, stage=stage,
          input_shape=list(x.shape))
     benchmark(fn, x)
+
+
+# ------------------------------------------------------------------------------------------------
+# Train step (BENCH_TRAIN=1)
+
+
+@pytest.fixture(scope="module")
+def train_steps(photos):
+    """provider -> bench.TrainStep over bench.build_train_networks (each its own network and SGD
+    optimizer; lr 0, see bench.TRAIN_LR), after checking the fused train-mode outputs against
+    torchvision's on the photos."""
+    with torch.enable_grad():
+        nets = B.build_train_networks(seed=0)
+        x = photos.contiguous(memory_format=torch.channels_last)
+        res = B.check_train_step(nets, x)[B.FUSED]
+        for k in ("logits", "aux_logits1", "aux_logits2"):
+            assert res[k]["max_rel_err"] <= RTOL, (k, res[k])
+        assert res["loss_rel_err"] <= RTOL, res
+        return {p.name: p for p in B.train_providers(nets, compile=COMPILE)}
+
+
+@pytest.mark.skipif(not TRAIN, reason="train-step benchmarks: set BENCH_TRAIN=1")
+@pytest.mark.parametrize("provider", TRAIN_PROVIDERS)
+@pytest.mark.parametrize("batch_size", TRAIN_BATCH_SIZES, ids=lambda b: f"b{b}")
+def test_train_step(benchmark, train_steps, photos, batch_size, provider):
+    x = data.fill_batch(photos, batch_size).contiguous(memory_format=torch.channels_last)
+    p = train_steps[provider]
+    with torch.enable_grad():  # the autouse fixture runs every test under no_grad
+        with B.quiet_compile_context() if p.compiles else torch.enable_grad():
+            for _ in range(WARMUP):
+                loss = p.fn(x)
+        assert torch.isfinite(loss), loss
+        _tag(benchmark, f"train step b={batch_size}", provider, batch_size, lr=B.TRAIN_LR,
+             momentum=B.TRAIN_MOMENTUM, aux_weight=B.AUX_WEIGHT)
+        benchmark(p.fn, x)
