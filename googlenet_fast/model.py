@@ -228,7 +228,10 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         return (self.bn.eps,)
 
     def _fold(self, dtype):
-        return _fold_conv_block(self, dtype)
+        w, b = _fold_conv_block(self, dtype)
+        # KxK weights channels_last (OHWI): what the NHWC kernels read in place (conv3 on the
+        # Triton network path would otherwise be repacked per call).
+        return (w.contiguous(memory_format=torch.channels_last) if w.shape[-1] > 1 else w), b
 
     def folded_params(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
         """(weight, bias) of the conv with the BatchNorm's running statistics folded in."""
