@@ -73,7 +73,7 @@ def test_bf16_bn_params_in_float32_autocast_style():
     _check_outputs(got, args[:7] + [gamma, beta], 1e-3, 3e-2)
 
 
-@pytest.mark.parametrize("cfg", CONFIGS[:2])
+@pytest.mark.parametrize("cfg", [(2, 4, 3, 3, 2, 2, 3, 3, 2, 2, 5, 2), (1, 3, 2, 4, 1, 2, 2, 3, 1, 2, 1, 1)])
 def test_cpu_gradcheck_float64(cfg):
     args = [t.requires_grad_() for t in _args(cfg, torch.float64)]
     assert torch.autograd.gradcheck(
