@@ -146,18 +146,6 @@ def _nhwc_matrix(t: Tensor) -> Tensor:
     return t.permute(0, 2, 3, 1).reshape(-1, t.shape[1])
 
 
-def _dgrad_matmul(a: Tensor, b: Tensor) -> Tensor:
-    """``a @ b`` for a dgrad GEMM [P, n] x [n, Cin].  Plain CPU float32 tensors go through oneDNN's
-    inner product (mkldnn::_linear_pointwise, what torch.compile's CPU freezing uses): on the
-    2-core AMD EPYC CI machine 1.6x faster than MKL's sgemm for the 28x28 modules' shapes
-    (P=6272, n=144, Cin=192), equal for the others (measured 2026-11-30).  Traced tensors (fake,
-    functional) keep ``@``."""
-    if (type(a) is Tensor and a.device.type == "cpu" and a.dtype == torch.float32
-            and a.is_contiguous() and torch.backends.mkldnn.is_available()):
-        return torch.ops.mkldnn._linear_pointwise(a, b.t().contiguous(), None, "none", [], "")
-    return a @ b
-
-
 def _backward(ctx, grad_out, *_non_differentiable):
     """Gradients of ``out`` w.r.t. (x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj,
     reduce_weight, reduce_bias); see the module docstring for the composition."""
@@ -207,7 +195,7 @@ def _backward(ctx, grad_out, *_non_differentiable):
         da = _nhwc_matrix(torch.cat(parts, 1) if len(parts) > 1 else g1)     # [P, c1 (+ r3 + r5)]
         wm = torch.cat([w1, w3r, w5r] if dred is not None else [w1], 0).reshape(-1, cin)
         if need[0]:
-            gx = _dgrad_matmul(da, wm).view(n, h, w, cin).permute(0, 3, 1, 2)
+            gx = (da @ wm).view(n, h, w, cin).permute(0, 3, 1, 2)
         if need[1] or need[2] or need[4]:
             gwm = (da.t() @ _nhwc_matrix(x)).view(-1, cin, 1, 1)
             gw1 = gwm[:c1] if need[1] else None
@@ -221,7 +209,7 @@ def _backward(ctx, grad_out, *_non_differentiable):
         if need[6]:
             gwp = (g4m.t() @ _nhwc_matrix(pooled)).view(cp, cin, 1, 1)
         if need[0]:
-            dpooled = _dgrad_matmul(g4m, wp.reshape(cp, cin)).view(n, h, w, cin).permute(0, 3, 1, 2)
+            dpooled = (g4m @ wp.reshape(cp, cin)).view(n, h, w, cin).permute(0, 3, 1, 2)
             gpool = aten.max_pool2d_with_indices_backward(dpooled, x, [3, 3], [1, 1], [1, 1], [1, 1], True, idx)
             gx = gpool if gx is None else gx + gpool
     grads = (gx, gw1, gw3r, gw3, gw5r, gw5, gwp, ggamma, gbeta)
