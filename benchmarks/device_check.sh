@@ -8,16 +8,23 @@
 #   3. the Triton backend's GPU tests (pytest -m gpu)             pytest-triton-gpu.log/.xml
 #   4. the per-block table, triton (and cuda when built) vs torchvision eager, bf16 channels_last,
 #      batch 1/32/256, and the whole network at batch 1 and 256                  gpu_blocks.txt/.json
-#   5. every other test marked gpu (the CUDA backend's, the model's)             pytest-other-gpu.log
-#   6. compute-sanitizer memcheck on the CUDA kernels (benchmarks/cuda_sanitizer.sh; appended)
+#   5. the benchmark report (benchmarks/report.py: every Table-1 block and the network, eval and
+#      train, speedups, TFLOP/s, GB/s, roofline fractions vs ceilings measured in the run, bf16,
+#      batch 1/256; REPORT_COMPILE=1 adds torch.compile)                 report.json (markdown and
+#      PNG inside: `python benchmarks/report.py --render report.json --out-prefix P` writes them);
+#      its log is appended to gpu_blocks.txt
+#   6. every other test marked gpu (the CUDA backend's, the model's)             pytest-other-gpu.log
+#   7. compute-sanitizer memcheck on the CUDA kernels (benchmarks/cuda_sanitizer.sh; appended)
 # Usage: benchmarks/device_check.sh [RESULTS_DIR]
 #   DRY_RUN=1: check this script's logic on a machine without a GPU (build with
 #   setup.py build_ext --inplace instead of pip -e, gpu_blocks.py --dry-run).
 #   RESULTS_DIR defaults to $RESULTS_DIR, else $OUT, else benchmarks/results/<date>.
-#   Stage limits (seconds): BUILD_TIMEOUT (120), TRITON_TEST_TIMEOUT (110), TEST_TIMEOUT (80, the
-#   other GPU tests), BENCH_TIMEOUT (120), SANITIZER_TIMEOUT (40): with the rest, under 8 minutes.  Results hold 8 files
-#   (summary.txt, env.txt, build.log, pytest-triton-gpu.log/.xml, pytest-other-gpu.log,
-#   gpu_blocks.txt, gpu_blocks.json).  Exit status: 0 when every stage passed, else 1.
+#   Stage limits (seconds): BUILD_TIMEOUT (120), TRITON_TEST_TIMEOUT (100), BENCH_TIMEOUT (90),
+#   REPORT_TIMEOUT (80), TEST_TIMEOUT (60, the other GPU tests), SANITIZER_TIMEOUT (25): 475 s
+#   with the rest, under 8 minutes.  Results hold 8 files (summary.txt, env.txt, build.log,
+#   pytest-triton-gpu.log, pytest-other-gpu.log, gpu_blocks.txt, gpu_blocks.json, report.json;
+#   the Triton tests' JUnit XML and the report's .md/.png stay in $SCRATCH on the machine, since
+#   at most 8 files come back from $OUT).  Exit status: 0 when every stage passed, else 1.
 set -u -o pipefail
 
 T_START=$(date +%s)
@@ -28,9 +35,13 @@ mkdir -p "$RESULTS"
 RESULTS="$(cd "$RESULTS" && pwd)"
 PY="${PYTHON:-python3}"
 BUILD_TIMEOUT="${BUILD_TIMEOUT:-120}"
-TRITON_TEST_TIMEOUT="${TRITON_TEST_TIMEOUT:-110}"
-TEST_TIMEOUT="${TEST_TIMEOUT:-80}"
-BENCH_TIMEOUT="${BENCH_TIMEOUT:-120}"
+TRITON_TEST_TIMEOUT="${TRITON_TEST_TIMEOUT:-100}"
+TEST_TIMEOUT="${TEST_TIMEOUT:-60}"
+BENCH_TIMEOUT="${BENCH_TIMEOUT:-90}"
+REPORT_TIMEOUT="${REPORT_TIMEOUT:-80}"
+SANITIZER_TIMEOUT="${SANITIZER_TIMEOUT:-25}"
+SCRATCH="${SCRATCH:-/tmp/googlenet_fast-device}"   # files that need not come back
+mkdir -p "$SCRATCH"
 export TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}"
 export MAX_JOBS="${MAX_JOBS:-$(nproc)}"
 export PIP_NO_INDEX=1 PIP_DISABLE_PIP_VERSION_CHECK=1   # never reach for the network
@@ -97,7 +108,7 @@ record build $rc
 
 stage "GPU tests, Triton backend (limit ${TRITON_TEST_TIMEOUT}s) -> pytest-triton-gpu.log/.xml"
 timeout "$TRITON_TEST_TIMEOUT" "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider --durations=10 \
-  --junitxml="$RESULTS/pytest-triton-gpu.xml" tests/test_triton_interp.py \
+  --junitxml="$SCRATCH/pytest-triton-gpu.xml" tests/test_triton_interp.py \
   > "$RESULTS/pytest-triton-gpu.log" 2>&1
 rc=$?
 tail -n 30 "$RESULTS/pytest-triton-gpu.log"
@@ -112,6 +123,28 @@ rc=$?
 cat "$RESULTS/gpu_blocks.txt"
 record bench $rc
 
+stage "benchmark report (limit ${REPORT_TIMEOUT}s) -> report.json (log appended to gpu_blocks.txt)"
+# The report's own budget leaves ~35 s for start-up, ceilings and writing; on SIGTERM (timeout)
+# it still writes what it measured, the rest listed as skipped.
+REPORT_BUDGET=$(( REPORT_TIMEOUT > 60 ? REPORT_TIMEOUT - 35 : 25 ))
+REPORT_PREFIX="$SCRATCH/report-cuda-$(date -u +%Y-%m-%d)"
+REPORT_ARGS=(--device cuda --budget-s "$REPORT_BUDGET")
+[ "${REPORT_COMPILE:-0}" = 1 ] && REPORT_ARGS+=(--compile)
+[ "${DRY_RUN:-0}" = 1 ] && { REPORT_ARGS=(--dry-run); REPORT_PREFIX="$SCRATCH/report-dry"; }
+rm -f "$REPORT_PREFIX".json
+echo "=== benchmarks/report.py ${REPORT_ARGS[*]}" >> "$RESULTS/gpu_blocks.txt"
+timeout "$REPORT_TIMEOUT" "$PY" benchmarks/report.py "${REPORT_ARGS[@]}" --embed-png \
+  --out-prefix "$REPORT_PREFIX" >> "$RESULTS/gpu_blocks.txt" 2>&1
+rc=$?
+if [ -f "$REPORT_PREFIX.json" ]; then
+  cp "$REPORT_PREFIX.json" "$RESULTS/report.json"
+else
+  echo "report.py wrote no JSON (rc=$rc)" | tee -a "$RESULTS/gpu_blocks.txt"
+  [ $rc -eq 0 ] && rc=1
+fi
+grep -A 16 "## Speedup vs torchvision eager" "$REPORT_PREFIX.md" 2>/dev/null | head -n 60
+record report $rc
+
 stage "GPU tests, everything else marked gpu (limit ${TEST_TIMEOUT}s) -> pytest-other-gpu.log"
 timeout "$TEST_TIMEOUT" "$PY" -m pytest -m gpu -q -rfE -p no:cacheprovider --durations=10 \
   --ignore=tests/test_triton_interp.py tests/ > "$RESULTS/pytest-other-gpu.log" 2>&1
@@ -122,15 +155,15 @@ record other-gpu-tests $rc
 
 # compute-sanitizer memcheck on small configurations of the CUDA backend (issue 4), when the
 # machine has the tool; its log is appended to pytest-other-gpu.log (only 8 files come back).
-stage "compute-sanitizer memcheck, CUDA backend (limit ${SANITIZER_TIMEOUT:-40}s) -> pytest-other-gpu.log"
-timeout "${SANITIZER_TIMEOUT:-40}" bash benchmarks/cuda_sanitizer.sh memcheck >> "$RESULTS/pytest-other-gpu.log" 2>&1
+stage "compute-sanitizer memcheck, CUDA backend (limit ${SANITIZER_TIMEOUT}s) -> pytest-other-gpu.log"
+timeout "$SANITIZER_TIMEOUT" bash benchmarks/cuda_sanitizer.sh memcheck >> "$RESULTS/pytest-other-gpu.log" 2>&1
 rc=$?
 tail -n 5 "$RESULTS/pytest-other-gpu.log"
 record sanitizer $rc
 
 stage "done in $(elapsed)s"
 fail=0
-for k in build triton-gpu-tests bench other-gpu-tests sanitizer; do
+for k in build triton-gpu-tests bench report other-gpu-tests sanitizer; do
   echo "$k: ${STATUS[$k]:-not run}" | tee -a "$RESULTS/summary.txt"
   [ "${STATUS[$k]:-1}" -eq 0 ] || fail=1
 done

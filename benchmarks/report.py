@@ -47,6 +47,7 @@ import json
 import math
 import os
 import platform
+import signal
 import sys
 import time
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -313,6 +314,7 @@ class Settings:
                 self.ceiling = dict(copy_bytes=1 << 28, matmul_n=2048, min_run_time=0.6)
             self.triton_configs = self.configs
         self.compile_estimate_s = 25.0 if self.cuda else 40.0
+        self.last_row_s: Dict[tuple, float] = {}  # seconds of the last row timed per (scope, mode)
 
 
 def provider_availability(s: Settings) -> Dict[str, Optional[str]]:
@@ -555,7 +557,9 @@ def run_blocks(mode, s, avail, ceilings, deadline_fn, rows, log, pass_no=1, only
                     continue
                 wanted = [BASELINE] + wanted
             left = deadline_fn()
-            est = s.compile_estimate_s * (len(wanted) - 1) if pass_no == 2 else 0.0
+            # pass 1: start a row only if about as long as the previous one is left (half of it)
+            est = (s.compile_estimate_s * (len(wanted) - 1) if pass_no == 2
+                   else 0.5 * s.last_row_s.get(("block", mode), 0.0))
             if left <= est:
                 reason = (f"budget: {s.budget_s:g} s, none left for this section" if pass_no == 1 else
                           f"budget: compiling needs ~{est:.0f} s, {max(left, 0):.0f} s left")
@@ -577,6 +581,8 @@ def run_blocks(mode, s, avail, ceilings, deadline_fn, rows, log, pass_no=1, only
                                        pass_no))
             if pass_no == 2:
                 s.compile_estimate_s = max(5.0, (time.monotonic() - t0) / max(1, len(wanted) - 1))
+            else:
+                s.last_row_s[("block", mode)] = time.monotonic() - t0
             log(f"block {name} b={n} {mode}: " + ", ".join(
                 f"{p} {got[p]['speedup']:.2f}x" if got[p].get("speedup") else f"{p} {got[p]['status']}"
                 for p in wanted if p != BASELINE) + f" ({time.monotonic() - t0:.1f} s)")
@@ -603,7 +609,8 @@ def run_network(mode, s, avail, ceilings, deadline_fn, rows, log, pass_no=1, onl
                 continue
             wanted = [BASELINE] + wanted
         left = deadline_fn()
-        est = (s.compile_estimate_s * 2) * (len(wanted) - 1) if pass_no == 2 else 0.0
+        est = ((s.compile_estimate_s * 2) * (len(wanted) - 1) if pass_no == 2
+               else 0.5 * s.last_row_s.get((NETWORK, mode), 0.0))
         if left <= est:
             reason = (f"budget: {s.budget_s:g} s, none left for this section" if pass_no == 1 else
                       f"budget: compiling the network needs ~{est:.0f} s, {max(left, 0):.0f} s left")
@@ -621,6 +628,8 @@ def run_network(mode, s, avail, ceilings, deadline_fn, rows, log, pass_no=1, onl
         ps = network_providers(nets, mode, s, wanted)
         x = torch.randn(n, 3, hw, hw, device=s.device, dtype=dtype).contiguous(memory_format=torch.channels_last)
         got = time_providers(ps, x, s.net_timing, mode, dtype)
+        if pass_no == 1:
+            s.last_row_s[(NETWORK, mode)] = time.monotonic() - t0
         for p in wanted:
             if p not in got:
                 rows.append(skipped_row(NETWORK, "googlenet", mode, n, hw, dtype, p,
@@ -677,17 +686,27 @@ def run(args) -> Dict[str, object]:
     rows: List[Dict[str, object]] = []
     sections = [(scope, mode) for scope in ("block", NETWORK) for mode in s.modes]
     pass1_budget = s.budget_s * (0.55 if s.compile and not s.dry_run else 1.0)
-    for i, (scope, mode) in enumerate(sections):
-        share = (pass1_budget - budget.used()) / (len(sections) - i)
-        section_end = budget.used() + share
-        deadline = (lambda end=section_end: end - budget.used())
-        fn = run_blocks if scope == "block" else run_network
-        fn(mode, s, avail, ceilings, deadline, rows, logf)
-    compiling = [p for p in COMPILING if avail.get(p) is None]
-    if compiling:  # pass 2: network first, then the blocks, while the budget lasts
-        for scope, mode in [(NETWORK, m) for m in s.modes] + [("block", m) for m in s.modes]:
+    interrupted = None
+    old_handler = signal.signal(signal.SIGTERM, _on_sigterm)  # `timeout` stops us: still write the files
+    try:
+        for i, (scope, mode) in enumerate(sections):
+            share = (pass1_budget - budget.used()) / (len(sections) - i)
+            section_end = budget.used() + share
+            deadline = (lambda end=section_end: end - budget.used())
             fn = run_blocks if scope == "block" else run_network
-            fn(mode, s, avail, ceilings, budget.left, rows, logf, pass_no=2, only=compiling)
+            fn(mode, s, avail, ceilings, deadline, rows, logf)
+        compiling = [p for p in COMPILING if avail.get(p) is None]
+        if compiling:  # pass 2: network first, then the blocks, while the budget lasts
+            for scope, mode in [(NETWORK, m) for m in s.modes] + [("block", m) for m in s.modes]:
+                fn = run_blocks if scope == "block" else run_network
+                fn(mode, s, avail, ceilings, budget.left, rows, logf, pass_no=2, only=compiling)
+    except (Interrupted, KeyboardInterrupt) as e:
+        interrupted = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        logf(f"interrupted ({interrupted}): writing what was measured")
+    finally:
+        signal.signal(signal.SIGTERM, old_handler)
+    complete_rows(rows, s, "not reached: the run was interrupted (" + interrupted + ")" if interrupted
+                  else "not reached")
     load_after = bench.load_average()
     cores = os.cpu_count() or 1
     busy = None
@@ -714,12 +733,37 @@ def run(args) -> Dict[str, object]:
         "timing": {"blocks": s.timing, "network": s.net_timing},
         "load_average": {"before": load_before, "after": load_after, "cores": cores, "busy": busy},
         "ceilings": ceilings,
-        "budget_s": s.budget_s, "elapsed_s": budget.used(),
+        "budget_s": s.budget_s, "elapsed_s": budget.used(), "interrupted": interrupted,
         "providers": provider_summary(rows),
         "rows": rows,
         "environment": env,
     }
     return report
+
+
+class Interrupted(BaseException):  # not caught by run_providers' `except Exception`
+    pass
+
+
+def _on_sigterm(signum, frame):
+    raise Interrupted("SIGTERM, e.g. the time limit of `timeout`")
+
+
+def complete_rows(rows, s: Settings, reason: str) -> None:
+    """Add a skipped row for every (scope, config, mode, batch, provider) that has none (a run
+    interrupted mid-way, a compiling provider never reached): nothing is silently missing."""
+    have = {(r["scope"], r["config"], r["mode"], r["batch_size"], r["provider"]) for r in rows}
+    for mode in s.modes:
+        for n in s.batches:
+            for name in s.configs:
+                for p in BLOCK_PROVIDERS:
+                    if ("block", name, mode, n, p) not in have:
+                        rows.append(skipped_row("block", name, mode, n, s.block_hw[name], s.dtype, p, reason))
+        dtype = s.dtype if mode == "eval" else s.train_net_dtype
+        for n in s.net_batches:
+            for p in NETWORK_PROVIDERS:
+                if (NETWORK, "googlenet", mode, n, p) not in have:
+                    rows.append(skipped_row(NETWORK, "googlenet", mode, n, s.net_hw, dtype, p, reason))
 
 
 def provider_summary(rows) -> Dict[str, Dict[str, object]]:
@@ -781,6 +825,8 @@ def markdown(report) -> str:
     L.append(f"- budget: {report['budget_s']:g} s for the timing, {report['elapsed_s']:.0f} s used; "
              f"timing per provider: blocks {report['timing']['blocks']}, network {report['timing']['network']}")
     L.append(f"- command: `{report['command']}`")
+    if report.get("interrupted"):
+        L.append(f"- INTERRUPTED ({report['interrupted']}): the rows not reached are listed as skipped")
     L.append("")
     L.append("Speedup = torchvision eager time / provider time (same interleaved rounds). eval: forward "
              "under no_grad, BatchNorm folded (fused); train: blocks = train-mode forward + backward of "

@@ -202,3 +202,26 @@ def test_network_cost():
     assert b4 - 4 * b1 == pytest.approx(4 * weights * (1 - 4), rel=1e-9)
     ft, bt = report.network_cost(1, 224, torch.float32, "train")
     assert 2.5 * f1 < ft < 3.5 * f1 and bt > 2 * b1
+
+
+def test_budget_skips_are_reported(tmp_path):
+    """A budget too small for any row: every row is still there, skipped with the budget reason."""
+    prefix = str(tmp_path / "tiny")
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, SCRIPT, "--dry-run", "--budget-s", "0.001", "--modes", "eval",
+                           "--quiet", "--out-prefix", prefix], capture_output=True, text=True, timeout=100,
+                          env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    with open(prefix + ".json") as f:
+        d = json.load(f)
+    rows = d["rows"]
+    assert len(rows) == len(TABLE1) * len(report.BLOCK_PROVIDERS) + len(report.NETWORK_PROVIDERS)
+    # a section's first row starts while any of its time is left; the budget stops the rest
+    assert {r["config"] for r in rows if r["status"] == "ok"} <= {"3a", "googlenet"}
+    budget = [r for r in rows if "budget" in r.get("reason", "")]
+    assert {r["provider"] for r in budget} >= {report.FUSED, report.UNFUSED, report.BASELINE}
+    with open(prefix + ".md") as f:
+        md = f.read()
+    assert "budget: 0.001 s" in md
+    for name in TABLE1:
+        assert f"eval b=1 {name}" in md
