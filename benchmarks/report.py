@@ -569,6 +569,10 @@ def run_blocks(mode, s, avail, ceilings, deadline_fn, rows, log, pass_no=1, only
                     rows.append(skipped_row("block", name, mode, n, hw, s.dtype, p, reason))
                 continue
             t0 = time.monotonic()
+            if pass_no == 2:
+                # every block shares torchvision's Inception.forward code object: without a reset,
+                # dynamo's recompile limit (8) silently falls back to eager after 8 blocks
+                torch._dynamo.reset()
             ps = block_providers(name, cfg, mode, s, wanted)
             x = block_input(cfg, n, hw, s, mode)
             got = time_providers(ps, x, s.timing, mode, s.dtype)
@@ -619,6 +623,8 @@ def run_network(mode, s, avail, ceilings, deadline_fn, rows, log, pass_no=1, onl
                     rows.append(skipped_row(NETWORK, "googlenet", mode, n, hw, dtype, p, reason))
             continue
         t0 = time.monotonic()
+        if pass_no == 2:
+            torch._dynamo.reset()
         if nets is None:
             if mode == "eval":
                 calib = torch.randn(4, 3, hw, hw, generator=torch.Generator().manual_seed(0))
@@ -894,6 +900,11 @@ def markdown(report) -> str:
                  f"{r['tflop_s']:.3g} | {_pct(r['frac_peak_flops'])} | {r['gb_s']:.3g} | {_pct(r['frac_peak_bw'])} | "
                  f"{r['roofline_ms']:.3g} ({r['bound']}) | {_pct(r['frac_roofline'])} | "
                  f"{_fmt(r.get('max_rel_err'), '.1e')} |")
+    noisy = [f"{r['mode']} b={r['batch_size']} {r['config']} {r['provider']}" for r in rows
+             if r["status"] == "ok" and r["iqr_ms"] > 0.1 * r["median_ms"]]
+    if noisy:
+        L.append("")
+        L.append(f"Noisy rows (IQR over 10% of the median; read their speedups with care): {', '.join(noisy)}")
     skipped = [r for r in rows if r["status"] == "skipped"]
     L.append("")
     L.append(f"## Skipped ({len(skipped)} provider rows)")
