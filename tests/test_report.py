@@ -225,3 +225,18 @@ def test_budget_skips_are_reported(tmp_path):
     assert "budget: 0.001 s" in md
     for name in TABLE1:
         assert f"eval b=1 {name}" in md
+
+
+def test_network_roofline_rows_for_bench():
+    """The helper the bench command can call on bench.rows_with_speedup rows (ceilings given)."""
+    rows = [{"batch_size": 2, "provider": "fused", "median_ms": 10.0, "iqr_ms": 0.1, "speedup": 1.2},
+            {"batch_size": 2, "provider": "torch.compile", "error": "RuntimeError: x"}]
+    ceilings = {"copy": {"gb_s": 20.0}, "matmul": {"float32": {"tflop_s": 0.2}}}
+    out, c = report.network_roofline_rows(rows, mode="eval", image_size=224, dtype=torch.float32, device="cpu",
+                                          ceilings=ceilings)
+    flops, nbytes = report.network_cost(2, 224, torch.float32, "eval")
+    assert c is ceilings and out[0]["tflop_s"] == pytest.approx(flops / 1e-2 / 1e12)
+    assert out[0]["frac_roofline"] == pytest.approx(max(flops / 0.2e12, nbytes / 20e9) / 1e-2)
+    assert out[1]["status"] == "error" and "tflop_s" not in out[1]
+    text = report.format_network_table(out, ceilings)
+    assert "| eval | 2 | fused | 10.000 | 1.20x |" in text and "RuntimeError" in text
