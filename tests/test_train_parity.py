@@ -36,6 +36,8 @@ import torch.nn.functional as F
 import torchvision
 
 from googlenet_fast import GoogLeNet
+# autouse: no TF32 (not used on CPU, but fp32 must mean fp32) and the deterministic oneDNN path
+from model_helpers import _fp32_exact  # noqa: F401
 
 N_BN = 3 + 9 * 6 + 2  # stem, nine Inception modules, two aux heads
 
@@ -45,19 +47,6 @@ X64 = (4, 3, 64, 64)
 RTOL32 = 1e-4     # brief: 1e-4 relative; the floor of the float32 gradient criterion
 RTOL64 = 1e-10    # measured <= 1.6e-12
 DROPOUT_SEED = 7
-
-
-@pytest.fixture(autouse=True)
-def _fp32_exact():
-    """No TF32 (not used on CPU, but fp32 must mean fp32) and the deterministic oneDNN path."""
-    prev = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
-            torch.get_float32_matmul_precision())
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = prev[:2]
-    torch.set_float32_matmul_precision(prev[2])
 
 
 # ------------------------------------------------------------------------------------------------

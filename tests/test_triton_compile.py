@@ -17,22 +17,16 @@ fast.  The summary table (registers, stack, shared memory, MMA instruction) is p
 """
 import json
 import os
-import re
-import subprocess
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
 
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
+from aot_helpers import ARCHS, check_dot_units, check_fits, compile_all, compile_for  # noqa: E402
+
 from googlenet_fast.backends import triton as tb  # noqa: E402
 from googlenet_fast.backends.triton import configs  # noqa: E402
-
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-ARCHS = (90, 80)
-TL_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 
 # Shapes whose runtime specialization the compiles use (batch 32, channels_last):
 #   stage 1 at 3a; stage 2 at 4b of the paper variant (K5 = 5, ch5x5red = 24: the widest kernel
@@ -45,7 +39,8 @@ SHAPES = {
 BATCH = 32
 
 
-def _meta_plan(shape, dtype, tf32=False, int64=False):
+def _meta_tensors(shape, dtype):
+    """x, the twelve weights and biases, and out of a real module's shape (meta, channels_last)."""
     s = SHAPES[shape]
     m = dict(device="meta", dtype=dtype)
     x = torch.empty(BATCH, s["cin"], s["h"], s["w"], **m).contiguous(memory_format=torch.channels_last)
@@ -57,6 +52,11 @@ def _meta_plan(shape, dtype, tf32=False, int64=False):
           torch.empty(s["cp"], s["cin"], 1, 1, **m), torch.empty(s["cp"], **m)]
     out = torch.empty(BATCH, s["c1"] + s["c3"] + s["c5"] + s["cp"], s["h"], s["w"], **m).contiguous(
         memory_format=torch.channels_last)
+    return x, ws, out
+
+
+def _meta_plan(shape, dtype, tf32=False, int64=False):
+    x, ws, out = _meta_tensors(shape, dtype)
     old = tb.FORCE_INT64
     tb.FORCE_INT64 = int64
     try:
@@ -68,72 +68,22 @@ def _meta_plan(shape, dtype, tf32=False, int64=False):
     return plan
 
 
-def _specialize(fn, args, tile):
-    """(signature, constexprs, attrs) as Triton's launcher would build them for these args."""
-    sig, constexprs, attrs = {}, {}, {}
-    meta = tile.meta(1 if "POOL_BLOCK_K" in fn.arg_names else 2)
-    for i, p in enumerate(fn.params):
-        name = p.name
-        v = meta[name] if name in meta else args[name]
-        if p.is_constexpr or name in meta:
-            sig[name], constexprs[name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[name] = "*" + TL_DTYPE[v.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # allocations are 16-byte aligned
-        elif isinstance(v, bool):
-            sig[name] = "i1"
-        elif isinstance(v, int):
-            if v == 1:
-                sig[name], constexprs[name] = "constexpr", 1
-            else:
-                sig[name] = "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
-                if v % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            raise TypeError(f"{name}: unexpected argument {v!r}")
-    return sig, constexprs, attrs
-
-
-def _resources(cubin: bytes):
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-        path = f.name
-    try:
-        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path],
-                             capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([os.path.join(BIN, "nvdisasm"), "-c", path],
-                              capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(path)
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
-    assert m, res
-    mma = sorted(set(re.findall(r"\b(HGMMA|HMMA|FFMA)\b", sass)))
-    mma_ops = sorted(set(re.findall(r"\b((?:HGMMA|HMMA)\.[\w.]+)", sass)))[:3]
-    return dict(reg=int(m[1]), stack=int(m[2]), local=int(m[4]), units=mma, mma_ops=mma_ops)
-
-
 def _compile_case(case):
     """Compile one (stage, shape, dtype, tile, arch, flags) case; return its resource summary."""
     stage, shape, dtype_name, tile_tuple, arch, tf32, int64 = case
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     dtype = getattr(torch, dtype_name)
     tile = configs.Tile(*tile_tuple)
     plan = _meta_plan(shape, dtype, tf32=tf32, int64=int64)
     k = tb.kernels(interpret=False)
     fn = k.stage1.inception_stage1_kernel if stage == 1 else k.stage2.inception_stage2_kernel
     args = plan.args1 if stage == 1 else plan.args2
-    sig, constexprs, attrs = _specialize(fn, args, tile)
-    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
-    r = _resources(compiled.asm["cubin"])
-    r["shared"] = int(compiled.metadata.shared)
-    # Software-pipelined GEMM loop: its operand loads became asynchronous copies to shared memory
-    # (needs vectorizable, i.e. provably aligned and contiguous, loads).
-    r["async_copies"] = compiled.asm["ttgir"].count("async_copy_global_to_local")
-    return r
+    return _compile(fn, args, tile, arch)
+
+
+def _compile(fn, args, tile, arch):
+    """Compile a kernel with a tile configuration (its META values are constexprs)."""
+    meta = tile.meta(1 if "POOL_BLOCK_K" in fn.arg_names else 2)
+    return compile_for(fn, args, arch, tile.num_warps, tile.num_stages, meta=meta)
 
 
 def _cases():
@@ -165,17 +115,7 @@ def _case_id(c):
 
 @pytest.fixture(scope="module")
 def compiled():
-    if not (os.path.exists(os.path.join(BIN, "cuobjdump")) and os.path.exists(os.path.join(BIN, "nvdisasm"))):
-        pytest.skip(f"cuobjdump/nvdisasm not found in {BIN}")
-    workers = max(1, min(len(CASES), os.cpu_count() or 1))
-    results = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {c: pool.submit(_compile_case, c) for c in CASES}
-        for c, f in futures.items():
-            try:
-                results[c] = f.result()
-            except Exception as e:  # reported by the test of that case
-                results[c] = e
+    results = compile_all(_compile_case, CASES)
     lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s} {'ASYNC':>5s}  MMA"]
     report = []
     for c in CASES:
@@ -200,18 +140,9 @@ def test_aot_compile(compiled, case):
     if isinstance(r, Exception):
         raise r
     tile = configs.Tile(*tile_tuple)
-    assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
-    assert r["shared"] <= configs.SMEM_LIMIT[arch], f"shared memory {r['shared']} over the sm_{arch} limit"
+    check_fits(r, arch)
     assert r["async_copies"] > 0, "the GEMM loop is not software-pipelined (no async copies)"
-    if dtype_name in ("bfloat16", "float16"):
-        expected = "HGMMA" if (arch == 90 and tile.BLOCK_M >= 64) else "HMMA"
-        assert expected in r["units"], f"expected {expected} tensor-core dots, SASS has {r['units']}"
-    elif tf32:
-        assert "HGMMA" in r["units"] or "HMMA" in r["units"], f"TF32 dots expected on tensor cores: {r}"
-    else:
-        assert "HGMMA" not in r["units"] and "HMMA" not in r["units"], \
-            f"fp32 with TF32 off must not use tensor cores (TF32): {r}"
-        assert "FFMA" in r["units"]
+    check_dot_units(r, arch, dtype_name, tile.BLOCK_M, tf32)
 
 
 def test_autotune_configs_fit_both_archs():
@@ -229,23 +160,11 @@ def test_autotune_configs_fit_both_archs():
 # launch of a full backward (every gradient requested, relu on) of 4b-paper at batch 32,
 # channels_last, as backends/triton's backward_launches() records it on meta tensors.
 
-TL_DTYPE.setdefault(torch.int8, "i8")
 BWD_KINDS = ("reduce", "dgrad", "dpool", "dx", "wgrad", "wgrad_pool", "wgrad_kxk")
 
 
 def _bwd_launches(dtype_name):
-    dtype = getattr(torch, dtype_name)
-    s = SHAPES["4b-paper"]
-    m = dict(device="meta", dtype=dtype)
-    x = torch.empty(BATCH, s["cin"], s["h"], s["w"], **m).contiguous(memory_format=torch.channels_last)
-    ws = [torch.empty(s["c1"], s["cin"], 1, 1, **m), torch.empty(s["c1"], **m),
-          torch.empty(s["r3"], s["cin"], 1, 1, **m), torch.empty(s["r3"], **m),
-          torch.empty(s["c3"], s["r3"], s["k3"], s["k3"], **m), torch.empty(s["c3"], **m),
-          torch.empty(s["r5"], s["cin"], 1, 1, **m), torch.empty(s["r5"], **m),
-          torch.empty(s["c5"], s["r5"], s["k5"], s["k5"], **m), torch.empty(s["c5"], **m),
-          torch.empty(s["cp"], s["cin"], 1, 1, **m), torch.empty(s["cp"], **m)]
-    out = torch.empty(BATCH, s["c1"] + s["c3"] + s["c5"] + s["cp"], s["h"], s["w"], **m).contiguous(
-        memory_format=torch.channels_last)
+    x, ws, out = _meta_tensors("4b-paper", getattr(torch, dtype_name))
     return {kind: (fn, args, tile)
             for kind, fn, args, tile, _ in tb.backward_launches(out, x, ws, True, out, [True] * 13)}
 
@@ -253,9 +172,6 @@ def _bwd_launches(dtype_name):
 def _compile_bwd_case(case):
     """Compile one (kind, dtype, arch) backward case (kind "stage2-bn": stage 2 with BN=True)."""
     kind, dtype_name, arch = case
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     if kind == "stage2-bn":
         plan = _meta_plan("4b-paper", getattr(torch, dtype_name))
         fn = tb.kernels(interpret=False).stage2.inception_stage2_kernel
@@ -264,13 +180,7 @@ def _compile_bwd_case(case):
         tile = configs.tiles(2, dtype_name != "float32")[0]
     else:
         fn, args, tile = _bwd_launches(dtype_name)[kind]
-    sig, constexprs, attrs = _specialize(fn, args, tile)
-    compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=tile.num_warps, num_stages=tile.num_stages))
-    r = _resources(compiled.asm["cubin"])
-    r["shared"] = int(compiled.metadata.shared)
-    r["async_copies"] = compiled.asm["ttgir"].count("async_copy_global_to_local")
+    r = _compile(fn, args, tile, arch)
     r["block_m"] = tile.BLOCK_M
     return r
 
@@ -287,17 +197,7 @@ def _bwd_case_id(c):
 
 @pytest.fixture(scope="module")
 def compiled_bwd():
-    if not (os.path.exists(os.path.join(BIN, "cuobjdump")) and os.path.exists(os.path.join(BIN, "nvdisasm"))):
-        pytest.skip(f"cuobjdump/nvdisasm not found in {BIN}")
-    workers = max(1, min(len(BWD_CASES), os.cpu_count() or 1))
-    results = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {c: pool.submit(_compile_bwd_case, c) for c in BWD_CASES}
-        for c, f in futures.items():
-            try:
-                results[c] = f.result()
-            except Exception as e:  # reported by the test of that case
-                results[c] = e
+    results = compile_all(_compile_bwd_case, BWD_CASES)
     lines = [f"{'case':40s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s} {'ASYNC':>5s}  MMA"]
     for c in BWD_CASES:
         r = results[c]
@@ -316,14 +216,7 @@ def test_aot_compile_backward(compiled_bwd, case):
     r = compiled_bwd[case]
     if isinstance(r, Exception):
         raise r
-    assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
-    assert r["shared"] <= configs.SMEM_LIMIT[arch], f"shared memory {r['shared']} over the sm_{arch} limit"
+    check_fits(r, arch)
     if kind != "wgrad_pool":  # (its B loader's nine loads run unpipelined, as stage 1's pool tile)
         assert r["async_copies"] > 0, "the GEMM loop is not software-pipelined (no async copies)"
-    if dtype_name in ("bfloat16", "float16"):
-        expected = "HGMMA" if (arch == 90 and r["block_m"] >= 64) else "HMMA"
-        assert expected in r["units"], f"expected {expected} tensor-core dots, SASS has {r['units']}"
-    else:
-        assert "HGMMA" not in r["units"] and "HMMA" not in r["units"], \
-            f"fp32 with TF32 off must not use tensor cores (TF32): {r}"
-        assert "FFMA" in r["units"]
+    check_dot_units(r, arch, dtype_name, r["block_m"])

@@ -7,24 +7,16 @@ launcher would use; the cubin is read with cuobjdump (STACK 0: no spills) and nv
 dots on tensor cores: HGMMA on sm_90 for tiles of 64+ rows, HMMA on sm_80; fp32 with TF32 off on
 FFMA).  Summary table with ``pytest -s``.
 """
-import os
-import re
-import subprocess
-import tempfile
-from concurrent.futures import ProcessPoolExecutor
-
 import pytest
 import torch
 
 triton = pytest.importorskip("triton")
 
+from aot_helpers import ARCHS, check_dot_units, check_fits, compile_all, compile_for  # noqa: E402
+
 from googlenet_fast.backends.triton import network as nw  # noqa: E402
 from googlenet_fast.backends.triton import network_configs as nc  # noqa: E402
-from googlenet_fast.backends.triton import configs  # noqa: E402
 
-BIN = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
-ARCHS = (90, 80)
-TL_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32"}
 BATCH = 32
 LRN = (5, 1e-4, 0.75, 1.0)
 
@@ -64,64 +56,13 @@ def _launch(name, dtype):
     raise KeyError(name)
 
 
-def _specialize(fn, args):
-    sig, constexprs, attrs = {}, {}, {}
-    for i, p in enumerate(fn.params):
-        name = p.name
-        v = args[name]
-        if p.is_constexpr:
-            sig[name], constexprs[name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[name] = "*" + TL_DTYPE[v.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(v, bool):
-            sig[name] = "i1"
-        elif isinstance(v, float):
-            sig[name] = "fp32"
-        elif isinstance(v, int):
-            if v == 1:
-                sig[name], constexprs[name] = "constexpr", 1
-            else:
-                sig[name] = "i32" if -2 ** 31 <= v < 2 ** 31 else "i64"
-                if v % 16 == 0:
-                    attrs[(i,)] = [["tt.divisibility", 16]]
-        else:
-            raise TypeError(f"{name}: unexpected argument {v!r}")
-    return sig, constexprs, attrs
-
-
-def _resources(cubin: bytes):
-    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
-        f.write(cubin)
-        path = f.name
-    try:
-        res = subprocess.run([os.path.join(BIN, "cuobjdump"), "-res-usage", path],
-                             capture_output=True, text=True, check=True).stdout
-        sass = subprocess.run([os.path.join(BIN, "nvdisasm"), "-c", path],
-                              capture_output=True, text=True, check=True).stdout
-    finally:
-        os.unlink(path)
-    m = re.search(r"REG:(\d+) STACK:(\d+) SHARED:(\d+) LOCAL:(\d+)", res)
-    assert m, res
-    units = sorted(set(re.findall(r"\b(HGMMA|HMMA|FFMA)\b", sass)))
-    return dict(reg=int(m[1]), stack=int(m[2]), local=int(m[4]), units=units)
-
-
 def _compile_case(case):
     name, dtype_name, arch, tf32 = case
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     plan = _launch(name, getattr(torch, dtype_name))
     args = dict(plan.args, **plan.meta())
     if tf32:
         args["ALLOW_TF32"] = True
-    sig, constexprs, attrs = _specialize(plan.fn, args)
-    compiled = triton.compile(ASTSource(fn=plan.fn, signature=sig, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", arch, 32),
-                              options=dict(num_warps=plan.tile.num_warps, num_stages=plan.tile.num_stages))
-    r = _resources(compiled.asm["cubin"])
-    r["shared"] = int(compiled.metadata.shared)
+    r = compile_for(plan.fn, args, arch, plan.tile.num_warps, plan.tile.num_stages)
     r["block_m"] = plan.tile.BLOCK_M
     r["kind"] = plan.kind
     return r
@@ -139,17 +80,7 @@ def _case_id(c):
 
 @pytest.fixture(scope="module")
 def compiled():
-    if not (os.path.exists(os.path.join(BIN, "cuobjdump")) and os.path.exists(os.path.join(BIN, "nvdisasm"))):
-        pytest.skip(f"cuobjdump/nvdisasm not found in {BIN}")
-    workers = max(1, min(len(CASES), os.cpu_count() or 1))
-    results = {}
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        futures = {c: pool.submit(_compile_case, c) for c in CASES}
-        for c, f in futures.items():
-            try:
-                results[c] = f.result()
-            except Exception as e:  # reported by the test of that case
-                results[c] = e
+    results = compile_all(_compile_case, CASES)
     lines = [f"{'case':40s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}  UNITS"]
     for c in CASES:
         r = results[c]
@@ -167,20 +98,11 @@ def test_aot_compile_network(compiled, case):
     r = compiled[case]
     if isinstance(r, Exception):
         raise r
-    assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"
-    assert r["shared"] <= configs.SMEM_LIMIT[arch], f"shared memory {r['shared']} over the sm_{arch} limit"
+    check_fits(r, arch)
     if r["kind"] in ("pool", "pool_lrn"):
         assert not {"HGMMA", "HMMA"} & set(r["units"]), r
         return
-    if dtype_name in ("bfloat16", "float16"):
-        expected = "HGMMA" if (arch == 90 and r["block_m"] >= 64) else "HMMA"
-        assert expected in r["units"], f"expected {expected} tensor-core dots, SASS has {r['units']}"
-    elif tf32:
-        assert "HGMMA" in r["units"] or "HMMA" in r["units"], f"TF32 dots expected on tensor cores: {r}"
-    else:
-        assert "HGMMA" not in r["units"] and "HMMA" not in r["units"], \
-            f"fp32 with TF32 off must not use tensor cores (TF32): {r}"
-        assert "FFMA" in r["units"]
+    check_dot_units(r, arch, dtype_name, r["block_m"], tf32)
 
 
 def test_gpu_tiles_cover_every_kind():

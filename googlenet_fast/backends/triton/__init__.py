@@ -54,6 +54,8 @@ through a private opaque op (``googlenet_fast::_inception_triton_interpreted``) 
 tensors, opcheck and torch.compile work there too (wrap_triton does not trace interpreted
 kernels).
 """
+import importlib
+import importlib.machinery
 import importlib.util
 import inspect
 import os
@@ -105,11 +107,25 @@ def _is_interpreted(fn) -> bool:
     return isinstance(fn, InterpretedFunction)
 
 
+def _private_package(interpret: bool) -> str:
+    """The name of the private package of one mode (``._interpreted`` or ``._compiled``): an empty
+    package whose __path__ is this folder, so that a kernel module loaded in it imports its
+    shared helpers (``from .kernel_common import ...``) from that package's own copy of
+    kernel_common, built in the same mode as the kernel module."""
+    pkgname = f"{__name__}._{'interpreted' if interpret else 'compiled'}"
+    if pkgname not in sys.modules:
+        spec = importlib.machinery.ModuleSpec(pkgname, None, is_package=True)
+        spec.submodule_search_locations = [os.path.dirname(os.path.abspath(__file__))]
+        sys.modules[pkgname] = importlib.util.module_from_spec(spec)
+    return pkgname
+
+
 def _load_private(name: str, interpret: bool):
-    """A fresh copy of stage module ``name`` whose @triton.jit functions are built for the
-    requested mode (triton.jit reads TRITON_INTERPRET when it decorates)."""
+    """A fresh copy of kernel module ``name`` whose @triton.jit functions, and those of the
+    kernel_common copy it imports, are built for the requested mode (triton.jit reads
+    TRITON_INTERPRET when it decorates)."""
     path = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".py")
-    modname = f"{__name__}._{'interpreted' if interpret else 'compiled'}_{name}"
+    modname = f"{_private_package(interpret)}.{name}"
     spec = importlib.util.spec_from_file_location(modname, path)
     mod = importlib.util.module_from_spec(spec)
     old = os.environ.get("TRITON_INTERPRET")
@@ -122,6 +138,21 @@ def _load_private(name: str, interpret: bool):
         else:
             os.environ["TRITON_INTERPRET"] = old
     sys.modules[modname] = mod
+    return mod
+
+
+def _mode_module(name: str, probe: str, interpret: bool, cache: Optional[dict] = None):
+    """Kernel module ``name`` built for the mode: the package's own module when its kernel
+    ``probe`` and the shared helpers it imported from kernel_common (``_load``) were both built
+    for it (the two may have been imported under different TRITON_INTERPRET values), otherwise
+    a private copy (_load_private).  With ``cache``: memoized there per mode."""
+    mod = None if cache is None else cache.get(interpret)
+    if mod is None:
+        mod = importlib.import_module(f"{__name__}.{name}")
+        if _is_interpreted(getattr(mod, probe)) != interpret or _is_interpreted(mod._load) != interpret:
+            mod = _load_private(name, interpret)
+        if cache is not None:
+            cache[interpret] = mod
     return mod
 
 
@@ -152,11 +183,8 @@ def kernels(interpret: Optional[bool] = None) -> Kernels:
     k = _KERNELS.get(interpret)
     if k is not None:
         return k
-    from . import stage1, stage2
-    if _is_interpreted(stage1.inception_stage1_kernel) != interpret:
-        stage1 = _load_private("stage1", interpret)
-    if _is_interpreted(stage2.inception_stage2_kernel) != interpret:
-        stage2 = _load_private("stage2", interpret)
+    stage1 = _mode_module("stage1", "inception_stage1_kernel", interpret)
+    stage2 = _mode_module("stage2", "inception_stage2_kernel", interpret)
     if interpret:
         k = Kernels(True, stage1, stage2, None, None, None, None)
     else:
@@ -551,13 +579,7 @@ def backward_kernels(interpret: Optional[bool] = None):
     """The backward.py module built for the current (or given) interpreter mode."""
     if interpret is None:
         interpret = interpreting()
-    mod = _BWD_MODULES.get(interpret)
-    if mod is None:
-        from . import backward as mod
-        if _is_interpreted(mod.inception_bwd_dx_kernel) != interpret:
-            mod = _load_private("backward", interpret)
-        _BWD_MODULES[interpret] = mod
-    return mod
+    return _mode_module("backward", "inception_bwd_dx_kernel", interpret, _BWD_MODULES)
 
 
 class BackwardPlan(NamedTuple):

@@ -32,46 +32,14 @@ Launches (each only when a requested gradient needs it):
      MODE 2: the KxK wgrads, implicit GEMMs dY^T im2col(R) per tap (both branches, one code path)
              and their bias gradients.
 float64 is supported under the interpreter only (gradcheck); float32, float16, bfloat16 with
-fp32 accumulation.  As stage1.py, every @triton.jit function used here lives in this module and
-only triton.language builtins are used (the backend loads a private copy for the interpreter).
+fp32 accumulation.  As stage1.py, every @triton.jit function used here lives in this module or in
+kernel_common.py and only triton.language builtins are used (the backend loads private copies
+for the other interpreter mode).
 """
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
-    """acc += a @ b (fp32 accumulation; fp64 for fp64 operands); fp32 operands: IEEE products
-    unless TF32 is allowed."""
-    if a.dtype == tl.float64:
-        acc = tl.dot(a, b, acc, input_precision="ieee")
-    elif a.dtype == tl.float32:
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
-
-
-@triton.jit
-def _load(ptrs, mask, UPCAST: tl.constexpr):
-    """Masked load, 0 where masked; UPCAST (interpreter + bf16): as float32 (see stage1.py)."""
-    v = tl.load(ptrs, mask=mask, other=0.0)
-    if UPCAST:
-        v = v.to(tl.float32)
-    return v
-
-
-@triton.jit
-def _load_or_ninf(ptrs, mask, UPCAST: tl.constexpr):
-    """Masked load, -inf where masked (max-pool padding)."""
-    if UPCAST:
-        v = tl.where(mask, tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), float("-inf"))
-    else:
-        v = tl.load(ptrs, mask=mask, other=float("-inf"))
-    return v
+from .kernel_common import _load, _load_or_ninf, _mma, _pixel_tile, _round_to, _wide
 
 
 @triton.jit
@@ -85,26 +53,6 @@ def _grad(g_ptrs, o_ptrs, mask, RELU: tl.constexpr, UPCAST: tl.constexpr):
             o = o.to(tl.float32)
         v = tl.where(o > 0.0, v, 0.0)
     return v
-
-
-@triton.jit
-def _wide(v, INT64: tl.constexpr):
-    if INT64:
-        v = v.to(tl.int64)
-    return v
-
-
-@triton.jit
-def _cast(acc, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
-    """acc cast to the output dtype, rounding to nearest even (by hand under UPCAST, where the
-    interpreter would truncate fp32 -> bf16)."""
-    if UPCAST:
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = tl.where(acc != acc, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
-        y = (bits >> 16).to(tl.uint16).to(out_dtype, bitcast=True)
-    else:
-        y = acc.to(out_dtype)
-    return y
 
 
 @triton.jit
@@ -134,7 +82,7 @@ def _dy1_tile(g_ptr, o_ptr, da_ptr, tile_n, offs_m, m_mask, g_row, o_row, C1, NM
     mk = m_mask[:, None] & n_mask[None, :]
     v = _grad(g_ptr + g_row[:, None] + cn[None, :] * sgc, o_ptr + o_row[:, None] + cn[None, :] * soc,
               mk, RELU, UPCAST)
-    tl.store(da_ptr + offs_m[:, None] * NM + cn[None, :], _cast(v, da_ptr.dtype.element_ty, UPCAST),
+    tl.store(da_ptr + offs_m[:, None] * NM + cn[None, :], _round_to(v, da_ptr.dtype.element_ty, UPCAST),
              mask=mk)
 
 
@@ -196,7 +144,7 @@ def _dred_tile(g_ptr, o_ptr, w3_ptr, w5_ptr, red_ptr, da_ptr, tile, NT3, offs_m,
             r = r.to(tl.float32)
         acc = tl.where(r > 0.0, acc, 0.0)
     tl.store(da_ptr + offs_m[:, None] * NM + (C1 + cr)[None, :],
-             _cast(acc, da_ptr.dtype.element_ty, UPCAST), mask=mk)
+             _round_to(acc, da_ptr.dtype.element_ty, UPCAST), mask=mk)
 
 
 @triton.jit
@@ -260,15 +208,7 @@ def inception_bwd_dgrad_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < P
-    HW = H * W
-    img = offs_m // HW
-    rem = offs_m - img * HW
-    h = rem // W
-    w = rem - h * W
+    offs_m, m_mask, img, h, w = _pixel_tile(pid_m, P, H, W, BLOCK_M, INT64)
     g_row = img * sgn + h * sgh + w * sgw
     o_row = img * son + h * soh + w * sow
     if MODE == 0:
@@ -303,15 +243,7 @@ def inception_bwd_dx_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < P
-    HW = H * W
-    img = offs_m // HW
-    rem = offs_m - img * HW
-    h = rem // W
-    w = rem - h * W
+    offs_m, m_mask, img, h, w = _pixel_tile(pid_m, P, H, W, BLOCK_M, INT64)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < CIN
     cn = _wide(offs_n, INT64)
@@ -335,7 +267,8 @@ def inception_bwd_dx_kernel(
             v = tl.load(dpool_ptr + q, mask=mk & (c == t), other=0.0)
             acc += v
     d_row = img * sdn + h * sdh + w * sdw
-    tl.store(dx_ptr + d_row[:, None] + cn[None, :] * sdc, _cast(acc, dx_ptr.dtype.element_ty, UPCAST),
+    tl.store(dx_ptr + d_row[:, None] + cn[None, :] * sdc,
+             _round_to(acc, dx_ptr.dtype.element_ty, UPCAST),
              mask=m_mask[:, None] & n_mask[None, :])
 
 
@@ -548,15 +481,7 @@ def inception_bwd_reduce_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < P
-    HW = H * W
-    img = offs_m // HW
-    rem = offs_m - img * HW
-    h = rem // W
-    w = rem - h * W
+    offs_m, m_mask, img, h, w = _pixel_tile(pid_m, P, H, W, BLOCK_M, INT64)
     x_row = img * sxn + h * sxh + w * sxw
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < NR
@@ -575,5 +500,6 @@ def inception_bwd_reduce_kernel(
         acc += tl.load(b5r_ptr + (offs_n - R3), mask=(offs_n >= R3) & n_mask, other=0.0).to(acc.dtype)[None, :]
     if RELU:
         acc = tl.where(acc < 0.0, 0.0, acc)
-    tl.store(red_ptr + offs_m[:, None] * RR + offs_n[None, :], _cast(acc, red_ptr.dtype.element_ty, UPCAST),
+    tl.store(red_ptr + offs_m[:, None] * RR + offs_n[None, :],
+             _round_to(acc, red_ptr.dtype.element_ty, UPCAST),
              mask=m_mask[:, None] & n_mask[None, :])

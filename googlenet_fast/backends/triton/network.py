@@ -53,7 +53,7 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import SUPPORTED_DTYPES, _allow_tf32, _is_interpreted, _load_private, _single_threaded_blas, _span, interpreting
+from . import SUPPORTED_DTYPES, _allow_tf32, _mode_module, _single_threaded_blas, _span, interpreting
 from . import network_configs as nc
 
 __all__ = ["conv_stem", "conv_nhwc", "max_pool_nhwc", "avgpool_linear", "fused_forward_triton",
@@ -69,13 +69,7 @@ def kernels(interpret: Optional[bool] = None):
     """network_kernels built for the current (or given) interpreter mode."""
     if interpret is None:
         interpret = interpreting()
-    mod = _MODULES.get(interpret)
-    if mod is None:
-        from . import network_kernels as mod
-        if _is_interpreted(mod.conv_nhwc_kernel) != interpret:
-            mod = _load_private("network_kernels", interpret)
-        _MODULES[interpret] = mod
-    return mod
+    return _mode_module("network_kernels", "conv_nhwc_kernel", interpret, _MODULES)
 
 
 # ----------------------------------------------------------------------------------------------

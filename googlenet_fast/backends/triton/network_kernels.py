@@ -31,63 +31,14 @@ fp32 as x * exp2(-beta * log2(k + alpha / size * s)).
 Max pools: no padding, ceil mode (the last window may hang over the edge; its taps past the edge
 are excluded, -inf); NaN propagates as in torch.
 
-As in stage1.py: every @triton.jit function these kernels call lives in this module (the backend
-loads a private copy of it for the interpreter), none comes from triton.language's @jit standard
-library.
+As in stage1.py: every @triton.jit function these kernels call lives in this module or in
+kernel_common.py (the backend loads private copies of both for the other interpreter mode), none
+comes from triton.language's @jit standard library.
 """
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
-    """acc += a @ b with fp32 accumulation; fp32 operands: IEEE products unless TF32 is allowed."""
-    if a.dtype == tl.float32:
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
-
-
-@triton.jit
-def _load(ptrs, mask, UPCAST: tl.constexpr):
-    """Masked load, 0 where masked; UPCAST (interpreter + bf16 only): return float32."""
-    v = tl.load(ptrs, mask=mask, other=0.0)
-    if UPCAST:
-        v = v.to(tl.float32)
-    return v
-
-
-@triton.jit
-def _wide(v, INT64: tl.constexpr):
-    if INT64:
-        v = v.to(tl.int64)
-    return v
-
-
-@triton.jit
-def _round_to(acc, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
-    """fp32 -> out dtype, round to nearest even (by hand under UPCAST, where the interpreter
-    would truncate fp32 -> bf16)."""
-    if UPCAST:
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = tl.where(acc != acc, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
-        y = (bits >> 16).to(tl.uint16).to(out_dtype, bitcast=True)
-    else:
-        y = acc.to(out_dtype)
-    return y
-
-
-@triton.jit
-def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + bias (per column), ReLU (NaN kept, as torch.relu), cast to the output dtype."""
-    acc = acc + bias[None, :]
-    if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)
-    return _round_to(acc, out_dtype, UPCAST)
+from .kernel_common import _epilogue, _load, _mma, _pixel_tile, _round_to, _wide
 
 
 @triton.jit
@@ -168,20 +119,6 @@ def _pool_lrn_tile(x_ptr, x_img, ph, pw, m_mask, cc, C, XH, XW, sxc, sxh, sxw,
 
 
 @triton.jit
-def _pixels(pid_m, P, OH, OW, BLOCK_M: tl.constexpr, INT64: tl.constexpr):
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < P
-    hw = OH * OW
-    img = offs_m // hw
-    rem = offs_m - img * hw
-    oh = rem // OW
-    ow = rem - oh * OW
-    return offs_m, m_mask, img, oh, ow
-
-
-@triton.jit
 def conv_gather_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,
     P, OH, OW, CIN, COUT, IH, IW, KTOT,
@@ -200,7 +137,7 @@ def conv_gather_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
-    offs_m, m_mask, img, oh, ow = _pixels(pid_m, P, OH, OW, BLOCK_M, INT64)
+    offs_m, m_mask, img, oh, ow = _pixel_tile(pid_m, P, OH, OW, BLOCK_M, INT64)
     x_img = img * sxn
     ih0 = oh * STRIDE - PAD
     iw0 = ow * STRIDE - PAD
@@ -253,7 +190,7 @@ def conv_nhwc_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
-    offs_m, m_mask, img, oh, ow = _pixels(pid_m, P, OH, OW, BLOCK_M, INT64)
+    offs_m, m_mask, img, oh, ow = _pixel_tile(pid_m, P, OH, OW, BLOCK_M, INT64)
     x_img = img * sxn
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_mask = offs_n < COUT
@@ -325,7 +262,7 @@ def max_pool_nhwc_kernel(
     pid = tl.program_id(0)
     pid_m = pid // num_c
     pid_c = pid - pid_m * num_c
-    offs_m, m_mask, img, oh, ow = _pixels(pid_m, P, OH, OW, BLOCK_M, INT64)
+    offs_m, m_mask, img, oh, ow = _pixel_tile(pid_m, P, OH, OW, BLOCK_M, INT64)
     cc = pid_c * BLOCK_C + tl.arange(0, BLOCK_C)
     v = _pool_lrn_tile(x_ptr, img * sxn, oh, ow, m_mask, cc, C, XH, XW, sxc, sxh, sxw,
                        lrn_alpha_n, lrn_beta, lrn_k, POOL_K, POOL_S, LRN_SIZE, True, INT64)

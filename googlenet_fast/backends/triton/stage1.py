@@ -21,8 +21,9 @@ Epilogue: fp32 accumulator + bias (optional, per-branch constexpr flags), ReLU (
 torch.relu), cast to the output dtype, masked stores with the output's own strides (so `out`
 may be a channel slice of a larger buffer, or NCHW).
 
-Every @triton.jit function this kernel calls lives in this module (the backend loads a private
-copy of the module for the interpreter; see backends/triton/__init__.py), and none comes from
+Every @triton.jit function this kernel calls lives in this module or in kernel_common.py (the
+shared helpers, imported relatively: the backend loads private copies of both for the other
+interpreter mode; see kernel_common.py and backends/triton/__init__.py), and none comes from
 triton.language's @jit standard library (tl.cdiv, tl.zeros, tl.max, ...): those are built once,
 when triton is imported, for one mode only, so they would break switching to the interpreter
 after import.  Only builtins (tl.full, tl.where, tl.maximum, tl.dot, ...) are used.
@@ -30,62 +31,7 @@ after import.  Only builtins (tl.full, tl.where, tl.maximum, tl.dot, ...) are us
 import triton
 import triton.language as tl
 
-
-@triton.jit
-def _mma(a, b, acc, ALLOW_TF32: tl.constexpr):
-    """acc += a @ b with fp32 accumulation; fp32 operands: IEEE products unless TF32 is allowed."""
-    if a.dtype == tl.float32:
-        if ALLOW_TF32:
-            acc = tl.dot(a, b, acc, input_precision="tf32")
-        else:
-            acc = tl.dot(a, b, acc, input_precision="ieee")
-    else:
-        acc = tl.dot(a, b, acc)
-    return acc
-
-
-@triton.jit
-def _load(ptrs, mask, UPCAST: tl.constexpr):
-    """Masked load, 0 where masked.  UPCAST (interpreter + bf16 only): return float32; Triton's
-    interpreter keeps bf16 as raw 16-bit integers, so its max, dot and rounding are wrong on them."""
-    v = tl.load(ptrs, mask=mask, other=0.0)
-    if UPCAST:
-        v = v.to(tl.float32)
-    return v
-
-
-@triton.jit
-def _load_or_ninf(ptrs, mask, UPCAST: tl.constexpr):
-    """Masked load, -inf where masked (max-pool padding)."""
-    if UPCAST:
-        v = tl.where(mask, tl.load(ptrs, mask=mask, other=0.0).to(tl.float32), float("-inf"))
-    else:
-        v = tl.load(ptrs, mask=mask, other=float("-inf"))
-    return v
-
-
-@triton.jit
-def _wide(v, INT64: tl.constexpr):
-    """v as int64 in the 64-bit offset variant (so products with strides cannot overflow)."""
-    if INT64:
-        v = v.to(tl.int64)
-    return v
-
-
-@triton.jit
-def _epilogue(acc, bias, RELU: tl.constexpr, out_dtype: tl.constexpr, UPCAST: tl.constexpr):
-    """acc + bias, ReLU (NaN kept, as torch.relu), cast to the output dtype (round to nearest
-    even; done by hand under UPCAST, where the interpreter would truncate fp32 -> bf16)."""
-    acc = acc + bias[None, :]
-    if RELU:
-        acc = tl.where(acc < 0.0, 0.0, acc)
-    if UPCAST:
-        bits = acc.to(tl.uint32, bitcast=True)
-        bits = tl.where(acc != acc, 0x7FC00000, bits + 0x7FFF + ((bits >> 16) & 1))
-        y = (bits >> 16).to(tl.uint16).to(out_dtype, bitcast=True)
-    else:
-        y = acc.to(out_dtype)
-    return y
+from .kernel_common import _epilogue, _load, _load_or_ninf, _mma, _pixel_tile, _wide
 
 
 @triton.jit
@@ -202,15 +148,7 @@ def inception_stage1_kernel(
     pid_m = pid // num_n
     pid_n = pid - pid_m * num_n
 
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    if INT64:
-        offs_m = offs_m.to(tl.int64)
-    m_mask = offs_m < P
-    HW = H * W
-    img = offs_m // HW
-    rem = offs_m - img * HW
-    h = rem // W
-    w = rem - h * W
+    offs_m, m_mask, img, h, w = _pixel_tile(pid_m, P, H, W, BLOCK_M, INT64)
     x_row = img * sxn + h * sxh + w * sxw
     o_row = img * son + h * soh + w * sow
     # Each branch is a helper of its own: nothing is merged across the two (a runtime-uniform
