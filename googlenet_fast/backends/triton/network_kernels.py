@@ -119,6 +119,20 @@ def _pool_lrn_tile(x_ptr, x_img, ph, pw, m_mask, cc, C, XH, XW, sxc, sxh, sxw,
 
 
 @triton.jit
+def _conv_epilogue_store(acc, b_ptr, out_ptr, offs_n, n_mask, m_mask, o_row, soc,
+                         HAS_BIAS: tl.constexpr, RELU: tl.constexpr, INT64: tl.constexpr,
+                         UPCAST: tl.constexpr, BLOCK_N: tl.constexpr):
+    """The convolutions' epilogue: + bias (HAS_BIAS), ReLU, cast, and the masked NHWC store of
+    the [BLOCK_M, BLOCK_N] tile at output rows o_row, channels offs_n (channel stride soc)."""
+    bias = tl.full((BLOCK_N,), 0.0, tl.float32)
+    if HAS_BIAS:
+        bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
+    y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
+    tl.store(out_ptr + o_row[:, None] + _wide(offs_n, INT64)[None, :] * soc, y,
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
 def conv_gather_kernel(
     x_ptr, w_ptr, b_ptr, out_ptr,
     P, OH, OW, CIN, COUT, IH, IW, KTOT,
@@ -160,13 +174,8 @@ def conv_gather_kernel(
         b = _load(w_col[None, :] + (ci * swi + ky * swh + kx * sww)[:, None],
                   k_mask[:, None] & n_mask[None, :], UPCAST)
         acc = _mma(a, b, acc, ALLOW_TF32)
-    bias = tl.full((BLOCK_N,), 0.0, tl.float32)
-    if HAS_BIAS:
-        bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
-    o_row = img * son + oh * soh + ow * sow
-    tl.store(out_ptr + o_row[:, None] + _wide(offs_n, INT64)[None, :] * soc, y,
-             mask=m_mask[:, None] & n_mask[None, :])
+    _conv_epilogue_store(acc, b_ptr, out_ptr, offs_n, n_mask, m_mask, img * son + oh * soh + ow * sow, soc,
+                         HAS_BIAS, RELU, INT64, UPCAST, BLOCK_N)
 
 
 @triton.jit
@@ -236,13 +245,8 @@ def conv_nhwc_kernel(
             b = _load(w_col[None, :] + cc[:, None] * swi + (ky * swh + kx * sww),
                       c_mask[:, None] & n_mask[None, :], UPCAST)
             acc = _mma(a, b, acc, ALLOW_TF32)
-    bias = tl.full((BLOCK_N,), 0.0, tl.float32)
-    if HAS_BIAS:
-        bias += tl.load(b_ptr + offs_n, mask=n_mask, other=0.0).to(tl.float32)
-    y = _epilogue(acc, bias, RELU, out_ptr.dtype.element_ty, UPCAST)
-    o_row = img * son + oh * soh + ow * sow
-    tl.store(out_ptr + o_row[:, None] + _wide(offs_n, INT64)[None, :] * soc, y,
-             mask=m_mask[:, None] & n_mask[None, :])
+    _conv_epilogue_store(acc, b_ptr, out_ptr, offs_n, n_mask, m_mask, img * son + oh * soh + ow * sow, soc,
+                         HAS_BIAS, RELU, INT64, UPCAST, BLOCK_N)
 
 
 @triton.jit
