@@ -281,6 +281,7 @@ class Settings:
         self.dtype = bench.DTYPES[args.dtype or default_dtype]
         self.train_net_dtype = torch.float32  # bench.py's train providers are float32
         self.modes = list(dict.fromkeys(args.modes))
+        self.scopes = ["block"] + ([] if args.no_network else [NETWORK])
         self.compile = args.compile or args.max_autotune
         self.max_autotune = args.max_autotune
         self.configs = [c for c in (args.configs or list(TABLE1)) if c]
@@ -690,7 +691,7 @@ def run(args) -> Dict[str, object]:
         f"{k} {v['tflop_s']:.3g} TFLOP/s" for k, v in ceilings["matmul"].items()))
     budget = Budget(s.budget_s)
     rows: List[Dict[str, object]] = []
-    sections = [(scope, mode) for scope in ("block", NETWORK) for mode in s.modes]
+    sections = [(scope, mode) for scope in s.scopes for mode in s.modes]
     pass1_budget = s.budget_s * (0.55 if s.compile and not s.dry_run else 1.0)
     interrupted = None
     old_handler = signal.signal(signal.SIGTERM, _on_sigterm)  # `timeout` stops us: still write the files
@@ -703,7 +704,7 @@ def run(args) -> Dict[str, object]:
             fn(mode, s, avail, ceilings, deadline, rows, logf)
         compiling = [p for p in COMPILING if avail.get(p) is None]
         if compiling:  # pass 2: network first, then the blocks, while the budget lasts
-            for scope, mode in [(NETWORK, m) for m in s.modes] + [("block", m) for m in s.modes]:
+            for scope, mode in [(sc, m) for sc in (NETWORK, "block") if sc in s.scopes for m in s.modes]:
                 fn = run_blocks if scope == "block" else run_network
                 fn(mode, s, avail, ceilings, budget.left, rows, logf, pass_no=2, only=compiling)
     except (Interrupted, KeyboardInterrupt) as e:
@@ -766,7 +767,7 @@ def complete_rows(rows, s: Settings, reason: str) -> None:
                     if ("block", name, mode, n, p) not in have:
                         rows.append(skipped_row("block", name, mode, n, s.block_hw[name], s.dtype, p, reason))
         dtype = s.dtype if mode == "eval" else s.train_net_dtype
-        for n in s.net_batches:
+        for n in (s.net_batches if NETWORK in s.scopes else ()):
             for p in NETWORK_PROVIDERS:
                 if (NETWORK, "googlenet", mode, n, p) not in have:
                     rows.append(skipped_row(NETWORK, "googlenet", mode, n, s.net_hw, dtype, p, reason))
@@ -838,7 +839,7 @@ def markdown(report) -> str:
              "under no_grad, BatchNorm folded (fused); train: blocks = train-mode forward + backward of "
              "sum(y); network = bench.py's train step (aux heads, CE + 0.3 aux, backward, SGD step). "
              "TFLOP/s and GB/s use the cost model of benchmarks/report.py (block_cost, network_cost); "
-             "%peak = of the measured ceilings; %roofline = max(FLOPs/matmul rate, bytes/copy rate) / time.")
+             "%peak = of the ceilings measured in this run (not theoretical peaks: a row can pass 100%); %roofline = max(FLOPs/matmul rate, bytes/copy rate) / time.")
     L.append("")
     L.append("## Providers")
     L.append("")
@@ -1071,6 +1072,7 @@ def build_parser():
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     p.add_argument("--configs", type=lambda v: [c for c in v.split(",") if c], default=None,
                    help="subset of the Table-1 configurations, comma separated (default: all nine)")
+    p.add_argument("--no-network", action="store_true", help="only the Inception blocks")
     p.add_argument("--compile", action="store_true", help="add torch.compile of the torchvision modules")
     p.add_argument("--max-autotune", action="store_true", help="also torch.compile mode max-autotune")
     p.add_argument("--out-prefix", default=None,
