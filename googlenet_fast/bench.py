@@ -307,24 +307,10 @@ def load_average() -> Optional[tuple]:
 
 def cuda_graphed(fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3) -> Callable[[Tensor], Tensor]:
     """Capture ``fn`` on a static copy of ``example`` into a CUDA graph; the returned callable
-    copies its input into the static buffer and replays (same shape/dtype/device only)."""
-    static_in = example.clone()
-    stream = torch.cuda.Stream(device=example.device)
-    stream.wait_stream(torch.cuda.current_stream(example.device))
-    with torch.cuda.stream(stream):
-        for _ in range(warmup):
-            fn(static_in)
-    torch.cuda.current_stream(example.device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        static_out = fn(static_in)
-
-    def replay(x: Tensor) -> Tensor:
-        static_in.copy_(x)
-        graph.replay()
-        return static_out
-
-    return replay
+    copies its input into the static buffer and replays (same shape/dtype/device only):
+    googlenet_fast.cuda_graph.capture."""
+    from .cuda_graph import capture
+    return capture(fn, example, warmup=warmup)
 
 
 def to_device(module: torch.nn.Module, device, dtype) -> torch.nn.Module:

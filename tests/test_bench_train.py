@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from googlenet_fast import bench, cli
+from cli_helpers import table_rows
 
 FAST = ["--device", "cpu", "--min-run-time", "0.05", "--rounds", "1", "--warmup", "1", "--quiet",
         "--image-size", "32"]
@@ -16,17 +17,6 @@ def _run(capsys, *argv):
     rc = cli.main(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def _table_rows(out):
-    """[(batch, provider, median ms, images/s, speedup text)] from the printed table."""
-    rows = []
-    for line in out.splitlines():
-        m = re.match(r"\s*(\d+)\s{2}(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)$",
-                     line)
-        if m:
-            rows.append((int(m.group(1)), m.group(2).strip(), float(m.group(3)), float(m.group(7)), m.group(8)))
-    return rows
 
 
 def test_default_mode_is_eval():
@@ -52,7 +42,7 @@ def test_bench_train_mode(capsys, tmp_path):
         assert int(m.group(1)) == 8
         assert float(m.group(2)) <= 1e-4
     assert "check: OK" in out
-    rows = _table_rows(out)
+    rows = table_rows(out)
     assert {(b, p) for b, p, *_ in rows} == {(b, p) for b in (8, 3)
                                              for p in ("fused", "fused=False", "torchvision eager")}, out
     for b, p, median, ips, speedup in rows:
@@ -74,7 +64,7 @@ def test_bench_train_mode_paper_baseline_is_unfused(capsys):
                         "--providers", "fused", *FAST)
     assert rc == 0, out + err
     assert "vs fused=False" in out
-    rows = _table_rows(out)
+    rows = table_rows(out)
     assert {p for _, p, *_ in rows} == {"fused", "fused=False"}
     assert [s for _, p, _, _, s in rows if p == "fused=False"] == ["1.00x"]
 

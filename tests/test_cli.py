@@ -7,6 +7,7 @@ import torch
 
 from googlenet_fast import cli, data
 from googlenet_fast.backends import native
+from cli_helpers import table_rows
 
 # Tiny timing config: the tests check the plumbing and the numerical check, not the speed.
 FAST = ["--device", "cpu", "--min-run-time", "0.05", "--rounds", "1", "--warmup", "1", "--quiet"]
@@ -26,17 +27,6 @@ def _check_lines(out):
         found[m.group(1)] = dict(n=int(m.group(3)), abs=float(m.group(4)), rel=float(m.group(5).rstrip(",")),
                                  scale=float(m.group(6)), agree=int(m.group(7)), total=int(m.group(8)))
     return found
-
-
-def _table_rows(out):
-    """[(batch, provider, median ms, images/s, speedup text)] from the printed table."""
-    rows = []
-    for line in out.splitlines():
-        m = re.match(r"\s*(\d+)\s{2}(\S.*?)\s{2,}([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+([\d.]+)\s+(\S+)$",
-                     line)
-        if m:
-            rows.append((int(m.group(1)), m.group(2).strip(), float(m.group(3)), float(m.group(7)), m.group(8)))
-    return rows
 
 
 def test_bench_default_photos(capsys, tmp_path):
@@ -60,7 +50,7 @@ def test_bench_default_photos(capsys, tmp_path):
     assert "check: OK" in out
     assert "warning" not in out
 
-    rows = _table_rows(out)
+    rows = table_rows(out)
     assert {(b, p) for b, p, *_ in rows} == {(b, p) for b in (1, 2)
                                              for p in ("fused", "fused=False", "torchvision eager")}, out
     for b, p, median, ips, speedup in rows:
@@ -127,7 +117,7 @@ def test_bench_own_images(capsys, tmp_path):
     assert "images: 3 from --images (a.png, b.PNG, x.png) -> (3, 3, 224, 224)" in out
     c = _check_lines(out)["fused"]
     assert c["n"] == 3 and c["rel"] < 1e-4
-    assert {(b, p) for b, p, *_ in _table_rows(out)} == {(4, "fused"), (4, "torchvision eager")}
+    assert {(b, p) for b, p, *_ in table_rows(out)} == {(4, "fused"), (4, "torchvision eager")}
 
 
 @pytest.mark.parametrize("case", ["empty_folder", "missing", "unreadable", "folder_without_images"])
