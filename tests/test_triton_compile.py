@@ -35,6 +35,9 @@ SHAPES = {
     "3a": dict(cin=192, h=28, w=28, c1=64, r3=96, c3=128, k3=3, r5=16, c5=32, k5=3, cp=32),
     "4b-paper": dict(cin=512, h=14, w=14, c1=160, r3=112, c3=224, k3=3, r5=24, c5=64, k5=5, cp=64),
     "4b": dict(cin=512, h=14, w=14, c1=160, r3=112, c3=224, k3=3, r5=24, c5=64, k5=3, cp=64),
+    # the pooled op's pre-pool maps: maxpool3 -> 4a (28x28), maxpool4 -> 5a (14x14)
+    "4a-pre": dict(cin=480, h=28, w=28, c1=192, r3=96, c3=208, k3=3, r5=16, c5=48, k5=3, cp=64),
+    "5a-pre": dict(cin=832, h=14, w=14, c1=256, r3=160, c3=320, k3=3, r5=32, c5=128, k5=3, cp=128),
 }
 BATCH = 32
 
@@ -147,12 +150,80 @@ def test_aot_compile(compiled, case):
 
 def test_autotune_configs_fit_both_archs():
     """The estimate used to size the configurations agrees: every half config's pipelined
-    operand buffers fit sm_80's shared memory."""
-    for stage in (1, 2):
-        for t in configs.tiles(stage, half=True):
+    operand buffers fit sm_80's shared memory (the pooled stage 1's too)."""
+    for stage, pooled in ((1, False), (2, False), (1, True)):
+        for t in configs.tiles(stage, half=True, pooled=pooled):
             assert configs.smem_estimate(t, 2) <= configs.SMEM_LIMIT[80], t
-        for t in configs.tiles(stage, half=False):
+        for t in configs.tiles(stage, half=False, pooled=pooled):
             assert configs.smem_estimate(t, 4) <= configs.SMEM_LIMIT[80], t
+
+
+# ----------------------------------------------------------------------------------------------
+# Stage 1 over a max-pooled input (the pooled op, IN_POOL_K > 0): every pooled configuration for
+# sm_90 and sm_80, for maxpool3 -> 4a (28x28 -> 14x14, 3x3/2) and maxpool4 -> 5a (14x14 -> 7x7,
+# torchvision's 2x2/2), batch 32, channels_last.  No spills; dots on tensor cores (HGMMA on
+# sm_90 for 64+ rows) or, fp32, on the FMA units.  (Not pipelined: no async-copy check.)
+
+def _pooled_meta_plan(shape, pool, dtype, int64=False):
+    x, ws, out = _meta_tensors(shape, dtype)
+    ph, pw = (tb.pool_out_size(v, *pool) for v in x.shape[2:])
+    out = torch.empty(BATCH, out.shape[1], ph, pw, device="meta", dtype=dtype).contiguous(
+        memory_format=torch.channels_last)
+    old = tb.FORCE_INT64
+    tb.FORCE_INT64 = int64
+    try:
+        return tb.plan_launch(x, *ws, True, out, interpret=False, pool=pool)
+    finally:
+        tb.FORCE_INT64 = old
+
+
+def _compile_pooled_case(case):
+    shape, pool, dtype_name, tile_tuple, arch, int64 = case
+    plan = _pooled_meta_plan(shape, pool, getattr(torch, dtype_name), int64)
+    fn = tb.kernels(interpret=False).stage1.inception_stage1_kernel
+    return _compile(fn, plan.args1, configs.Tile(*tile_tuple), arch)
+
+
+POOLED_CASES = ([(shape, pool, "bfloat16", tuple(t), arch, False)
+                 for shape, pool in (("4a-pre", (3, 2)), ("5a-pre", (2, 2)))
+                 for t in configs.tiles(1, True, pooled=True) for arch in ARCHS]
+                + [(shape, pool, "float32", tuple(t), arch, False)
+                   for shape, pool in (("4a-pre", (3, 2)), ("5a-pre", (2, 2)))
+                   for t in configs.tiles(1, False, pooled=True) for arch in ARCHS]
+                + [("4a-pre", (3, 2), "float16", tuple(configs.STAGE1_POOLED_HALF[0]), 90, False),
+                   ("5a-pre", (3, 2), "bfloat16", tuple(configs.STAGE1_POOLED_HALF[2]), 90, False),  # paper's maxpool4
+                   ("4a-pre", (3, 2), "bfloat16", tuple(configs.STAGE1_POOLED_HALF[0]), 90, True)])
+
+
+def _pooled_case_id(c):
+    shape, pool, dt, t, arch, int64 = c
+    tile = "x".join(map(str, t[:3])) + f"w{t[3]}s{t[4]}p{t[5]}"
+    return f"pooled-{shape}-{pool[0]}x{pool[0]}s{pool[1]}-{dt}-{tile}-sm{arch}" + ("-int64" if int64 else "")
+
+
+@pytest.fixture(scope="module")
+def compiled_pooled():
+    results = compile_all(_compile_pooled_case, POOLED_CASES)
+    lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}  MMA"]
+    for c in POOLED_CASES:
+        r = results[c]
+        if isinstance(r, Exception):
+            lines.append(f"{_pooled_case_id(c):64s} FAILED: {type(r).__name__}: {str(r)[:200]}")
+        else:
+            lines.append(f"{_pooled_case_id(c):64s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d}  "
+                         f"{','.join(r['mma_ops']) or ','.join(r['units'])}")
+    print("\nTriton AOT compile summary (pooled stage 1)\n" + "\n".join(lines))
+    return results
+
+
+@pytest.mark.parametrize("case", POOLED_CASES, ids=[_pooled_case_id(c) for c in POOLED_CASES])
+def test_aot_compile_pooled(compiled_pooled, case):
+    shape, pool, dtype_name, tile_tuple, arch, int64 = case
+    r = compiled_pooled[case]
+    if isinstance(r, Exception):
+        raise r
+    check_fits(r, arch)
+    check_dot_units(r, arch, dtype_name, tile_tuple[0])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -314,10 +314,12 @@ def test_torch_compile_interpreter(interp):
     check_close(y / 2, x, args, True)
 
 
+@pytest.mark.parametrize("pooled", [False, True], ids=["plain", "pooled"])
 @pytest.mark.parametrize("autotune", ["1", "0"])
-def test_aot_graph_has_two_triton_launches(monkeypatch, autotune):
+def test_aot_graph_has_two_triton_launches(monkeypatch, autotune, pooled):
     """Traced for CUDA (fake tensors; no GPU needed), the op decomposes into exactly two triton
-    kernel launches: stage 1 and stage 2 (autotuned kernels, or one configuration each)."""
+    kernel launches: stage 1 and stage 2 (autotuned kernels, or one configuration each); the
+    pooled op too (its max pool is in stage 1: no third launch)."""
     monkeypatch.setenv(tb.AUTOTUNE_ENV, autotune)
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     from torch._functorch.aot_autograd import aot_function
@@ -337,9 +339,13 @@ def test_aot_graph_has_two_triton_launches(monkeypatch, autotune):
     try:
         with FakeTensorMode():
             args = [a.to("cuda") if a is not None else None for a in make_weights("4b", k5=5)]
-            x = torch.empty(2, 512, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
-            y = aot_function(lambda x, *a: torch.ops.googlenet_fast.inception_triton(x, *a, True),
-                             fw_compiler=compiler)(x, *args)
+            if pooled:  # maxpool3's 28x28 -> 14x14 in stage 1's loaders
+                x = torch.empty(2, 512, 28, 28, device="cuda").contiguous(memory_format=torch.channels_last)
+                f = lambda x, *a: torch.ops.googlenet_fast.inception_pooled_triton(x, *a, True, 3, 2)  # noqa: E731
+            else:
+                x = torch.empty(2, 512, 14, 14, device="cuda").contiguous(memory_format=torch.channels_last)
+                f = lambda x, *a: torch.ops.googlenet_fast.inception_triton(x, *a, True)  # noqa: E731
+            y = aot_function(f, fw_compiler=compiler)(x, *args)
     finally:
         wrap_log.disabled = False
     assert y.shape == (2, 160 + 224 + 64 + 64, 14, 14) and y.device.type == "cuda"
@@ -440,6 +446,167 @@ def test_interpreter_tiles_shrink():
     assert t.BLOCK_M == 16 and t.BLOCK_K == configs.INTERPRET_STAGE1.BLOCK_K
     t = configs.interpret_tile(2, 1000, 96, 16)
     assert t.BLOCK_M == 64 and t.BLOCK_K == 128
+
+
+# ----------------------------------------------------------------------------------------------
+# The pooled op (googlenet_fast::inception_pooled_triton): the module over
+# max_pool2d(x, k, s, ceil_mode=True), the pool computed in stage 1's loaders.  Reference: torch's
+# max_pool2d (exact in any dtype), then the reference module in float64 (check_close).
+
+@pytest.fixture
+def poison_pooled(monkeypatch):
+    """The pooled op's output starts as NaN (every element must be written)."""
+    real = tb._new_pooled_output
+    monkeypatch.setattr(tb, "_new_pooled_output", lambda *a: real(*a).fill_(float("nan")))
+    yield
+
+
+def run_pooled_case(name, xhw, pool, dtype, layout, n=1, bias=True, relu=True, k5=3, x=None):
+    """The pooled op on a Table-1 module's weights and an (n, cin, *xhw) input laid out as asked
+    (or ``x``), against max_pool2d + the reference; returns (y, x, args)."""
+    cin, c1, r3, c3, r5, c5, cp, _ = TABLE1[name]
+    args = make_weights(name, k5=k5, dtype=dtype, bias=bias)
+    if x is None:
+        x = make_input(n, cin, xhw[0], xhw[1], layout, dtype)
+    y = tb.inception_pooled(x, *args, relu, pool=pool)
+    pooled = torch.nn.functional.max_pool2d(x, pool[0], pool[1], ceil_mode=True)
+    assert y.shape == (x.shape[0], c1 + c3 + c5 + cp) + tuple(pooled.shape[2:])
+    assert y.dtype == dtype and y.is_contiguous(memory_format=torch.channels_last)
+    check_close(y, pooled, args, relu)
+    return y, x, args
+
+
+# Pre-pool maps where ceil mode adds a partial last window (7, 5: 3x3/2 and 2x2/2; 8: 3x3/2) and
+# where it does not (8, 6: 2x2/2), a window hanging over a 2-pixel map, the input layouts.
+POOLED_CASES = [
+    # name, pre-pool (h, w), (k, s), dtype, layout, batch, bias, relu, k5
+    ("4a", (7, 7), (3, 2), torch.float32, "channels_last", 2, True, True, 3),
+    ("4a", (8, 8), (3, 2), torch.float16, "nchw", 1, True, False, 5),
+    ("5a", (5, 6), (2, 2), torch.float32, "nchw_sliced_c", 1, False, True, 3),
+    ("5a", (8, 7), (2, 2), torch.float16, "strided", 2, True, True, 5),
+    ("3a", (6, 5), (3, 2), torch.float16, "sliced", 1, True, True, 3),
+    ("3a", (7, 7), (2, 2), torch.float32, "expand", 2, True, True, 3),
+    ("3a", (2, 3), (3, 2), torch.float32, "channels_last", 1, True, False, 3),
+]
+
+
+@pytest.mark.parametrize("case", POOLED_CASES, ids=[
+    f"{c[0]}-{c[1][0]}x{c[1][1]}-{c[2][0]}x{c[2][0]}s{c[2][1]}-{str(c[3])[6:]}-{c[4]}" for c in POOLED_CASES])
+def test_pooled_interpreter(interp, poison_pooled, case):
+    name, xhw, pool, dtype, layout, n, bias, relu, k5 = case
+    run_pooled_case(name, xhw, pool, dtype, layout, n=n, bias=bias, relu=relu, k5=k5)
+
+
+def test_pooled_bfloat16_interpreter(interp, poison_pooled):
+    """bf16 (computed in fp32 under the interpreter, UPCAST)."""
+    run_pooled_case("4a", (7, 7), (3, 2), torch.bfloat16, "channels_last")
+
+
+def test_pooled_padding_is_minus_inf(interp, poison_pooled):
+    """Strictly negative input, no ReLU: a tap past the map's edge (or a union tap outside the
+    neighbouring windows) counted as 0 would win the max."""
+    x = -(make_input(1, 192, 8, 7, "channels_last").abs() + 1.0)
+    run_pooled_case("3a", None, (3, 2), torch.float32, None, relu=False, x=x)
+    run_pooled_case("3a", None, (2, 2), torch.float32, None, relu=False, x=x)
+
+
+def test_pooled_nan_propagates(interp):
+    """A NaN in x reaches the pooled values whose window holds it, and from there the outputs,
+    as through torch's max_pool2d and the module."""
+    args = make_weights("3a")
+    x = make_input(1, 192, 7, 7, "channels_last").clone()
+    x[0, 5, 3, 4] = float("nan")
+    y = tb.inception_pooled(x, *args, True, pool=(3, 2))
+    ref = reference(torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True), args, True, torch.float64)
+    assert torch.equal(torch.isnan(y), torch.isnan(ref))
+    assert torch.isnan(y).any() and not torch.isnan(y).all()
+    keep = ~torch.isnan(ref)
+    assert (y.double()[keep] - ref[keep]).abs().max() <= 1e-4 * ref[keep].abs().max()
+
+
+def test_pooled_bad_arguments(interp):
+    args = make_weights("3a")
+    x = make_input(1, 192, 7, 7)
+    op = torch.ops.googlenet_fast.inception_pooled_triton
+    with pytest.raises(ValueError, match=r"^pool_k: expected a max pool kernel size in \[1, 5\], got 0"):
+        op(x, *args, True, 0, 1)
+    with pytest.raises(ValueError, match=r"^pool_k: .*got 6"):
+        tb.inception_pooled(x, *args, pool=(6, 2))
+    with pytest.raises(ValueError, match=r"^pool_s: expected a stride in \[1, pool_k = 3\]"):
+        op(x, *args, True, 3, 0)
+    with pytest.raises(ValueError, match=r"^pool_s: .*got 3"):
+        tb.inception_pooled(x, *args, pool=(2, 3))
+    with pytest.raises(ValueError, match=r"^x: a 3x3/2 ceil-mode max pool of a 1x7 map has an empty output"):
+        tb.inception_pooled(make_input(1, 192, 1, 7), *args, pool=(3, 2))
+    with pytest.raises(ValueError, match=r"^w_1x1: expected shape \(out, 191, 1, 1\)"):
+        tb.inception_pooled(make_input(1, 191, 7, 7), *args)
+    with pytest.raises(ValueError, match=r"^x: expected a 4-D tensor"):
+        tb.inception_pooled(x[0], *args)
+    bad = list(args)
+    bad[10] = bad[10].half()
+    with pytest.raises(TypeError, match=r"^w_pool_proj: expected dtype torch.float32"):
+        tb.inception_pooled(x, *bad)
+    with pytest.raises(TypeError, match=r"^x: the triton backend supports"):
+        tb.inception_pooled(x.double(), *[a.double() if a is not None else None for a in args])
+
+
+def test_pooled_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match=r"^x: the triton backend needs CUDA tensors"):
+        tb.inception_pooled(make_input(1, 192, 7, 7), *make_weights("3a"))
+
+
+def test_pooled_is_eval_only(interp):
+    """No backward: a call that would record one raises (at the call); without grad mode it runs."""
+    args = make_weights("3a")
+    x = make_input(1, 192, 5, 4)
+    with pytest.raises(RuntimeError, match=r"inception_pooled_triton is eval-only"):
+        tb.inception_pooled(x.clone().requires_grad_(), *args)
+    wp = args[10].clone().requires_grad_()
+    with pytest.raises(RuntimeError, match=r"eval-only"):
+        tb.inception_pooled(x, *args[:10], wp, args[11])
+    with torch.no_grad():
+        y = tb.inception_pooled(x.clone().requires_grad_(), *args[:10], wp, args[11])
+    assert not y.requires_grad
+    check_close(y, torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True), args, True)
+
+
+def test_pooled_opcheck_interpreter(interp):
+    """torch.library.opcheck (schema, fake kernel, autograd registration, AOTAutograd)."""
+    args = make_weights("3a", bias=True)
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_pooled_triton.default,
+                          (make_input(1, 192, 5, 4), *args, True, 3, 2))
+    torch.library.opcheck(torch.ops.googlenet_fast.inception_pooled_triton.default,
+                          (make_input(2, 192, 4, 5, "nchw"), *args, False, 2, 2))
+
+
+def test_pooled_torch_compile_interpreter(interp):
+    args = make_weights("4a")
+    x = make_input(1, 480, 7, 6)
+
+    def f(x, *a):
+        return tb.inception_pooled(x, *a, pool=(3, 2)) * 2
+
+    torch._dynamo.reset()
+    y = torch.compile(f, fullgraph=True, backend="aot_eager")(x, *args)
+    torch.testing.assert_close(y, f(x, *args), rtol=0, atol=0)
+    check_close(y / 2, torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True), args, True)
+
+
+def test_pooled_plan():
+    """The pooled launch plan: stage 1 reads the pre-pool map (XH, XW) and covers the pooled
+    pixels; stage 2 runs on the pooled grid; the plain plan has IN_POOL_K = 0 and XH, XW = H, W."""
+    args = [a.to("meta") if a is not None else None for a in make_weights("4a", dtype=torch.bfloat16)]
+    x = torch.empty(2, 480, 28, 28, device="meta", dtype=torch.bfloat16)
+    out = torch.empty(2, 512, 14, 14, device="meta", dtype=torch.bfloat16)
+    plan = tb.plan_launch(x, *args, True, out, interpret=False, pool=(3, 2))
+    assert plan.P == 2 * 14 * 14
+    assert (plan.args1["XH"], plan.args1["XW"], plan.args1["H"], plan.args1["W"]) == (28, 28, 14, 14)
+    assert (plan.args1["IN_POOL_K"], plan.args1["IN_POOL_S"]) == (3, 2)
+    assert (plan.args2["H"], plan.args2["W"]) == (14, 14)
+    plain = tb.plan_launch(out[:, :480], *args, True, out, interpret=False)
+    assert (plain.args1["IN_POOL_K"], plain.args1["XH"], plain.args1["H"]) == (0, 14, 14)
+    assert configs.heuristic_tile(1, plan.P, True, pooled=True) in configs.STAGE1_POOLED_HALF
 
 
 # ----------------------------------------------------------------------------------------------
@@ -627,3 +794,50 @@ def test_autotuned_gpu(gpu_precompiled, monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     run_case("4e", (14, 14), torch.bfloat16, 3, True, True, "channels_last", "slice", n=32,
              kxk_cl=True, device="cuda")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+def test_pooled_gpu(no_autotune, monkeypatch, dtype):
+    """Real sizes: maxpool3 -> 4a (batch 8, 28x28x480 -> 14x14) and maxpool4 -> 5a (2x2/2 and
+    the paper's 3x3/2, 14x14x832 -> 7x7), poisoned output, against max_pool2d + the reference as
+    test_table1_gpu checks (half precision against the fp32 reference, TF32 off)."""
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(tb, "_new_pooled_output", lambda *a, real=tb._new_pooled_output: real(*a).fill_(float("nan")))
+    truth = torch.float64 if dtype == torch.float32 else torch.float32
+    for name, xhw, pool in (("4a", 28, (3, 2)), ("5a", 14, (2, 2)), ("5a", 14, (3, 2))):
+        args = make_weights(name, dtype=dtype, device="cuda", kxk_channels_last=True)
+        x = make_input(8, TABLE1[name][0], xhw, xhw, "channels_last", dtype, "cuda")
+        y = tb.inception_pooled(x, *args, True, pool=pool)
+        torch.cuda.synchronize()
+        assert y.shape[2:] == (xhw // 2, xhw // 2) and y.is_contiguous(memory_format=torch.channels_last)
+        check_close(y, torch.nn.functional.max_pool2d(x, *pool, ceil_mode=True), args, True, truth_dtype=truth)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("half", [True, False], ids=["half", "fp32"])
+def test_pooled_every_tile_gpu(monkeypatch, half):
+    """Each pooled stage-1 configuration (the autotuner's set) computes the same result: 4a over
+    a 26x26 pre-pool map (ceil mode's partial last window), NCHW input, batch 4."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    dtype = torch.bfloat16 if half else torch.float32
+    args = make_weights("4a", dtype=dtype, device="cuda", kxk_channels_last=True)
+    x = make_input(4, 480, 26, 26, "nchw", dtype, "cuda")
+    pooled = torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True)
+    for t1 in configs.tiles(1, half, pooled=True):
+        monkeypatch.setattr(tb, "FORCE_TILE", (t1, configs.tiles(2, half)[0]))
+        y = tb.inception_pooled(x, *args, True, pool=(3, 2))
+        check_close(y, pooled, args, True, truth_dtype=torch.float64 if not half else torch.float32)
+
+
+@pytest.mark.gpu
+def test_pooled_autotuned_gpu(monkeypatch):
+    """The autotuned pooled kernels (the default path) agree with the reference too."""
+    monkeypatch.delenv(tb.AUTOTUNE_ENV, raising=False)
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    args = make_weights("4a", dtype=torch.bfloat16, device="cuda", kxk_channels_last=True)
+    x = make_input(32, 480, 28, 28, "channels_last", torch.bfloat16, "cuda")
+    y = tb.inception_pooled(x, *args, True, pool=(3, 2))
+    check_close(y, torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True), args, True, truth_dtype=torch.float32)

@@ -7,6 +7,12 @@
     stage 2 (stage2.py): the KxK convolutions of both reduce branches as implicit GEMMs over red,
              written into their channel slices.
 
+Pooled variant: ``torch.ops.googlenet_fast.inception_pooled_triton`` (:func:`inception_pooled`):
+the same module over ``max_pool2d(x, pool_k, pool_s, ceil_mode=True)``, the pool computed by stage
+1's loaders (stage1.py, IN_POOL_K) so that GoogLeNet's stage-transition pools (maxpool2/3/4) cost
+no pass of their own; eval only (it has no backward: it raises when grads are required), output
+channels_last on the pooled grid, its own stage-1 tile configurations (configs.py).
+
 Registered as ``torch.ops.googlenet_fast.inception_triton`` (same arguments as the C++
 ``googlenet_fast::inception``) and ``torch.ops.googlenet_fast.inception_triton_out`` (the out=
 variant: mutates ``out``, returns nothing) through ``torch.library.triton_op`` with every launch
@@ -60,7 +66,7 @@ import importlib.util
 import inspect
 import os
 import sys
-from typing import List, NamedTuple, Optional
+from typing import List, NamedTuple, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -164,6 +170,8 @@ class Kernels(NamedTuple):
     stage1_fp32: object
     stage2_half: object
     stage2_fp32: object
+    stage1_pooled_half: object  # stage 1 with a max pool in its loaders (its own configurations)
+    stage1_pooled_fp32: object
 
 
 _KERNELS = {}
@@ -186,20 +194,20 @@ def kernels(interpret: Optional[bool] = None) -> Kernels:
     stage1 = _mode_module("stage1", "inception_stage1_kernel", interpret)
     stage2 = _mode_module("stage2", "inception_stage2_kernel", interpret)
     if interpret:
-        k = Kernels(True, stage1, stage2, None, None, None, None)
+        k = Kernels(True, stage1, stage2, None, None, None, None, None, None)
     else:
         import triton as _triton
 
-        def tune(fn, stage, half):
-            key = configs.STAGE1_KEY if stage == 1 else configs.STAGE2_KEY
+        def tune(fn, stage, half, pooled=False):
+            key = (configs.STAGE1_POOLED_KEY if pooled else configs.STAGE1_KEY) if stage == 1 else configs.STAGE2_KEY
             kw = {}
             if "do_bench" in inspect.signature(_triton.autotune).parameters:
                 kw["do_bench"] = _autotune_bench  # shorter than Triton's 25 ms + 100 ms per config
-            return _triton.autotune(configs=configs.triton_configs(stage, half), key=key, **kw)(fn)
+            return _triton.autotune(configs=configs.triton_configs(stage, half, pooled), key=key, **kw)(fn)
 
         k1, k2 = stage1.inception_stage1_kernel, stage2.inception_stage2_kernel
         k = Kernels(False, stage1, stage2, tune(k1, 1, True), tune(k1, 1, False),
-                    tune(k2, 2, True), tune(k2, 2, False))
+                    tune(k2, 2, True), tune(k2, 2, False), tune(k1, 1, True, True), tune(k1, 1, False, True))
     _KERNELS[interpret] = k
     return k
 
@@ -371,10 +379,15 @@ def _pow2_divisor(*values, cap=16) -> int:
 
 
 def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5,
-                b_5x5, w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> LaunchPlan:
+                b_5x5, w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool,
+                pool: Tuple[int, int] = (0, 0)) -> LaunchPlan:
     """Allocate the scratch matrix and build both stages' kernel arguments (works on meta tensors,
-    which is how tests/test_triton_compile.py gets the runtime specialization of each kernel)."""
-    n, cin, h, w = x.shape
+    which is how tests/test_triton_compile.py gets the runtime specialization of each kernel).
+    ``pool`` = (kernel_size, stride): the module's input is the ceil-mode max pool of x, computed
+    by stage 1's loaders; ``out`` is then on the pooled grid, and so are P and stage 2 ((0, 0):
+    no pool)."""
+    n, cin, xh, xw = x.shape
+    h, w = (out.shape[2], out.shape[3]) if pool[0] else (xh, xw)
     P = n * h * w
     c1, r3, r5, cp = w_1x1.shape[0], w_3x3red.shape[0], w_5x5red.shape[0], w_pool_proj.shape[0]
     c3, c5 = w_3x3.shape[0], w_5x5.shape[0]
@@ -408,11 +421,12 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
         x_ptr=x, wm_ptr=wm, wp_ptr=wp,
         b1_ptr=b1, b3r_ptr=b3r, b5r_ptr=b5r, bp_ptr=bp,
         out_ptr=out, red_ptr=red,
-        P=P, H=h, W=w, CIN=cin, NM=nm, C1=c1, R3=r3, CP=cp, RR=rr, OFF_P=c1 + c3 + c5,
+        P=P, H=h, W=w, CIN=cin, NM=nm, C1=c1, R3=r3, CP=cp, RR=rr, OFF_P=c1 + c3 + c5, XH=xh, XW=xw,
         sxn=sx[0], sxc=sx[1], sxh=sx[2], sxw=sx[3],
         swm=wm.stride(0), swp=wp.stride(0),
         son=so[0], soc=so[1], soh=so[2], sow=so[3],
-        HAS_B1=has[0], HAS_B3R=has[1], HAS_B5R=has[2], HAS_BP=has[3], **common)
+        HAS_B1=has[0], HAS_B3R=has[1], HAS_B5R=has[2], HAS_BP=has[3],
+        IN_POOL_K=int(pool[0]), IN_POOL_S=int(pool[1]) if pool[0] else 0, **common)
     s3, s5 = w_3x3.stride(), w_5x5.stride()
     args2 = dict(
         red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out, ss_ptr=red,
@@ -435,15 +449,17 @@ def precompile(plan: LaunchPlan, which: str = "launch") -> int:
     configuration).  Run in worker processes sharing TRITON_CACHE_DIR, this fills Triton's
     on-disk cache in parallel (benchmarks/gpu_blocks.py --prewarm, the GPU tests)."""
     k = kernels(interpret=False)
+    pooled = bool(plan.args1["IN_POOL_K"])
     count = 0
     for stage, fn, args in ((1, k.stage1.inception_stage1_kernel, plan.args1),
                             (2, k.stage2.inception_stage2_kernel, plan.args2)):
+        pooled_stage = pooled and stage == 1
         if which == "all" or autotuning():
-            tiles = configs.tiles(stage, plan.half)
+            tiles = configs.tiles(stage, plan.half, pooled_stage)
         elif FORCE_TILE:
             tiles = [FORCE_TILE[stage - 1]]
         else:
-            tiles = [configs.heuristic_tile(stage, plan.P, plan.half)]
+            tiles = [configs.heuristic_tile(stage, plan.P, plan.half, pooled_stage)]
         args = {n: (torch.empty(64, dtype=v.dtype, device="cuda") if isinstance(v, Tensor) else v)
                 for n, v in args.items()}
         for t in tiles:
@@ -453,15 +469,18 @@ def precompile(plan: LaunchPlan, which: str = "launch") -> int:
 
 
 def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
-            w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool) -> None:
-    """Run both stages, writing the module's output into ``out`` (any strides)."""
+            w_pool_proj, b_pool_proj, relu: bool, out: Tensor, interpret: bool,
+            pool: Tuple[int, int] = (0, 0)) -> None:
+    """Run both stages, writing the module's output into ``out`` (any strides); ``pool``: see
+    :func:`plan_launch`."""
     from torch.library import wrap_triton
 
     n, _, h, w = x.shape
     if n * h * w == 0 or out.numel() == 0:
         return
     plan = plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red,
-                       w_5x5, b_5x5, w_pool_proj, b_pool_proj, relu, out, interpret)
+                       w_5x5, b_5x5, w_pool_proj, b_pool_proj, relu, out, interpret, pool)
+    pooled = bool(pool[0])
     k = kernels(interpret)
     g1 = k.stage1.grid(plan.P, plan.NM, plan.CP)
     g2 = k.stage2.grid(plan.P, plan.C3, plan.C5)
@@ -473,12 +492,15 @@ def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5re
             k.stage2.inception_stage2_kernel[g2](**plan.args2, **t2.meta(2))
         return
     if autotuning():
-        kernel1 = k.stage1_half if plan.half else k.stage1_fp32
+        if pooled:
+            kernel1 = k.stage1_pooled_half if plan.half else k.stage1_pooled_fp32
+        else:
+            kernel1 = k.stage1_half if plan.half else k.stage1_fp32
         kernel2 = k.stage2_half if plan.half else k.stage2_fp32
         wrap_triton(kernel1)[g1](**plan.args1)
         wrap_triton(kernel2)[g2](**plan.args2)
         return
-    t1 = FORCE_TILE[0] if FORCE_TILE else configs.heuristic_tile(1, plan.P, plan.half)
+    t1 = FORCE_TILE[0] if FORCE_TILE else configs.heuristic_tile(1, plan.P, plan.half, pooled)
     t2 = FORCE_TILE[1] if FORCE_TILE else configs.heuristic_tile(2, plan.P, plan.half)
     wrap_triton(k.stage1.inception_stage1_kernel)[g1](
         **plan.args1, **t1.meta(1), num_warps=t1.num_warps, num_stages=t1.num_stages)
@@ -507,15 +529,15 @@ def _check(x, args, out=None):
 
 
 def _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
-         w_pool_proj, b_pool_proj, relu, out):
+         w_pool_proj, b_pool_proj, relu, out, pool=(0, 0)):
     args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
             w_pool_proj, b_pool_proj)
     if x.device.type == "meta":
         return
     if interpreting() and x.device.type == "cpu":
-        torch.ops.googlenet_fast._inception_triton_interpreted(x, *args, relu, out)
+        torch.ops.googlenet_fast._inception_triton_interpreted(x, *args, relu, out, int(pool[0]), int(pool[1]))
     else:
-        _launch(x, *args, relu, out, interpret=interpreting())
+        _launch(x, *args, relu, out, interpret=interpreting(), pool=pool)
 
 
 @torch.library.custom_op("googlenet_fast::_inception_triton_interpreted", mutates_args=("out",))
@@ -523,15 +545,16 @@ def _inception_triton_interpreted(
         x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
         w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],
         w_5x5: Tensor, b_5x5: Optional[Tensor], w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
-        relu: bool, out: Tensor) -> None:
-    """Both stages under Triton's interpreter (opaque to tracing; used for CPU tensors)."""
+        relu: bool, out: Tensor, pool_k: int = 0, pool_s: int = 0) -> None:
+    """Both stages under Triton's interpreter (opaque to tracing; used for CPU tensors); pool_k > 0:
+    over the (pool_k, pool_s) max pool of x (the pooled op)."""
     _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
-            w_pool_proj, b_pool_proj, relu, out, interpret=True)
+            w_pool_proj, b_pool_proj, relu, out, interpret=True, pool=(pool_k, pool_s))
 
 
 @_inception_triton_interpreted.register_fake
 def _(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
-      w_pool_proj, b_pool_proj, relu, out):
+      w_pool_proj, b_pool_proj, relu, out, pool_k=0, pool_s=0):
     return None
 
 
@@ -563,6 +586,108 @@ def inception_triton_out(
                w_pool_proj, b_pool_proj), out)
     _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
          w_pool_proj, b_pool_proj, relu, out)
+
+
+# ----------------------------------------------------------------------------------------------
+# The pooled op: a stage-transition max pool fused into the next module's stage 1
+
+POOLED_OP_NAME = "googlenet_fast::inception_pooled_triton"
+# Largest pool window: stage 1's loaders unroll it (pool_k**2 taps in the merged 1x1 tile,
+# 2*pool_s + pool_k per row of the pool projection's window union).
+MAX_POOL_K = 5
+
+
+def pool_out_size(size: int, kernel: int, stride: int) -> int:
+    """Output length of a ceil-mode max pool without padding (ATen's pooling_output_shape)."""
+    out = (size - kernel + stride - 1) // stride + 1
+    if (out - 1) * stride >= size:
+        out -= 1
+    return out
+
+
+def _check_pooled(x, args, pool_k, pool_s):
+    """The pooled op's checks; returns the pooled (H, W)."""
+    _check(x, args)
+    if not 1 <= pool_k <= MAX_POOL_K:
+        raise ValueError(f"pool_k: expected a max pool kernel size in [1, {MAX_POOL_K}], got {pool_k}")
+    if not 1 <= pool_s <= pool_k:
+        raise ValueError(f"pool_s: expected a stride in [1, pool_k = {pool_k}] (neighbouring windows must "
+                         f"touch or overlap), got {pool_s}")
+    h, w = x.shape[2], x.shape[3]
+    ph, pw = pool_out_size(h, pool_k, pool_s), pool_out_size(w, pool_k, pool_s)
+    if ph < 1 or pw < 1:
+        raise ValueError(f"x: a {pool_k}x{pool_k}/{pool_s} ceil-mode max pool of a {h}x{w} map has an empty "
+                         "output (the pre-pool map is too small)")
+    return ph, pw
+
+
+def _new_pooled_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj, ph, pw):
+    c = w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0]
+    return torch.empty((x.shape[0], c, ph, pw), dtype=x.dtype, device=x.device,
+                       memory_format=torch.channels_last)
+
+
+@torch.library.triton_op(POOLED_OP_NAME, mutates_args=())
+def inception_pooled_triton(
+        x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
+        w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],
+        w_5x5: Tensor, b_5x5: Optional[Tensor], w_pool_proj: Tensor, b_pool_proj: Optional[Tensor],
+        relu: bool, pool_k: int, pool_s: int) -> Tensor:
+    """See :func:`inception_pooled`."""
+    args = (w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+            w_pool_proj, b_pool_proj)
+    ph, pw = _check_pooled(x, args, pool_k, pool_s)
+    out = _new_pooled_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj, ph, pw)
+    _run(x, *args, relu, out, (pool_k, pool_s))
+    return out
+
+
+def _pooled_eval_only(*_, **__):
+    raise RuntimeError(
+        "googlenet_fast::inception_pooled_triton is eval-only: it has no backward, and an input "
+        "requires grad. Run it under torch.no_grad() / torch.inference_mode(), or for training use "
+        "max_pool2d followed by googlenet_fast.inception (backend='triton' has a backward).")
+
+
+# Raised in setup_context, i.e. by the forward call itself when grad mode is on and an input
+# requires grad (not later, at backward time).
+torch.library.register_autograd(POOLED_OP_NAME, _pooled_eval_only, setup_context=_pooled_eval_only)
+
+
+def inception_pooled(x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor,
+                     b_3x3red: Optional[Tensor], w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor,
+                     b_5x5red: Optional[Tensor], w_5x5: Tensor, b_5x5: Optional[Tensor], w_pool_proj: Tensor,
+                     b_pool_proj: Optional[Tensor], relu: bool = True, *, pool=(3, 2)) -> Tensor:
+    """``inception(max_pool2d(x, k, s, ceil_mode=True), *weights, relu)`` in the Inception op's two
+    launches, the max pool computed by stage 1's loaders (no pooled tensor is written): the
+    stage-transition pools of GoogLeNet fused into the module after them (torchvision's
+    ``models/googlenet.py``: ``maxpool2 = MaxPool2d(3, 2, ceil_mode=True)`` before inception3a,
+    ``maxpool3 = MaxPool2d(3, 2, ceil_mode=True)`` before inception4a, ``maxpool4 =
+    MaxPool2d(2, 2, ceil_mode=True)`` before inception5a; the paper's maxpool4 is 3x3/2).  Runs
+    ``torch.ops.googlenet_fast.inception_pooled_triton`` (a triton_op: torch.compile and CUDA
+    graph capture see its two kernels).
+
+    Args:
+        x: (N, Cin, XH, XW) float32/float16/bfloat16, the pre-pool map, any strides (channels_last
+            is the fast one); CUDA, or CPU under TRITON_INTERPRET=1.
+        w_1x1 ... b_pool_proj: the twelve weights and biases of ``googlenet_fast.inception`` (same
+            shapes, layouts and rules; e.g. ``Inception.folded_params(dtype)``), x's dtype and device.
+        relu: ReLU after every branch.
+        pool: (kernel_size k, stride s), 1 <= s <= k <= 5: a k x k / s max pool without padding
+            in ceil mode (the last window may hang over the edge, its outside taps excluded; it
+            must start inside the map, as PyTorch's rule), NaN propagating as in torch.
+    Returns:
+        (N, ch1x1 + ch3x3 + ch5x5 + pool_proj, PH, PW), channels_last (NHWC) memory, x's dtype;
+        PH = ceil((XH - k) / s) + 1 (minus one if that window would start past the map), PW alike.
+    Raises:
+        TypeError / ValueError naming the argument: x or a weight (dtype, device, rank, channels,
+        as googlenet_fast.inception), pool_k / pool_s (out of range), x (a pre-pool map too small
+        for one window); RuntimeError when grad mode is on and an input requires grad (eval only:
+        no backward).
+    """
+    return torch.ops.googlenet_fast.inception_pooled_triton(
+        x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
+        w_pool_proj, b_pool_proj, bool(relu), int(pool[0]), int(pool[1]))
 
 
 # ----------------------------------------------------------------------------------------------

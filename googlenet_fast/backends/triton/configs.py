@@ -24,6 +24,15 @@ KiB) and sm_90 (227 KiB) limits.  tests/test_triton_compile.py compiles every co
 sm_90 and sm_80 and checks: no spills (STACK 0; 72..224 registers per thread), shared memory
 within the limit, wgmma (HGMMA) on sm_90, pipelined GEMM loops.
 
+Stage 1 with a max pool in its loaders (the pooled op, ``inception_pooled_triton``: maxpool2/3/4
+fused into the next module) has configurations of its own, the same M x N shapes: both of its
+loops load a window per element (KxK taps in the merged 1x1 tile, (2S+K)^2 in the pool
+projection, one row of them at a time) and run unpipelined (num_stages 1, nothing to
+multi-buffer), with K steps narrowed until the sm_90 and sm_80 builds are spill-free
+(tests/test_triton_compile.py): half 128x128 (K 32, pool K 16, 8 warps), 128x64 (32/16, 8),
+64x128 (32/16, 8 warps where 4 spilled on sm_80), 64x64 (32/32, 4), 32x64 (64/32, 4); fp32
+64x64x16 (8 warps where 4 spilled on sm_80), 32x64x32 and 64x32x32 with a 16-wide pool K step.
+
 float32: IEEE fp32 dots (``input_precision="ieee"``) run on the FMA units, with both operand
 tiles in registers, so tiles are smaller to stay spill-free (64x64x16, 32x64x32, 64x32x32); the
 same configurations serve TF32 (when torch.backends.cuda.matmul allows it).
@@ -38,7 +47,8 @@ BLOCK_M (and stage 2's BLOCK_K) shrink to the problem, as the interpreter's dots
 the tile.
 
 Autotuning keys (the arguments whose change can change the best tile): stage 1 on P (pixels),
-CIN, NM (ch1x1+ch3x3red+ch5x5red) and CP (pool_proj); stage 2 on P, R3, R5, C3, C5, K3, K5.
+CIN, NM (ch1x1+ch3x3red+ch5x5red) and CP (pool_proj), the pooled stage 1 also on the pre-pool
+map (XH, XW) and the pool (IN_POOL_K, IN_POOL_S); stage 2 on P, R3, R5, C3, C5, K3, K5.
 Triton adds the tensors' dtypes to the key itself.
 """
 from typing import Dict, List, NamedTuple
@@ -89,6 +99,21 @@ STAGE2_FP32: List[Tile] = [
     Tile(64, 32, 32, 4, 2),
 ]
 
+# Stage 1 over a max-pooled input (IN_POOL_K > 0); see the module docstring.
+STAGE1_POOLED_HALF: List[Tile] = [
+    Tile(128, 128, 32, 8, 1, POOL_K=16),
+    Tile(128, 64, 32, 8, 1, POOL_K=16),
+    Tile(64, 128, 32, 8, 1, POOL_K=16),
+    Tile(64, 64, 32, 4, 1, POOL_K=32),
+    Tile(32, 64, 64, 4, 1, POOL_K=32),
+]
+
+STAGE1_POOLED_FP32: List[Tile] = [
+    Tile(64, 64, 16, 8, 1, POOL_K=16),
+    Tile(32, 64, 32, 4, 1, POOL_K=16),
+    Tile(64, 32, 32, 4, 1, POOL_K=16),
+]
+
 # Under the interpreter: one program covers up to 64 pixels and 256 channels, and stage 2 takes
 # up to 256 reduce channels per tap in one step (ch3x3red <= 192 in Table 1).  The tiles shrink
 # to the problem (the interpreter's dot costs grow with the tile, its loop steps do not).
@@ -112,23 +137,28 @@ def interpret_tile(stage: int, P: int, r3: int, r5: int) -> Tile:
     return t._replace(BLOCK_M=bm, BLOCK_K=bk)
 
 STAGE1_KEY = ["P", "CIN", "NM", "CP"]
+STAGE1_POOLED_KEY = STAGE1_KEY + ["XH", "XW", "IN_POOL_K", "IN_POOL_S"]
 STAGE2_KEY = ["P", "R3", "R5", "C3", "C5", "K3", "K5"]
 
 # Shared-memory capacity per block (bytes) of the architectures we compile for.
 SMEM_LIMIT = {80: 163 * 1024, 90: 227 * 1024}
 
 
-def tiles(stage: int, half: bool) -> List[Tile]:
-    """The autotuned configurations of stage 1 or 2 for half precision or float32."""
+def tiles(stage: int, half: bool, pooled: bool = False) -> List[Tile]:
+    """The autotuned configurations of stage 1 or 2 for half precision or float32 (``pooled``:
+    stage 1 with a max pool in its loaders; stage 2 does not change)."""
     if stage == 1:
+        if pooled:
+            return STAGE1_POOLED_HALF if half else STAGE1_POOLED_FP32
         return STAGE1_HALF if half else STAGE1_FP32
     return STAGE2_HALF if half else STAGE2_FP32
 
 
-def heuristic_tile(stage: int, P: int, half: bool) -> Tile:
+def heuristic_tile(stage: int, P: int, half: bool, pooled: bool = False) -> Tile:
     """One configuration by pixel count, for runs without autotuning: the largest tile whose
-    row-tile count still fills an H100/H200 (132 SMs) a few times over."""
-    t = tiles(stage, half)
+    row-tile count still fills an H100/H200 (132 SMs) a few times over (P: pixels of the
+    module's output, the pooled grid for a pooled stage 1)."""
+    t = tiles(stage, half, pooled)
     if not half:
         return t[0] if P >= 4096 else t[1]
     if P >= 16384:
@@ -145,10 +175,10 @@ def smem_estimate(t: Tile, elem_bytes: int) -> int:
     return max(t.num_stages, 1) * (t.BLOCK_M * t.BLOCK_K + t.BLOCK_K * t.BLOCK_N) * elem_bytes
 
 
-def triton_configs(stage: int, half: bool):
+def triton_configs(stage: int, half: bool, pooled: bool = False):
     import triton
     return [triton.Config(t.meta(stage), num_warps=t.num_warps, num_stages=t.num_stages)
-            for t in tiles(stage, half)]
+            for t in tiles(stage, half, pooled)]
 
 
 # ----------------------------------------------------------------------------------------------
