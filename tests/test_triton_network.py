@@ -245,14 +245,30 @@ def _model(variant, seed=0, **kw):
     ("torchvision", dict(transform_input=True), (2, 3, 40, 40), "nchw"),
     ("paper", {}, (1, 3, 33, 35), "channels_last"),
 ])
-def test_fused_forward_matches_model(interp, variant, kw, shape, layout):
+def test_fused_forward_matches_model(interp, monkeypatch, variant, kw, shape, layout):
+    """The fused forward against the model, and which ops compute the stage-transition pools:
+    no standalone max pool for maxpool3/maxpool4 (nor maxpool2 in torchvision), the pooled
+    Inception op at 4a and 5a (and 3a in torchvision); the paper's lrn2 -> maxpool2 is one
+    max_pool_nhwc pass with the LRN."""
     m = _model(variant, **kw)
     x = _layout(_rand(*shape), layout)
+    pools, pooled = [], []
+    real_pool, real_pooled = nw.max_pool_nhwc, nw.inception_pooled
+    monkeypatch.setattr(nw, "max_pool_nhwc", lambda y, k, s, lrn=None: pools.append(
+        (tuple(y.shape), k, s, lrn is not None)) or real_pool(y, k, s, lrn=lrn))
+    monkeypatch.setattr(nw, "inception_pooled", lambda y, *a, pool: pooled.append(
+        (y.shape[1], pool)) or real_pooled(y, *a, pool=pool))
     with torch.no_grad():
         assert nw.fused_forward_supported(m, x) is None
         ref = m(x)
         y = nw.fused_forward_triton(m, x)
         ref64 = m.double()(x.double())
+    if variant == "paper":
+        assert [p[1:] for p in pools] == [(3, 2, True)]  # lrn2 + maxpool2
+        assert pooled == [(480, (3, 2)), (832, (3, 2))]  # maxpool3 -> 4a, maxpool4 (3x3/2) -> 5a
+    else:
+        assert pools == []
+        assert pooled == [(192, (3, 2)), (480, (3, 2)), (832, (2, 2))]
     assert y.shape == ref.shape and y.dtype == torch.float32
     scale = ref64.abs().max().item()
     assert (y.double() - ref64).abs().max().item() <= 1e-4 * scale
@@ -273,6 +289,10 @@ def test_fused_forward_supported_says_why(interp):
     m.maxpool3 = torch.nn.MaxPool2d(3, 2, ceil_mode=False)
     with torch.no_grad():
         assert "maxpool3" in nw.fused_forward_supported(m, x)
+    m.maxpool3 = torch.nn.MaxPool2d(3, 2, ceil_mode=True)
+    m.maxpool4 = torch.nn.MaxPool2d(2, 3, ceil_mode=True)  # stride > kernel: not the pooled op's
+    with torch.no_grad():
+        assert "maxpool4 is a 2x2/3 pool" in nw.fused_forward_supported(m, x)
         assert "CUDA" in nw.fused_forward_supported(_model("paper"), torch.empty(1, 3, 32, 32, device="meta"))
 
 

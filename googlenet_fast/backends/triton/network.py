@@ -1,7 +1,9 @@
 """Triton kernels for the rest of GoogLeNet in eval mode, and a whole-network fused forward.
 
 The Inception modules run the fused Inception op (``googlenet_fast::inception_triton``, this
-package's __init__.py).  This module covers everything around them (kernels in
+package's __init__.py), or, right after a stage-transition max pool, its pooled variant
+(``googlenet_fast::inception_pooled_triton``), whose stage-1 loaders compute that pool.  This
+module covers everything around them (kernels in
 network_kernels.py, tiles in network_configs.py), NHWC throughout, fp32/fp16/bf16 with fp32
 accumulation, BatchNorm folded (eval):
 
@@ -16,28 +18,32 @@ maxpool1 [+ lrn1]      fused into conv2's A loader (the previous layer's output 
                        :func:`conv_nhwc` with ``pool=(3, 2)`` [``lrn=...``]
                        (``googlenet_fast::conv_nhwc_triton``).  No pooled tensor exists.
 conv3 3x3 + ReLU       :func:`conv_nhwc` (implicit GEMM over (tap, channel chunk)).
-[lrn2 +] maxpool2      :func:`max_pool_nhwc` (``googlenet_fast::max_pool_nhwc_triton``), one
-                       pass; in the paper variant the LRN is applied at every tap before the
-                       max (LRN, then pool, as the network does).
-maxpool3, maxpool4     :func:`max_pool_nhwc`, standalone (their consumer is an Inception
-                       module's stage 1, which is not ours: see HOOK below).
+maxpool2 -> 3a         torchvision: fused into inception3a's stage-1 loaders
+                       (:func:`inception_pooled`, ``googlenet_fast::inception_pooled_triton``
+                       with pool 3x3/2).  Paper: lrn2 -> maxpool2 stays one pass of
+                       :func:`max_pool_nhwc` (``googlenet_fast::max_pool_nhwc_triton``), the
+                       LRN applied at every tap before the max (LRN, then pool, as the network
+                       does), and inception3a runs the plain op.
+maxpool3 -> 4a,        fused into inception4a's / inception5a's stage-1 loaders
+maxpool4 -> 5a         (:func:`inception_pooled`: 3x3/2; maxpool4 2x2/2 in torchvision, 3x3/2
+                       in the paper).  No pooled tensor exists.
 avgpool + flatten +    :func:`avgpool_linear` (``googlenet_fast::avgpool_linear_triton``): one
 dropout + fc           launch, the average pool computed in the GEMM's operand loader.
 =====================  ========================================================================
 
-So a 2-D forward is 3 stem launches + 3 pools + 9 x 2 Inception launches + 1 head = 25 launches
-(torchvision's eager eval: ~66 kernels for the same layers, plus a layout copy of the input).
+So a 2-D forward is 3 stem launches + 9 x 2 Inception launches + 1 head = 22 launches in the
+torchvision variant, 23 in the paper's (its lrn2 + maxpool2 pass) (torchvision's eager eval: ~66
+kernels for the same layers, plus a layout copy of the input).
 
-HOOK (what fusing maxpool2/3/4 into the Inception modules would need, in stage1.py, not edited
-here): a constexpr ``IN_POOL_K``/``IN_POOL_S`` on ``inception_stage1_kernel`` making its x loader
-return max over the IN_POOL_K x IN_POOL_K / IN_POOL_S ceil-mode window of the pre-pool tensor
-(``_window_max`` in network_kernels.py is that loader; H, W then describe the pooled grid and
-two more runtime ints XH, XW the pre-pool one), in both the merged 1x1 tile and the pool
-projection tile (whose 3x3/s1/p1 max of pooled values is then the max over the union of the
-windows: a (2*IN_POOL_S + IN_POOL_K) x (same) window of the pre-pool tensor, clipped to the
-windows' valid taps).  Stage 2 reads ``red`` on the pooled grid and would not change.  The
-paper's lrn2 -> maxpool2 -> 3a additionally needs the LRN-before-pool loader (``_pool_lrn_tile``
-with LRN_FIRST).
+The pool fusion (formerly the HOOK here; done): ``inception_stage1_kernel`` in stage1.py takes
+constexprs ``IN_POOL_K``/``IN_POOL_S`` (0: no pool, the plain module's code) and runtime XH, XW
+(the pre-pool map; H, W are the pooled grid): the merged 1x1 tile's A loader returns the max over
+each pooled pixel's ceil-mode window, and the pool projection's 3x3/s1/p1 max of pooled values is
+the max over the union of the valid neighbouring windows (a (2*IN_POOL_S + IN_POOL_K)^2 window of
+the pre-pool tensor, clipped).  Stage 2 reads ``red`` on the pooled grid, unchanged.  The paper's
+lrn2 -> maxpool2 -> 3a is not fused into 3a: that would need the LRN-before-pool loader
+(``_pool_lrn_tile`` with LRN_FIRST: 5 channel loads per tap) in stage 1; it stays one
+max_pool_nhwc pass.
 
 Entry points check their arguments (messages name the argument) and run the kernels on CUDA
 tensors, or on CPU tensors under Triton's interpreter (TRITON_INTERPRET=1, read at each call).
@@ -53,7 +59,8 @@ from typing import NamedTuple, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from . import SUPPORTED_DTYPES, _allow_tf32, _mode_module, _single_threaded_blas, _span, interpreting
+from . import (SUPPORTED_DTYPES, _allow_tf32, _mode_module, _single_threaded_blas, _span, inception_pooled,
+               interpreting, MAX_POOL_K, pool_out_size)
 from . import network_configs as nc
 
 __all__ = ["conv_stem", "conv_nhwc", "max_pool_nhwc", "avgpool_linear", "fused_forward_triton",
@@ -74,14 +81,6 @@ def kernels(interpret: Optional[bool] = None):
 
 # ----------------------------------------------------------------------------------------------
 # Sizes and checks
-
-def pool_out_size(size: int, kernel: int, stride: int) -> int:
-    """Output length of a ceil-mode max pool without padding (ATen's pooling_output_shape)."""
-    out = (size - kernel + stride - 1) // stride + 1
-    if (out - 1) * stride >= size:
-        out -= 1
-    return out
-
 
 def _check_x(x, name="x", channels=None, what=""):
     if not isinstance(x, Tensor):
@@ -527,6 +526,11 @@ def fused_forward_supported(model, x: Tensor) -> Optional[str]:
                                                            and pool.kernel_size[0] != pool.kernel_size[1]) \
                     or (isinstance(pool.stride, tuple) and pool.stride[0] != pool.stride[1]):
                 return f"{name} is not a square ceil-mode max pool without padding"
+            k, s = _pool_args(pool)
+            if name != "maxpool1" and not (variant == "paper" and name == "maxpool2") \
+                    and not 1 <= s <= k <= MAX_POOL_K:
+                return (f"{name} is a {k}x{k}/{s} pool; the pooled Inception op that computes it takes "
+                        f"1 <= stride <= kernel_size <= {MAX_POOL_K}")
         if variant == "paper":
             for name in ("lrn1", "lrn2"):
                 if type(getattr(model, name)) is not nn.LocalResponseNorm:
@@ -548,10 +552,13 @@ def fused_forward_supported(model, x: Tensor) -> Optional[str]:
 def fused_forward_triton(model, x: Tensor) -> Tensor:
     """Eval-mode ``model(x)`` of a googlenet_fast GoogLeNet (either variant) with the Triton
     kernels: conv1 (:func:`conv_stem`, reading x in place), maxpool1 [+ lrn1] fused into conv2's
-    loader, conv3, [lrn2 +] maxpool2, maxpool3 and maxpool4 (:func:`max_pool_nhwc`), the head
-    (:func:`avgpool_linear`), and ``googlenet_fast::inception_triton`` (what
-    ``googlenet_fast.ops.inception(..., backend="triton")`` runs) on each module's
-    ``folded_params(dtype)``.  25 launches plus whatever the folded-weight caches rebuild.
+    loader, conv3, the head (:func:`avgpool_linear`), and ``googlenet_fast::inception_triton``
+    (what ``googlenet_fast.ops.inception(..., backend="triton")`` runs) on each module's
+    ``folded_params(dtype)``, except that inception4a and inception5a (and inception3a in the
+    torchvision variant) run ``googlenet_fast::inception_pooled_triton`` on the pre-pool map,
+    maxpool3 / maxpool4 (/ maxpool2) computed in their stage-1 loaders.  The paper's lrn2 ->
+    maxpool2 is one :func:`max_pool_nhwc` pass.  22 launches (torchvision), 23 (paper), plus
+    whatever the folded-weight caches rebuild.
 
     Args:
         model: a GoogLeNet in eval mode (aux heads, unused in eval, are ignored).
@@ -573,20 +580,25 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     paper = model.variant == "paper"
     inception = torch.ops.googlenet_fast.inception_triton.default
 
+    def pooled_inception(y, name, pool):
+        return inception_pooled(y, *getattr(model, name).folded_params(dtype), True, pool=_pool_args(pool))
+
     w, b = _block_params(model.conv1, dtype)
     y = conv_stem(x, w, b, stride=2, padding=3)
     w, b = _block_params(model.conv2, dtype)
     y = conv_nhwc(y, w, b, pool=_pool_args(model.maxpool1), lrn=model.lrn1 if paper else None)
     w, b = _block_params(model.conv3, dtype)
     y = conv_nhwc(y, w, b)
-    y = max_pool_nhwc(y, *_pool_args(model.maxpool2), lrn=model.lrn2 if paper else None)
-    for name in ("inception3a", "inception3b"):
+    if paper:  # lrn2 -> maxpool2 in one pass, then the plain module
+        y = max_pool_nhwc(y, *_pool_args(model.maxpool2), lrn=model.lrn2)
+        y = inception(y, *model.inception3a.folded_params(dtype), True)
+    else:
+        y = pooled_inception(y, "inception3a", model.maxpool2)
+    y = inception(y, *model.inception3b.folded_params(dtype), True)
+    y = pooled_inception(y, "inception4a", model.maxpool3)
+    for name in ("inception4b", "inception4c", "inception4d", "inception4e"):
         y = inception(y, *getattr(model, name).folded_params(dtype), True)
-    y = max_pool_nhwc(y, *_pool_args(model.maxpool3))
-    for name in ("inception4a", "inception4b", "inception4c", "inception4d", "inception4e"):
-        y = inception(y, *getattr(model, name).folded_params(dtype), True)
-    y = max_pool_nhwc(y, *_pool_args(model.maxpool4))
-    for name in ("inception5a", "inception5b"):
-        y = inception(y, *getattr(model, name).folded_params(dtype), True)
+    y = pooled_inception(y, "inception5a", model.maxpool4)
+    y = inception(y, *model.inception5b.folded_params(dtype), True)
     fc = model.fc
     return avgpool_linear(y, fc.weight.to(dtype), None if fc.bias is None else fc.bias.to(dtype))

@@ -17,7 +17,9 @@ channels_last tensors).  fp32 accumulation; fp32/fp16/bf16 operands.
     pooled values (recomputed: 5 windows per element).  Epilogue: bias + ReLU, NHWC store.
   * max_pool_nhwc_kernel: a standalone ceil-mode max pool over an NHWC (any-stride) tensor, with an
     optional LRN applied to every tap before the max (the paper's lrn2 -> maxpool2 pair in one
-    pass).  For maxpool2/3/4, whose consumer is an Inception module's stage 1 (not ours).
+    pass).  The whole-network forward uses it for that pair only: the other stage-transition
+    pools (maxpool2 in torchvision, maxpool3, maxpool4) are computed by the next Inception
+    module's stage-1 loaders (the pooled op, stage1.py's IN_POOL_K).
   * head_kernel: global average pool + flatten + linear in one launch (dropout is the identity
     in eval): out^T[j, n] = sum_c W[j, c] * mean_hw x[n, c, h, w] + b[j], computed as the GEMM
     W [classes, C] x pooled^T [C, batch] so that the class dimension (1000) is the MMA's M (wgmma
