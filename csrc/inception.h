@@ -87,6 +87,33 @@ struct NhwcOutput {
 // CPU kernel (csrc/cpu/inception_cpu.cpp): writes the module's output into `out`.
 void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::Tensor& out);
 
+// Whether this thread's CPU calls may reuse oneDNN weights prepacked in an earlier call (a cache
+// keyed on the weight's storage, address, strides and version counter; csrc/cpu/inception_cpu.cpp).
+// Off by default; set_weight_prepacking returns the previous setting (Python:
+// googlenet_fast._C._set_weight_prepacking).
+bool weight_prepacking_enabled();
+bool set_weight_prepacking(bool enabled);
+
+// Ceil-mode max pool output length without padding (PyTorch's rule: the last window starts
+// inside the input).
+inline int64_t pool_out_size(int64_t size, int64_t kernel, int64_t stride) {
+  const int64_t num = size - kernel + stride - 1;  // floor division, as PyTorch's div_rtn
+  int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
+  if ((out - 1) * stride >= size) --out;
+  return out;
+}
+
+// googlenet_fast::max_pool_nhwc on the CPU (csrc/cpu/inception_cpu.cpp): kernel x kernel / stride
+// ceil-mode max pool, no padding, no indices, optional ReLU after the max (relu(maxpool(y)) ==
+// maxpool(relu(y)), NaN included); output channels_last.  Arguments checked by the caller.
+at::Tensor max_pool_nhwc_cpu(const at::Tensor& x, int64_t kernel, int64_t stride, bool relu);
+
+// googlenet_fast::conv2d_relu on the CPU (csrc/cpu/inception_cpu.cpp): float32 through oneDNN with
+// the weight prepacked once per weight and input shape; other dtypes through at::convolution.
+// Output channels_last.  Arguments checked by the caller (csrc/ops.cpp).
+at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                           int64_t stride, int64_t padding, bool relu);
+
 // ---- backward (csrc/cpu/inception_backward_cpu.cpp) -------------------------------------------
 // googlenet_fast::inception_backward(grad_out, x, <the 12 weights/biases>, relu, out, output_mask)
 // returns the 13 gradients in argument order (x, w_1x1, b_1x1, ..., w_pool_proj, b_pool_proj);

@@ -161,6 +161,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inception_bn_train(
   return K(a, s, reduce_weight, reduce_bias, eps);
 }
 
+// googlenet_fast::conv2d_relu: the checks, then the CPU kernel.
+at::Tensor conv2d_relu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       int64_t stride, int64_t padding, bool relu) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
+                   dtype_str(x.scalar_type()));
+  check_weight("weight", weight, x.size(1), -1, x);
+  check_bias("bias", bias, weight.size(0), x);
+  TORCH_CHECK_VALUE(stride >= 1, "stride: expected >= 1, got ", stride);
+  TORCH_CHECK_VALUE(padding >= 0, "padding: expected >= 0, got ", padding);
+  const int64_t k = weight.size(2);
+  TORCH_CHECK_VALUE(x.size(2) + 2 * padding >= k && x.size(3) + 2 * padding >= k,
+                    "x: spatial size ", x.size(2), "x", x.size(3), " is smaller than the ", k, "x", k,
+                    " kernel with padding ", padding);
+  return conv2d_relu_cpu(x, weight, bias, stride, padding, relu);
+}
+
+// googlenet_fast::max_pool_nhwc: the checks, then the CPU kernel.
+at::Tensor max_pool_nhwc(const at::Tensor& x, int64_t kernel, int64_t stride, bool relu) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
+                   dtype_str(x.scalar_type()));
+  TORCH_CHECK_VALUE(kernel >= 1, "kernel: expected >= 1, got ", kernel);
+  TORCH_CHECK_VALUE(stride >= 1, "stride: expected >= 1, got ", stride);
+  TORCH_CHECK_VALUE(pool_out_size(x.size(2), kernel, stride) >= 1 && pool_out_size(x.size(3), kernel, stride) >= 1,
+                    "x: spatial size ", x.size(2), "x", x.size(3), " is too small for a ", kernel, "x", kernel,
+                    " / ", stride, " ceil-mode max pool (no output pixel)");
+  return max_pool_nhwc_cpu(x, kernel, stride, relu);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(googlenet_fast, m) {
@@ -193,6 +223,14 @@ TORCH_LIBRARY(googlenet_fast, m) {
       "inception_bn_train(Tensor x, Tensor w_1x1, Tensor w_3x3red, Tensor w_3x3, Tensor w_5x5red, "
       "Tensor w_5x5, Tensor w_pool_proj, Tensor reduce_weight, Tensor reduce_bias, float eps) "
       "-> (Tensor out, Tensor reduce, Tensor reduce_mean, Tensor reduce_var)");
+  // relu(conv2d(x, weight, bias)) with a square odd kernel, one stride and padding for both dims: the
+  // stem's convolutions in eval mode on the CPU (weights prepacked for oneDNN).  Output
+  // channels_last.  Autograd and fake kernel: googlenet_fast/ops.py.
+  // kernel x kernel / stride ceil-mode max pool without padding or indices (eval), optionally
+  // followed by ReLU: the stage transitions of GoogLeNet in eval mode on the CPU.  Output
+  // channels_last.  Autograd and fake kernel: googlenet_fast/ops.py.
+  m.def("max_pool_nhwc(Tensor x, int kernel, int stride, bool relu=False) -> Tensor");
+  m.def("conv2d_relu(Tensor x, Tensor weight, Tensor? bias, int stride=1, int padding=0, bool relu=True) -> Tensor");
 }
 
 // The fake (meta) kernels of these ops are Python (googlenet_fast/ops.py, torch.library.register_fake):
@@ -203,6 +241,8 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("inception.out", &inception_out<inception_forward_cpu>);
   m.impl("inception_backward", &inception_backward_cpu);
   m.impl("inception_bn_train", &inception_bn_train<inception_bn_train_cpu>);
+  m.impl("conv2d_relu", &conv2d_relu);
+  m.impl("max_pool_nhwc", &max_pool_nhwc);
 }
 
 #ifdef GOOGLENET_FAST_WITH_CUDA
@@ -214,7 +254,20 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CUDA, m) {
 
 }  // namespace googlenet_fast
 
+// _set_weight_prepacking(enabled: bool) -> bool (the previous setting), for this thread.
+static PyObject* gf_set_weight_prepacking(PyObject*, PyObject* arg) {
+  const int enabled = PyObject_IsTrue(arg);
+  if (enabled < 0) return nullptr;
+  return PyBool_FromLong(googlenet_fast::set_weight_prepacking(enabled != 0));
+}
+
+static PyMethodDef gf_methods[] = {
+    {"_set_weight_prepacking", gf_set_weight_prepacking, METH_O,
+     "Let this thread's CPU op calls reuse oneDNN weights prepacked in earlier calls (see "
+     "googlenet_fast.ops.weight_prepacking); returns the previous setting."},
+    {nullptr, nullptr, 0, nullptr}};
+
 // A plain Python module: importing googlenet_fast._C runs the registrations above.
 static PyModuleDef gf_module = {PyModuleDef_HEAD_INIT, "_C",
-                                "googlenet_fast's compiled ops (torch.ops.googlenet_fast.*)", -1, nullptr};
+                                "googlenet_fast's compiled ops (torch.ops.googlenet_fast.*)", -1, gf_methods};
 PyMODINIT_FUNC PyInit__C(void) { return PyModule_Create(&gf_module); }

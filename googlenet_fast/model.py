@@ -203,6 +203,41 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
     return bn is None
 
 
+def _cpu_conv_op_applies(x: Tensor, w: Tensor, conv: nn.Conv2d) -> bool:
+    """True when googlenet_fast::conv2d_relu computes ``relu(conv(x))`` for this folded conv: a
+    float32 CPU input of the weight's dtype, autocast off, square odd kernel, one stride and
+    padding for both dims, dilation 1, groups 1, not under torch.compile (which packs the weights
+    itself), and the extension built."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
+            and x.dim() == 4 and not torch.is_autocast_enabled("cpu")
+            and not torch.compiler.is_compiling() and ops.native.available()
+            and conv.groups == 1 and conv.dilation == (1, 1) and isinstance(conv.padding, tuple)
+            and conv.padding[0] == conv.padding[1] and conv.stride[0] == conv.stride[1]
+            and w.shape[-1] == w.shape[-2] and w.shape[-1] % 2 == 1)
+
+
+def _has_hooks(*modules: nn.Module) -> bool:
+    """Whether calling these modules would run forward (pre-)hooks, their own or global ones: the
+    model then calls them rather than computing them with the extension's ops."""
+    from torch.nn.modules import module as nn_module
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+
+
+def _ceil_max_pool(pool: nn.Module) -> Optional[Tuple[int, int]]:
+    """(kernel, stride) of a plain square ceil-mode nn.MaxPool2d without padding, dilation or
+    indices (what googlenet_fast::max_pool_nhwc computes), else None."""
+    if type(pool) is not nn.MaxPool2d or not pool.ceil_mode or pool.return_indices:
+        return None
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v)
+                  for v in (pool.kernel_size, pool.stride if pool.stride is not None else pool.kernel_size,
+                            pool.padding, pool.dilation))
+    if k[0] != k[1] or s[0] != s[1] or p != (0, 0) or d != (1, 1):
+        return None
+    return k[0], s[0]
+
+
 # ------------------------------------------------------------------------------------------------
 # Building blocks
 
@@ -242,13 +277,26 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         return (isinstance(self.conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
                 and bn.running_mean is not None and bn.running_var is not None)
 
+    def _eval_conv(self, x: Tensor, relu: bool = True) -> Optional[Tensor]:
+        """The fused eval path: ``relu(conv(x))`` (``relu=False``: ``conv(x)``) with the folded
+        weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm)."""
+        if not (self.fused and not self.training and self._can_fold()):
+            return None
+        w, b = self.folded_params()
+        c = self.conv
+        if c.padding_mode != "zeros":
+            y = c._conv_forward(x, w, b)
+        elif _cpu_conv_op_applies(x, w, c):
+            # oneDNN with the weight prepacked once (as torch.compile's freezing does)
+            return ops.conv2d_relu(x, w, b, c.stride[0], c.padding[0], relu)
+        else:
+            y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+        return torch.relu_(y) if relu else y
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and not self.training and self._can_fold():
-            w, b = self.folded_params()
-            c = self.conv
-            if c.padding_mode != "zeros":
-                return F.relu(c._conv_forward(x, w, b))
-            return torch.relu_(F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups))
+        y = self._eval_conv(x)
+        if y is not None:
+            return y
         x = self.conv(x)
         x = self.bn(x)
         return F.relu(x, inplace=True)
@@ -786,21 +834,48 @@ class GoogLeNet(nn.Module):
             x = torch.cat((x_ch0, x_ch1, x_ch2), 1)
         return x
 
+    def _cpu_eval_ops(self, x: Tensor) -> bool:
+        """Whether the fused eval path on the CPU runs the stem and the transitions through the
+        extension's ops (googlenet_fast::max_pool_nhwc, conv2d_relu): fused, eval, a CPU x,
+        autocast off, not under torch.compile (inductor then sees the plain modules)."""
+        return (self._fused and not self.training and x.device.type == "cpu"
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+                and ops.native.available())
+
+    @staticmethod
+    def _pool(pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
+        window = _ceil_max_pool(pool) if cpu_ops and not _has_hooks(pool) else None
+        if window is None:
+            return pool(x)
+        return ops.max_pool_nhwc(x, *window)
+
+    @classmethod
+    def _conv_pool(cls, conv: nn.Module, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
+        """``pool(conv(x))``; with the CPU ops, a BasicConv2d's ReLU runs after the max pool, in
+        the pool's pass (relu(maxpool(y)) == maxpool(relu(y)), NaN included): one read and write
+        of the convolution's output fewer."""
+        window = _ceil_max_pool(pool) if cpu_ops and not _has_hooks(conv, pool) else None
+        if window is not None and type(conv).forward is BasicConv2d.forward:
+            y = conv._eval_conv(x, relu=False)
+            if y is not None:
+                return ops.max_pool_nhwc(y, *window, relu=True)
+        return cls._pool(pool, conv(x), cpu_ops)
+
     def _forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         paper = self.variant == "paper"
-        x = self.conv1(x)
-        x = self.maxpool1(x)
+        cpu_ops = self._cpu_eval_ops(x)
+        x = self._conv_pool(self.conv1, self.maxpool1, x, cpu_ops)
         if paper:
             x = self.lrn1(x)
         x = self.conv2(x)
-        x = self.conv3(x)
         if paper:
-            x = self.lrn2(x)
-        x = self.maxpool2(x)
+            x = self._pool(self.maxpool2, self.lrn2(self.conv3(x)), cpu_ops)
+        else:
+            x = self._conv_pool(self.conv3, self.maxpool2, x, cpu_ops)
 
         x = self.inception3a(x)
         x = self.inception3b(x)
-        x = self.maxpool3(x)
+        x = self._pool(self.maxpool3, x, cpu_ops)
         x = self.inception4a(x)
         aux1: Optional[Tensor] = None
         if self.aux1 is not None and self.training:
@@ -814,7 +889,7 @@ class GoogLeNet(nn.Module):
             aux2 = self.aux2(x)
 
         x = self.inception4e(x)
-        x = self.maxpool4(x)
+        x = self._pool(self.maxpool4, x, cpu_ops)
         x = self.inception5a(x)
         x = self.inception5b(x)
 
@@ -835,7 +910,12 @@ class GoogLeNet(nn.Module):
         if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
-        x, aux2, aux1 = self._forward(x)
+        if self._cpu_eval_ops(x):
+            # oneDNN reuses its packed copies of the folded weights (the fold caches own them)
+            with ops.weight_prepacking():
+                x, aux2, aux1 = self._forward(x)
+        else:
+            x, aux2, aux1 = self._forward(x)
         if self.training and self.aux_logits:
             return GoogLeNetOutputs(x, aux2, aux1)
         return x

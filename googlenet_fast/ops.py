@@ -3,6 +3,7 @@
 Import order runs one way: cli -> model -> ops -> backends.  This module is the only one that
 knows every backend; the model calls :func:`inception` and nothing below it.
 """
+import contextlib
 import os
 from typing import NamedTuple, Optional
 
@@ -480,3 +481,175 @@ def _register_autograd():
 
 
 _register_autograd()
+
+
+# ------------------------------------------------------------------------------------------------
+# Prepacked oneDNN weights (CPU)
+
+@contextlib.contextmanager
+def weight_prepacking(enabled: bool = True):
+    """Within this context, this thread's CPU calls of the float32 ops (:func:`inception`,
+    :func:`conv2d_relu`) keep the weights they hand to oneDNN in its blocked layout and reuse them
+    in later calls, as torch.compile's CPU freezing does at compile time: a convolution's weight
+    reorder costs up to 20% of a small-map convolution (5b's 3x3 at batch 1, 2-core EPYC).
+
+    A packed copy is reused while its source weight tensor's storage is alive, at the same
+    address, with the same sizes, strides, dtype and version counter, for the same input shape;
+    at most 256 copies are kept (least recently used evicted).  In-place PyTorch updates bump
+    the version counter and repack.  Writes the version counter does not see (through
+    ``.data``, numpy views, raw pointers, or inductor's buffer reuse inside a compiled graph)
+    would leave a stale copy in use: enable this only around calls whose weights are not
+    written that way.  ``GoogLeNet(fused=True)`` enables it around its eager eval forward on the
+    CPU (its weights are its own folded-weight cache's tensors; never under torch.compile).
+    Inference tensors (no version counter) are packed per call.  Without the extension: no-op.
+    """
+    if not native.available():
+        yield
+        return
+    previous = native._C._set_weight_prepacking(enabled)
+    try:
+        yield
+    finally:
+        native._C._set_weight_prepacking(previous)
+
+
+# ------------------------------------------------------------------------------------------------
+# The stem's convolutions on the CPU: googlenet_fast::conv2d_relu
+
+CONV2D_RELU_OP = "googlenet_fast::conv2d_relu"
+
+
+def conv2d_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride: int = 1,
+                padding: int = 0, relu: bool = True) -> Tensor:
+    """``relu(conv2d(x, weight, bias, stride, padding))`` on the CPU with the weight prepacked for
+    oneDNN: what GoogLeNet(fused=True) runs for its stem (conv1 7x7/2, conv2 1x1, conv3 3x3) in
+    eval mode on the CPU, the BatchNorm folded into ``weight``/``bias``.
+
+    float32 runs ``mkldnn::_convolution_pointwise`` on the weight reordered into oneDNN's blocked
+    layout, reused across calls inside :func:`weight_prepacking` (as torch.compile's CPU freezing
+    does; ATen's eager convolution reorders per call); the ReLU is a separate in-place pass,
+    because oneDNN's fused ReLU maps NaN to 0 where ``torch.relu`` keeps it.  float64/bfloat16
+    run ``at::convolution`` + ReLU.
+
+    Args:
+        x: (N, C, H, W) float tensor on the CPU, any layout (channels_last is read in place).
+        weight: (C_out, C, k, k), k odd, x's dtype and device.
+        bias: (C_out,) or None.
+        stride, padding: one int each, for both spatial dims (dilation 1, groups 1).
+        relu: apply ReLU (NaN kept, as torch.relu).
+    Returns:
+        (N, C_out, H_out, W_out) channels_last, H_out = (H + 2*padding - k) // stride + 1.
+    Raises:
+        ValueError / TypeError naming the argument: wrong rank, channel count, even or non-square
+        kernel, dtype or device mismatch, stride < 1, padding < 0, input smaller than the kernel;
+        NotImplementedError for a CUDA x (the GPU stem runs the Triton network kernels).
+    Autograd: the backward is ATen's (threshold_backward, convolution_backward); not twice
+    differentiable.
+    """
+    return torch.ops.googlenet_fast.conv2d_relu(x, weight, bias, stride, padding, relu)
+
+
+def _conv2d_relu_fake(x, weight, bias=None, stride=1, padding=0, relu=True):
+    k = weight.shape[-1]
+    h = (x.shape[2] + 2 * padding - k) // stride + 1
+    w = (x.shape[3] + 2 * padding - k) // stride + 1
+    return x.new_empty((x.shape[0], weight.shape[0], h, w)).contiguous(memory_format=torch.channels_last)
+
+
+def _conv2d_relu_setup(ctx, inputs, output):
+    x, weight, bias, stride, padding, relu = inputs
+    ctx.save_for_backward(x, weight, output if relu else None)
+    ctx.conf = (bias is not None, stride, padding, relu)
+
+
+def _conv2d_relu_backward(ctx, grad):
+    x, weight, out = ctx.saved_tensors
+    has_bias, stride, padding, relu = ctx.conf
+    if relu:
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)
+    mask = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], has_bias and ctx.needs_input_grad[2]]
+    gx, gw, gb = torch.ops.aten.convolution_backward(
+        grad, x, weight, [weight.shape[0]] if has_bias else None, [stride, stride], [padding, padding],
+        [1, 1], False, [0, 0], 1, mask)
+    return gx, gw, gb, None, None, None
+
+
+def _register_conv2d_relu():
+    if native.available():
+        torch.library.register_fake(CONV2D_RELU_OP, _conv2d_relu_fake)
+        torch.library.register_autograd(CONV2D_RELU_OP, _conv2d_relu_backward, setup_context=_conv2d_relu_setup)
+
+
+_register_conv2d_relu()
+
+
+# ------------------------------------------------------------------------------------------------
+# The stage-transition max pools on the CPU: googlenet_fast::max_pool_nhwc
+
+MAX_POOL_NHWC_OP = "googlenet_fast::max_pool_nhwc"
+
+
+def max_pool_nhwc(x: Tensor, kernel: int, stride: int, relu: bool = False) -> Tensor:
+    """``F.max_pool2d(x, kernel, stride, ceil_mode=True)`` (then ReLU when ``relu``) on the CPU
+    without the int64 index tensor ATen's CPU max pool writes even under no_grad: what
+    GoogLeNet(fused=True) runs for maxpool1-4 in eval mode on the CPU (torchvision's GoogLeNet:
+    MaxPool2d(3, 2, ceil_mode=True), maxpool4 MaxPool2d(2, 2, ceil_mode=True)).
+
+    ``relu=True`` computes ``relu(maxpool(y))``, which equals ``maxpool(relu(y))`` (NaN included:
+    both keep it): the model then skips the ReLU pass of the convolution before the pool
+    (conv1 -> maxpool1, conv3 -> maxpool2), one full read and write of its output fewer.
+
+    Args:
+        x: (N, C, H, W) float tensor on the CPU (float32/float64/bfloat16/float16), any layout
+            (channels_last is read in place), large enough for one output pixel.
+        kernel, stride: ints >= 1 (square window, no padding, dilation 1, ceil mode: the last
+            window may hang over the edge but starts inside, PyTorch's rule).
+        relu: apply ReLU after the max (NaN kept).
+    Returns:
+        (N, C, H_out, W_out) channels_last.
+    Raises:
+        ValueError / TypeError naming the argument (rank, dtype, kernel/stride < 1, input too small
+        for one output pixel); NotImplementedError for a CUDA x (the GPU path fuses its pools into
+        the Triton kernels' loaders).
+    Autograd: recomputes the argmax (F.max_pool2d(..., return_indices=True)) and runs ATen's
+    max_pool2d_with_indices_backward; not twice differentiable.
+    """
+    return torch.ops.googlenet_fast.max_pool_nhwc(x, kernel, stride, relu)
+
+
+def _ceil_pool_size(size, kernel, stride):
+    out = -(-(size - kernel) // stride) + 1
+    return out - 1 if (out - 1) * stride >= size else out
+
+
+def _max_pool_nhwc_fake(x, kernel, stride, relu=False):
+    h = _ceil_pool_size(x.shape[2], kernel, stride)
+    w = _ceil_pool_size(x.shape[3], kernel, stride)
+    return x.new_empty((x.shape[0], x.shape[1], h, w)).contiguous(memory_format=torch.channels_last)
+
+
+def _max_pool_nhwc_setup(ctx, inputs, output):
+    x, kernel, stride, relu = inputs
+    ctx.save_for_backward(x, output if relu else None)
+    ctx.conf = (kernel, stride, relu)
+
+
+def _max_pool_nhwc_backward(ctx, grad):
+    x, out = ctx.saved_tensors
+    kernel, stride, relu = ctx.conf
+    if relu:
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)
+    _, idx = torch.nn.functional.max_pool2d(x, kernel, stride, ceil_mode=True, return_indices=True)
+    gx = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [kernel, kernel], [stride, stride],
+                                                         [0, 0], [1, 1], True, idx)
+    return gx, None, None, None
+
+
+def _register_max_pool_nhwc():
+    if native.available():
+        torch.library.register_fake(MAX_POOL_NHWC_OP, _max_pool_nhwc_fake)
+        torch.library.register_autograd(MAX_POOL_NHWC_OP, _max_pool_nhwc_backward,
+                                        setup_context=_max_pool_nhwc_setup)
+
+
+_register_max_pool_nhwc()

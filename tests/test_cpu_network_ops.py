@@ -1,0 +1,279 @@
+"""The CPU ops around the Inception modules (googlenet_fast::conv2d_relu, max_pool_nhwc), the
+prepacked-weight cache (ops.weight_prepacking) and how GoogLeNet(fused=True) uses them in eval."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from googlenet_fast import GoogLeNet, ops
+from googlenet_fast.backends import native
+from model_helpers import make_input, ours_from, rel_err, tv_model
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
+
+
+def conv_ref(x, w, b, stride, padding, relu=True):
+    y = F.conv2d(x.double(), w.double(), None if b is None else b.double(), stride, padding)
+    return torch.relu(y) if relu else y
+
+
+# ------------------------------------------------------------------------------------------------
+# conv2d_relu
+
+# (Cin, Cout, k, stride, padding, H): the stem's three convolutions at small sizes, and odd ones
+STEM = [(3, 64, 7, 2, 3, 23), (64, 64, 1, 1, 0, 6), (64, 192, 3, 1, 1, 6), (5, 7, 3, 2, 0, 8), (4, 6, 5, 1, 2, 5)]
+
+
+@pytest.mark.parametrize("cin,cout,k,stride,padding,h", STEM)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("relu", [True, False])
+def test_conv2d_relu_matches_conv2d(cin, cout, k, stride, padding, h, layout, relu):
+    x = make_input(2, cin, h, h + 1, seed=3)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    w = make_input(cout, cin, k, k, seed=4) / (cin * k * k) ** 0.5
+    b = make_input(cout, seed=5)
+    with ops.weight_prepacking():
+        y = ops.conv2d_relu(x, w, b, stride, padding, relu)
+        y2 = ops.conv2d_relu(x, w, b, stride, padding, relu)  # the packed copy's second use
+    ref = conv_ref(x, w, b, stride, padding, relu)
+    assert y.shape == ref.shape
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert rel_err(y, ref) <= 1e-5
+    assert torch.equal(y, y2)
+    if relu:
+        assert (y >= 0).all()
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.bfloat16, 2e-2)])
+def test_conv2d_relu_other_dtypes(dtype, tol):
+    x = make_input(1, 8, 9, 9, seed=6).to(dtype)
+    w = (make_input(16, 8, 3, 3, seed=7) / 8).to(dtype)
+    y = ops.conv2d_relu(x, w, None, 1, 1)
+    assert y.dtype == dtype
+    assert rel_err(y, conv_ref(x, w, None, 1, 1)) <= tol
+
+
+def test_conv2d_relu_keeps_nan():
+    x = make_input(1, 4, 6, 6, seed=8)
+    x[0, 1, 2, 2] = float("nan")
+    w, b = make_input(5, 4, 3, 3, seed=9), make_input(5, seed=10)
+    y = ops.conv2d_relu(x, w, b, 1, 1)
+    ref = torch.relu(F.conv2d(x, w, b, 1, 1))
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().sum() == 9 * 5
+    torch.testing.assert_close(y.nan_to_num(), ref.nan_to_num(), rtol=1e-5, atol=1e-5)
+
+
+def test_conv2d_relu_gradcheck_and_opcheck():
+    x = make_input(1, 3, 7, 7, seed=11, dtype=torch.float64).requires_grad_()
+    w = make_input(4, 3, 3, 3, seed=12, dtype=torch.float64).requires_grad_()
+    b = make_input(4, seed=13, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d_relu(x, w, b, 2, 1), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: ops.conv2d_relu(x, w, None, 1, 0, False), (x, w))
+    args = (make_input(2, 3, 9, 9, seed=14), make_input(4, 3, 3, 3, seed=15), make_input(4, seed=16), 2, 1, True)
+    torch.library.opcheck(torch.ops.googlenet_fast.conv2d_relu.default, args)
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: ops.conv2d_relu(torch.randn(3, 5, 5), torch.randn(2, 3, 3, 3)), ValueError, "x: expected a 4-D"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5), torch.randn(2, 4, 3, 3)), ValueError, "weight: expected 3 input"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 2, 2)), ValueError, "weight: expected a square"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3).double()), TypeError, "weight: expected dtype"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), torch.randn(3)), ValueError, "bias: expected shape"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), stride=0), ValueError, "stride"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), padding=-1), ValueError, "padding"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 2, 2), torch.randn(2, 3, 7, 7)), ValueError, "x: spatial size 2x2"),
+    (lambda: ops.conv2d_relu(torch.randn(1, 3, 5, 5).int(), torch.randn(2, 3, 3, 3)), TypeError, "x: expected a floating"),
+])
+def test_conv2d_relu_bad_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ------------------------------------------------------------------------------------------------
+# max_pool_nhwc
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("k,s,h,w,c", [(3, 2, 15, 15, 5), (3, 2, 7, 8, 70), (2, 2, 7, 7, 130),
+                                       (3, 2, 5, 6, 64), (3, 1, 4, 4, 3), (2, 2, 2, 3, 65), (3, 2, 2, 2, 8)])
+@pytest.mark.parametrize("relu", [False, True])
+def test_max_pool_nhwc_matches_max_pool2d(dtype, k, s, h, w, c, relu):
+    x = make_input(2, c, h, w, seed=20).to(dtype)
+    x[0, 1, 1, 1] = float("nan")
+    x[1, 2, 0, 0] = float("-inf")
+    x[1, -1, -1, -1] = float("inf")
+    y = ops.max_pool_nhwc(x, k, s, relu)
+    # a max is exact in any dtype; ATen's CPU max pool has no float16 channels_last path: compare in fp32
+    ref = F.max_pool2d(x.float(), k, s, ceil_mode=True).to(dtype)
+    if relu:
+        ref = torch.relu(ref)
+    assert y.shape == ref.shape and y.dtype == dtype
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().any()
+    assert torch.equal(y.nan_to_num(), ref.nan_to_num())
+
+
+def test_max_pool_nhwc_relu_equals_pool_of_relu():
+    """What the model relies on to move the stem convolutions' ReLU after the pool."""
+    x = make_input(2, 64, 15, 15, seed=21)
+    x[0, 3, 4, 4] = float("nan")
+    a = ops.max_pool_nhwc(x, 3, 2, relu=True)
+    b = F.max_pool2d(torch.relu(x), 3, 2, ceil_mode=True)
+    assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.nan_to_num(), b.nan_to_num())
+
+
+def test_max_pool_nhwc_strided_input():
+    x = make_input(2, 96, 9, 9, seed=22)[:, 16:80]  # a channel slice, read through a copy
+    assert torch.equal(ops.max_pool_nhwc(x, 3, 2), F.max_pool2d(x, 3, 2, ceil_mode=True))
+
+
+def test_max_pool_nhwc_gradcheck_and_opcheck():
+    x = make_input(1, 3, 7, 7, seed=23, dtype=torch.float64).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: ops.max_pool_nhwc(x, 3, 2, True), (x,))
+    assert torch.autograd.gradcheck(lambda x: ops.max_pool_nhwc(x, 2, 2), (x,))
+    torch.library.opcheck(torch.ops.googlenet_fast.max_pool_nhwc.default, (make_input(2, 5, 7, 7, seed=24), 3, 2, True))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: ops.max_pool_nhwc(torch.randn(3, 5, 5), 3, 2), ValueError, "x: expected a 4-D"),
+    (lambda: ops.max_pool_nhwc(torch.randn(1, 3, 5, 5).long(), 3, 2), TypeError, "x: expected a floating"),
+    (lambda: ops.max_pool_nhwc(torch.randn(1, 3, 5, 5), 0, 2), ValueError, "kernel: expected >= 1"),
+    (lambda: ops.max_pool_nhwc(torch.randn(1, 3, 5, 5), 3, 0), ValueError, "stride: expected >= 1"),
+    (lambda: ops.max_pool_nhwc(torch.randn(1, 3, 1, 5), 3, 2), ValueError, "x: spatial size 1x5 is too small"),
+])
+def test_max_pool_nhwc_bad_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ------------------------------------------------------------------------------------------------
+# weight_prepacking
+
+def test_prepacked_weight_follows_in_place_updates_and_input_shapes():
+    w = make_input(8, 4, 3, 3, seed=30)
+    b = make_input(8, seed=31)
+    with ops.weight_prepacking():
+        for batch in (1, 3, 1):  # one packed copy per input shape
+            x = make_input(batch, 4, 6, 6, seed=32 + batch)
+            assert rel_err(ops.conv2d_relu(x, w, b, 1, 1), conv_ref(x, w, b, 1, 1)) <= 1e-5
+        w.mul_(-2)  # bumps the version counter: repacked
+        assert rel_err(ops.conv2d_relu(x, w, b, 1, 1), conv_ref(x, w, b, 1, 1)) <= 1e-5
+        w2 = w.clone()  # same values, another storage
+        assert torch.equal(ops.conv2d_relu(x, w2, b, 1, 1), ops.conv2d_relu(x, w, b, 1, 1))
+
+
+def test_without_prepacking_untracked_writes_are_seen():
+    """Outside weight_prepacking nothing is cached: a write through .data (no version bump) counts."""
+    w = make_input(8, 4, 3, 3, seed=33)
+    x = make_input(1, 4, 6, 6, seed=34)
+    ops.conv2d_relu(x, w, None, 1, 1)
+    w.data.mul_(-1)
+    assert rel_err(ops.conv2d_relu(x, w, None, 1, 1), conv_ref(x, w, None, 1, 1)) <= 1e-5
+
+
+def test_prepacking_setting_is_restored():
+    with ops.weight_prepacking():
+        with ops.weight_prepacking(False):
+            assert native._C._set_weight_prepacking(False) is False
+        assert native._C._set_weight_prepacking(True) is True
+    assert native._C._set_weight_prepacking(False) is False
+
+
+def test_inception_op_prepacked_weights_follow_updates():
+    from inception_cases import TABLE1, make_weights, reference64
+    ws = list(make_weights(TABLE1["4e"], k5=5))
+    x = make_input(1, TABLE1["4e"][0], 5, 5, seed=35).contiguous(memory_format=torch.channels_last)
+    with ops.weight_prepacking():
+        for _ in range(2):
+            assert rel_err(ops.inception(x, *ws, backend="cpu"), reference64(x, ws)) <= 1e-4
+        for i in (0, 4, 8, 10):  # merged 1x1 (w_1x1), w_3x3, w_5x5, w_pool_proj
+            ws[i].mul_(0.5)
+            assert rel_err(ops.inception(x, *ws, backend="cpu"), reference64(x, ws)) <= 1e-4
+        # the model's layout: the three 1x1 weights as adjacent row slices of one buffer, which
+        # the op reads in place (one packed copy of the merged weight)
+        merged = torch.cat([ws[0], ws[2], ws[6]])
+        c1, r3 = ws[0].shape[0], ws[2].shape[0]
+        ws[0], ws[2], ws[6] = merged[:c1], merged[c1:c1 + r3], merged[c1 + r3:]
+        for i in (2, 6, 0):
+            assert rel_err(ops.inception(x, *ws, backend="cpu"), reference64(x, ws)) <= 1e-4
+            ws[i].mul_(-1)  # a view's in-place update bumps the buffer's shared version counter
+            assert rel_err(ops.inception(x, *ws, backend="cpu"), reference64(x, ws)) <= 1e-4
+
+
+# ------------------------------------------------------------------------------------------------
+# the model
+
+def count_ops(model, x):
+    with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        y = model(x)
+    names = [e.name for e in prof.events()]
+    return y, {k: sum(n == f"googlenet_fast::{k}" for n in names) for k in ("conv2d_relu", "max_pool_nhwc")}, names
+
+
+def test_model_cpu_eval_runs_stem_and_pools_through_the_ops():
+    tv = tv_model()
+    ours = ours_from(tv)
+    x = make_input(2, 3, 40, 40, seed=40)
+    y, counts, names = count_ops(ours, x)
+    with torch.no_grad():
+        ref = tv(x)
+    assert rel_err(y, ref) <= 1e-4
+    assert counts == {"conv2d_relu": 3, "max_pool_nhwc": 4}
+    assert not any(n == "aten::max_pool2d_with_indices" for n in names)
+    unfused = ours_from(tv, fused=False)
+    _, counts, _ = count_ops(unfused, x)
+    assert counts == {"conv2d_relu": 0, "max_pool_nhwc": 0}
+
+
+def test_model_paper_variant_pools_through_the_op():
+    torch.manual_seed(0)
+    fused = GoogLeNet(variant="paper", aux_logits=False, init_weights=True, fused=True).eval()
+    plain = copy.deepcopy(fused).set_fused(False)
+    x = make_input(1, 3, 40, 40, seed=41)
+    y, counts, _ = count_ops(fused, x)
+    with torch.no_grad():
+        assert rel_err(y, plain(x)) <= 1e-4
+    assert counts == {"conv2d_relu": 0, "max_pool_nhwc": 4}  # ConvReLU stem: plain convolutions
+
+
+def test_model_hooks_still_fire():
+    """A hook on a stem conv or a pool makes the model call that module (the fast path would skip it)."""
+    tv = tv_model()
+    ours = ours_from(tv)
+    x = make_input(1, 3, 40, 40, seed=42)
+    seen = []
+    handles = [ours.conv1.register_forward_hook(lambda m, a, out: seen.append(("conv1", out.shape))),
+               ours.maxpool3.register_forward_pre_hook(lambda m, a: seen.append(("maxpool3", a[0].shape)))]
+    y, counts, _ = count_ops(ours, x)
+    assert [s[0] for s in seen] == ["conv1", "maxpool3"]
+    # conv1 runs as a module (its ReLU before the pool), maxpool3 as nn.MaxPool2d; the rest as before
+    assert counts == {"conv2d_relu": 3, "max_pool_nhwc": 3}
+    with torch.no_grad():
+        assert rel_err(y, tv(x)) <= 1e-4
+    for h in handles:
+        h.remove()
+
+
+def test_model_nan_input_matches_torchvision():
+    tv = tv_model()
+    ours = ours_from(tv)
+    x = make_input(2, 3, 40, 40, seed=43)
+    x[0, 0, 5, 5] = float("nan")
+    with torch.no_grad():
+        y, ref = ours(x), tv(x)
+    assert y[0].isnan().all() and ref[0].isnan().all()
+    assert rel_err(y[1:], ref[1:]) <= 1e-4
+
+
+def test_model_weights_updated_between_eval_calls():
+    """Folded weights are rebuilt after an in-place update; the packed copies follow them."""
+    tv = tv_model()
+    ours = ours_from(tv)
+    x = make_input(1, 3, 40, 40, seed=44)
+    with torch.no_grad():
+        ours(x)
+        for m in (ours, tv):
+            m.conv1.conv.weight.mul_(1.5)
+            m.inception5b.branch2[1].conv.weight.mul_(-1)
+        assert rel_err(ours(x), tv(x)) <= 1e-4
