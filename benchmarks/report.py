@@ -65,6 +65,8 @@ if os.path.dirname(HERE) not in sys.path:
 
 import gpu_blocks  # noqa: E402  (block_flops, block_bytes, make_tv_block, fused_args)
 from googlenet_fast import bench  # noqa: E402
+from googlenet_fast.roofline import (add_cost_columns, dtype_name, elem_size, measure_ceilings,  # noqa: E402
+                                     network_cost)
 from googlenet_fast.table1 import TABLE1  # noqa: E402
 
 SCHEMA = "googlenet_fast.report/1"
@@ -98,15 +100,8 @@ COMPILING = (COMPILE, COMPILE_MAX)
 
 
 # ----------------------------------------------------------------------------------------------
-# Cost model and roofline (unit-tested against hand-computed values in tests/test_report.py)
-
-
-def dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).replace("torch.", "")
-
-
-def elem_size(dtype: torch.dtype) -> int:
-    return torch.tensor([], dtype=dtype).element_size()
+# Cost model of the blocks (the network's, the ceilings and the roofline columns: googlenet_fast/roofline.py;
+# unit-tested against hand-computed values in tests/test_report.py)
 
 
 def block_train_bytes(cfg, n: int, hw: int, elem: int, k5: int = 3) -> int:
@@ -135,127 +130,8 @@ def block_cost(cfg, n: int, hw: int, dtype: torch.dtype, mode: str) -> Tuple[int
     raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
 
 
-_NETWORK_COST_CACHE: Dict[tuple, Tuple[int, int]] = {}
-
-
-def network_cost(n: int, hw: int, dtype: torch.dtype, mode: str, num_classes: int = 1000) -> Tuple[int, int]:
-    """(FLOPs, minimal bytes) of torchvision's googlenet (the layout of every provider) on an
-    (n, 3, hw, hw) input, counted on the meta device (nothing runs).
-
-    FLOPs: torch.utils.flop_counter of the forward (eval, no aux heads) or of forward with the
-    aux heads + backward (train; no input gradient of the first conv).  Bytes, on the fused
-    design's model where each top-level module (stem conv, pool, Inception block, head) reads its
-    input and writes its output once: elem x (W + sum(in + out) + sum(S)) in eval, with S the
-    Inception blocks' r3/r5 scratch 2 P (r3 + r5), and elem x (2 W + 3 sum(in + out) + 2 sum(S))
-    in train (as :func:`block_train_bytes`).  Dropout and flatten are not counted."""
-    key = (n, hw, dtype, mode, num_classes)
-    if key in _NETWORK_COST_CACHE:
-        return _NETWORK_COST_CACHE[key]
-    import torchvision
-    from torch.utils.flop_counter import FlopCounterMode
-    from torchvision.models.googlenet import Inception as TVInception
-    train = mode == "train"
-    if mode not in MODES:
-        raise ValueError(f"mode: expected 'eval' or 'train', got {mode!r}")
-    with torch.device("meta"):
-        model = torchvision.models.googlenet(weights=None, num_classes=num_classes, aux_logits=train,
-                                             init_weights=False, transform_input=False)
-        x = torch.empty(n, 3, hw, hw)
-    model.train(train)
-    act = [0]
-    scratch = [0]
-
-    def hook(mod, inp, out):
-        if isinstance(mod, (torch.nn.Dropout, torch.nn.Flatten)):
-            return
-        act[0] += sum(t.numel() for t in inp if isinstance(t, torch.Tensor)) + out.numel()
-        if isinstance(mod, TVInception):
-            p = out.shape[0] * out.shape[2] * out.shape[3]
-            scratch[0] += 2 * p * (mod.branch2[0].conv.out_channels + mod.branch3[0].conv.out_channels)
-
-    handles = [m.register_forward_hook(hook) for _, m in model.named_children()]
-    try:
-        with FlopCounterMode(display=False) as fc:
-            if train:
-                out = model(x)
-                (out.logits.sum() + out.aux_logits1.sum() + out.aux_logits2.sum()).backward()
-            else:
-                with torch.no_grad():
-                    model(x)
-    finally:
-        for h in handles:
-            h.remove()
-    weights = sum(p.numel() for p in model.parameters())
-    e = elem_size(dtype)
-    nbytes = e * ((2 * weights + 3 * act[0] + 2 * scratch[0]) if train else (weights + act[0] + scratch[0]))
-    _NETWORK_COST_CACHE[key] = (int(fc.get_total_flops()), int(nbytes))
-    return _NETWORK_COST_CACHE[key]
-
-
-def roofline(flops: float, nbytes: float, tflop_s: float, gb_s: float) -> Dict[str, object]:
-    """The roofline bound of a kernel doing ``flops`` and moving ``nbytes`` on a device with a
-    matmul rate of ``tflop_s`` and a copy bandwidth of ``gb_s``: compute_s = flops / rate,
-    memory_s = bytes / bandwidth, bound_s = max of both, and which one binds."""
-    compute_s = flops / (tflop_s * 1e12)
-    memory_s = nbytes / (gb_s * 1e9)
-    return {"compute_s": compute_s, "memory_s": memory_s, "bound_s": max(compute_s, memory_s),
-            "bound": "compute" if compute_s >= memory_s else "memory"}
-
-
-def add_cost_columns(row: Dict[str, object], flops: int, nbytes: int, ceilings: Dict[str, object],
-                     dtype: torch.dtype) -> Dict[str, object]:
-    """Add gflop, mbytes, tflop_s, gb_s, frac_peak_flops, frac_peak_bw, roofline_ms, bound and
-    frac_roofline (bound / time) to a timed row (median_ms) in place; returns it."""
-    row["gflop"] = flops / 1e9
-    row["mbytes"] = nbytes / 1e6
-    if row.get("status") != "ok":
-        return row
-    t = row["median_ms"] / 1e3
-    peak = ceilings["matmul"][dtype_name(dtype)]["tflop_s"]
-    bw = ceilings["copy"]["gb_s"]
-    row["tflop_s"] = flops / t / 1e12
-    row["gb_s"] = nbytes / t / 1e9
-    row["frac_peak_flops"] = row["tflop_s"] / peak
-    row["frac_peak_bw"] = row["gb_s"] / bw
-    rl = roofline(flops, nbytes, peak, bw)
-    row["roofline_ms"] = rl["bound_s"] * 1e3
-    row["bound"] = rl["bound"]
-    row["frac_roofline"] = rl["bound_s"] / t
-    return row
-
-
 # ----------------------------------------------------------------------------------------------
 # Ceilings
-
-
-def measure_ceilings(device: torch.device, dtypes: Sequence[torch.dtype], *, copy_bytes: int,
-                     matmul_n: int, min_run_time: float) -> Dict[str, object]:
-    """Copy bandwidth (GB/s: read + write of ``copy_bytes`` each, over the median time of
-    dst.copy_(src)) and, for each dtype, the matmul rate (TFLOP/s: 2 n^3 / median time of an
-    n x n x n torch.mm; TF32 off for float32)."""
-    src = torch.empty(copy_bytes // 4, dtype=torch.float32, device=device).uniform_()
-    dst = torch.empty_like(src)
-    times = bench.measure(lambda s: dst.copy_(s), src, min_run_time)
-    st = bench.timing_stats(times)
-    out = {"copy": {"bytes": 2 * src.numel() * 4, "median_ms": st["median_ms"], "runs": st["runs"],
-                    "gb_s": 2 * src.numel() * 4 / (st["median_ms"] / 1e3) / 1e9,
-                    "what": "dst.copy_(src), float32, bytes read + written"},
-           "matmul": {}}
-    del src, dst
-    for dt in dict.fromkeys(dtypes):
-        a = torch.randn(matmul_n, matmul_n, device=device).to(dt)
-        b = torch.randn(matmul_n, matmul_n, device=device).to(dt)
-        with bench.no_tf32():
-            torch.mm(a, b)
-            times = bench.measure(lambda x: torch.mm(x, b), a, min_run_time)
-        st = bench.timing_stats(times)
-        out["matmul"][dtype_name(dt)] = {
-            "shape": [matmul_n, matmul_n, matmul_n], "median_ms": st["median_ms"], "runs": st["runs"],
-            "tflop_s": 2 * matmul_n ** 3 / (st["median_ms"] / 1e3) / 1e12, "what": "torch.mm, TF32 off"}
-        del a, b
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -938,39 +814,6 @@ def network_markdown(report) -> str:
                      f"{_speedup(r.get('speedup'))} | {r['tflop_s']:.3g} | {_pct(r['frac_peak_flops'])} | "
                      f"{r['gb_s']:.3g} | {_pct(r['frac_peak_bw'])} | {_pct(r['frac_roofline'])} |")
     return "\n".join(lines)
-
-
-# ----------------------------------------------------------------------------------------------
-# Whole-network table for ``googlenet-fast bench`` (the lead wires it into cli.py)
-
-
-def network_roofline_rows(bench_rows: Sequence[Dict[str, object]], *, mode: str, image_size: int,
-                          dtype: torch.dtype, device, ceilings: Optional[Dict[str, object]] = None
-                          ) -> Tuple[List[Dict[str, object]], Dict[str, object]]:
-    """Add TFLOP/s, GB/s, their fractions of the device's ceilings and the roofline fraction to
-    the rows of ``bench.rows_with_speedup`` (whole network; ``mode`` "eval" or "train").  The
-    ceilings are measured here unless given (a few seconds).  Returns (new rows, ceilings)."""
-    device = torch.device(device)
-    if ceilings is None:
-        big = device.type == "cuda"
-        ceilings = measure_ceilings(device, [dtype], copy_bytes=(1 << 30) if big else (1 << 28),
-                                    matmul_n=8192 if big else 2048, min_run_time=0.3)
-    out = []
-    for r in bench_rows:
-        r = dict(r)
-        r.setdefault("status", "error" if "error" in r else "ok")
-        flops, nbytes = network_cost(int(r["batch_size"]), image_size, dtype, mode)
-        r.update(scope=NETWORK, config="googlenet", mode=mode)
-        out.append(add_cost_columns(r, flops, nbytes, ceilings, dtype))
-    return out, ceilings
-
-
-def format_network_table(rows: Sequence[Dict[str, object]], ceilings: Dict[str, object]) -> str:
-    """Plain-text table of :func:`network_roofline_rows` output, with the ceilings' line."""
-    mm = ", ".join(f"{k} {v['tflop_s']:.3g} TFLOP/s" for k, v in ceilings["matmul"].items())
-    return (network_markdown({"rows": list(rows)}) + f"\nceilings measured in this run: copy "
-            f"{ceilings['copy']['gb_s']:.1f} GB/s, matmul {mm}; %roofline = max(FLOPs/matmul rate, "
-            "bytes/copy rate) / time")
 
 
 # ----------------------------------------------------------------------------------------------

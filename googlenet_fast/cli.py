@@ -85,6 +85,9 @@ def add_bench_parser(subparsers):
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--seed", type=int, default=0, help="torch.manual_seed for the weights (default 0)")
+    p.add_argument("--no-roofline", action="store_true",
+                   help="skip the whole-network roofline table (it times a large copy and a large "
+                        "matmul first: ~3 s on a CPU)")
     p.add_argument("--json", metavar="PATH", help="also write the check and the table as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     # Tests only: resize the preprocessed photos to N x N (tiny, fast runs).
@@ -195,6 +198,15 @@ def run_bench(args) -> int:
         report["load_average"] = {"before": load_before, "after": load_after, "cores": cores}
     failed |= any("error" in r for r in rows)
     report["rows"] = rows
+    if not args.no_roofline:
+        from . import roofline
+        rl_rows, ceilings = roofline.network_roofline_rows(
+            rows, mode=args.mode, image_size=photos.shape[-1], dtype=dtype, device=device, variant=args.variant)
+        print()
+        print(f"whole network, roofline ({args.variant} GoogLeNet FLOPs and minimal bytes per {'step' if train else 'batch'}; "
+              "ceilings timed now):")
+        print(roofline.format_network_table(rl_rows, ceilings))
+        report["roofline"] = {"rows": rl_rows, "ceilings": ceilings}
     if args.json:
         d = os.path.dirname(os.path.abspath(args.json))
         os.makedirs(d, exist_ok=True)

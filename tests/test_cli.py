@@ -5,12 +5,15 @@ import re
 import pytest
 import torch
 
+from googlenet_fast import roofline
+
 from googlenet_fast import cli, data
 from googlenet_fast.backends import native
 from cli_helpers import table_rows
 
 # Tiny timing config: the tests check the plumbing and the numerical check, not the speed.
-FAST = ["--device", "cpu", "--min-run-time", "0.05", "--rounds", "1", "--warmup", "1", "--quiet"]
+TIMING = ["--device", "cpu", "--min-run-time", "0.05", "--rounds", "1", "--warmup", "1", "--quiet"]
+FAST = TIMING + ["--no-roofline"]  # (the roofline table times two ceilings first)
 
 
 def _run(capsys, *argv):
@@ -31,7 +34,7 @@ def _check_lines(out):
 
 def test_bench_default_photos(capsys, tmp_path):
     out_json = tmp_path / "res" / "bench.json"
-    rc, out, err = _run(capsys, "bench", "--batch-sizes", "1", "2", "--json", str(out_json), *FAST)
+    rc, out, err = _run(capsys, "bench", "--batch-sizes", "1", "2", "--json", str(out_json), *TIMING)
     assert rc == 0, out + err
     photos = data.sample_photos()
     assert f"images: {len(photos)} from scikit-image sample photos" in out
@@ -67,6 +70,24 @@ def test_bench_default_photos(capsys, tmp_path):
         assert r["runs"] >= 1 and r["q1_ms"] <= r["median_ms"] <= r["q3_ms"]
         assert r["min_ms"] <= r["median_ms"] <= r["max_ms"]
     assert report["environment"]["torch"] == torch.__version__
+
+    # the whole-network roofline table: the same timings, with FLOPs and bytes of the network
+    roof = report["roofline"]
+    ceilings = roof["ceilings"]
+    assert ceilings["copy"]["gb_s"] > 0 and ceilings["matmul"]["float32"]["tflop_s"] > 0
+    flops1, bytes1 = roofline.network_cost(1, 224, torch.float32, "eval")
+    assert flops1 == pytest.approx(2 * 1.5e9, rel=0.01)  # GoogLeNet: ~1.5 G multiply-adds at 224
+    for r, t in zip(roof["rows"], report["rows"]):
+        assert (r["batch_size"], r["provider"], r["median_ms"]) == (t["batch_size"], t["provider"], t["median_ms"])
+        flops, nbytes = roofline.network_cost(r["batch_size"], 224, torch.float32, "eval")
+        assert r["tflop_s"] == pytest.approx(flops / (r["median_ms"] / 1e3) / 1e12)
+        assert r["frac_roofline"] == pytest.approx(
+            max(flops / (ceilings["matmul"]["float32"]["tflop_s"] * 1e12), nbytes / (ceilings["copy"]["gb_s"] * 1e9))
+            / (r["median_ms"] / 1e3))
+        printed = next(line.split() for line in out.splitlines()
+                       if line.startswith("eval") and f" {r['batch_size']}  {r['provider']} " in line)
+        assert printed[-1] == f"{100 * r['frac_roofline']:.1f}%"
+    assert "ceilings measured in this run: copy" in out
 
 
 def test_info(capsys):

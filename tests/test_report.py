@@ -11,6 +11,8 @@ import sys
 import pytest
 import torch
 
+from googlenet_fast import roofline
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(ROOT, "benchmarks", "report.py")
 
@@ -156,22 +158,22 @@ def test_block_cost_3a_by_hand():
 def test_roofline_3a_by_hand():
     flops, nbytes = 243_253_248, 2_727_936
     # 1 TFLOP/s and 10 GB/s: compute 243.25 us < memory 272.79 us -> memory bound
-    rl = report.roofline(flops, nbytes, 1.0, 10.0)
+    rl = roofline.roofline(flops, nbytes, 1.0, 10.0)
     assert rl["compute_s"] == pytest.approx(2.43253248e-4)
     assert rl["memory_s"] == pytest.approx(2.727936e-4)
     assert rl["bound_s"] == pytest.approx(2.727936e-4) and rl["bound"] == "memory"
     # 0.5 TFLOP/s: compute 486.5 us binds
-    rl = report.roofline(flops, nbytes, 0.5, 10.0)
+    rl = roofline.roofline(flops, nbytes, 0.5, 10.0)
     assert rl["bound_s"] == pytest.approx(4.86506496e-4) and rl["bound"] == "compute"
     ceilings = {"copy": {"gb_s": 10.0}, "matmul": {"float32": {"tflop_s": 1.0}}}
-    row = report.add_cost_columns({"status": "ok", "median_ms": 1.0}, flops, nbytes, ceilings, torch.float32)
+    row = roofline.add_cost_columns({"status": "ok", "median_ms": 1.0}, flops, nbytes, ceilings, torch.float32)
     assert row["tflop_s"] == pytest.approx(0.243253248)
     assert row["gb_s"] == pytest.approx(2.727936)
     assert row["frac_peak_flops"] == pytest.approx(0.243253248)
     assert row["frac_peak_bw"] == pytest.approx(0.2727936)
     assert row["roofline_ms"] == pytest.approx(0.2727936) and row["bound"] == "memory"
     assert row["frac_roofline"] == pytest.approx(0.2727936)
-    skipped = report.add_cost_columns({"status": "skipped"}, flops, nbytes, ceilings, torch.float32)
+    skipped = roofline.add_cost_columns({"status": "skipped"}, flops, nbytes, ceilings, torch.float32)
     assert "tflop_s" not in skipped and skipped["gflop"] == pytest.approx(0.243253248)
 
 
@@ -193,14 +195,14 @@ def test_block_flops_match_flop_counter():
 
 
 def test_network_cost():
-    f1, b1 = report.network_cost(1, 224, torch.float32, "eval")
+    f1, b1 = roofline.network_cost(1, 224, torch.float32, "eval")
     # torchvision documents googlenet at 1.50 GMACs per 224x224 image
     assert 2 * 1.45e9 < f1 < 2 * 1.55e9
-    f4, b4 = report.network_cost(4, 224, torch.float32, "eval")
+    f4, b4 = roofline.network_cost(4, 224, torch.float32, "eval")
     assert f4 == 4 * f1
     weights = 6_624_904  # torchvision googlenet without aux heads
     assert b4 - 4 * b1 == pytest.approx(4 * weights * (1 - 4), rel=1e-9)
-    ft, bt = report.network_cost(1, 224, torch.float32, "train")
+    ft, bt = roofline.network_cost(1, 224, torch.float32, "train")
     assert 2.5 * f1 < ft < 3.5 * f1 and bt > 2 * b1
 
 
@@ -232,11 +234,16 @@ def test_network_roofline_rows_for_bench():
     rows = [{"batch_size": 2, "provider": "fused", "median_ms": 10.0, "iqr_ms": 0.1, "speedup": 1.2},
             {"batch_size": 2, "provider": "torch.compile", "error": "RuntimeError: x"}]
     ceilings = {"copy": {"gb_s": 20.0}, "matmul": {"float32": {"tflop_s": 0.2}}}
-    out, c = report.network_roofline_rows(rows, mode="eval", image_size=224, dtype=torch.float32, device="cpu",
+    out, c = roofline.network_roofline_rows(rows, mode="eval", image_size=224, dtype=torch.float32, device="cpu",
                                           ceilings=ceilings)
-    flops, nbytes = report.network_cost(2, 224, torch.float32, "eval")
+    flops, nbytes = roofline.network_cost(2, 224, torch.float32, "eval")
     assert c is ceilings and out[0]["tflop_s"] == pytest.approx(flops / 1e-2 / 1e12)
     assert out[0]["frac_roofline"] == pytest.approx(max(flops / 0.2e12, nbytes / 20e9) / 1e-2)
     assert out[1]["status"] == "error" and "tflop_s" not in out[1]
-    text = report.format_network_table(out, ceilings)
-    assert "| eval | 2 | fused | 10.000 | 1.20x |" in text and "RuntimeError" in text
+    text = roofline.format_network_table(out, ceilings)
+    fused_line = next(line for line in text.splitlines() if " fused " in line)
+    assert fused_line.split() == ["eval", "2", "fused", "10.00", "1.20x", f"{out[0]['tflop_s']:.3g}",
+                                  f"{100 * out[0]['frac_peak_flops']:.1f}%", f"{out[0]['gb_s']:.3g}",
+                                  f"{100 * out[0]['frac_peak_bw']:.1f}%", f"{100 * out[0]['frac_roofline']:.1f}%"]
+    assert "b=2 torch.compile: error: RuntimeError: x" in text
+    assert "copy 20.0 GB/s, matmul float32 0.2 TFLOP/s" in text
