@@ -225,16 +225,59 @@ std::vector<acc_t> bias_vector(std::initializer_list<std::pair<const c10::option
   return out;
 }
 
-// dst[i] = act(acc[i] + bias[i]) with an accumulator-typed bias (nullptr: none).
+// The element loops every stage runs between its GEMMs (epilogues, pooling), written branch-free
+// (bitwise |, not ||) so that they vectorize.  float32 versions are also compiled for AVX2 and
+// AVX-512 (the extension's baseline is x86-64's SSE2; GCC picks the clone for the running CPU at
+// load time); other dtypes use the templates.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GF_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GF_CPU_CLONES
+#endif
+
+// dst[i] = act(acc[i] + bias[i]) with an accumulator-typed bias (nullptr: none); act = ReLU
+// keeping NaN (torch.relu) when `relu`.
 template <typename scalar_t, typename acc_t>
-inline void store_row(const scalar_t* acc, const acc_t* bias, bool relu, scalar_t* dst, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    acc_t v = static_cast<acc_t>(acc[i]);
-    if (bias != nullptr) v += bias[i];
-    if (relu) v = (v > acc_t(0) || v != v) ? v : acc_t(0);
-    dst[i] = static_cast<scalar_t>(v);
+inline __attribute__((always_inline)) void store_row_impl(const scalar_t* __restrict__ acc, const acc_t* bias,
+                                                          bool relu, scalar_t* __restrict__ dst, int64_t n) {
+  if (bias != nullptr) {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t v = static_cast<acc_t>(acc[i]) + bias[i];
+      dst[i] = static_cast<scalar_t>((!relu | (v > acc_t(0)) | (v != v)) ? v : acc_t(0));
+    }
+  } else {
+    for (int64_t i = 0; i < n; ++i) {
+      const acc_t v = static_cast<acc_t>(acc[i]);
+      dst[i] = static_cast<scalar_t>((!relu | (v > acc_t(0)) | (v != v)) ? v : acc_t(0));
+    }
   }
 }
+
+template <typename scalar_t, typename acc_t>
+void store_row(const scalar_t* acc, const acc_t* bias, bool relu, scalar_t* dst, int64_t n) {
+  store_row_impl<scalar_t, acc_t>(acc, bias, relu, dst, n);
+}
+
+GF_CPU_CLONES void store_row(const float* acc, const float* bias, bool relu, float* dst, int64_t n) {
+  store_row_impl<float, float>(acc, bias, relu, dst, n);
+}
+
+// dst[i] = max(dst[i], src[i]), NaN winning (torch.max_pool2d).
+template <typename scalar_t>
+inline __attribute__((always_inline)) void max_into_impl(scalar_t* __restrict__ dst, const scalar_t* __restrict__ src,
+                                                         int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t v = src[i], d = dst[i];
+    dst[i] = ((v > d) | (v != v)) ? v : d;
+  }
+}
+
+template <typename scalar_t>
+void max_into(scalar_t* dst, const scalar_t* src, int64_t n) {
+  max_into_impl<scalar_t>(dst, src, n);
+}
+
+GF_CPU_CLONES void max_into(float* dst, const float* src, int64_t n) { max_into_impl<float>(dst, src, n); }
 
 // Pixel blocks: a multiple of the thread count, about `target` pixels each.  Measured on the
 // 2-core CI machine (single-thread CPU time, b=8, all nine modules): 512/256-pixel blocks for
@@ -325,11 +368,7 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
           for (int64_t dw = -1; dw <= 1; ++dw) {
             const int64_t ww = w + dw;
             if (ww < 0 || ww >= W || (dh == 0 && dw == 0)) continue;
-            const scalar_t* src = X + ((n * H + hh) * W + ww) * Cin;
-            for (int64_t c = 0; c < Cin; ++c) {
-              const scalar_t v = src[c];
-              dst[c] = (v > dst[c] || v != v) ? v : dst[c];
-            }
+            max_into(dst, X + ((n * H + hh) * W + ww) * Cin, Cin);
           }
         }
       }
@@ -429,7 +468,7 @@ void stage2_onednn(const InceptionArgs& a, const InceptionShape& s, ReduceBuffer
     const bool relu = a.relu;
     at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
       for (int64_t p = begin; p < end; ++p)
-        store_row<scalar_t, at::opmath_type<scalar_t>>(Y + p * cout, nullptr, relu, out + p * ldo + ooff, cout);
+        store_row(Y + p * cout, static_cast<const at::opmath_type<scalar_t>*>(nullptr), relu, out + p * ldo + ooff, cout);
     });
   }
 }
@@ -539,12 +578,9 @@ inline __attribute__((always_inline)) void max_pool_row(const scalar_t* X, scala
   }
 }
 
-// float32 rows, also compiled for AVX2 and AVX-512 (the extension's baseline is x86-64's SSE2;
-// GCC picks the clone for the running CPU at load time): 2x faster on the CI machine's EPYC.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-__attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-void max_pool_rows(const float* X, float* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
+// float32 rows, also compiled for AVX2 and AVX-512 (GF_CPU_CLONES): 2x faster than the SSE2
+// build on the CI machine's EPYC.
+GF_CPU_CLONES void max_pool_rows(const float* X, float* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
                    int64_t OH, int64_t OW, int64_t kernel, int64_t stride, bool relu) {
   for (int64_t row = begin; row < end; ++row)
     max_pool_row<float, float>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
