@@ -156,7 +156,11 @@ class _FoldedWeightsCache:
             return self._fold(dtype)
         # Content checks would synchronize a GPU on every call: CPU tensors only.
         verify = bool(self.verify_folded_cache) and device.type == "cpu"
-        key = (dtype, self._fold_extra_key(), tuple(_tensor_key(s) for s in sources))
+        try:  # (the common case inlined: this runs for every fused module on every call)
+            state = tuple([None if s is None else (id(s), s.data_ptr(), s._version) for s in sources])
+        except RuntimeError:  # an inference tensor (no version counter) among them
+            state = tuple(_tensor_key(s) for s in sources)
+        key = (dtype, self._fold_extra_key(), state)
         entry = self.__dict__.get("_fold_cache")
         if entry is not None and entry[0] == key:
             snapshot = entry[1]
@@ -369,8 +373,11 @@ class Inception(_FoldedWeightsCache, nn.Module):
 
     # -- folding ---------------------------------------------------------------------------------
     def _blocks(self):
-        return (self.branch1, self.branch2[0], self.branch2[1], self.branch3[0], self.branch3[1],
-                self.branch4[1])
+        # The modules' own dicts, not attribute/index lookups (~10x faster; this runs on every
+        # fused call).  Sequential children are keyed "0", "1".
+        m = self._modules
+        b2, b3, b4 = m["branch2"]._modules, m["branch3"]._modules, m["branch4"]._modules
+        return (m["branch1"], b2["0"], b2["1"], b3["0"], b3["1"], b4["1"])
 
     def _can_fuse(self) -> bool:
         """True when the module is what the fused op computes (plain blocks, odd square KxK)."""
@@ -392,7 +399,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
         return [t for b in self._blocks() for t in _block_sources(b)]
 
     def _fold_extra_key(self):
-        return tuple(b.bn.eps for b in self._blocks() if getattr(b, "bn", None) is not None)
+        return tuple(bn.eps for bn in (b._modules.get("bn") for b in self._blocks()) if bn is not None)
 
     def _fold(self, dtype):
         # The structure check runs here, i.e. when the cache is (re)built, not on every call:
