@@ -262,22 +262,131 @@ GF_CPU_CLONES void store_row(const float* acc, const float* bias, bool relu, flo
   store_row_impl<float, float>(acc, bias, relu, dst, n);
 }
 
-// dst[i] = max(dst[i], src[i]), NaN winning (torch.max_pool2d).
-template <typename scalar_t>
-inline __attribute__((always_inline)) void max_into_impl(scalar_t* __restrict__ dst, const scalar_t* __restrict__ src,
-                                                         int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    const scalar_t v = src[i], d = dst[i];
-    dst[i] = ((v > d) | (v != v)) ? v : d;
+
+// One output pixel's channels [c0, c0 + CN) of the NHWC ceil-mode max pool (window rows [h0, h1),
+// columns [w0, w1)); NaN wins (torch.max_pool2d), then ReLU (NaN kept, torch.relu).
+template <typename scalar_t, typename acc_t, int64_t CN, int64_t K>
+inline __attribute__((always_inline)) void max_pool_chunk(const scalar_t* X, scalar_t* O, int64_t n, int64_t h0,
+                                                          int64_t h1, int64_t w0, int64_t w1, int64_t opix,
+                                                          int64_t c0, int64_t H, int64_t W, int64_t C, bool relu) {
+  // K > 0: a full K x K window (constant trip counts: the taps unroll, m stays in registers)
+  const int64_t kh = K > 0 ? K : h1 - h0, kw = K > 0 ? K : w1 - w0;
+  const scalar_t* base = X + ((n * H + h0) * W + w0) * C + c0;
+  acc_t m[CN];
+  for (int64_t c = 0; c < CN; ++c) m[c] = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t i = 0; i < kh; ++i) {
+    for (int64_t j = 0; j < kw; ++j) {
+      const scalar_t* __restrict__ src = base + (i * W + j) * C;
+      for (int64_t c = 0; c < CN; ++c) {
+        const acc_t v = static_cast<acc_t>(src[c]);
+        m[c] = ((v > m[c]) | (v != v)) ? v : m[c];
+      }
+    }
+  }
+  if (relu) {
+    for (int64_t c = 0; c < CN; ++c) m[c] = ((m[c] > acc_t(0)) | (m[c] != m[c])) ? m[c] : acc_t(0);
+  }
+  scalar_t* __restrict__ dst = O + opix * C + c0;
+  for (int64_t c = 0; c < CN; ++c) dst[c] = static_cast<scalar_t>(m[c]);
+}
+
+// One output pixel of the NHWC max pool: the max over rows [h0, h1) x columns [w0, w1) of image n,
+// written to O + opix * C, then ReLU when `relu`.  Channels in chunks of kChunk held in registers
+// across the window's taps (each output value written once); full 3x3 / 2x2 windows take
+// constant trip counts.
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void max_pool_window(const scalar_t* X, scalar_t* O, int64_t n, int64_t h0,
+                                                           int64_t h1, int64_t w0, int64_t w1, int64_t opix,
+                                                           int64_t H, int64_t W, int64_t C, int64_t kernel,
+                                                           bool relu) {
+  constexpr int64_t kChunk = 64;
+  const bool full = h1 - h0 == kernel && w1 - w0 == kernel;
+  int64_t c0 = 0;
+  for (; c0 + kChunk <= C; c0 += kChunk) {
+    if (full && kernel == 3) {
+      max_pool_chunk<scalar_t, acc_t, kChunk, 3>(X, O, n, h0, h1, w0, w1, opix, c0, H, W, C, relu);
+    } else if (full && kernel == 2) {
+      max_pool_chunk<scalar_t, acc_t, kChunk, 2>(X, O, n, h0, h1, w0, w1, opix, c0, H, W, C, relu);
+    } else {
+      max_pool_chunk<scalar_t, acc_t, kChunk, 0>(X, O, n, h0, h1, w0, w1, opix, c0, H, W, C, relu);
+    }
+  }
+  if (c0 == C) return;
+  const int64_t cn = C - c0;  // the last, partial chunk
+  acc_t m[kChunk];
+  for (int64_t c = 0; c < cn; ++c) m[c] = -std::numeric_limits<acc_t>::infinity();
+  for (int64_t h = h0; h < h1; ++h) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const scalar_t* __restrict__ src = X + ((n * H + h) * W + w) * C + c0;
+      for (int64_t c = 0; c < cn; ++c) {  // NaN wins, as in torch.max_pool2d
+        const acc_t v = static_cast<acc_t>(src[c]);
+        m[c] = ((v > m[c]) | (v != v)) ? v : m[c];
+      }
+    }
+  }
+  if (relu) {
+    for (int64_t c = 0; c < cn; ++c)  // NaN kept, as torch.relu
+      m[c] = ((m[c] > acc_t(0)) | (m[c] != m[c])) ? m[c] : acc_t(0);
+  }
+  scalar_t* __restrict__ dst = O + opix * C + c0;
+  for (int64_t c = 0; c < cn; ++c) dst[c] = static_cast<scalar_t>(m[c]);
+}
+
+// One output row (n, oh) of the NHWC ceil-mode max pool (kernel x kernel / stride, no padding).
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void max_pool_row(const scalar_t* X, scalar_t* O, int64_t row, int64_t H,
+                                                        int64_t W, int64_t C, int64_t OH, int64_t OW,
+                                                        int64_t kernel, int64_t stride, bool relu) {
+  const int64_t n = row / OH, oh = row % OH;
+  const int64_t h0 = oh * stride, h1 = std::min(h0 + kernel, H);
+  for (int64_t ow = 0; ow < OW; ++ow) {
+    const int64_t w0 = ow * stride;
+    max_pool_window<scalar_t, acc_t>(X, O, n, h0, h1, w0, std::min(w0 + kernel, W), row * OW + ow, H, W, C,
+                                     kernel, relu);
+  }
+}
+
+// The 3x3 / stride 1 / padding 1 max (out-of-image taps skipped: -inf padding) of pixels
+// [p0, p0 + rows) of the NHWC image batch X [N, H, W, C], into dst [rows, C]: the pool branch's
+// input, one pixel block at a time (stage 1).
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void pool3x3_block_impl(const scalar_t* X, scalar_t* dst, int64_t p0,
+                                                              int64_t rows, int64_t H, int64_t W, int64_t C) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t p = p0 + r, n = p / (H * W), h = (p / W) % H, w = p % W;
+    max_pool_window<scalar_t, acc_t>(X, dst, n, std::max<int64_t>(h - 1, 0), std::min(h + 2, H),
+                                     std::max<int64_t>(w - 1, 0), std::min(w + 2, W), r, H, W, C, 3, false);
   }
 }
 
 template <typename scalar_t>
-void max_into(scalar_t* dst, const scalar_t* src, int64_t n) {
-  max_into_impl<scalar_t>(dst, src, n);
+void pool3x3_block(const scalar_t* X, scalar_t* dst, int64_t p0, int64_t rows, int64_t H, int64_t W, int64_t C) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  pool3x3_block_impl<scalar_t, acc_t>(X, dst, p0, rows, H, W, C);
 }
 
-GF_CPU_CLONES void max_into(float* dst, const float* src, int64_t n) { max_into_impl<float>(dst, src, n); }
+GF_CPU_CLONES void pool3x3_block(const float* X, float* dst, int64_t p0, int64_t rows, int64_t H, int64_t W,
+                                 int64_t C) {
+  pool3x3_block_impl<float, float>(X, dst, p0, rows, H, W, C);
+}
+
+// float32 rows, also compiled for AVX2 and AVX-512 (GF_CPU_CLONES): 2x faster than the SSE2
+// build on the CI machine's EPYC.
+GF_CPU_CLONES void max_pool_rows(const float* X, float* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
+                   int64_t OH, int64_t OW, int64_t kernel, int64_t stride, bool relu) {
+  for (int64_t row = begin; row < end; ++row)
+    max_pool_row<float, float>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
+}
+
+// Other dtypes: the baseline build (float accumulation for the half types, exact for a max).
+template <typename scalar_t>
+void max_pool_rows(const scalar_t* X, scalar_t* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
+                   int64_t OH, int64_t OW, int64_t kernel, int64_t stride, bool relu) {
+  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  for (int64_t row = begin; row < end; ++row)
+    max_pool_row<scalar_t, acc_t>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
+}
+
 
 // Pixel blocks: a multiple of the thread count, about `target` pixels each.  Measured on the
 // 2-core CI machine (single-thread CPU time, b=8, all nine modules): 512/256-pixel blocks for
@@ -355,23 +464,9 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
         store_row(ar + c1, has_bm ? bm.data() + c1 : nullptr, relu, R.r3 + (p0 + r) * R.ld3, r3);
         store_row(ar + c1 + r3, has_bm ? bm.data() + c1 + r3 : nullptr, relu, R.r5 + (p0 + r) * R.ld5, r5);
       }
-      // 3x3/s1/p1 max pool of this block's pixels, padding -inf (out-of-bounds taps skipped;
-      // the centre tap is always in bounds).  NaN propagates as in torch.max_pool2d.
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t p = p0 + r, n = p / (H * W), h = (p / W) % H, w = p % W;
-        scalar_t* dst = pooled.data() + r * Cin;
-        const scalar_t* centre = X + p * Cin;
-        std::copy(centre, centre + Cin, dst);
-        for (int64_t dh = -1; dh <= 1; ++dh) {
-          const int64_t hh = h + dh;
-          if (hh < 0 || hh >= H) continue;
-          for (int64_t dw = -1; dw <= 1; ++dw) {
-            const int64_t ww = w + dw;
-            if (ww < 0 || ww >= W || (dh == 0 && dw == 0)) continue;
-            max_into(dst, X + ((n * H + hh) * W + ww) * Cin, Cin);
-          }
-        }
-      }
+      // 3x3/s1/p1 max pool of this block's pixels, padding -inf (out-of-bounds taps skipped; the
+      // centre tap is always in bounds).  NaN propagates as in torch.max_pool2d.
+      pool3x3_block(X, pooled.data(), p0, rows, H, W, Cin);
       const at::Tensor accp = gemm_rows<scalar_t>(rows, Cin, pooled.data(), Cin, wp, b1.size, cache, {&a.w_pool_proj});
       for (int64_t r = 0; r < rows; ++r)
         store_row(accp.const_data_ptr<scalar_t>() + r * cp, has_bp ? bp.data() : nullptr, relu, out + (p0 + r) * ldo + off_b4, cp);
@@ -512,88 +607,6 @@ void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::
 namespace googlenet_fast {
 
 namespace {
-
-// One output pixel's channels [c0, c0 + CN) of the NHWC ceil-mode max pool (window rows [h0, h1),
-// columns [w0, w1)); NaN wins (torch.max_pool2d), then ReLU (NaN kept, torch.relu).
-template <typename scalar_t, typename acc_t, int64_t CN>
-inline __attribute__((always_inline)) void max_pool_chunk(const scalar_t* X, scalar_t* O, int64_t n, int64_t h0,
-                                                          int64_t h1, int64_t w0, int64_t w1, int64_t opix,
-                                                          int64_t c0, int64_t H, int64_t W, int64_t C, bool relu) {
-  acc_t m[CN];
-  const scalar_t* first = X + ((n * H + h0) * W + w0) * C + c0;
-  for (int64_t c = 0; c < CN; ++c) m[c] = static_cast<acc_t>(first[c]);
-  for (int64_t h = h0; h < h1; ++h) {
-    for (int64_t w = (h == h0 ? w0 + 1 : w0); w < w1; ++w) {
-      const scalar_t* __restrict__ src = X + ((n * H + h) * W + w) * C + c0;
-      for (int64_t c = 0; c < CN; ++c) {
-        const acc_t v = static_cast<acc_t>(src[c]);
-        m[c] = ((v > m[c]) | (v != v)) ? v : m[c];
-      }
-    }
-  }
-  if (relu) {
-    for (int64_t c = 0; c < CN; ++c) m[c] = ((m[c] > acc_t(0)) | (m[c] != m[c])) ? m[c] : acc_t(0);
-  }
-  scalar_t* __restrict__ dst = O + opix * C + c0;
-  for (int64_t c = 0; c < CN; ++c) dst[c] = static_cast<scalar_t>(m[c]);
-}
-
-// One output row (n, oh) of the NHWC ceil-mode max pool: each output pixel's channels in chunks
-// of kChunk held in registers across the window's taps (each output value written once), with
-// branch-free selects (bitwise |, not ||) so that the channel loops vectorize.
-template <typename scalar_t, typename acc_t>
-inline __attribute__((always_inline)) void max_pool_row(const scalar_t* X, scalar_t* O, int64_t row, int64_t H,
-                                                        int64_t W, int64_t C, int64_t OH, int64_t OW,
-                                                        int64_t kernel, int64_t stride, bool relu) {
-  constexpr int64_t kChunk = 64;
-  const int64_t n = row / OH, oh = row % OH;
-  const int64_t h0 = oh * stride, h1 = std::min(h0 + kernel, H);
-  for (int64_t ow = 0; ow < OW; ++ow) {
-    const int64_t w0 = ow * stride, w1 = std::min(w0 + kernel, W);
-    for (int64_t c0 = 0; c0 < C; c0 += kChunk) {
-      if (C - c0 >= kChunk) {  // a full chunk: constant trip counts, m stays in vector registers
-        max_pool_chunk<scalar_t, acc_t, kChunk>(X, O, n, h0, h1, w0, w1, row * OW + ow, c0, H, W, C, relu);
-        continue;
-      }
-      const int64_t cn = C - c0;
-      acc_t m[kChunk];
-      const scalar_t* first = X + ((n * H + h0) * W + w0) * C + c0;
-      for (int64_t c = 0; c < cn; ++c) m[c] = static_cast<acc_t>(first[c]);
-      for (int64_t h = h0; h < h1; ++h) {
-        for (int64_t w = (h == h0 ? w0 + 1 : w0); w < w1; ++w) {
-          const scalar_t* __restrict__ src = X + ((n * H + h) * W + w) * C + c0;
-          for (int64_t c = 0; c < cn; ++c) {  // NaN wins, as in torch.max_pool2d
-            const acc_t v = static_cast<acc_t>(src[c]);
-            m[c] = ((v > m[c]) | (v != v)) ? v : m[c];
-          }
-        }
-      }
-      if (relu) {
-        for (int64_t c = 0; c < cn; ++c)  // NaN kept, as torch.relu
-          m[c] = ((m[c] > acc_t(0)) | (m[c] != m[c])) ? m[c] : acc_t(0);
-      }
-      scalar_t* __restrict__ dst = O + (row * OW + ow) * C + c0;
-      for (int64_t c = 0; c < cn; ++c) dst[c] = static_cast<scalar_t>(m[c]);
-    }
-  }
-}
-
-// float32 rows, also compiled for AVX2 and AVX-512 (GF_CPU_CLONES): 2x faster than the SSE2
-// build on the CI machine's EPYC.
-GF_CPU_CLONES void max_pool_rows(const float* X, float* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
-                   int64_t OH, int64_t OW, int64_t kernel, int64_t stride, bool relu) {
-  for (int64_t row = begin; row < end; ++row)
-    max_pool_row<float, float>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
-}
-
-// Other dtypes: the baseline build (float accumulation for the half types, exact for a max).
-template <typename scalar_t>
-void max_pool_rows(const scalar_t* X, scalar_t* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
-                   int64_t OH, int64_t OW, int64_t kernel, int64_t stride, bool relu) {
-  using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-  for (int64_t row = begin; row < end; ++row)
-    max_pool_row<scalar_t, acc_t>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
-}
 
 }  // namespace
 
