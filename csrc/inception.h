@@ -93,6 +93,7 @@ void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::
 // googlenet_fast._C._set_weight_prepacking).
 bool weight_prepacking_enabled();
 bool set_weight_prepacking(bool enabled);
+int64_t prepacked_weight_count();  // entries in the cache (tests)
 
 // Ceil-mode max pool output length without padding (PyTorch's rule: the last window starts
 // inside the input).

@@ -261,10 +261,16 @@ static PyObject* gf_set_weight_prepacking(PyObject*, PyObject* arg) {
   return PyBool_FromLong(googlenet_fast::set_weight_prepacking(enabled != 0));
 }
 
+static PyObject* gf_prepacked_weight_count(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(googlenet_fast::prepacked_weight_count());
+}
+
 static PyMethodDef gf_methods[] = {
     {"_set_weight_prepacking", gf_set_weight_prepacking, METH_O,
      "Let this thread's CPU op calls reuse oneDNN weights prepacked in earlier calls (see "
      "googlenet_fast.ops.weight_prepacking); returns the previous setting."},
+    {"_prepacked_weight_count", gf_prepacked_weight_count, METH_NOARGS,
+     "Number of packed weight copies the cache holds (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 // A plain Python module: importing googlenet_fast._C runs the registrations above.

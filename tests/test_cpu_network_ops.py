@@ -172,6 +172,20 @@ def test_without_prepacking_untracked_writes_are_seen():
     assert rel_err(ops.conv2d_relu(x, w, None, 1, 1), conv_ref(x, w, None, 1, 1)) <= 1e-5
 
 
+def test_packed_copies_of_freed_weights_are_dropped():
+    x = make_input(1, 4, 6, 6, seed=36)
+    with ops.weight_prepacking():
+        ws = [make_input(8, 4, 3, 3, seed=37 + i) for i in range(5)]
+        for w in ws:
+            ops.conv2d_relu(x, w, None, 1, 1)
+        held = native._C._prepacked_weight_count()
+        assert held >= 5
+        del ws, w  # freed: their copies go when the next one is made
+        keep = make_input(8, 4, 3, 3, seed=50)
+        ops.conv2d_relu(x, keep, None, 1, 1)
+        assert native._C._prepacked_weight_count() <= held - 5 + 1
+
+
 def test_prepacking_setting_is_restored():
     with ops.weight_prepacking():
         with ops.weight_prepacking(False):

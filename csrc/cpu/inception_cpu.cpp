@@ -25,6 +25,7 @@
 #include <c10/core/Storage.h>
 #include <c10/util/intrusive_ptr.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -55,7 +56,8 @@ namespace {
 // cache is opt-in: only calls made while the calling thread has enabled it
 // (googlenet_fast._C._set_weight_prepacking, which GoogLeNet(fused=True) does around its eager
 // eval forward on the CPU, whose folded weights live in its own cache) use it.
-// At most kPackedCacheSize entries, least recently used evicted; entries of freed weights go first.
+// At most kPackedCacheSize entries, least recently used evicted; entries of freed weights are
+// dropped whenever a new copy is made.
 struct PackedEntry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   const void* data;
@@ -95,17 +97,23 @@ class PackedWeights {
       }
     }
     at::Tensor packed = pack();
+    // Drop the copies of freed weights (a deleted model's), then the least recently used if full.
+    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
+                                  [](const PackedEntry& e) { return e.storage.expired(); }),
+                   entries_.end());
     if (entries_.size() >= kPackedCacheSize) {
-      auto victim = entries_.begin();
-      for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-        if (it->storage.expired()) { victim = it; break; }
-        if (it->last_use < victim->last_use) victim = it;
-      }
-      entries_.erase(victim);
+      entries_.erase(std::min_element(entries_.begin(), entries_.end(), [](const PackedEntry& x, const PackedEntry& y) {
+        return x.last_use < y.last_use;
+      }));
     }
     entries_.push_back({c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl()),
                         data, std::move(versions), std::move(key), packed, clock_});
     return packed;
+  }
+
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return entries_.size();
   }
 
  private:
@@ -611,6 +619,8 @@ namespace {
 }  // namespace
 
 bool weight_prepacking_enabled() { return t_weight_prepacking; }
+
+int64_t prepacked_weight_count() { return static_cast<int64_t>(packed_weights().size()); }
 
 bool set_weight_prepacking(bool enabled) {
   const bool previous = t_weight_prepacking;
