@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bn_train, ops
 
@@ -77,8 +78,16 @@ def _fold_conv_block(block: nn.Module, dtype: torch.dtype) -> Tuple[Tensor, Opti
     return w, shift.to(dtype)
 
 
-def _block_sources(block: nn.Module) -> List[Optional[Tensor]]:
-    """Every tensor the folded weights of a conv block depend on.
+def _has_module_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
+    """Every tensor the folded weights of a conv block depend on; None when the block is not one
+    the fold can read as plain tensors: a conv whose weight is not a plain parameter
+    (parametrizations such as weight_norm, pruning's weight_orig), a ``bn`` that is not a
+    BatchNorm2d with running statistics (e.g. fused away into nn.Identity), or forward hooks on
+    the conv or the bn (they must fire: the block then runs its modules).
 
     BatchNorm's num_batches_tracked is included although folding does not read it: a train-mode
     forward updates running_mean/var in place inside the kernel without bumping their version
@@ -86,14 +95,24 @@ def _block_sources(block: nn.Module) -> List[Optional[Tensor]]:
     """
     # Read the modules' own dicts: nn.Module.__getattr__ costs ~0.5 us a lookup, and this runs
     # for every conv of every fused forward.
-    conv = block._modules["conv"]
+    from torch.nn.modules import module as nn_module
+    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        return None  # a global hook must see the conv and the bn run
+    conv = block._modules.get("conv")
+    if type(conv) is not nn.Conv2d or _has_module_hooks(conv):
+        return None
     p = conv._parameters
-    out = [p["weight"], p.get("bias")]
+    w = p.get("weight")
+    if w is None:
+        return None
+    out = [w, p.get("bias")]
     bn = block._modules.get("bn")
     if bn is not None:
         bp, bb = bn._parameters, bn._buffers
-        out += [bp.get("weight"), bp.get("bias"), bb.get("running_mean"), bb.get("running_var"),
-                bb.get("num_batches_tracked")]
+        mean, var = bb.get("running_mean"), bb.get("running_var")
+        if not isinstance(bn, nn.BatchNorm2d) or mean is None or var is None or _has_module_hooks(bn):
+            return None
+        out += [bp.get("weight"), bp.get("bias"), mean, var, bb.get("num_batches_tracked")]
     return out
 
 
@@ -110,14 +129,33 @@ def _tensor_key(t: Optional[Tensor]):
     return (id(t), t.data_ptr(), version)
 
 
+# Optimizer steps taken in this process: part of every folded-weight cache key (see
+# _FoldedWeightsCache).  A list, so the hook below can bump it in place.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def _clear_fold_cache_after_load(module: nn.Module, incompatible_keys) -> None:
+    module.clear_folded_cache()
+
+
 class _FoldedWeightsCache:
     """Mixin: caches ``self._fold(dtype)`` (a tuple of tensors) until one of ``self._fold_sources()``
     changes.
 
     The key holds each source tensor's ``data_ptr`` and ``_version`` (in-place updates bump it:
-    optimizer steps, ``load_state_dict``, in-place ops under ``no_grad``), dtype, device, shape
-    and strides (``.to()``, ``.double()``, ``assign=True`` loads), plus the target dtype and any
-    BatchNorm eps.  ``param.data.mul_()`` and the like write through a tensor with its own version
+    ``load_state_dict``, in-place ops under ``no_grad``), dtype, device, shape and strides
+    (``.to()``, ``.double()``, ``assign=True`` loads), the target dtype, any BatchNorm eps, and a
+    count of optimizer steps taken in the process (a global ``torch.optim`` step hook: the fused
+    optimizers, ``Adam(fused=True)`` etc., update parameters without bumping their version
+    counters).  ``load_state_dict`` also clears the cache (a post hook): parameters that are
+    inference tensors (a model built under ``torch.inference_mode()``) have no version counter.  ``param.data.mul_()`` and the like write through a tensor with its own version
     counter, invisible to the key: after such writes call :meth:`clear_folded_cache` (or
     ``GoogLeNet.clear_folded_cache()``).  Opt-in on CPU tensors: with the class or instance
     attribute ``verify_folded_cache = True`` every hit is also checked against a snapshot of the
@@ -143,10 +181,12 @@ class _FoldedWeightsCache:
     def _fold(self, dtype: torch.dtype) -> Tuple[Optional[Tensor], ...]:
         raise NotImplementedError
 
-    def _cached_fold(self, dtype: torch.dtype) -> Tuple[Optional[Tensor], ...]:
+    def _cached_fold(self, dtype: torch.dtype) -> Optional[Tuple[Optional[Tensor], ...]]:
         if torch.compiler.is_compiling():
             return self._fold(dtype)
         sources = self._fold_sources()
+        if sources is None:  # not a structure the fold reads (see _block_sources)
+            return None
         if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
             return self._fold(dtype)
         device = sources[0].device
@@ -160,7 +200,7 @@ class _FoldedWeightsCache:
             state = tuple([None if s is None else (id(s), s.data_ptr(), s._version) for s in sources])
         except RuntimeError:  # an inference tensor (no version counter) among them
             state = tuple(_tensor_key(s) for s in sources)
-        key = (dtype, self._fold_extra_key(), state)
+        key = (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state)
         entry = self.__dict__.get("_fold_cache")
         if entry is not None and entry[0] == key:
             snapshot = entry[1]
@@ -171,6 +211,13 @@ class _FoldedWeightsCache:
         # be used later in autograd-recording code; no_grad inside (inference_mode(False) enables grad).
         with torch.inference_mode(False), torch.no_grad():
             value = self._fold(dtype)
+            if value is not None:
+                # Never hand out a parameter itself (a fold without BatchNorm passes weights
+                # through): cached values must change identity when the cache is rebuilt, since
+                # the CPU op's prepacked copies are keyed on them (see ops.weight_prepacking).
+                storages = {s.untyped_storage().data_ptr() for s in sources if s is not None}
+                value = tuple(v.clone() if isinstance(v, Tensor) and v.untyped_storage().data_ptr() in storages
+                              else v for v in value)
             snapshot = [None if s is None else s.detach().clone() for s in sources] if verify else None
         self.__dict__["_fold_cache"] = (key, snapshot, value)
         return value
@@ -178,6 +225,9 @@ class _FoldedWeightsCache:
     def clear_folded_cache(self) -> None:
         """Drop the cached folded weights (they are rebuilt on the next fused call)."""
         self.__dict__.pop("_fold_cache", None)
+
+    def _register_fold_cache_hooks(self) -> None:
+        self.register_load_state_dict_post_hook(_clear_fold_cache_after_load)
 
     def _apply(self, *args, **kwargs):
         self.clear_folded_cache()
@@ -203,8 +253,11 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
         return False
     bn = getattr(block, "bn", None)
     if isinstance(block, BasicConv2d):
-        return isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None
-    return bn is None
+        if not (isinstance(bn, nn.BatchNorm2d) and bn.running_mean is not None and bn.running_var is not None):
+            return False
+    elif bn is not None:
+        return False
+    return _block_sources(block) is not None
 
 
 def _cpu_conv_op_applies(x: Tensor, w: Tensor, conv: nn.Conv2d) -> bool:
@@ -259,6 +312,7 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, bias=False, **conv_kwargs)
         self.bn = nn.BatchNorm2d(out_channels, eps=0.001)
         self.fused = False
+        self._register_fold_cache_hooks()
 
     def _fold_sources(self):
         return _block_sources(self)
@@ -273,20 +327,27 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         return (w.contiguous(memory_format=torch.channels_last) if w.shape[-1] > 1 else w), b
 
     def folded_params(self, dtype: Optional[torch.dtype] = None) -> Tuple[Tensor, Tensor]:
-        """(weight, bias) of the conv with the BatchNorm's running statistics folded in."""
-        return self._cached_fold(dtype or self.conv.weight.dtype)
+        """(weight, bias) of the conv with the BatchNorm's running statistics folded in.
+
+        Raises RuntimeError when the block is not foldable (see ``_block_sources``)."""
+        folded = self._cached_fold(dtype or self.conv.weight.dtype)
+        if folded is None:
+            raise RuntimeError("BasicConv2d.folded_params: conv must be a plain nn.Conv2d with a weight "
+                               "parameter and bn an nn.BatchNorm2d with running statistics, no forward hooks")
+        return folded
 
     def _can_fold(self) -> bool:
-        bn = self.bn
-        return (isinstance(self.conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d)
-                and bn.running_mean is not None and bn.running_var is not None)
+        return self._modules.get("bn") is not None and _block_sources(self) is not None
 
     def _eval_conv(self, x: Tensor, relu: bool = True) -> Optional[Tensor]:
         """The fused eval path: ``relu(conv(x))`` (``relu=False``: ``conv(x)``) with the folded
         weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm)."""
         if not (self.fused and not self.training and self._can_fold()):
             return None
-        w, b = self.folded_params()
+        folded = self._cached_fold(self.conv.weight.dtype)
+        if folded is None:
+            return None
+        w, b = folded
         c = self.conv
         if c.padding_mode != "zeros":
             y = c._conv_forward(x, w, b)
@@ -370,6 +431,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
         )
         self.kernel_5x5 = kernel_5x5
         self.fused = bool(fused)
+        self._register_fold_cache_hooks()
 
     # -- folding ---------------------------------------------------------------------------------
     def _blocks(self):
@@ -379,8 +441,26 @@ class Inception(_FoldedWeightsCache, nn.Module):
         b2, b3, b4 = m["branch2"]._modules, m["branch3"]._modules, m["branch4"]._modules
         return (m["branch1"], b2["0"], b2["1"], b3["0"], b3["1"], b4["1"])
 
+    def _plain_structure(self) -> bool:
+        """Cheap per-call check that the fused op may stand in for the submodules: the standard
+        branch containers (plain nn.Sequential of the expected length), and no forward hooks on
+        any of them, their blocks or the pool, nor global ones (hooks must fire: the module then
+        runs its branches)."""
+        from torch.nn.modules import module as nn_module
+        if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+            return False
+        m = self._modules
+        b1, b2, b3, b4 = m.get("branch1"), m.get("branch2"), m.get("branch3"), m.get("branch4")
+        if not (type(b2) is type(b3) is type(b4) is nn.Sequential
+                and len(b2._modules) == len(b3._modules) == len(b4._modules) == 2 and b1 is not None):
+            return False
+        return not any(_has_module_hooks(c) for c in (b1, b2, b3, b4, *b2._modules.values(),
+                                                     *b3._modules.values(), *b4._modules.values()))
+
     def _can_fuse(self) -> bool:
         """True when the module is what the fused op computes (plain blocks, odd square KxK)."""
+        if not self._plain_structure():
+            return False
         try:
             pool = self.branch4[0]
             if not (type(pool) is nn.MaxPool2d and pool.kernel_size in (3, (3, 3))
@@ -389,14 +469,22 @@ class Inception(_FoldedWeightsCache, nn.Module):
                     and len(self.branch4) == 2):
                 return False
             k3, k5 = self.branch2[1].conv.kernel_size[0], self.branch3[1].conv.kernel_size[0]
-        except (AttributeError, IndexError, TypeError):
+        except (AttributeError, IndexError, KeyError, TypeError):
             return False
         if k3 % 2 == 0 or k5 % 2 == 0:
             return False
         return all(_foldable_block(b, k) for b, k in zip(self._blocks(), (1, 1, k3, 1, k5, 1)))
 
     def _fold_sources(self):
-        return [t for b in self._blocks() for t in _block_sources(b)]
+        if not self._plain_structure():
+            return None
+        out = []
+        for b in self._blocks():
+            src = _block_sources(b)
+            if src is None:
+                return None
+            out += src
+        return out
 
     def _fold_extra_key(self):
         return tuple(bn.eps for bn in (b._modules.get("bn") for b in self._blocks()) if bn is not None)
@@ -512,17 +600,24 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 bn.running_var.copy_(v)
         return F.relu(y, inplace=True)
 
+    def _weight_dtype(self) -> Optional[torch.dtype]:
+        """branch1's conv weight dtype (the fused path's compute dtype); None when branch1 is not
+        a block with a plain conv weight (reworked module: the plain path runs)."""
+        conv = self._modules["branch1"]._modules.get("conv")
+        w = conv._parameters.get("weight") if conv is not None else None
+        return None if w is None else w.dtype
+
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and self.training:
-            dtype = self.branch1.conv.weight.dtype
+        if self.fused and self.training and self._weight_dtype() is not None:
+            dtype = self._weight_dtype()
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 y = self._forward_train_fused(x, dtype)
                 if y is not None:
                     return y
-        if self.fused and not self.training:
-            dtype = self.branch1.conv.weight.dtype
+        if self.fused and not self.training and self._weight_dtype() is not None:
+            dtype = self._weight_dtype()
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
             # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
@@ -917,8 +1012,11 @@ class GoogLeNet(nn.Module):
         if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._cpu_eval_ops(x):
-            # oneDNN reuses its packed copies of the folded weights (the fold caches own them)
+        if self._cpu_eval_ops(x) and not (torch.is_grad_enabled()
+                                          and any(p.requires_grad for p in self.parameters())):
+            # oneDNN reuses its packed copies of the folded weights (the fold caches own them;
+            # with gradients to the parameters the weights are folded afresh on every call, and
+            # packing them for reuse would be wasted work)
             with ops.weight_prepacking():
                 x, aux2, aux1 = self._forward(x)
         else:

@@ -1,0 +1,173 @@
+"""GoogLeNet(fused=True) eval on the CPU stays equal to the plain modules when weights change in
+ways version counters miss, and when users rework the model (found by a new-user trial)."""
+import copy
+
+import pytest
+import torch
+import torch.nn.utils.prune as prune
+
+from googlenet_fast import GoogLeNet
+from googlenet_fast.backends import native
+from model_helpers import make_input, ours_from, randomize_, rel_err, tv_model
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
+
+X = make_input(2, 3, 40, 40, seed=7)
+
+
+def fused_and_plain(model):
+    """(fused logits, plain logits) of the same model under no_grad."""
+    with torch.no_grad():
+        a = model(X)
+        model.set_fused(False)
+        b = model(X)
+        model.set_fused(True)
+    return a, b
+
+
+@pytest.mark.parametrize("opt", ["Adam", "SGD"])
+def test_fused_optimizer_steps_are_seen(opt):
+    """torch.optim's fused optimizers update parameters without bumping their version counters."""
+    torch.manual_seed(0)
+    m = ours_from(tv_model())  # eval mode: frozen BatchNorm while fine-tuning
+    with torch.no_grad():
+        m(X)  # fills the folded-weight cache
+    o = getattr(torch.optim, opt)(m.parameters(), lr=0.05, fused=True)
+    versions = [p._version for p in m.parameters()]
+    for _ in range(2):
+        o.zero_grad()
+        m(X).square().mean().backward()
+        o.step()
+    assert [p._version for p in m.parameters()] == versions  # what the cache key cannot see
+    a, b = fused_and_plain(m)
+    assert rel_err(a, b) <= 1e-4
+
+
+def test_paper_variant_train_validate_loop_with_fused_sgd():
+    m = randomize_(GoogLeNet(variant="paper", aux_logits=False, init_weights=False, fused=True))
+    o = torch.optim.SGD(m.parameters(), lr=0.05, fused=True)
+    for _ in range(2):
+        m.train()
+        o.zero_grad()
+        m(X).square().mean().backward()
+        o.step()
+        m.eval()
+        a, b = fused_and_plain(m)
+        assert rel_err(a, b) <= 1e-4
+
+
+def test_inference_tensor_parameters_reloaded():
+    """A model built and reloaded under inference_mode: its parameters have no version counter."""
+    tv, tv2 = tv_model(seed=0), tv_model(seed=1)
+    with torch.inference_mode():
+        m = ours_from(tv)
+        assert m.conv1.conv.weight.is_inference()
+        m(X)
+        m.load_state_dict(tv2.state_dict())
+        y = m(X)
+        ref = tv2(X)
+    assert rel_err(y, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+def test_paper_variant_data_write_then_clear(layout):
+    """Without BatchNorm the fold passed some parameters through unchanged, and the CPU op's
+    prepacked copies were keyed on them: a .data write + clear_folded_cache() stayed stale."""
+    m = randomize_(GoogLeNet(variant="paper", aux_logits=False, init_weights=False, fused=True)).eval()
+    if layout == "channels_last":
+        m = m.to(memory_format=torch.channels_last)
+    with torch.no_grad():
+        m(X)
+        for p in m.parameters():
+            p.data.mul_(-0.5)
+    m.clear_folded_cache()
+    a, b = fused_and_plain(m)
+    assert rel_err(a, b) <= 1e-4
+
+
+SURGERY = {
+    "prune": lambda m: prune.l1_unstructured(m.conv1.conv, "weight", 0.3),
+    "weight_norm": lambda m: torch.nn.utils.parametrizations.weight_norm(m.inception4a.branch2[1].conv),
+    "fuse_modules": lambda m: torch.ao.quantization.fuse_modules(
+        m, [["inception3a.branch1.conv", "inception3a.branch1.bn"]], inplace=True),
+    "wrapped_branch": lambda m: setattr(m.inception3b, "branch2", Wrap(m.inception3b.branch2)),
+    "sequential_branch1": lambda m: setattr(m.inception3b, "branch1", torch.nn.Sequential(m.inception3b.branch1)),
+}
+
+
+class Wrap(torch.nn.Module):
+    def __init__(self, inner):
+        super().__init__()
+        self.inner = inner
+
+    def forward(self, x):
+        return self.inner(x)
+
+
+@pytest.mark.parametrize("case", list(SURGERY))
+def test_model_surgery_torchvision_accepts(case):
+    tv = tv_model()
+    ours = ours_from(tv)
+    for m in (tv, ours):
+        SURGERY[case](m)
+    with torch.no_grad():
+        assert rel_err(ours(X), tv(X)) <= 1e-4
+
+
+def test_hooks_on_inner_modules_fire():
+    tv = tv_model()
+    ours = ours_from(tv)
+    names = ["conv1.bn", "inception3a.branch2", "inception3a.branch4.0", "inception5b.branch1.conv"]
+    seen = []
+    for name in names:
+        ours.get_submodule(name).register_forward_hook(lambda mod, a, out, name=name: seen.append(name))
+    with torch.no_grad():
+        y = ours(X)
+    assert sorted(seen) == sorted(names)
+    with torch.no_grad():
+        assert rel_err(y, tv(X)) <= 1e-4
+
+
+def test_global_hook_sees_every_module():
+    tv = tv_model()
+    ours = ours_from(tv)
+
+    def count(model):
+        seen = set()
+        h = torch.nn.modules.module.register_module_forward_hook(lambda mod, a, out: seen.add(id(mod)))
+        try:
+            with torch.no_grad():
+                y = model(X)
+        finally:
+            h.remove()
+        return y, sum(id(m) in seen for m in model.modules())
+
+    (y, n_ours), (ref, n_tv) = count(ours), count(tv)
+    assert n_ours == n_tv and rel_err(y, ref) <= 1e-4
+
+
+def test_eval_with_parameter_grads_does_not_fill_the_packed_weight_cache():
+    tv = tv_model()
+    ours = ours_from(tv)
+    with torch.no_grad():
+        ours(X)
+    before = native._C._prepacked_weight_count()
+    for _ in range(2):
+        ours(X).sum().backward()
+    assert native._C._prepacked_weight_count() == before
+    tv(X).sum().backward()
+    g, ref = ours.inception4a.branch2[1].conv.weight.grad, tv.inception4a.branch2[1].conv.weight.grad
+    assert rel_err(g, 2 * ref) <= 1e-3  # two backward passes accumulated on ours, one on tv
+
+
+def test_deepcopy_and_pickle_keep_working():
+    import io
+    ours = ours_from(tv_model())
+    with torch.no_grad():
+        ref = ours(X)
+    buf = io.BytesIO()
+    torch.save(ours, buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=False)
+    with torch.no_grad():
+        assert torch.equal(copy.deepcopy(ours)(X), ref) and torch.equal(loaded(X), ref)
