@@ -31,6 +31,7 @@ from torch import Tensor
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bn_train, ops
+from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
     from torchvision.models.googlenet import GoogLeNetOutputs
@@ -674,7 +675,7 @@ class PaperInceptionAux(InceptionAux):
 
     def _pool(self, x: Tensor) -> Tensor:
         h, w = x.shape[-2], x.shape[-1]
-        if _pool_out(h, 5, 3, ceil_mode=False) == 4 and _pool_out(w, 5, 3, ceil_mode=False) == 4:
+        if pool_output_size(h, 5, 3, ceil_mode=False) == 4 and pool_output_size(w, 5, 3, ceil_mode=False) == 4:
             return F.avg_pool2d(x, kernel_size=5, stride=3)
         return F.adaptive_avg_pool2d(x, (4, 4))
 
@@ -687,14 +688,6 @@ class InputTooSmallError(ValueError, RuntimeError):
     also a RuntimeError, the type torchvision's model raises for it (max_pool2d's "Output size is
     too small"), so code written for torchvision catches it too."""
 
-def _pool_out(size: int, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = True) -> int:
-    """Output length of a max/avg pool along one dim, exactly as ATen's pooling_output_shape."""
-    out = (size + 2 * padding - (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
 def _trunk_sizes(size: int, variant: str) -> Optional[List[int]]:
     """Spatial length after conv1, maxpool1, maxpool2, maxpool3, maxpool4 for an input length;
     None when a pool's output would be empty."""
@@ -704,7 +697,7 @@ def _trunk_sizes(size: int, variant: str) -> Optional[List[int]]:
     sizes = [s]
     last = 2 if variant == "torchvision" else 3
     for k in (3, 3, 3, last):
-        s = _pool_out(s, k, 2)
+        s = pool_output_size(s, k, 2)
         if s < 1:
             return None
         sizes.append(s)

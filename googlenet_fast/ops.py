@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .backends import native
-from .backends.reference import inception_reference
+from .backends.reference import inception_reference, pool_output_size
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
 BACKEND_ENV = "GOOGLENET_FAST_BACKEND"
@@ -617,14 +617,9 @@ def max_pool_nhwc(x: Tensor, kernel: int, stride: int, relu: bool = False) -> Te
     return torch.ops.googlenet_fast.max_pool_nhwc(x, kernel, stride, relu)
 
 
-def _ceil_pool_size(size, kernel, stride):
-    out = -(-(size - kernel) // stride) + 1
-    return out - 1 if (out - 1) * stride >= size else out
-
-
 def _max_pool_nhwc_fake(x, kernel, stride, relu=False):
-    h = _ceil_pool_size(x.shape[2], kernel, stride)
-    w = _ceil_pool_size(x.shape[3], kernel, stride)
+    h = pool_output_size(x.shape[2], kernel, stride)
+    w = pool_output_size(x.shape[3], kernel, stride)
     return x.new_empty((x.shape[0], x.shape[1], h, w)).contiguous(memory_format=torch.channels_last)
 
 

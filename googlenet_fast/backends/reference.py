@@ -10,6 +10,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def pool_output_size(size: int, kernel: int, stride: int, padding: int = 0, ceil_mode: bool = True) -> int:
+    """Output length of a max/avg pool along one dim, exactly as ATen's pooling_output_shape
+    (ceil mode: the last window may hang over the edge but must start inside the input or its
+    left padding).  Works on SymInts (fake kernels)."""
+    out = (size + 2 * padding - (kernel - 1) - 1 + (stride - 1 if ceil_mode else 0)) // stride + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
 def inception_reference(
     x: Tensor,
     w_1x1: Tensor, b_1x1: Optional[Tensor],

@@ -78,6 +78,7 @@ except ImportError as e:  # pragma: no cover - triton ships with CUDA builds of 
                       f"here ({e}); use backend='cuda' or backend='reference'") from e
 
 from . import configs
+from ..reference import pool_output_size
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OP_NAME = "googlenet_fast::inception_triton"
@@ -599,10 +600,7 @@ MAX_POOL_K = 5
 
 def pool_out_size(size: int, kernel: int, stride: int) -> int:
     """Output length of a ceil-mode max pool without padding (ATen's pooling_output_shape)."""
-    out = (size - kernel + stride - 1) // stride + 1
-    if (out - 1) * stride >= size:
-        out -= 1
-    return out
+    return pool_output_size(size, kernel, stride)
 
 
 def _check_pooled(x, args, pool_k, pool_s):
