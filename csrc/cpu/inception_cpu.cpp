@@ -29,6 +29,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <type_traits>
@@ -396,6 +397,13 @@ void max_pool_rows(const scalar_t* X, scalar_t* O, int64_t begin, int64_t end, i
 }
 
 
+// Scratch memory every element of which the caller writes before reading: uninitialized (a
+// std::vector would zero it first, a full extra pass over the reduce buffers).
+template <typename scalar_t>
+std::unique_ptr<scalar_t[]> scratch(int64_t n) {
+  return std::unique_ptr<scalar_t[]>(new scalar_t[static_cast<size_t>(std::max<int64_t>(n, 1))]);
+}
+
 // Pixel blocks: a multiple of the thread count, about `target` pixels each.  Measured on the
 // 2-core CI machine (single-thread CPU time, b=8, all nine modules): 512/256-pixel blocks for
 // stage 1/stage 2 ran 4% faster than 128/64 (the GEMMs dominate; larger blocks feed them better).
@@ -460,7 +468,7 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
 
   const Blocks b1 = make_blocks(P, 512);
   auto stage1 = [&](int64_t begin, int64_t end) {
-    std::vector<scalar_t> pooled(static_cast<size_t>(b1.size * Cin));
+    const std::unique_ptr<scalar_t[]> pooled = scratch<scalar_t>(b1.size * Cin);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t p0 = blk * b1.size, rows = std::min(b1.size, P - p0);
       // merged 1x1: x read once for ch1x1, ch3x3red and ch5x5red.
@@ -474,8 +482,8 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
       }
       // 3x3/s1/p1 max pool of this block's pixels, padding -inf (out-of-bounds taps skipped; the
       // centre tap is always in bounds).  NaN propagates as in torch.max_pool2d.
-      pool3x3_block(X, pooled.data(), p0, rows, H, W, Cin);
-      const at::Tensor accp = gemm_rows<scalar_t>(rows, Cin, pooled.data(), Cin, wp, b1.size, cache, {&a.w_pool_proj});
+      pool3x3_block(X, pooled.get(), p0, rows, H, W, Cin);
+      const at::Tensor accp = gemm_rows<scalar_t>(rows, Cin, pooled.get(), Cin, wp, b1.size, cache, {&a.w_pool_proj});
       for (int64_t r = 0; r < rows; ++r)
         store_row(accp.const_data_ptr<scalar_t>() + r * cp, has_bp ? bp.data() : nullptr, relu, out + (p0 + r) * ldo + off_b4, cp);
     }
@@ -505,7 +513,7 @@ void stage2_cpu(const InceptionArgs& a, const InceptionShape& s, ReduceBuffers<s
   const Blocks b2 = make_blocks(P, 256);
   auto stage2 = [&](int64_t begin, int64_t end) {
     const int64_t kmax = std::max(s.k3 * s.k3 * r3, s.k5 * s.k5 * r5);
-    std::vector<scalar_t> col(static_cast<size_t>(b2.size * kmax));
+    const std::unique_ptr<scalar_t[]> col = scratch<scalar_t>(b2.size * kmax);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t p0 = blk * b2.size, rows = std::min(b2.size, P - p0);
       for (int branch = 0; branch < 2; ++branch) {
@@ -520,7 +528,7 @@ void stage2_cpu(const InceptionArgs& a, const InceptionShape& s, ReduceBuffers<s
         const acc_t* nshift = norm.shift != nullptr ? norm.shift + roff : nullptr;
         for (int64_t r = 0; r < rows; ++r) {
           const int64_t p = p0 + r, n = p / (H * W), h = (p / W) % H, w = p % W;
-          scalar_t* dst = col.data() + r * kk;
+          scalar_t* dst = col.get() + r * kk;
           for (int64_t ky = 0; ky < K; ++ky) {
             const int64_t hh = h + ky - pad;
             for (int64_t kx = 0; kx < K; ++kx, dst += rc) {
@@ -541,7 +549,7 @@ void stage2_cpu(const InceptionArgs& a, const InceptionShape& s, ReduceBuffers<s
             }
           }
         }
-        const at::Tensor acc = gemm_rows<scalar_t>(rows, kk, col.data(), kk, wk, b2.size, /*cache=*/false, {});
+        const at::Tensor acc = gemm_rows<scalar_t>(rows, kk, col.get(), kk, wk, b2.size, /*cache=*/false, {});
         for (int64_t r = 0; r < rows; ++r)
           store_row(acc.const_data_ptr<scalar_t>() + r * cout, bias, relu, out + (p0 + r) * ldo + ooff, cout);
       }
@@ -583,8 +591,8 @@ void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_
   // Scratch for the two reduce outputs, one dense [pixels, C] matrix per branch: the only
   // intermediate that touches memory.
   const int64_t P = s.n * s.h * s.w;
-  std::vector<scalar_t> red(static_cast<size_t>(P * (s.ch3x3red + s.ch5x5red)));
-  const ReduceBuffers<scalar_t> R{red.data(), s.ch3x3red, red.data() + P * s.ch3x3red, s.ch5x5red};
+  const std::unique_ptr<scalar_t[]> red = scratch<scalar_t>(P * (s.ch3x3red + s.ch5x5red));
+  const ReduceBuffers<scalar_t> R{red.get(), s.ch3x3red, red.get() + P * s.ch3x3red, s.ch5x5red};
   const bool cache = weight_prepacking_enabled();
   stage1_cpu<scalar_t>(a, s, xc.const_data_ptr<scalar_t>(), out, ldo, R, cache);
   if (std::is_same_v<scalar_t, float> && at::hasMKLDNN()) {
@@ -698,9 +706,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inception_bn_train_cp
     if (std::is_same_v<scalar_t, float> && at::hasMKLDNN()) {
       // The reduce branches' BatchNorm + ReLU in one pass into dense per-branch buffers, then
       // oneDNN's direct convolution (faster than im2col + GEMM; see stage2_onednn).
-      std::vector<scalar_t> act(static_cast<size_t>(P * rr));
+      const std::unique_ptr<scalar_t[]> act = scratch<scalar_t>(P * rr);
       const int64_t r3 = s.ch3x3red, r5 = s.ch5x5red;
-      const ReduceBuffers<scalar_t> A{act.data(), r3, act.data() + P * r3, r5};
+      const ReduceBuffers<scalar_t> A{act.get(), r3, act.get() + P * r3, r5};
       at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
         for (int64_t p = begin; p < end; ++p) {
           const scalar_t* src = Rp + p * rr;
