@@ -611,11 +611,17 @@ def _check_pooled(x, args, pool_k, pool_s):
     if not 1 <= pool_s <= pool_k:
         raise ValueError(f"pool_s: expected a stride in [1, pool_k = {pool_k}] (neighbouring windows must "
                          f"touch or overlap), got {pool_s}")
+    return pooled_hw(x, pool_k, pool_s, "x")
+
+
+def pooled_hw(x: Tensor, kernel: int, stride: int, name: str) -> Tuple[int, int]:
+    """(H, W) after a kernel x kernel / stride ceil-mode max pool (no padding) of x's map;
+    ValueError naming ``name`` when that is empty."""
     h, w = x.shape[2], x.shape[3]
-    ph, pw = pool_out_size(h, pool_k, pool_s), pool_out_size(w, pool_k, pool_s)
+    ph, pw = pool_out_size(h, kernel, stride), pool_out_size(w, kernel, stride)
     if ph < 1 or pw < 1:
-        raise ValueError(f"x: a {pool_k}x{pool_k}/{pool_s} ceil-mode max pool of a {h}x{w} map has an empty "
-                         "output (the pre-pool map is too small)")
+        raise ValueError(f"{name}: a {kernel}x{kernel}/{stride} ceil-mode max pool of a {h}x{w} map has an "
+                         "empty output (the pre-pool map is too small)")
     return ph, pw
 
 

@@ -60,7 +60,7 @@ import torch
 from torch import Tensor
 
 from . import (SUPPORTED_DTYPES, _allow_tf32, _mode_module, _single_threaded_blas, _span, inception_pooled,
-               interpreting, MAX_POOL_K, pool_out_size)
+               interpreting, MAX_POOL_K, pool_out_size, pooled_hw)
 from . import network_configs as nc
 
 __all__ = ["conv_stem", "conv_nhwc", "max_pool_nhwc", "avgpool_linear", "fused_forward_triton",
@@ -139,15 +139,6 @@ def _check_lrn(lrn_size, lrn_alpha, lrn_beta, lrn_k):
 def _check_pool(kernel, stride, name="pool"):
     if kernel < 1 or stride < 1:
         raise ValueError(f"{name}: expected kernel_size >= 1 and stride >= 1, got ({kernel}, {stride})")
-
-
-def _pooled_hw(x, kernel, stride, name):
-    h, w = x.shape[2], x.shape[3]
-    ph, pw = pool_out_size(h, kernel, stride), pool_out_size(w, kernel, stride)
-    if ph < 1 or pw < 1:
-        raise ValueError(f"{name}: a {kernel}x{kernel}/{stride} max pool of a {h}x{w} map has an empty "
-                         "output (output size is too small)")
-    return ph, pw
 
 
 def _nhwc_empty(n, c, h, w, x):
@@ -334,7 +325,7 @@ def conv_nhwc_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], pool_ker
     n, _, h, w = x.shape
     if pool_kernel:
         _check_pool(pool_kernel, pool_stride)
-        h, w = _pooled_hw(x, pool_kernel, pool_stride, "x")
+        h, w = pooled_hw(x, pool_kernel, pool_stride, "x")
     out = _nhwc_empty(n, weight.shape[0], h, w, x)
     _run("conv", x, weight, bias, [pool_kernel, pool_stride if pool_kernel else 0, lrn_size, int(relu)],
          [lrn_alpha, lrn_beta, lrn_k], out)
@@ -348,7 +339,7 @@ def max_pool_nhwc_triton(x: Tensor, kernel_size: int, stride: int, lrn_size: int
     _check_x(x)
     _check_pool(kernel_size, stride, "kernel_size/stride")
     _check_lrn(lrn_size, lrn_alpha, lrn_beta, lrn_k)
-    ph, pw = _pooled_hw(x, kernel_size, stride, "x")
+    ph, pw = pooled_hw(x, kernel_size, stride, "x")
     out = _nhwc_empty(x.shape[0], x.shape[1], ph, pw, x)
     _run("pool", x, None, None, [kernel_size, stride, lrn_size], [lrn_alpha, lrn_beta, lrn_k], out)
     return out
