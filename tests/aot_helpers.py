@@ -103,6 +103,23 @@ def compile_all(compile_case, cases):
     return results
 
 
+def print_compile_summary(title, cases, results, case_id, *, width=64, async_copies=False, err_chars=200):
+    """Print one line per compiled case (``pytest -s`` shows it): registers, spill stack, shared
+    memory, optionally the cp.async count, and the MMA instructions (else the dot units)."""
+    head = f"{'case':{width}s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}" + (f" {'ASYNC':>5s}" if async_copies else "")
+    lines = [head + "  MMA"]
+    for c in cases:
+        r = results[c]
+        if isinstance(r, Exception):
+            lines.append(f"{case_id(c):{width}s} FAILED: {type(r).__name__}: {str(r)[:err_chars]}")
+            continue
+        cols = f"{case_id(c):{width}s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d}"
+        if async_copies:
+            cols += f" {r['async_copies']:5d}"
+        lines.append(f"{cols}  {','.join(r.get('mma_ops') or ()) or ','.join(r['units'])}")
+    print(f"\nTriton AOT compile summary{title}\n" + "\n".join(lines))
+
+
 def check_fits(r, arch):
     """No register spills, shared memory within the architecture's per-block limit."""
     assert r["stack"] == 0 and r["local"] == 0, f"register spills: {r}"

@@ -23,7 +23,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from aot_helpers import ARCHS, check_dot_units, check_fits, compile_all, compile_for  # noqa: E402
+from aot_helpers import (ARCHS, check_dot_units, check_fits, compile_all, compile_for,  # noqa: E402
+                         print_compile_summary)
 
 from googlenet_fast.backends import triton as tb  # noqa: E402
 from googlenet_fast.backends.triton import configs  # noqa: E402
@@ -119,17 +120,8 @@ def _case_id(c):
 @pytest.fixture(scope="module")
 def compiled():
     results = compile_all(_compile_case, CASES)
-    lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s} {'ASYNC':>5s}  MMA"]
-    report = []
-    for c in CASES:
-        r = results[c]
-        if isinstance(r, Exception):
-            lines.append(f"{_case_id(c):64s} FAILED: {type(r).__name__}: {str(r)[:200]}")
-            continue
-        lines.append(f"{_case_id(c):64s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d} {r['async_copies']:5d}  "
-                     f"{','.join(r['mma_ops']) or ','.join(r['units'])}")
-        report.append(dict(case=_case_id(c), **r))
-    print("\nTriton AOT compile summary\n" + "\n".join(lines))
+    print_compile_summary("", CASES, results, _case_id, async_copies=True)
+    report = [dict(case=_case_id(c), **results[c]) for c in CASES if not isinstance(results[c], Exception)]
     if os.environ.get("TRITON_AOT_REPORT"):
         with open(os.environ["TRITON_AOT_REPORT"], "w") as f:
             json.dump(report, f, indent=1)
@@ -204,15 +196,7 @@ def _pooled_case_id(c):
 @pytest.fixture(scope="module")
 def compiled_pooled():
     results = compile_all(_compile_pooled_case, POOLED_CASES)
-    lines = [f"{'case':64s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}  MMA"]
-    for c in POOLED_CASES:
-        r = results[c]
-        if isinstance(r, Exception):
-            lines.append(f"{_pooled_case_id(c):64s} FAILED: {type(r).__name__}: {str(r)[:200]}")
-        else:
-            lines.append(f"{_pooled_case_id(c):64s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d}  "
-                         f"{','.join(r['mma_ops']) or ','.join(r['units'])}")
-    print("\nTriton AOT compile summary (pooled stage 1)\n" + "\n".join(lines))
+    print_compile_summary(" (pooled stage 1)", POOLED_CASES, results, _pooled_case_id)
     return results
 
 
@@ -269,15 +253,7 @@ def _bwd_case_id(c):
 @pytest.fixture(scope="module")
 def compiled_bwd():
     results = compile_all(_compile_bwd_case, BWD_CASES)
-    lines = [f"{'case':40s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s} {'ASYNC':>5s}  MMA"]
-    for c in BWD_CASES:
-        r = results[c]
-        if isinstance(r, Exception):
-            lines.append(f"{_bwd_case_id(c):40s} FAILED: {type(r).__name__}: {str(r)[:200]}")
-        else:
-            lines.append(f"{_bwd_case_id(c):40s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d} "
-                         f"{r['async_copies']:5d}  {','.join(r['mma_ops']) or ','.join(r['units'])}")
-    print("\nTriton AOT compile summary (backward, BN stage 2)\n" + "\n".join(lines))
+    print_compile_summary(" (backward, BN stage 2)", BWD_CASES, results, _bwd_case_id, width=40, async_copies=True)
     return results
 
 

@@ -12,7 +12,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from aot_helpers import ARCHS, check_dot_units, check_fits, compile_all, compile_for  # noqa: E402
+from aot_helpers import (ARCHS, check_dot_units, check_fits, compile_all, compile_for,  # noqa: E402
+                         print_compile_summary)
 
 from googlenet_fast.backends.triton import network as nw  # noqa: E402
 from googlenet_fast.backends.triton import network_configs as nc  # noqa: E402
@@ -81,14 +82,7 @@ def _case_id(c):
 @pytest.fixture(scope="module")
 def compiled():
     results = compile_all(_compile_case, CASES)
-    lines = [f"{'case':40s} {'REG':>4s} {'STACK':>5s} {'SHARED':>7s}  UNITS"]
-    for c in CASES:
-        r = results[c]
-        if isinstance(r, Exception):
-            lines.append(f"{_case_id(c):40s} FAILED: {type(r).__name__}: {str(r)[:300]}")
-        else:
-            lines.append(f"{_case_id(c):40s} {r['reg']:4d} {r['stack']:5d} {r['shared']:7d}  {','.join(r['units'])}")
-    print("\nTriton AOT compile summary (network kernels)\n" + "\n".join(lines))
+    print_compile_summary(" (network kernels)", CASES, results, _case_id, width=40, err_chars=300)
     return results
 
 
