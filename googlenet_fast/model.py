@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import bn_train, ops
@@ -83,6 +84,12 @@ def _has_module_hooks(m: nn.Module) -> bool:
     return bool(m._forward_hooks or m._forward_pre_hooks)
 
 
+def _has_global_hooks() -> bool:
+    """Whether global forward (pre-)hooks are registered (nn.modules.module.register_module_forward_hook):
+    they must see every module run, so the fused paths then call the modules."""
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
+
+
 def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
     """Every tensor the folded weights of a conv block depend on; None when the block is not one
     the fold can read as plain tensors: a conv whose weight is not a plain parameter
@@ -96,8 +103,7 @@ def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
     """
     # Read the modules' own dicts: nn.Module.__getattr__ costs ~0.5 us a lookup, and this runs
     # for every conv of every fused forward.
-    from torch.nn.modules import module as nn_module
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+    if _has_global_hooks():
         return None  # a global hook must see the conv and the bn run
     conv = block._modules.get("conv")
     if type(conv) is not nn.Conv2d or _has_module_hooks(conv):
@@ -277,8 +283,7 @@ def _cpu_conv_op_applies(x: Tensor, w: Tensor, conv: nn.Conv2d) -> bool:
 def _has_hooks(*modules: nn.Module) -> bool:
     """Whether calling these modules would run forward (pre-)hooks, their own or global ones: the
     model then calls them rather than computing them with the extension's ops."""
-    from torch.nn.modules import module as nn_module
-    if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+    if _has_global_hooks():
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
 
@@ -447,8 +452,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
         branch containers (plain nn.Sequential of the expected length), and no forward hooks on
         any of them, their blocks or the pool, nor global ones (hooks must fire: the module then
         runs its branches)."""
-        from torch.nn.modules import module as nn_module
-        if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
+        if _has_global_hooks():
             return False
         m = self._modules
         b1, b2, b3, b4 = m.get("branch1"), m.get("branch2"), m.get("branch3"), m.get("branch4")
@@ -1011,7 +1015,14 @@ class GoogLeNet(nn.Module):
             # with gradients to the parameters the weights are folded afresh on every call, and
             # packing them for reuse would be wasted work)
             with ops.weight_prepacking():
-                x, aux2, aux1 = self._forward(x)
+                if torch.is_grad_enabled():
+                    x, aux2, aux1 = self._forward(x)
+                else:
+                    # No graph is recorded: skip the Autograd dispatch key for every op of the
+                    # forward, as each op's autograd kernel does itself under no_grad (the
+                    # extension ops' kernels are Python functions, ~18 us a call on the CI machine).
+                    with torch._C._AutoDispatchBelowAutograd():
+                        x, aux2, aux1 = self._forward(x)
         else:
             x, aux2, aux1 = self._forward(x)
         if self.training and self.aux_logits:

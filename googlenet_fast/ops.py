@@ -258,6 +258,8 @@ def inception(
             w_5x5red, b_5x5red, w_5x5, b_5x5, w_pool_proj, b_pool_proj)
     if validate:
         shape = check_inception_args(x, *args, out=out)
+    elif x.device.type != "cuda":
+        shape = None  # read only by the GPU backend choice (resolve_backend)
     else:
         n, cin, h, w = x.shape
         shape = InceptionShape(n, cin, h, w, w_1x1.shape[0], w_3x3red.shape[0], w_3x3.shape[0],

@@ -291,3 +291,42 @@ def test_model_weights_updated_between_eval_calls():
             m.conv1.conv.weight.mul_(1.5)
             m.inception5b.branch2[1].conv.weight.mul_(-1)
         assert rel_err(ours(x), tv(x)) <= 1e-4
+
+
+def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
+    """Under no_grad the CPU eval forward runs below the Autograd dispatch key (what each op's
+    autograd kernel would do itself): same logits as with grad enabled and under inference_mode,
+    an ordinary output tensor usable in later autograd code, and dispatch modes still see the
+    extension's ops."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    tv = tv_model()
+    ours = ours_from(tv)
+    x = make_input(2, 3, 40, 40, seed=45)
+    with torch.no_grad():
+        y = ours(x)
+        ref = tv(x)
+    with torch.inference_mode():
+        y_inf = ours(x)
+    y_grad = ours(x)  # grad enabled: parameters require grad, folded inline, autograd records
+    assert rel_err(y, ref) <= 1e-4
+    assert torch.equal(y, y_inf)
+    assert rel_err(y, y_grad.detach()) <= 1e-6 and y_grad.requires_grad
+    assert not y.is_inference() and y.grad_fn is None and not y.requires_grad
+    w = torch.ones_like(y, requires_grad=True)
+    (y * w).sum().backward()  # an ordinary tensor: usable (and saved) in autograd afterwards
+    assert torch.equal(w.grad, y)
+    with torch.no_grad(), Names() as mode:
+        y_mode = ours(x)
+    assert torch.equal(y_mode, y)
+    assert mode.names.count("googlenet_fast.inception") == 9
+    assert mode.names.count("googlenet_fast.max_pool_nhwc") == 4
