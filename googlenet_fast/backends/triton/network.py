@@ -31,6 +31,15 @@ avgpool + flatten +    :func:`avgpool_linear` (``googlenet_fast::avgpool_linear_
 dropout + fc           launch, the average pool computed in the GEMM's operand loader.
 =====================  ========================================================================
 
+conv2 -> conv3 stay two launches.  One kernel would have to recompute conv2 (and maxpool1)
+inside conv3's loader for each of the nine taps: +205 MFLOP per image (+21% of the stem's 956,
+with one 192-channel N tile; more with narrower tiles) to save conv2's 56x56x64 round trip
+(0.8 MB per image in bf16, written once and read once).  At batch 256 on an H200 that is ~0.08 ms
+of extra bf16 math against ~0.05 ms of traffic saved (roofline estimate, not measured: no GPU
+has run this code); at batch 1 it would save one launch.  A halo tile (conv2 computed once per
+CTA into shared memory for its pixels plus a 1-pixel border) avoids the recompute but needs
+gathers from shared memory that Triton does not express; left for the CUDA backend.
+
 So a 2-D forward is 3 stem launches + 9 x 2 Inception launches + 1 head = 22 launches in the
 torchvision variant, 23 in the paper's (its lrn2 + maxpool2 pass) (torchvision's eager eval: ~66
 kernels for the same layers, plus a layout copy of the input).
