@@ -20,6 +20,7 @@ over all its channels; the paper variant runs the fused op with its fused backwa
 Folded weights are cached per module and rebuilt whenever a parameter or buffer changed (see
 :class:`_FoldedWeightsCache`); under ``torch.compile`` they are folded inline in the graph.
 """
+import contextlib
 import math
 import warnings
 from typing import Any, Callable, List, Optional, Sequence, Tuple
@@ -233,6 +234,18 @@ class _FoldedWeightsCache:
         """Drop the cached folded weights (they are rebuilt on the next fused call)."""
         self.__dict__.pop("_fold_cache", None)
 
+    def _prepacking(self, folded: Tuple[Optional[Tensor], ...]):
+        """``ops.weight_prepacking()`` when ``folded`` is this cache's own value (its tensors are
+        written by nobody but the cache, so oneDNN may keep packed copies of them); a no-op
+        context otherwise: folded inline (under torch.compile, CUDA graph capture, or with
+        gradients to the parameters), where a packed copy would be made for one use."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        entry = self.__dict__.get("_fold_cache")
+        if entry is not None and entry[2] is folded:
+            return ops.weight_prepacking()
+        return contextlib.nullcontext()
+
     def _register_fold_cache_hooks(self) -> None:
         self.register_load_state_dict_post_hook(_clear_fold_cache_after_load)
 
@@ -359,7 +372,8 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
             y = c._conv_forward(x, w, b)
         elif _cpu_conv_op_applies(x, w, c):
             # oneDNN with the weight prepacked once (as torch.compile's freezing does)
-            return ops.conv2d_relu(x, w, b, c.stride[0], c.padding[0], relu)
+            with self._prepacking(folded):
+                return ops.conv2d_relu(x, w, b, c.stride[0], c.padding[0], relu)
         else:
             y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
         return torch.relu_(y) if relu else y
@@ -632,7 +646,8 @@ class Inception(_FoldedWeightsCache, nn.Module):
                     if x.dtype != dtype:
                         x = x.to(dtype)
                     # The weights are ours and well-formed; the kernels still check x.
-                    return ops.inception(x, *folded, relu=True, validate=False)
+                    with self._prepacking(folded):
+                        return ops.inception(x, *folded, relu=True, validate=False)
         return torch.cat(self._forward(x), 1)
 
 
@@ -1009,20 +1024,12 @@ class GoogLeNet(nn.Module):
         if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._cpu_eval_ops(x) and not (torch.is_grad_enabled()
-                                          and any(p.requires_grad for p in self.parameters())):
-            # oneDNN reuses its packed copies of the folded weights (the fold caches own them;
-            # with gradients to the parameters the weights are folded afresh on every call, and
-            # packing them for reuse would be wasted work)
-            with ops.weight_prepacking():
-                if torch.is_grad_enabled():
-                    x, aux2, aux1 = self._forward(x)
-                else:
-                    # No graph is recorded: skip the Autograd dispatch key for every op of the
-                    # forward, as each op's autograd kernel does itself under no_grad (the
-                    # extension ops' kernels are Python functions, ~18 us a call on the CI machine).
-                    with torch._C._AutoDispatchBelowAutograd():
-                        x, aux2, aux1 = self._forward(x)
+        if self._cpu_eval_ops(x) and not torch.is_grad_enabled():
+            # No graph is recorded: skip the Autograd dispatch key for every op of the forward, as
+            # each op's autograd kernel does itself under no_grad (the extension ops' kernels are
+            # Python functions, ~18 us a call on the CI machine).
+            with torch._C._AutoDispatchBelowAutograd():
+                x, aux2, aux1 = self._forward(x)
         else:
             x, aux2, aux1 = self._forward(x)
         if self.training and self.aux_logits:

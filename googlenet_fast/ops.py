@@ -501,8 +501,9 @@ def weight_prepacking(enabled: bool = True):
     the version counter and repack.  Writes the version counter does not see (through
     ``.data``, numpy views, raw pointers, or inductor's buffer reuse inside a compiled graph)
     would leave a stale copy in use: enable this only around calls whose weights are not
-    written that way.  ``GoogLeNet(fused=True)`` enables it around its eager eval forward on the
-    CPU (its weights are its own folded-weight cache's tensors; never under torch.compile).
+    written that way.  The model's Inception and BasicConv2d modules enable it around their
+    eager eval calls on the CPU when the weights are their own folded-weight cache's tensors
+    (never under torch.compile, nor with gradients to the parameters, where they fold inline).
     Inference tensors (no version counter) are packed per call.  Without the extension: no-op.
     """
     if not native.available():

@@ -1,6 +1,7 @@
 """The CPU ops around the Inception modules (googlenet_fast::conv2d_relu, max_pool_nhwc), the
 prepacked-weight cache (ops.weight_prepacking) and how GoogLeNet(fused=True) uses them in eval."""
 import copy
+import gc
 
 import pytest
 import torch
@@ -330,3 +331,41 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
     assert torch.equal(y_mode, y)
     assert mode.names.count("googlenet_fast.inception") == 9
     assert mode.names.count("googlenet_fast.max_pool_nhwc") == 4
+
+
+def test_standalone_modules_prepack_their_own_folded_weights():
+    """An Inception or BasicConv2d module used on its own (not inside GoogLeNet) also lets oneDNN
+    keep packed copies of its cached folded weights: the first eval call packs them, the next
+    reuses them, and the outputs are the plain modules'."""
+    from googlenet_fast.model import BasicConv2d, Inception
+
+    torch.manual_seed(0)
+    block = Inception(32, 16, 8, 16, 4, 8, 8).eval()
+    conv = BasicConv2d(32, 24, kernel_size=3, padding=1).eval()
+    conv.fused = True  # (GoogLeNet sets it on its stem; a BasicConv2d alone defaults to False)
+    for m in (block, conv):
+        for mod in m.modules():
+            if isinstance(mod, torch.nn.BatchNorm2d):
+                mod.running_mean.uniform_(-0.5, 0.5)
+                mod.running_var.uniform_(0.5, 2.0)
+    x = make_input(2, 32, 9, 9, seed=46).contiguous(memory_format=torch.channels_last)
+    keep = make_input(4, 32, 1, 1, seed=47)
+    # oneDNN copies per module: Inception = merged 1x1 + pool projection (inner products) + the
+    # two KxK convolutions; BasicConv2d = its convolution
+    for m, copies in ((block, 4), (conv, 1)):
+        plain = copy.deepcopy(m)
+        plain.fused = False
+        gc.collect()
+        with torch.no_grad():
+            with ops.weight_prepacking():  # a new copy first drops the copies of freed weights
+                ops.conv2d_relu(x, keep, None, 1, 0)
+            before = native._C._prepacked_weight_count()
+            assert before < 200  # room left: no least-recently-used eviction below
+            y1 = m(x)
+            packed = native._C._prepacked_weight_count()
+            y2 = m(x)
+            assert native._C._prepacked_weight_count() == packed  # reused, not packed again
+            ref = plain(x)
+        assert packed == before + copies
+        assert torch.equal(y1, y2)
+        assert rel_err(y1, ref) <= 1e-5

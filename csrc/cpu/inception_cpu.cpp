@@ -55,8 +55,9 @@ namespace {
 // The version counter misses writes through raw pointers (inductor's generated code reuses one
 // buffer for several intermediate tensors, e.g. weights folded inside a compiled graph), so the
 // cache is opt-in: only calls made while the calling thread has enabled it
-// (googlenet_fast._C._set_weight_prepacking, which GoogLeNet(fused=True) does around its eager
-// eval forward on the CPU, whose folded weights live in its own cache) use it.
+// (googlenet_fast._C._set_weight_prepacking, which the model's Inception and BasicConv2d modules
+// do around their eager eval calls on the CPU when the weights are their own folded-weight cache's
+// tensors) use it.
 // At most kPackedCacheSize entries, least recently used evicted; entries of freed weights are
 // dropped whenever a new copy is made.
 struct PackedEntry {
