@@ -91,6 +91,16 @@ def _has_global_hooks() -> bool:
     return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
 
 
+def _below_autograd_without_grad():
+    """For one extension op call of the eval paths: under no_grad (or inference_mode), skip the
+    Autograd dispatch key, as the op's own autograd kernel would after being dispatched to (it is
+    a Python function: ~18 us a call on the CI machine).  Dispatch modes and other keys below
+    Autograd still see the op.  A no-op context with grad enabled, or under torch.compile."""
+    if torch.is_grad_enabled() or torch.compiler.is_compiling():
+        return contextlib.nullcontext()
+    return torch._C._AutoDispatchBelowAutograd()
+
+
 def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
     """Every tensor the folded weights of a conv block depend on; None when the block is not one
     the fold can read as plain tensors: a conv whose weight is not a plain parameter
@@ -372,7 +382,7 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
             y = c._conv_forward(x, w, b)
         elif _cpu_conv_op_applies(x, w, c):
             # oneDNN with the weight prepacked once (as torch.compile's freezing does)
-            with self._prepacking(folded):
+            with self._prepacking(folded), _below_autograd_without_grad():
                 return ops.conv2d_relu(x, w, b, c.stride[0], c.padding[0], relu)
         else:
             y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
@@ -646,7 +656,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
                     if x.dtype != dtype:
                         x = x.to(dtype)
                     # The weights are ours and well-formed; the kernels still check x.
-                    with self._prepacking(folded):
+                    with self._prepacking(folded), _below_autograd_without_grad():
                         return ops.inception(x, *folded, relu=True, validate=False)
         return torch.cat(self._forward(x), 1)
 
@@ -961,7 +971,8 @@ class GoogLeNet(nn.Module):
         window = _ceil_max_pool(pool) if cpu_ops and not _has_hooks(pool) else None
         if window is None:
             return pool(x)
-        return ops.max_pool_nhwc(x, *window)
+        with _below_autograd_without_grad():
+            return ops.max_pool_nhwc(x, *window)
 
     @classmethod
     def _conv_pool(cls, conv: nn.Module, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
@@ -972,7 +983,8 @@ class GoogLeNet(nn.Module):
         if window is not None and type(conv).forward is BasicConv2d.forward:
             y = conv._eval_conv(x, relu=False)
             if y is not None:
-                return ops.max_pool_nhwc(y, *window, relu=True)
+                with _below_autograd_without_grad():
+                    return ops.max_pool_nhwc(y, *window, relu=True)
         return cls._pool(pool, conv(x), cpu_ops)
 
     def _forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
@@ -1024,14 +1036,7 @@ class GoogLeNet(nn.Module):
         if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
-        if self._cpu_eval_ops(x) and not torch.is_grad_enabled():
-            # No graph is recorded: skip the Autograd dispatch key for every op of the forward, as
-            # each op's autograd kernel does itself under no_grad (the extension ops' kernels are
-            # Python functions, ~18 us a call on the CI machine).
-            with torch._C._AutoDispatchBelowAutograd():
-                x, aux2, aux1 = self._forward(x)
-        else:
-            x, aux2, aux1 = self._forward(x)
+        x, aux2, aux1 = self._forward(x)
         if self.training and self.aux_logits:
             return GoogLeNetOutputs(x, aux2, aux1)
         return x

@@ -295,8 +295,8 @@ def test_model_weights_updated_between_eval_calls():
 
 
 def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
-    """Under no_grad the CPU eval forward runs below the Autograd dispatch key (what each op's
-    autograd kernel would do itself): same logits as with grad enabled and under inference_mode,
+    """Under no_grad the CPU eval path calls the extension's ops below the Autograd dispatch key
+    (what each op's autograd kernel would do itself): same logits as with grad enabled and under inference_mode,
     an ordinary output tensor usable in later autograd code, and dispatch modes still see the
     extension's ops."""
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -331,6 +331,25 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
     assert torch.equal(y_mode, y)
     assert mode.names.count("googlenet_fast.inception") == 9
     assert mode.names.count("googlenet_fast.max_pool_nhwc") == 4
+
+    # Only the extension's op calls skip the Autograd key: a hook that turns grad back on inside
+    # a no_grad forward (feature-visualization code does) still records and differentiates.
+    grads = []
+
+    def hook(module, args, out):
+        with torch.enable_grad():
+            t = out.detach().requires_grad_()
+            (t * 3).sum().backward()
+            grads.append(t.grad)
+
+    handle = ours.avgpool.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            y_hooked = ours(x)
+    finally:
+        handle.remove()
+    assert torch.equal(y_hooked, y)
+    assert len(grads) == 1 and torch.equal(grads[0], torch.full_like(grads[0], 3.0))
 
 
 def test_standalone_modules_prepack_their_own_folded_weights():
