@@ -56,6 +56,11 @@ def test_dry_run_json_schema(dry_run):
     c = d["ceilings"]
     assert c["copy"]["gb_s"] > 0 and c["copy"]["bytes"] > 0
     assert c["matmul"]["float32"]["tflop_s"] > 0
+    # a ceiling is the fastest run's rate (the median understates it on a loaded machine)
+    assert c["copy"]["min_ms"] <= c["copy"]["median_ms"]
+    assert c["copy"]["gb_s"] == pytest.approx(c["copy"]["bytes"] / (c["copy"]["min_ms"] / 1e3) / 1e9)
+    mm = c["matmul"]["float32"]
+    assert mm["tflop_s"] == pytest.approx(2 * mm["shape"][0] ** 3 / (mm["min_ms"] / 1e3) / 1e12)
     # every provider is described and accounted for
     assert set(d["providers"]) == set(report.BLOCK_PROVIDERS)
     rows = d["rows"]
