@@ -584,6 +584,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
             return None
         blocks = self._blocks()
         convs = [b.conv for b in blocks]
+        self._check_x(x, convs[0].weight.shape[1])
         if x.dtype != dtype:
             x = x.to(dtype)
         if isinstance(blocks[0], ConvReLU):
@@ -629,6 +630,14 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 bn.running_var.copy_(v)
         return F.relu(y, inplace=True)
 
+    @staticmethod
+    def _check_x(x: Tensor, cin: int) -> None:
+        """The fused paths' input check (the op's own would name the weight, not x): a 4-D x
+        with the module's ``cin`` input channels."""
+        if x.dim() != 4 or x.shape[1] != cin:
+            raise ValueError(f"x: expected a 4-D tensor (N, {cin}, H, W) for this Inception module "
+                             f"({cin} input channels), got shape {tuple(x.shape)}")
+
     def _weight_dtype(self) -> Optional[torch.dtype]:
         """branch1's conv weight dtype (the fused path's compute dtype); None when branch1 is not
         a block with a plain conv weight (reworked module: the plain path runs)."""
@@ -653,6 +662,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 folded = self._cached_fold(dtype)  # None: not a module the fused op computes
                 if folded is not None:
+                    self._check_x(x, folded[0].shape[1])
                     if x.dtype != dtype:
                         x = x.to(dtype)
                     # The weights are ours and well-formed; the kernels still check x.
@@ -932,14 +942,16 @@ class GoogLeNet(nn.Module):
     def _check_input(self, x: Tensor) -> None:
         if not isinstance(x, Tensor):
             raise TypeError(f"x: expected a Tensor of shape (N, 3, H, W), got {type(x).__name__}")
+        # Each message is one f-string (no str + str): under torch.compile(fullgraph=True) with
+        # dynamic shapes, dynamo cannot concatenate a formatted string with another one and would
+        # replace the message with its own "missing sq_concat" error.
         if x.dim() != 4:
-            raise ValueError(f"x: expected a 4-D tensor of shape (N, 3, H, W), got shape {tuple(x.shape)}"
-                             + (" (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""))
+            hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""
+            raise ValueError(f"x: expected a 4-D tensor of shape (N, 3, H, W), got shape {tuple(x.shape)}{hint}")
         if x.shape[1] != 3:
-            raise ValueError(
-                f"x: expected 3 input channels (RGB) in dim 1 of (N, 3, H, W), got {x.shape[1]} "
-                f"(shape {tuple(x.shape)})"
-                + ("; for grayscale images use x.expand(-1, 3, -1, -1)" if x.shape[1] == 1 else ""))
+            hint = "; for grayscale images use x.expand(-1, 3, -1, -1)" if x.shape[1] == 1 else ""
+            raise ValueError(f"x: expected 3 input channels (RGB) in dim 1 of (N, 3, H, W), got {x.shape[1]} "
+                             f"(shape {tuple(x.shape)}){hint}")
         if not x.is_floating_point():
             raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}; integer images must be "
                             "converted first, e.g. x.float() / 255, then normalized")

@@ -352,3 +352,26 @@ def test_compile_fullgraph(pair):
     assert sum(n.startswith("googlenet_fast::inception") for n in names) == 9, sorted(set(names))
     assert not any("batch_norm" in n for n in names)
     torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("shape,match", [
+    ((2, 4, 32, 32), r"x: expected 3 input channels \(RGB\) in dim 1 of \(N, 3, H, W\), got 4"),
+    ((2, 1, 32, 32), r"got 1 .*for grayscale images use x\.expand\(-1, 3, -1, -1\)"),
+    ((2, 3, 32, 32, 1), r"x: expected a 4-D tensor of shape \(N, 3, H, W\)"),
+])
+def test_compile_fullgraph_dynamic_bad_input_keeps_our_message(pair, shape, match):
+    """Under torch.compile(fullgraph=True) with dynamic shapes the input checks still raise with
+    our message (a str + str of formatted strings made dynamo raise its own "missing sq_concat"
+    error instead).  Dynamo reports the user's ValueError inside its own exception; the eager
+    backend suffices (the failure was in tracing)."""
+    _, ours = pair
+    m = copy.deepcopy(ours).eval()
+    torch._dynamo.reset()
+    compiled = torch.compile(m, fullgraph=True, dynamic=True, backend="eager")
+    try:
+        with torch.no_grad():
+            assert rel_err(compiled(make_input(2, 3, 32, 32, seed=18)), m(make_input(2, 3, 32, 32, seed=18))) <= TOL
+            with pytest.raises(Exception, match=match):
+                compiled(make_input(*shape, seed=19))
+    finally:
+        torch._dynamo.reset()

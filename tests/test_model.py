@@ -610,6 +610,20 @@ def test_bad_input_errors(pair, fused):
         ours.fused = True
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_standalone_inception_bad_input_names_x(pair, training):
+    """An Inception module called on its own: a wrong channel count or rank is reported against
+    x and the module's input channels (the fused op's own check would name the weight w_1x1)."""
+    _, ours = pair
+    block = copy.deepcopy(ours.inception3a).train(training)
+    for x in (make_input(2, 100, 7, 7), make_input(192, 7, 7)):
+        with pytest.raises(ValueError, match=r"x: expected a 4-D tensor \(N, 192, H, W\) for this Inception "
+                                             r"module \(192 input channels\), got shape \(" + ", ".join(map(str, x.shape))):
+            block(x)
+    y = block(make_input(2, 192, 7, 7))  # the right input still runs
+    assert y.shape == (2, 256, 7, 7)
+
+
 # ------------------------------------------------------------------------------------------------
 # GPU (skipped without CUDA)
 
