@@ -308,7 +308,7 @@ def _has_hooks(*modules: nn.Module) -> bool:
     model then calls them rather than computing them with the extension's ops."""
     if _has_global_hooks():
         return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in modules)
+    return any(_has_module_hooks(m) for m in modules)
 
 
 def _ceil_max_pool(pool: nn.Module) -> Optional[Tuple[int, int]]:
