@@ -132,9 +132,9 @@ def rel_err(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-12)).item()
 
 
-def bench_blocks(args, device, dtype, timer, backends):
+def bench_blocks(args, device, dtype, timer, backends, sink=None, save=lambda: None):
     import googlenet_fast
-    rows = []
+    rows = [] if sink is None else sink
     elem = torch.tensor([], dtype=dtype).element_size()
     for name, cfg in TABLE1.items():
         if args.blocks and name not in args.blocks:
@@ -161,6 +161,7 @@ def bench_blocks(args, device, dtype, timer, backends):
                                fused_gbs=nbytes / t_f / 1e6, torchvision_gbs=nbytes / t_tv / 1e6,
                                max_rel_err=err, gflop=flops / 1e9, mbytes=nbytes / 1e6)
                     rows.append(row)
+                    save()
                     print(fmt_row(row), flush=True)
             del x, ref
         del tv, wargs
@@ -183,12 +184,12 @@ def fmt_row(r):
             f"{r['fused_gbs']:10.1f} {r['torchvision_gbs']:8.1f} {r['max_rel_err']:8.2e}")
 
 
-def bench_network(args, device, dtype, timer, backends=("auto",)):
+def bench_network(args, device, dtype, timer, backends=("auto",), sink=None, save=lambda: None):
     """The whole network, fused (once per backend, forced through $GOOGLENET_FAST_BACKEND, plus
     "auto") vs torchvision eager, same weights, dtype and layout."""
     import torchvision
     import googlenet_fast
-    rows = []
+    rows = [] if sink is None else sink
     torch.manual_seed(0)
     tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
     ours = googlenet_fast.GoogLeNet(variant="torchvision", fused=True, aux_logits=False, init_weights=True)
@@ -220,6 +221,7 @@ def bench_network(args, device, dtype, timer, backends=("auto",)):
                            torchvision_graph_ms=g_tv, graph_ratio=(g_tv / g_f) if (g_f and g_tv) else None,
                            max_rel_err=err)
                 rows.append(row)
+                save()
                 print(f"network batch {n:4d} [{be}]: fused {t_f:.3f} ms, torchvision {t_tv:.3f} ms, "
                       f"ratio {t_tv / t_f:.2f}; CUDA graphs: fused {_f(g_f, '.3f')} ms, torchvision "
                       f"{_f(g_tv, '.3f')} ms, ratio {_f(row['graph_ratio'], '.2f')}; max rel err {err:.2e}",
@@ -230,8 +232,13 @@ def bench_network(args, device, dtype, timer, backends=("auto",)):
 # ----------------------------------------------------------------------------------------------
 # Parallel compile of every kernel variant the table will autotune over
 
+# The network's pooled Inception modules (torchvision variant): the pre-pool map size and the
+# (kernel, stride) of the ceil-mode max pool computed in their stage-1 loaders.
+POOLED = {"3a": (56, (3, 2)), "4a": (28, (3, 2)), "5a": (14, (2, 2))}
+
+
 def _prewarm_job(job):
-    name, n, dtype_name = job
+    name, n, dtype_name, pooled = job
     try:
         import torch as _t
         from googlenet_fast.backends import triton as tb
@@ -239,14 +246,15 @@ def _prewarm_job(job):
         cin, c1, r3, c3, r5, c5, cp, hw = TABLE1[name]
         m = dict(device="meta", dtype=dtype)
         cl = dict(memory_format=_t.channels_last)
-        x = _t.empty(n, cin, hw, hw, **m).contiguous(**cl)
+        xhw, pool = POOLED[name] if pooled else (hw, (0, 0))
+        x = _t.empty(n, cin, xhw, xhw, **m).contiguous(**cl)
         merged = _t.empty(c1 + r3 + r5, cin, 1, 1, **m)
         ws = [merged[:c1], _t.empty(c1, **m), merged[c1:c1 + r3], _t.empty(r3, **m),
               _t.empty(c3, r3, 3, 3, **m).contiguous(**cl), _t.empty(c3, **m), merged[c1 + r3:],
               _t.empty(r5, **m), _t.empty(c5, r5, 3, 3, **m).contiguous(**cl), _t.empty(c5, **m),
               _t.empty(cp, cin, 1, 1, **m), _t.empty(cp, **m)]
         out = _t.empty(n, c1 + c3 + c5 + cp, hw, hw, **m).contiguous(**cl)
-        plan = tb.plan_launch(x, *ws, True, out, interpret=False)
+        plan = tb.plan_launch(x, *ws, True, out, interpret=False, pool=pool)
         tb.precompile(plan, which="all")
         return None
     except Exception as e:
@@ -255,8 +263,11 @@ def _prewarm_job(job):
 
 def prewarm(args, dtype_name, procs):
     import multiprocessing as mp
-    jobs = [(name, n, dtype_name) for name in TABLE1 if not args.blocks or name in args.blocks
+    jobs = [(name, n, dtype_name, False) for name in TABLE1 if not args.blocks or name in args.blocks
             for n in args.batches]
+    if not args.no_network:  # the whole network's plain and pooled modules at its batch sizes
+        jobs += [(name, n, dtype_name, name in POOLED) for name in TABLE1 for n in args.net_batches
+                 if name in POOLED or n not in args.batches]
     t0 = time.time()
     with mp.get_context("spawn").Pool(procs) as pool:
         errors = [e for e in pool.map(_prewarm_job, jobs, chunksize=1) if e]
@@ -275,6 +286,7 @@ def main(argv=None):
     p.add_argument("--net-batches", default="1,256")
     p.add_argument("--net-hw", type=int, default=224)
     p.add_argument("--no-network", action="store_true")
+    p.add_argument("--network-first", action="store_true", help="the whole-network rows before the block table")
     p.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph columns")
     p.add_argument("--backends", default="", help="default: triton, plus cuda when built")
     p.add_argument("--warmup", type=int, default=25, help="do_bench warmup (ms)")
@@ -318,30 +330,49 @@ def main(argv=None):
         prewarm(args, args.dtype, args.prewarm)
 
     timer = Timer(device, args.warmup, args.rep, graphs=not args.no_graphs)
-    print(HEADER, flush=True)
-    t0 = time.time()
-    rows = bench_blocks(args, device, dtype, timer, backends)
-    print(f"(blocks: {time.time() - t0:.1f} s)", flush=True)
-    net_rows = []
-    if not args.no_network:
+    doc = dict(info=info, blocks=[], network=[], summary={})
+
+    def save():  # after every row and in `finally`: a run cut short keeps what it measured
+        if args.json:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(doc, f, indent=1)
+            os.replace(tmp, args.json)
+
+    def network():
+        if args.no_network:
+            return
         try:
-            net_rows = bench_network(args, device, dtype, timer,
-                                     tuple(backends) + (("auto",) if len(backends) > 1 else ()))
-        except Exception as e:  # the model is another teammate's; report and keep the block table
+            bench_network(args, device, dtype, timer,
+                          tuple(backends) + (("auto",) if len(backends) > 1 else ()), sink=doc["network"], save=save)
+        except Exception as e:  # report and keep the block table
             print(f"network benchmark failed: {type(e).__name__}: {e}", flush=True)
-            net_rows = [dict(network="googlenet", error=f"{type(e).__name__}: {e}")]
-    summary = {}
-    for be in backends:
-        rs = [r for r in rows if r["backend"] == be]
-        for n in args.batches:
-            rr = [r["ratio"] for r in rs if r["batch"] == n]
-            if rr:
-                summary[f"{be}_b{n}_geomean_ratio"] = math.exp(sum(map(math.log, rr)) / len(rr))
-                summary[f"{be}_b{n}_min_ratio"] = min(rr)
-    print("summary:", json.dumps(summary), flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(dict(info=info, blocks=rows, network=net_rows, summary=summary), f, indent=1)
+            doc["network"].append(dict(network="googlenet", error=f"{type(e).__name__}: {e}"))
+
+    try:
+        if args.network_first:
+            network()
+        print(HEADER, flush=True)
+        t0 = time.time()
+        bench_blocks(args, device, dtype, timer, backends, sink=doc["blocks"], save=save)
+        print(f"(blocks: {time.time() - t0:.1f} s)", flush=True)
+        if not args.network_first:
+            network()
+        rows = doc["blocks"]
+        for be in backends:
+            rs = [r for r in rows if r["backend"] == be]
+            for n in args.batches:
+                rr = [r["ratio"] for r in rs if r["batch"] == n]
+                if rr:
+                    doc["summary"][f"{be}_b{n}_geomean_ratio"] = math.exp(sum(map(math.log, rr)) / len(rr))
+                    doc["summary"][f"{be}_b{n}_min_ratio"] = min(rr)
+        print("summary:", json.dumps(doc["summary"]), flush=True)
+    except KeyboardInterrupt:
+        print("gpu_blocks: interrupted; the JSON holds the rows measured so far", flush=True)
+        doc["interrupted"] = True
+        return 130
+    finally:
+        save()
     return 0
 
 

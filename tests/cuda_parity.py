@@ -162,8 +162,12 @@ def check_parity(run, shape, *, dtype, device, x_layout="channels_last", out_lay
     assert holder[~mask].isnan().all() and before[~mask].isnan().all(), "the kernel wrote outside `out`"
 
     truth_dtype = torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
-    up = lambda t: None if t is None else t.to(truth_dtype)  # noqa: E731
-    ref = inception_reference(up(x), *[up(t) for t in ws], relu=relu)
+    # With a NaN in x the references run on the CPU: a GPU reference goes through cuDNN, whose
+    # Winograd/FFT algorithms spread one NaN over whole tiles, so its NaN map would depend on the
+    # algorithm cuDNN picks, not on the function (a correct kernel would fail against it).
+    ref_device = "cpu" if nan_at is not None else x.device
+    up = lambda t: None if t is None else t.to(device=ref_device, dtype=truth_dtype)  # noqa: E731
+    ref = inception_reference(up(x), *[up(t) for t in ws], relu=relu).to(out.device)
     ref_nan = ref.isnan()
     if nan_at is None:
         assert not ref_nan.any()
@@ -182,7 +186,8 @@ def check_parity(run, shape, *, dtype, device, x_layout="channels_last", out_lay
         return err
     # Half precision: at most twice the reference's own error in this dtype (same inputs, same
     # device), plus half an ulp.
-    ref_half = inception_reference(x, *ws, relu=relu)
+    on_ref = lambda t: None if t is None else t.to(ref_device)  # noqa: E731
+    ref_half = inception_reference(on_ref(x), *[on_ref(t) for t in ws], relu=relu).to(out.device)
     if nan_at is not None:
         ref_half = torch.where(ref_nan, torch.zeros_like(ref_half), ref_half)
     ref_err = rel_err(ref_half, ref)
