@@ -19,10 +19,12 @@ ARCHS = (90, 80)
 TL_DTYPE = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int8: "i8"}
 
 
-def specialize(fn, args, meta=None):
+def specialize(fn, args, meta=None, float_type="fp32"):
     """(signature, constexprs, attrs) as Triton's launcher would build them for these args (and
     the tile's ``meta`` values, constexprs): ints equal to 1 become constants, multiples of 16
-    and pointers (allocations are 16-byte aligned) carry the divisibility hint."""
+    and pointers (allocations are 16-byte aligned) carry the divisibility hint.  Python floats
+    are ``float_type`` arguments: "fp32" from Triton's own launcher, "fp64" as torch.compile's
+    launcher of user-defined Triton kernels declares them."""
     meta = meta or {}
     sig, constexprs, attrs = {}, {}, {}
     for i, p in enumerate(fn.params):
@@ -36,7 +38,7 @@ def specialize(fn, args, meta=None):
         elif isinstance(v, bool):
             sig[name] = "i1"
         elif isinstance(v, float):
-            sig[name] = "fp32"
+            sig[name] = float_type
         elif isinstance(v, int):
             if v == 1:
                 sig[name], constexprs[name] = "constexpr", 1
@@ -65,10 +67,11 @@ def resources(cubin: bytes):
     assert m, res
     units = sorted(set(re.findall(r"\b(HGMMA|HMMA|FFMA)\b", sass)))
     mma_ops = sorted(set(re.findall(r"\b((?:HGMMA|HMMA)\.[\w.]+)", sass)))[:3]
-    return dict(reg=int(m[1]), stack=int(m[2]), local=int(m[4]), units=units, mma_ops=mma_ops)
+    fp64_ops = sorted(set(re.findall(r"\b(DADD|DMUL|DFMA|DSETP|F2F\.F64\.F32)\b", sass)))
+    return dict(reg=int(m[1]), stack=int(m[2]), local=int(m[4]), units=units, mma_ops=mma_ops, fp64_ops=fp64_ops)
 
 
-def compile_for(fn, args, arch, num_warps, num_stages, meta=None):
+def compile_for(fn, args, arch, num_warps, num_stages, meta=None, float_type="fp32"):
     """Compile ``fn`` for sm_``arch`` with the specialization of ``args``; its resources, shared
     memory and the number of async copies to shared memory in the TTGIR (a software-pipelined
     GEMM loop: its operand loads became asynchronous copies, which needs provably aligned and
@@ -76,7 +79,7 @@ def compile_for(fn, args, arch, num_warps, num_stages, meta=None):
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    sig, constexprs, attrs = specialize(fn, args, meta)
+    sig, constexprs, attrs = specialize(fn, args, meta, float_type)
     compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", arch, 32),
                               options=dict(num_warps=num_warps, num_stages=num_stages))

@@ -189,7 +189,13 @@ def check_parity(run, shape, *, dtype, device, x_layout="channels_last", out_lay
     on_ref = lambda t: None if t is None else t.to(ref_device)  # noqa: E731
     ref_half = inception_reference(on_ref(x), *[on_ref(t) for t in ws], relu=relu).to(out.device)
     if nan_at is not None:
-        ref_half = torch.where(ref_nan, torch.zeros_like(ref_half), ref_half)
+        # The yardstick is the reference's own rounding error, read where both references are
+        # finite: torch 2.11's CPU bf16 convolution put NaNs beyond the NaN's receptive field
+        # (H200 machine, 2026-12-04: "max relative error 0.00377 > nan"), which says nothing
+        # about the kernel under test (its NaN map was checked against the float reference).
+        spurious = ~torch.isfinite(ref_half) & ~ref_nan
+        ref_half = torch.where(ref_nan | spurious, torch.zeros_like(ref_half), ref_half)
+        ref = torch.where(spurious, torch.zeros_like(ref), ref)
     ref_err = rel_err(ref_half, ref)
     bound = 2 * ref_err + 0.5 * torch.finfo(dtype).eps
     assert err <= bound, f"{dtype} max relative error {err:.3g} > {bound:.3g} (reference's own: {ref_err:.3g})"

@@ -178,24 +178,46 @@ def test_cpp_op_checks_reduce_weight_shape():
         torch.ops.googlenet_fast.inception_bn_train(*args, 1e-3)
 
 
+def _check_4a_against_reference(backend, dtype, rtol, device):
+    """Table 1's inception 4a at batch 8: forward outputs and gradients against the float64
+    reference.  float32: within 1e-4 of max |grad|.  bfloat16: within twice the error of the
+    reference itself run in bfloat16 on the same inputs and device (plus half an ulp): BatchNorm's
+    backward subtracts per-channel means, and PyTorch's own bf16 autograd of the module is off by
+    7-9% of max |grad x| (measured here on the CPU, seeds 5 and 6; 6-9% for our kernels on the H200,
+    benchmarks/results/h200-2026-12-04), so no fixed bf16 bound near 5% can hold."""
+    cfg = (8, 480, 14, 14, 192, 96, 208, 3, 16, 48, 3, 64)
+    args = [t.to(device) for t in _args(cfg, dtype, seed=5)]
+    leaves = [t.clone().requires_grad_() for t in args]
+    got = bn_train.inception_bn_train(*leaves, 1e-3, backend=backend)
+    _check_outputs([t.detach().cpu() for t in got], [t.cpu() for t in args], 1e-3, rtol)
+    go = torch.randn(got[0].shape, generator=torch.Generator().manual_seed(7), dtype=torch.float32).to(device, dtype)
+    grads = torch.autograd.grad(got[0], leaves, go)
+    ref_leaves = [t.double().requires_grad_() for t in args]
+    ref = torch.autograd.grad(inception_bn_train_reference(*ref_leaves, 1e-3)[0], ref_leaves, go.double())
+    if dtype != torch.float32:
+        own_leaves = [t.clone().requires_grad_() for t in args]
+        own = torch.autograd.grad(inception_bn_train_reference(*own_leaves, 1e-3)[0], own_leaves, go)
+
+    def err(a, r):
+        return ((a.double() - r).abs().max() / r.abs().max()).item()
+
+    for i, (a, r) in enumerate(zip(grads, ref)):
+        bound = 1e-4 if dtype == torch.float32 else 2 * err(own[i], r) + torch.finfo(dtype).eps / 2
+        assert err(a, r) <= bound, (i, err(a, r), bound)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("backend", ["triton", "cuda", "auto"])
 @pytest.mark.parametrize("dtype,rtol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
 def test_gpu_inception_4a_matches_reference(backend, dtype, rtol):
-    # Table 1's inception 4a at batch 8 on the GPU: forward outputs and gradients.
-    cfg = (8, 480, 14, 14, 192, 96, 208, 3, 16, 48, 3, 64)
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-    args = [t.cuda() for t in _args(cfg, dtype, seed=5)]
-    leaves = [t.clone().requires_grad_() for t in args]
-    got = bn_train.inception_bn_train(*leaves, 1e-3, backend=backend)
-    _check_outputs([t.detach().cpu() for t in got], [t.cpu() for t in args], 1e-3, rtol)
-    go = torch.randn(got[0].shape, device="cuda", dtype=dtype)
-    grads = torch.autograd.grad(got[0], leaves, go)
-    ref_leaves = [t.double().requires_grad_() for t in args]
-    ref = torch.autograd.grad(inception_bn_train_reference(*ref_leaves, 1e-3)[0], ref_leaves, go.double())
-    for i, (a, r) in enumerate(zip(grads, ref)):
-        err = ((a.double() - r).abs().max() / r.abs().max()).item()
-        assert err <= (1e-4 if dtype == torch.float32 else 5e-2), (i, err)
+    _check_4a_against_reference(backend, dtype, rtol, "cuda")
+
+
+def test_cpu_inception_4a_bfloat16_matches_reference():
+    """The GPU test's bf16 yardstick on the CPU op (the x gradient's error, ~7% of max |grad x|, is
+    over a fixed 5% bound and within twice the bf16 reference's own)."""
+    _check_4a_against_reference("cpu", torch.bfloat16, 3e-2, "cpu")
 
 
 def test_double_backward_is_a_clear_error():

@@ -116,25 +116,34 @@ def test_public_api_functional(dtype):
     assert rel_err(y, ref) <= 2 * rel_err(inception_reference(x, *ws), ref) + torch.finfo(dtype).eps / 2
 
 
-def test_bad_input():
+BAD_INPUT_CASES = {  # name: (call(x, ws, y), exception, message); one test each, so that a crash
+    # (a segfault in one of these on the H200 machine, torch 2.11, 2026-12-04: the out-shape case's
+    # line, see benchmarks/results/h200-2026-12-04/diag) names its case
+    "weight-on-cpu": (lambda x, ws, y: torch.ops.googlenet_fast.inception(x, ws[0].cpu(), *ws[1:], True),
+                      ValueError, "w_1x1: expected a tensor on"),
+    "x-on-cpu": (lambda x, ws, y: torch.ops.googlenet_fast.inception(x.cpu(), *ws, True),
+                 ValueError, "expected a tensor on"),
+    "out-shape": (lambda x, ws, y: torch.ops.googlenet_fast.inception.out(x, *ws, True, out=torch.empty_like(y)[:, 1:]),
+                  ValueError, "out: expected shape"),
+    "out-dtype": (lambda x, ws, y: torch.ops.googlenet_fast.inception.out(
+        x, *ws, True, out=torch.empty_like(y, dtype=torch.float16)), TypeError, "out: expected dtype"),
+    "out-on-cpu": (lambda x, ws, y: torch.ops.googlenet_fast.inception.out(
+        x, *ws, True, out=torch.empty_like(y, device="cpu")), ValueError, "out: expected a tensor on"),
+    "x-int": (lambda x, ws, y: torch.ops.googlenet_fast.inception(x.to(torch.int32), *ws, True),
+              TypeError, "x: expected a floating dtype"),
+    "x-3d": (lambda x, ws, y: torch.ops.googlenet_fast.inception(x[0], *ws, True), ValueError, "x: expected a 4-D tensor"),
+    "public-api-cpu-tensors": (lambda x, ws, y: googlenet_fast.inception(
+        x.cpu(), *[None if t is None else t.cpu() for t in ws], backend="cuda"), ValueError, "cuda"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT_CASES))
+def test_bad_input(case):
+    call, exc, match = BAD_INPUT_CASES[case]
     x, ws = _module(torch.float32)
     y = torch.ops.googlenet_fast.inception(x, *ws, True)
-    with pytest.raises(ValueError, match="w_1x1: expected a tensor on"):
-        torch.ops.googlenet_fast.inception(x, ws[0].cpu(), *ws[1:], True)
-    with pytest.raises(ValueError, match="expected a tensor on"):
-        torch.ops.googlenet_fast.inception(x.cpu(), *ws, True)
-    with pytest.raises(ValueError, match="out: expected shape"):
-        torch.ops.googlenet_fast.inception.out(x, *ws, True, out=torch.empty_like(y)[:, 1:])
-    with pytest.raises(TypeError, match="out: expected dtype"):
-        torch.ops.googlenet_fast.inception.out(x, *ws, True, out=torch.empty_like(y, dtype=torch.float16))
-    with pytest.raises(ValueError, match="out: expected a tensor on"):
-        torch.ops.googlenet_fast.inception.out(x, *ws, True, out=torch.empty_like(y, device="cpu"))
-    with pytest.raises(TypeError, match="x: expected a floating dtype"):
-        torch.ops.googlenet_fast.inception(x.to(torch.int32), *ws, True)
-    with pytest.raises(ValueError, match="x: expected a 4-D tensor"):
-        torch.ops.googlenet_fast.inception(x[0], *ws, True)
-    with pytest.raises(ValueError, match="cuda"):
-        googlenet_fast.inception(x.cpu(), *[None if t is None else t.cpu() for t in ws], backend="cuda")
+    with pytest.raises(exc, match=match):
+        call(x, ws, y)
 
 
 def test_current_stream_no_sync():

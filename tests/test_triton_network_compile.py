@@ -58,12 +58,13 @@ def _launch(name, dtype):
 
 
 def _compile_case(case):
-    name, dtype_name, arch, tf32 = case
+    name, dtype_name, arch, tf32 = case[:4]
+    float_type = case[4] if len(case) > 4 else "fp32"
     plan = _launch(name, getattr(torch, dtype_name))
     args = dict(plan.args, **plan.meta())
     if tf32:
         args["ALLOW_TF32"] = True
-    r = compile_for(plan.fn, args, arch, plan.tile.num_warps, plan.tile.num_stages)
+    r = compile_for(plan.fn, args, arch, plan.tile.num_warps, plan.tile.num_stages, float_type=float_type)
     r["block_m"] = plan.tile.BLOCK_M
     r["kind"] = plan.kind
     return r
@@ -75,7 +76,7 @@ CASES = ([(n, dt, a, False) for n in LAUNCHES for dt in ("bfloat16", "float32") 
 
 
 def _case_id(c):
-    name, dt, arch, tf32 = c
+    name, dt, arch, tf32 = c[:4]
     return f"{name}-{dt}-sm{arch}" + ("-tf32" if tf32 else "")
 
 
@@ -84,6 +85,21 @@ def compiled():
     results = compile_all(_compile_case, CASES)
     print_compile_summary(" (network kernels)", CASES, results, _case_id, width=40, err_chars=300)
     return results
+
+
+# torch.compile's launcher of user-defined Triton kernels declares Python floats as fp64 arguments
+# (seen on the H200, torch 2.11 + triton 3.6, 2026-12-04: maxpool2 + LRN failed to compile under
+# torch.compile, "Loop-carried variable v ... re-assigned to fp64").  Every kernel with float
+# arguments must compile that way too and do its arithmetic in fp32.
+FP64_ARG_CASES = [(n, "bfloat16", 90, False, "fp64") for n in ("conv2_pool_lrn", "maxpool2_lrn", "head")]
+
+
+@pytest.mark.parametrize("case", FP64_ARG_CASES, ids=[_case_id(c) + "-fp64args" for c in FP64_ARG_CASES])
+def test_aot_compile_fp64_float_arguments(case):
+    r = _compile_case(case)
+    # (F2F.F32.F64, the one cast of each fp64 argument down to fp32, is allowed)
+    assert not r["fp64_ops"], f"fp64 arithmetic in the SASS ({r['fp64_ops']}): a float argument was not cast to fp32"
+    check_fits(r, 90)
 
 
 @pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])

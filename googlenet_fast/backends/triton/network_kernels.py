@@ -45,8 +45,13 @@ from .kernel_common import _epilogue, _load, _mma, _pixel_tile, _round_to, _wide
 
 @triton.jit
 def _lrn_scale(s, lrn_alpha_n, lrn_beta, lrn_k):
-    """(k + alpha / size * s) ** -beta, fp32."""
-    return tl.exp2(-lrn_beta * tl.log2(lrn_k + lrn_alpha_n * s))
+    """(k + alpha / size * s) ** -beta, fp32.  The scalars are cast to fp32 first: torch.compile's
+    launcher declares Python floats as fp64 arguments, which would otherwise promote the LRN (and
+    the loop-carried max of pool(lrn(x))) to fp64."""
+    a = tl.cast(lrn_alpha_n, tl.float32)
+    b = tl.cast(lrn_beta, tl.float32)
+    k = tl.cast(lrn_k, tl.float32)
+    return tl.exp2(-b * tl.log2(k + a * s))
 
 
 @triton.jit
@@ -313,7 +318,7 @@ def head_kernel(
             hh = p // W
             ww = p - hh * W
             s += tl.load(ptrs + (hh * sxh + ww * sxw), mask=mk, other=0.0).to(tl.float32)
-        s = s * inv_hw
+        s = s * tl.cast(inv_hw, tl.float32)  # fp64 under torch.compile's launcher
         if UPCAST:
             pooled = _round_to(s, x_ptr.dtype.element_ty, UPCAST).to(tl.float32)
         else:
