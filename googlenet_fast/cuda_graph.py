@@ -7,8 +7,12 @@ the graph), captures one forward into static buffers, and returns a :class:`Capt
 that copies each new input into the static input buffer and replays.
 
 The fused model is capturable: its forward does no host synchronisation and no allocation that
-differs between runs (folded weights are cached before capture; the fused op never measures or
-autotunes while a capture is in progress, see googlenet_fast.ops.resolve_backend).
+differs between runs (the fused op never measures or autotunes while a capture is in progress,
+see googlenet_fast.ops.resolve_backend).  Its BatchNorm-folded weights are cached by the warm-up
+and read by the graph as static buffers: a replay runs the network's compute kernels only (22
+for the torchvision variant on the Triton path), and :class:`CapturedForward` folds again, outside
+the graph and only when a parameter or buffer changed since capture, before replaying
+(googlenet_fast/graph_folds.py).
 ``torch.compile(model, mode="reduce-overhead")`` is the compiler's own way to the same end and
 works on the fused model too.
 """
@@ -16,6 +20,8 @@ from typing import Callable, Optional, Union
 
 import torch
 from torch import Tensor, nn
+
+from . import graph_folds
 
 
 class CapturedForward:
@@ -30,11 +36,19 @@ class CapturedForward:
     stale or mismatched buffers), and RuntimeError when called while another capture is running.
     """
 
-    def __init__(self, graph, static_input: Tensor, static_output, clone: bool):
+    def __init__(self, graph, static_input: Tensor, static_output, clone: bool, folds=()):
         self.graph = graph
         self.static_input = static_input
         self.static_output = static_output
         self.clone = clone
+        self.folds = list(folds)  # graph_folds.FoldEntry: folded weights the graph reads
+
+    def refresh_folds(self) -> int:
+        """Fold again (outside the graph) the weights of every module whose parameters or buffers
+        changed since capture, into the graph's static buffers; the number of modules refolded.
+        Called by every replay; raises RuntimeError when the model changed so that the graph must
+        be captured again."""
+        return graph_folds.refresh(self.folds)
 
     @property
     def input_shape(self):
@@ -52,6 +66,7 @@ class CapturedForward:
         _check_replay_input(x, self.static_input)
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError("CapturedForward: cannot replay a CUDA graph while another capture is in progress")
+        self.refresh_folds()
         self.static_input.copy_(x)
         self.graph.replay()
         if self.clone:
@@ -129,6 +144,6 @@ def capture(model: Union[nn.Module, Callable], example_input: Tensor, *, warmup:
     torch.cuda.current_stream(static_input.device).wait_stream(side)
     torch.cuda.synchronize(static_input.device)
     graph = torch.cuda.CUDAGraph()
-    with torch.no_grad(), torch.cuda.graph(graph, pool=pool):
+    with graph_folds.recording() as folds, torch.no_grad(), torch.cuda.graph(graph, pool=pool):
         static_output = model(static_input)
-    return CapturedForward(graph, static_input, static_output, clone)
+    return CapturedForward(graph, static_input, static_output, clone, folds)

@@ -32,7 +32,7 @@ from torch import Tensor
 from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-from . import bn_train, ops
+from . import bn_train, graph_folds, ops
 from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
@@ -134,6 +134,11 @@ def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
     return out
 
 
+def _capturing(device: torch.device) -> bool:
+    """True inside a CUDA graph capture on ``device``'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
 def _tensor_key(t: Optional[Tensor]):
     """What identifies a source tensor's state, cheaply (this runs on every fused forward):
     the object (a replaced parameter, ``assign=True`` loads), its storage (``.data = ...``) and
@@ -181,8 +186,11 @@ class _FoldedWeightsCache:
     a 2-core CPU (8% of a batch-1 forward; hence off by default).  On CUDA the check is never
     made (it would synchronize the device on every call).
 
-    Not cached (folded inline on every call): under ``torch.compile`` (traceable, no graph break),
-    during CUDA graph capture (each replay then folds the parameters as they are), and when
+    During CUDA graph capture through ``googlenet_fast.cuda_graph.capture`` (which warms the
+    cache up first) the cached tensors become the graph's static buffers, refreshed before each
+    replay when a source moved (googlenet_fast/graph_folds.py).  Not cached (folded inline on
+    every call): under ``torch.compile`` (traceable, no graph break), during any other CUDA graph
+    capture (each replay then folds the parameters as they are), and when
     gradients are enabled and a source requires grad (so eval-mode gradients reach the
     parameters).  The cache is not part of the state_dict, is dropped by ``.to()``/``.cuda()``/
     ``.double()`` and by pickling/deepcopy.
@@ -199,6 +207,14 @@ class _FoldedWeightsCache:
     def _fold(self, dtype: torch.dtype) -> Tuple[Optional[Tensor], ...]:
         raise NotImplementedError
 
+    def _fold_key(self, dtype: torch.dtype, sources: List[Optional[Tensor]]) -> tuple:
+        """The cache key of a fold of ``sources`` to ``dtype`` (see the class docstring)."""
+        try:  # (the common case inlined: this runs for every fused module on every call)
+            state = tuple([None if s is None else (id(s), s.data_ptr(), s._version) for s in sources])
+        except RuntimeError:  # an inference tensor (no version counter) among them
+            state = tuple(_tensor_key(s) for s in sources)
+        return (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state)
+
     def _cached_fold(self, dtype: torch.dtype) -> Optional[Tuple[Optional[Tensor], ...]]:
         if torch.compiler.is_compiling():
             return self._fold(dtype)
@@ -208,18 +224,20 @@ class _FoldedWeightsCache:
         if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
             return self._fold(dtype)
         device = sources[0].device
-        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
-            # Inside CUDA graph capture: fold in the graph, so that every replay reads the
-            # parameters as they are then (a cached tensor would be baked in, and go stale).
+        key = self._fold_key(dtype, sources)
+        entry = self.__dict__.get("_fold_cache")
+        if _capturing(device):
+            # Inside CUDA graph capture.  Through googlenet_fast.cuda_graph.capture (recording
+            # active) with a warm cache: the graph reads the cached tensors as static buffers,
+            # which the replay helper refreshes outside the graph when a source moves
+            # (googlenet_fast/graph_folds.py).  Otherwise fold in the graph, so that every replay
+            # reads the parameters as they are then (a cached tensor would go stale).
+            if entry is not None and entry[0] == key and graph_folds.active():
+                graph_folds.record(self, dtype, key, entry[2])
+                return entry[2]
             return self._fold(dtype)
         # Content checks would synchronize a GPU on every call: CPU tensors only.
         verify = bool(self.verify_folded_cache) and device.type == "cpu"
-        try:  # (the common case inlined: this runs for every fused module on every call)
-            state = tuple([None if s is None else (id(s), s.data_ptr(), s._version) for s in sources])
-        except RuntimeError:  # an inference tensor (no version counter) among them
-            state = tuple(_tensor_key(s) for s in sources)
-        key = (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state)
-        entry = self.__dict__.get("_fold_cache")
         if entry is not None and entry[0] == key:
             snapshot = entry[1]
             if not verify or (snapshot is not None and all(
