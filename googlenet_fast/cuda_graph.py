@@ -9,7 +9,7 @@ that copies each new input into the static input buffer and replays.
 The fused model is capturable: its forward does no host synchronisation and no allocation that
 differs between runs (the fused op never measures or autotunes while a capture is in progress,
 see googlenet_fast.ops.resolve_backend).  Its BatchNorm-folded weights are cached by the warm-up
-and read by the graph as static buffers: a replay runs the network's compute kernels only (22
+and read by the graph as static buffers: a replay runs the network's compute kernels only (23
 for the torchvision variant on the Triton path), and :class:`CapturedForward` folds again, outside
 the graph and only when a parameter or buffer changed since capture, before replaying
 (googlenet_fast/graph_folds.py).

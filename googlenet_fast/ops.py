@@ -301,7 +301,7 @@ def fused_network_forward(model, x: Tensor) -> Optional[Tensor]:
 
     Stem (conv1 7x7/2 reading NCHW directly; maxpool1 [+ LRN] computed in conv2's loader; conv3),
     the transition max pools (NHWC pool kernel), the nine Inception modules (the fused Triton op)
-    and the head (global average pool + linear in one kernel): 25 launches per forward, see
+    and the head (ATen's global average pool + linear): 23 kernels per forward, see
     googlenet_fast/backends/triton/network.py.  Applies to a CUDA ``x`` (float32/float16/bfloat16)
     of a standard GoogLeNet (either variant) in eval mode, autocast off, no gradient required,
     when triton is installed and $GOOGLENET_FAST_BACKEND is unset, "auto" or "triton" (set it to

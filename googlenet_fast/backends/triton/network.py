@@ -27,8 +27,12 @@ maxpool2 -> 3a         torchvision: fused into inception3a's stage-1 loaders
 maxpool3 -> 4a,        fused into inception4a's / inception5a's stage-1 loaders
 maxpool4 -> 5a         (:func:`inception_pooled`: 3x3/2; maxpool4 2x2/2 in torchvision, 3x3/2
                        in the paper).  No pooled tensor exists.
-avgpool + flatten +    :func:`avgpool_linear` (``googlenet_fast::avgpool_linear_triton``): one
-dropout + fc           launch, the average pool computed in the GEMM's operand loader.
+avgpool + flatten +    CUDA: ATen's ``adaptive_avg_pool2d`` + ``linear`` (cuBLAS), exactly
+dropout + fc           torchvision's head.  The Triton :func:`avgpool_linear`
+                       (``googlenet_fast::avgpool_linear_triton``, the pool computed in the GEMM's
+                       operand loader) took 384 us at batch 256 on an H200 (2026-12-04) for ~10 us
+                       of traffic and math; the library pair should take ~20 us (prediction, not
+                       yet measured).  Under the interpreter (CPU) the Triton head still runs.
 =====================  ========================================================================
 
 conv2 -> conv3 stay two launches.  One kernel would have to recompute conv2 (and maxpool1)
@@ -40,9 +44,9 @@ has run this code); at batch 1 it would save one launch.  A halo tile (conv2 com
 CTA into shared memory for its pixels plus a 1-pixel border) avoids the recompute but needs
 gathers from shared memory that Triton does not express; left for the CUDA backend.
 
-So a 2-D forward is 3 stem launches + 9 x 2 Inception launches + 1 head = 22 launches in the
-torchvision variant, 23 in the paper's (its lrn2 + maxpool2 pass) (torchvision's eager eval: ~66
-kernels for the same layers, plus a layout copy of the input).
+So a 2-D forward on CUDA is 3 stem launches + 9 x 2 Inception launches + the head's 2 library
+kernels = 23 kernels in the torchvision variant, 24 in the paper's (its lrn2 + maxpool2 pass)
+(torchvision's eager eval: 334 kernels at batch 256 on the H200, 57 convolutions among them).
 
 The pool fusion (formerly the HOOK here; done): ``inception_stage1_kernel`` in stage1.py takes
 constexprs ``IN_POOL_K``/``IN_POOL_S`` (0: no pool, the plain module's code) and runtime XH, XW
@@ -66,6 +70,7 @@ import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from . import (SUPPORTED_DTYPES, _allow_tf32, _mode_module, _single_threaded_blas, _span, inception_pooled,
@@ -557,8 +562,9 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     ``folded_params(dtype)``, except that inception4a and inception5a (and inception3a in the
     torchvision variant) run ``googlenet_fast::inception_pooled_triton`` on the pre-pool map,
     maxpool3 / maxpool4 (/ maxpool2) computed in their stage-1 loaders.  The paper's lrn2 ->
-    maxpool2 is one :func:`max_pool_nhwc` pass.  22 launches (torchvision), 23 (paper), plus
-    whatever the folded-weight caches rebuild.
+    maxpool2 is one :func:`max_pool_nhwc` pass.  The head: ATen's average pool + linear on CUDA
+    (torchvision's own head), :func:`avgpool_linear` under the interpreter.  23 kernels
+    (torchvision), 24 (paper), plus whatever the folded-weight caches rebuild.
 
     Args:
         model: a GoogLeNet in eval mode (aux heads, unused in eval, are ignored).
@@ -601,4 +607,7 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     y = pooled_inception(y, "inception5a", model.maxpool4)
     y = inception(y, *model.inception5b.folded_params(dtype), True)
     fc = model.fc
-    return avgpool_linear(y, fc.weight.to(dtype), None if fc.bias is None else fc.bias.to(dtype))
+    w, b = fc.weight.to(dtype), (None if fc.bias is None else fc.bias.to(dtype))
+    if y.device.type == "cuda":
+        return F.linear(F.adaptive_avg_pool2d(y, 1).flatten(1), w, b)
+    return avgpool_linear(y, w, b)
