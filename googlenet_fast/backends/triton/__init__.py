@@ -77,8 +77,10 @@ except ImportError as e:  # pragma: no cover - triton ships with CUDA builds of 
     raise ImportError("backend='triton' needs the `triton` package, which is not importable "
                       f"here ({e}); use backend='cuda' or backend='reference'") from e
 
-from . import configs
+from . import configs, interpreter_compat
 from ..reference import pool_output_size
+
+interpreter_compat.apply()  # Triton < 3.8 + NumPy >= 2.4 (the H200 image): see interpreter_compat.py
 
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 OP_NAME = "googlenet_fast::inception_triton"
