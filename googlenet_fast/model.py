@@ -1062,6 +1062,10 @@ class GoogLeNet(nn.Module):
             y = ops.fused_network_forward(self, x)  # the whole network in Triton kernels, or None
             if y is not None:
                 return y
+        return self._forward_modules(x)
+
+    def _forward_modules(self, x: Tensor):
+        """The forward through the modules (the fused Inception op per module when fused)."""
         x = self._transform_input(x)
         if self._fused:
             # NHWC is the fused kernels' native layout: convert once here, not per module.

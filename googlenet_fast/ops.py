@@ -297,23 +297,44 @@ def inception(
 
 def fused_network_forward(model, x: Tensor) -> Optional[Tensor]:
     """The whole eval-mode network through Triton kernels (issue #6), or None where it does not
-    apply.
+    apply or where the per-module path is faster (the caller then runs the modules).
 
     Stem (conv1 7x7/2 reading NCHW directly; maxpool1 [+ LRN] computed in conv2's loader; conv3),
-    the transition max pools (NHWC pool kernel), the nine Inception modules (the fused Triton op)
-    and the head (ATen's global average pool + linear): 23 kernels per forward, see
-    googlenet_fast/backends/triton/network.py.  Applies to a CUDA ``x`` (float32/float16/bfloat16)
-    of a standard GoogLeNet (either variant) in eval mode, autocast off, no gradient required,
-    when triton is installed and $GOOGLENET_FAST_BACKEND is unset, "auto" or "triton" (set it to
-    "cuda" or "reference" to run the per-module path instead).
+    the nine Inception modules (the fused Triton op, the stage-transition pools inside the next
+    module's loaders) and the head (ATen's global average pool + linear): 23 kernels per forward,
+    see googlenet_fast/backends/triton/network.py.  Applies to a CUDA ``x``
+    (float32/float16/bfloat16) of a standard GoogLeNet (either variant) in eval mode, autocast off,
+    no gradient required, when triton is installed and $GOOGLENET_FAST_BACKEND is unset, "auto" or
+    "triton" (set it to "cuda" or "reference" to run the per-module path instead).  With "auto",
+    the network path or the module path, whichever measured faster by wall clock for this
+    variant, input size, dtype and batch-size bucket (googlenet_fast.autotune_table
+    .pick_network_path: one measurement on the first eager call, cached; while tracing or
+    capturing a CUDA graph, the network path unless a measurement chose the modules).
     """
-    if x.device.type != "cuda" or os.environ.get(BACKEND_ENV, "auto") not in ("", "auto", "triton"):
+    env = os.environ.get(BACKEND_ENV, "auto")
+    if x.device.type != "cuda" or env not in ("", "auto", "triton"):
         return None
     try:
         from .backends.triton import network
     except ImportError:
         return None
     if network.fused_forward_supported(model, x) is not None:
+        return None
+    if env == "triton":
+        return network.fused_forward_triton(model, x)
+    from . import autotune_table
+    n, _, h, w = x.shape
+    key = autotune_table.network_key(model.variant, n, h, w, model.conv1.conv.weight.dtype,
+                                     torch.cuda.get_device_name(x.device))
+    can_measure = not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
+
+    def run(path):
+        if path == "network":
+            network.fused_forward_triton(model, x)
+        else:
+            model._forward_modules(x)
+
+    if autotune_table.pick_network_path(key, run, can_measure=can_measure) == "modules":
         return None
     return network.fused_forward_triton(model, x)
 

@@ -499,6 +499,7 @@ def test_model_hook_not_used_on_cpu_or_with_grad(monkeypatch):
 def test_gpu_model_forward_uses_network_kernels(variant, monkeypatch):
     from googlenet_fast import GoogLeNet
     from googlenet_fast.backends.triton import network as tn
+    monkeypatch.setenv("GOOGLENET_FAST_BACKEND", "triton")  # no network-path measurement ("auto")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     calls = []
     real = tn.fused_forward_triton
@@ -512,3 +513,24 @@ def test_gpu_model_forward_uses_network_kernels(variant, monkeypatch):
         ref = model(x)
     assert calls == [1]
     assert ((got - ref).abs().max() / ref.abs().max()).item() <= 1e-4
+
+
+@pytest.mark.gpu
+def test_gpu_auto_picks_a_network_path_by_measurement(monkeypatch, tmp_path):
+    """backend "auto": the first eager forward measures the network and module paths once (wall
+    clock), caches the faster, and either gives the module path's logits."""
+    from googlenet_fast import GoogLeNet
+    from googlenet_fast import autotune_table as at
+    monkeypatch.delenv("GOOGLENET_FAST_BACKEND", raising=False)
+    monkeypatch.setenv(at.CACHE_ENV, str(tmp_path / "choices.json"))
+    at.clear_choices()
+    torch.manual_seed(0)
+    model = GoogLeNet(aux_logits=False, init_weights=True).eval().cuda().to(torch.bfloat16)
+    x = torch.randn(1, 3, 224, 224, device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        got = model(x)
+        ref = model._forward_modules(x)
+    key = at.network_key("torchvision", 1, 224, 224, torch.bfloat16, torch.cuda.get_device_name())
+    assert at._choices.get(key) in at.NETWORK_PATHS
+    assert ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item() <= 2e-2
+    at.clear_choices()
