@@ -253,11 +253,18 @@ def test_fused_forward_matches_model(interp, monkeypatch, variant, kw, shape, la
     m = _model(variant, **kw)
     x = _layout(_rand(*shape), layout)
     pools, pooled = [], []
-    real_pool, real_pooled = nw.max_pool_nhwc, nw.inception_pooled
-    monkeypatch.setattr(nw, "max_pool_nhwc", lambda y, k, s, lrn=None: pools.append(
-        (tuple(y.shape), k, s, lrn is not None)) or real_pool(y, k, s, lrn=lrn))
-    monkeypatch.setattr(nw, "inception_pooled", lambda y, *a, pool: pooled.append(
-        (y.shape[1], pool)) or real_pooled(y, *a, pool=pool))
+    real_ops = nw._network_ops
+
+    def observed(x):
+        ops = dict(real_ops(x))
+        pool, pooled_op = ops["max_pool_nhwc_triton"], ops["inception_pooled_triton"]
+        ops["max_pool_nhwc_triton"] = lambda y, k, s, size, *lrn: pools.append(
+            (tuple(y.shape), k, s, size > 0)) or pool(y, k, s, size, *lrn)
+        ops["inception_pooled_triton"] = lambda y, *a: pooled.append(
+            (y.shape[1], tuple(a[-2:]))) or pooled_op(y, *a)
+        return ops
+
+    monkeypatch.setattr(nw, "_network_ops", observed)
     with torch.no_grad():
         assert nw.fused_forward_supported(m, x) is None
         ref = m(x)

@@ -514,6 +514,27 @@ def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5re
 # ----------------------------------------------------------------------------------------------
 # Registration
 
+# The Python bodies of the triton_ops, by op name: GoogLeNet's eager forward on CUDA calls them
+# directly (no custom-op dispatch, ~10 us a call; see network.fused_forward_triton), everything
+# else goes through the registered ops.
+EAGER_IMPLS = {}
+
+
+def _triton_op(name: str, mutates_args):
+    """torch.library.triton_op, also keeping the Python body in EAGER_IMPLS."""
+    def register(fn):
+        EAGER_IMPLS[name] = fn
+        return torch.library.triton_op(name, mutates_args=mutates_args)(fn)
+    return register
+
+
+def eager_direct(x: Tensor) -> bool:
+    """True when an eager caller may run the ops' Python bodies directly: x on a GPU (or meta),
+    not compiling, not tracing, no dispatch mode active (what the registered op would add there:
+    fake/functional/proxy handling)."""
+    return (x.device.type != "cpu" and not torch.compiler.is_compiling() and not _tracing(x))
+
+
 def _new_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj):
     n, _, h, w = x.shape
     c = w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0]
@@ -561,7 +582,7 @@ def _(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5
     return None
 
 
-@torch.library.triton_op(OP_NAME, mutates_args=())
+@_triton_op(OP_NAME, mutates_args=())
 def inception_triton(
         x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
         w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],
@@ -633,7 +654,7 @@ def _new_pooled_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj, ph, pw):
                        memory_format=torch.channels_last)
 
 
-@torch.library.triton_op(POOLED_OP_NAME, mutates_args=())
+@_triton_op(POOLED_OP_NAME, mutates_args=())
 def inception_pooled_triton(
         x: Tensor, w_1x1: Tensor, b_1x1: Optional[Tensor], w_3x3red: Tensor, b_3x3red: Optional[Tensor],
         w_3x3: Tensor, b_3x3: Optional[Tensor], w_5x5red: Tensor, b_5x5red: Optional[Tensor],

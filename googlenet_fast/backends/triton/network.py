@@ -73,8 +73,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import (SUPPORTED_DTYPES, _allow_tf32, _mode_module, _single_threaded_blas, _span, inception_pooled,
-               interpreting, MAX_POOL_K, pool_out_size, pooled_hw)
+from . import (EAGER_IMPLS, MAX_POOL_K, SUPPORTED_DTYPES, _allow_tf32, _mode_module,
+               _single_threaded_blas, _span, _triton_op, eager_direct, inception_pooled, interpreting,
+               pool_out_size, pooled_hw)
 from . import network_configs as nc
 
 __all__ = ["conv_stem", "conv_nhwc", "max_pool_nhwc", "avgpool_linear", "fused_forward_triton",
@@ -309,7 +310,7 @@ def _run(kind, x, weight, bias, ints, floats, out):
 # ----------------------------------------------------------------------------------------------
 # The ops
 
-@torch.library.triton_op("googlenet_fast::conv_stem_triton", mutates_args=())
+@_triton_op("googlenet_fast::conv_stem_triton", mutates_args=())
 def conv_stem_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: int, padding: int,
                      relu: bool) -> Tensor:
     """See :func:`conv_stem`."""
@@ -328,7 +329,7 @@ def conv_stem_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], stride: 
     return out
 
 
-@torch.library.triton_op("googlenet_fast::conv_nhwc_triton", mutates_args=())
+@_triton_op("googlenet_fast::conv_nhwc_triton", mutates_args=())
 def conv_nhwc_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], pool_kernel: int, pool_stride: int,
                      lrn_size: int, lrn_alpha: float, lrn_beta: float, lrn_k: float, relu: bool) -> Tensor:
     """See :func:`conv_nhwc`."""
@@ -346,7 +347,7 @@ def conv_nhwc_triton(x: Tensor, weight: Tensor, bias: Optional[Tensor], pool_ker
     return out
 
 
-@torch.library.triton_op("googlenet_fast::max_pool_nhwc_triton", mutates_args=())
+@_triton_op("googlenet_fast::max_pool_nhwc_triton", mutates_args=())
 def max_pool_nhwc_triton(x: Tensor, kernel_size: int, stride: int, lrn_size: int, lrn_alpha: float,
                          lrn_beta: float, lrn_k: float) -> Tensor:
     """See :func:`max_pool_nhwc`."""
@@ -554,6 +555,24 @@ def fused_forward_supported(model, x: Tensor) -> Optional[str]:
     return None
 
 
+_NETWORK_OPS = ("conv_stem_triton", "conv_nhwc_triton", "max_pool_nhwc_triton", "inception_triton",
+                "inception_pooled_triton")
+_OPS_CACHE = {}
+
+
+def _network_ops(x: Tensor) -> dict:
+    """The callables the fused forward runs, by op name: in eager on a GPU the ops' Python bodies
+    (:func:`eager_direct`: no custom-op dispatch, ~10 us a call saved), otherwise the registered
+    ops (torch.compile, tracing, the interpreter's CPU tensors)."""
+    direct = eager_direct(x)
+    ops = _OPS_CACHE.get(direct)
+    if ops is None:
+        ops = _OPS_CACHE[direct] = {
+            n: EAGER_IMPLS[f"googlenet_fast::{n}"] if direct else getattr(torch.ops.googlenet_fast, n).default
+            for n in _NETWORK_OPS}
+    return ops
+
+
 def fused_forward_triton(model, x: Tensor) -> Tensor:
     """Eval-mode ``model(x)`` of a googlenet_fast GoogLeNet (either variant) with the Triton
     kernels: conv1 (:func:`conv_stem`, reading x in place), maxpool1 [+ lrn1] fused into conv2's
@@ -584,19 +603,24 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     if x.dtype != dtype:
         x = x.to(dtype)
     paper = model.variant == "paper"
-    inception = torch.ops.googlenet_fast.inception_triton.default
+    ops = _network_ops(x)
+    inception, pooled_op = ops["inception_triton"], ops["inception_pooled_triton"]
 
     def pooled_inception(y, name, pool):
-        return inception_pooled(y, *getattr(model, name).folded_params(dtype), True, pool=_pool_args(pool))
+        return pooled_op(y, *getattr(model, name).folded_params(dtype), True, *_pool_args(pool))
+
+    def conv(y, block, pool=None, lrn=None):
+        w, b = _block_params(block, dtype)
+        pk, ps = pool if pool else (0, 0)
+        size, alpha, beta, k = _lrn_tuple(lrn)
+        return ops["conv_nhwc_triton"](y, w, b, pk, ps, size, alpha, beta, k, True)
 
     w, b = _block_params(model.conv1, dtype)
-    y = conv_stem(x, w, b, stride=2, padding=3)
-    w, b = _block_params(model.conv2, dtype)
-    y = conv_nhwc(y, w, b, pool=_pool_args(model.maxpool1), lrn=model.lrn1 if paper else None)
-    w, b = _block_params(model.conv3, dtype)
-    y = conv_nhwc(y, w, b)
+    y = ops["conv_stem_triton"](x, w, b, 2, 3, True)
+    y = conv(y, model.conv2, pool=_pool_args(model.maxpool1), lrn=model.lrn1 if paper else None)
+    y = conv(y, model.conv3)
     if paper:  # lrn2 -> maxpool2 in one pass, then the plain module
-        y = max_pool_nhwc(y, *_pool_args(model.maxpool2), lrn=model.lrn2)
+        y = ops["max_pool_nhwc_triton"](y, *_pool_args(model.maxpool2), *_lrn_tuple(model.lrn2))
         y = inception(y, *model.inception3a.folded_params(dtype), True)
     else:
         y = pooled_inception(y, "inception3a", model.maxpool2)
@@ -608,6 +632,6 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     y = inception(y, *model.inception5b.folded_params(dtype), True)
     fc = model.fc
     w, b = fc.weight.to(dtype), (None if fc.bias is None else fc.bias.to(dtype))
-    if y.device.type == "cuda":
+    if y.device.type != "cpu":  # CUDA (and meta, as CUDA): the library head
         return F.linear(F.adaptive_avg_pool2d(y, 1).flatten(1), w, b)
     return avgpool_linear(y, w, b)
