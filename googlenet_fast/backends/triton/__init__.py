@@ -410,6 +410,33 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
     b1, b3r, b5r, bp, b3, b5 = (wp if b is None else b for b in biases)  # dummy when absent
     has = [b is not None for b in biases]
 
+    # Everything but the tensors depends on shapes, strides, dtypes and flags only: built once
+    # per signature (per-shape launch state; ~20 us a call saved) and merged with this call's
+    # tensors.
+    key = (x.shape, x.stride(), x.dtype, out.shape, out.stride(), wm.shape, wm.stride(), wp.shape,
+           wp.stride(), w_3x3.shape, w_3x3.stride(), w_5x5.shape, w_5x5.stride(), tuple(has),
+           bool(relu), bool(interpret), tuple(pool), FORCE_INT64, _allow_tf32())
+    scalars = _PLAN_SCALARS.get(key)
+    if scalars is None:
+        scalars = _plan_scalars(x, out, red, wm, wp, w_3x3, w_5x5, has, relu, interpret, pool,
+                                (n, cin, xh, xw, h, w, P, c1, r3, r5, cp, c3, c5, nm, rr))
+        if len(_PLAN_SCALARS) > 4096:  # many shapes (e.g. dynamic resolutions): start over
+            _PLAN_SCALARS.clear()
+        _PLAN_SCALARS[key] = scalars
+    s1, s2, half = scalars
+    args1 = dict(s1, x_ptr=x, wm_ptr=wm, wp_ptr=wp, b1_ptr=b1, b3r_ptr=b3r, b5r_ptr=b5r, bp_ptr=bp,
+                 out_ptr=out, red_ptr=red)
+    args2 = dict(s2, red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out, ss_ptr=red)
+    return LaunchPlan(args1, args2, P, nm, cp, c3, c5, r3, r5, half)
+
+
+_PLAN_SCALARS = {}
+
+
+def _plan_scalars(x, out, red, wm, wp, w_3x3, w_5x5, has, relu, interpret, pool, sizes):
+    """(stage-1 scalar arguments, stage-2 scalar arguments, half) of :func:`plan_launch`, the
+    tensor arguments left out (they are this call's)."""
+    n, cin, xh, xw, h, w, P, c1, r3, r5, cp, c3, c5, nm, rr = sizes
     # 64-bit offsets when a view reaches 2**31 elements or more: x and out may be views into
     # larger buffers (their span counts); the scratch and the weights are dense.
     int64 = (FORCE_INT64 or _span(x) >= 2 ** 31 or _span(out) >= 2 ** 31
@@ -421,9 +448,6 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
     so = out.stride()
     sx = x.stride()
     args1 = dict(
-        x_ptr=x, wm_ptr=wm, wp_ptr=wp,
-        b1_ptr=b1, b3r_ptr=b3r, b5r_ptr=b5r, bp_ptr=bp,
-        out_ptr=out, red_ptr=red,
         P=P, H=h, W=w, CIN=cin, NM=nm, C1=c1, R3=r3, CP=cp, RR=rr, OFF_P=c1 + c3 + c5, XH=xh, XW=xw,
         sxn=sx[0], sxc=sx[1], sxh=sx[2], sxw=sx[3],
         swm=wm.stride(0), swp=wp.stride(0),
@@ -432,7 +456,6 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
         IN_POOL_K=int(pool[0]), IN_POOL_S=int(pool[1]) if pool[0] else 0, **common)
     s3, s5 = w_3x3.stride(), w_5x5.stride()
     args2 = dict(
-        red_ptr=red, w3_ptr=w_3x3, w5_ptr=w_5x5, b3_ptr=b3, b5_ptr=b5, out_ptr=out, ss_ptr=red,
         P=P, H=h, W=w, R3=r3, R5=r5, RR=rr, C3=c3, C5=c5, OFF_3=c1, OFF_5=c1 + c3,
         sw3o=s3[0], sw3h=s3[2], sw3w=s3[3],
         sw5o=s5[0], sw5h=s5[2], sw5w=s5[3], swi=s3[1],
@@ -440,7 +463,7 @@ def plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5
         K3=w_3x3.shape[2], K5=w_5x5.shape[2], HAS_B3=has[4], HAS_B5=has[5],
         W_ALIGN=_pow2_divisor(s3[0], s3[2], s3[3], s5[0], s5[2], s5[3]),
         C_ALIGN=_pow2_divisor(r3, r5), BN=False, **common)
-    return LaunchPlan(args1, args2, P, nm, cp, c3, c5, r3, r5, half)
+    return args1, args2, half
 
 
 def precompile(plan: LaunchPlan, which: str = "launch") -> int:
