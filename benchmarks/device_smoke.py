@@ -19,7 +19,9 @@ measured.  Items, in order:
   kernels    per-kernel CUDA times of the fused forward at batch 256 bf16 (torch.profiler, 3
              forwards), and of torchvision's for comparison;
   host       host time of one eager forward at batch 1 bf16 (wall clock from call to return, no
-             synchronization inside; median of 30), fused and torchvision.
+             synchronization inside; median of 30), fused and torchvision; and per call of the
+             Triton Inception op: through the op, its Python body directly, and with Triton's
+             launches stubbed (the difference: Triton's launcher per launch).
 
 Usage:
     python benchmarks/device_smoke.py --json smoke.json [--budget-s 90] [--items network,graph]
@@ -287,7 +289,56 @@ def do_host(run):
                 sync(dev)
             res[name] = dict(host_ms_median=sorted(ts)[len(ts) // 2], host_ms_min=min(ts))
             print(f"  host {name} b1: {res[name]['host_ms_median']:.3f} ms per forward (min {min(ts):.3f})", flush=True)
+    if dev.type == "cuda":
+        try:
+            res["op_breakdown"] = op_host_breakdown(fused)
+        except Exception as e:  # keep the forward times above
+            res["op_breakdown"] = f"failed: {type(e).__name__}: {e}"
+            print(f"  host op breakdown failed: {type(e).__name__}: {e}", flush=True)
     return res
+
+
+def op_host_breakdown(fused):
+    """Host microseconds per call of the Triton Inception op (inception5b's folded weights, batch 1,
+    two launches), with Triton's launches as they are and with them stubbed out: the difference
+    is Triton's own launcher (binder, specialization key, driver call) for two launches."""
+    import torch.library as tl
+    from googlenet_fast.backends import triton as tb
+    ws = fused.inception5b.folded_params(torch.bfloat16)
+    x = torch.randn(1, 832, 7, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    impl = tb.EAGER_IMPLS[tb.OP_NAME]
+
+    def per_call_us(fn, n=200):
+        for _ in range(10):
+            fn()
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(n):
+            fn()
+        dt = (time.perf_counter() - t) / n * 1e6
+        torch.cuda.synchronize()
+        return dt
+
+    class Stub:
+        def __init__(self, fn):
+            pass
+
+        def __getitem__(self, grid):
+            return lambda *a, **k: None
+
+    out = {}
+    with torch.no_grad():
+        out["op_dispatch_us"] = per_call_us(lambda: torch.ops.googlenet_fast.inception_triton(x, *ws, True))
+        out["direct_us"] = per_call_us(lambda: impl(x, *ws, True))
+        real = tl.wrap_triton
+        tl.wrap_triton = Stub
+        try:
+            out["direct_launches_stubbed_us"] = per_call_us(lambda: impl(x, *ws, True))
+        finally:
+            tl.wrap_triton = real
+    out["triton_launcher_us_per_launch"] = (out["direct_us"] - out["direct_launches_stubbed_us"]) / 2
+    print("  host per Inception op call (us): " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()), flush=True)
+    return out
 
 
 FUNCS = dict(ceilings=(do_ceilings, 5), network=(do_network, 20), pooled=(do_pooled, 8), graph=(do_graph, 8),
