@@ -130,6 +130,13 @@ def test_tensor_cores_for_half_types_only(so, cuobjdump):
             assert re.search(r"HMMA\.16816\.F32(\.BF16)?\b", body), f"{name} ({arch}): no fp32-accumulating HMMA"
             if dtype == "BF16":
                 assert "HMMA.16816.F32.BF16" in body
+            # Operands from shared memory through ldmatrix (8 LDSM per K step: 2 A + 2 B x4 loads
+            # per 16-wide k slice), for bf16 as for fp16: nvcuda::wmma's bf16 fragment loads had
+            # compiled to generic loads (48 LD.E per K step, no LDSM).
+            ldsm = len(re.findall(r"\bLDSM\.16\.M88\.4\b", body))
+            assert ldsm >= 8, f"{name} ({arch}): {ldsm} LDSM.16.M88.4, expected the fragment loads through ldmatrix"
+            generic = len(re.findall(r"\bLD\.E", body))
+            assert generic <= 16, f"{name} ({arch}): {generic} generic LD.E (only the epilogue's bias loads expected)"
         else:  # fp32 / fp64: exact FMA, never tensor cores (no TF32)
             assert hmma == 0, f"{name} ({arch}) uses tensor cores"
             op = "DFMA" if "fmaId" in name else "FFMA"

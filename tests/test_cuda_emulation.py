@@ -1,12 +1,12 @@
 """The CUDA backend's kernels, run on the CPU.
 
 tests/cuda_emulation/harness.cpp compiles csrc/cuda/inception_cuda.cu as plain C++ (with a small
-shim for the CUDA language and nvcuda::wmma) and runs every block's 128 threads as std::threads
-that meet at __syncthreads.  The host code, the tile loaders, the implicit-GEMM gather, the
+shim for the CUDA language, and ldmatrix / mma.sync emulated lane by lane with the PTX fragment
+layouts) and runs every block's 128 threads as std::threads that meet at __syncthreads.  The host code, the tile loaders, the implicit-GEMM gather, the
 pool-in-loader, the epilogue routing and every bounds check are the real source; UBSan's
 alignment check aborts on any 16-byte access the kernel makes through a misaligned address, and
-the wmma shim checks the real API's alignment and leading-dimension rules.  What only hardware
-shows (fragment layouts, the memory model, speed) is left to the GPU suite, test_cuda_backend.py.
+the ldmatrix shim checks that every row address is 16-byte aligned.  What only hardware shows
+(the memory model, speed) is left to the GPU suite, test_cuda_backend.py.
 """
 import glob
 import os

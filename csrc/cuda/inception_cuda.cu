@@ -25,9 +25,10 @@
 // zero-filled, so M, N and K need no multiple of anything.  When a channel count, row stride,
 // channel offset or base address is not a multiple of 16 bytes, the same chunks are gathered
 // element by element (the "scalar" path: slower, same result).
-//   fp16 / bf16: nvcuda::wmma 16x16x16 fragments (HMMA on sm_80/sm_90), fp32 accumulators;
-//                4 warps in 2x2, each a 32x32 sub-tile; BK = 32.  The accumulators go through
-//                shared memory to an epilogue that writes 16-byte chunks when aligned.
+//   fp16 / bf16: mma.sync m16n8k16 on operands loaded from shared memory with ldmatrix
+//                (warp_mma.cuh: LDSM + HMMA.16816 on sm_80/sm_90), fp32 accumulators; 4 warps in
+//                2x2, each a 32x32 sub-tile (2 x 4 m16n8 tiles); BK = 32.  The accumulators go
+//                through shared memory to an epilogue that writes 16-byte chunks when aligned.
 //   fp32 / fp64: plain FMA in the input type (no TF32); each thread owns an 8x4 sub-tile;
 //                BK = 32 (fp32) / 16 (fp64).
 // Epilogue (both): + bias (optional, per column, in the accumulator type), ReLU (flag; NaN kept),
@@ -50,7 +51,11 @@
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <mma.h>
+#ifdef GF_CUDA_EMULATION
+#include "warp_mma_emulation.h"  // tests/cuda_emulation/shim: the same functions, lane by lane
+#else
+#include "warp_mma.cuh"
+#endif
 
 #include <array>
 #include <atomic>
@@ -357,9 +362,8 @@ __global__ void __launch_bounds__(kThreads) stage_kernel_tc(const __grid_constan
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // the host refuses fp16/bf16 below sm_80
 #else
-  using namespace nvcuda;
   constexpr int BK = 32;
-  constexpr int LDS = BK + 8;    // 80-byte rows: 16-byte chunk stores, 32-byte fragment pointers
+  constexpr int LDS = BK + 8;    // 80-byte rows: 16-byte ldmatrix rows, 8 rows on distinct banks
   constexpr int LDC = kBN + 4;   // fp32 accumulator staging
   constexpr int AB_BYTES = 2 * kBM * LDS * static_cast<int>(sizeof(T));
   constexpr int C_BYTES = kBM * LDC * static_cast<int>(sizeof(float));
@@ -372,13 +376,22 @@ __global__ void __launch_bounds__(kThreads) stage_kernel_tc(const __grid_constan
   const GemmProblem& g = p.prob[id.pi];
   TileLoader<T, BK> ld(g, p, id.m0, id.n0);
 
-  const int warp = threadIdx.x / 32;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int wm = (warp >> 1) * 32, wn = (warp & 1) * 32;
-  wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc[2][2];
+  // ldmatrix row addresses of this lane (see warp_mma.cuh): A (row-major [m][k]) as four 8x8
+  // matrices (rows 0-7 / 8-15) x (k 0-7 / 8-15) in a0..a3 order; B stored [n][k] (the "col"
+  // operand), as (n 0-7, k 0-7), (n 0-7, k 8-15), (n 8-15, k 0-7), (n 8-15, k 8-15): b0/b1 of
+  // two adjacent n8 tiles.
+  const int lm = lane / 8, lr = lane % 8;
+  const int a_row = lr + 8 * (lm & 1), a_col = 8 * (lm >> 1);
+  const int b_row = lr + 8 * (lm >> 1), b_col = 8 * (lm & 1);
+  float acc[2][4][4];
 #pragma unroll
   for (int i = 0; i < 2; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[i][j], 0.0f);
+    for (int j = 0; j < 4; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
   ld.fetch(0);
   ld.template commit<LDS, true>(0, As, Bs);
@@ -388,16 +401,15 @@ __global__ void __launch_bounds__(kThreads) stage_kernel_tc(const __grid_constan
     if (more) ld.fetch(k0 + BK);  // in flight while the tensor cores work
 #pragma unroll
     for (int kk = 0; kk < BK; kk += 16) {
-      wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major> fa[2];
-      wmma::fragment<wmma::matrix_b, 16, 16, 16, T, wmma::col_major> fb[2];
+      uint32_t fa[2][4], fb[2][4];
 #pragma unroll
-      for (int i = 0; i < 2; ++i) wmma::load_matrix_sync(fa[i], As + (wm + 16 * i) * LDS + kk, LDS);
+      for (int i = 0; i < 2; ++i) ldsm_x4(fa[i], As + (wm + 16 * i + a_row) * LDS + kk + a_col);
 #pragma unroll
-      for (int j = 0; j < 2; ++j) wmma::load_matrix_sync(fb[j], Bs + (wn + 16 * j) * LDS + kk, LDS);
+      for (int j = 0; j < 2; ++j) ldsm_x4(fb[j], Bs + (wn + 16 * j + b_row) * LDS + kk + b_col);
 #pragma unroll
       for (int i = 0; i < 2; ++i)
 #pragma unroll
-        for (int j = 0; j < 2; ++j) wmma::mma_sync(acc[i][j], fa[i], fb[j], acc[i][j]);
+        for (int j = 0; j < 4; ++j) mma_16816<T>(acc[i][j], fa[i], fb[j / 2][2 * (j % 2)], fb[j / 2][2 * (j % 2) + 1]);
     }
     __syncthreads();
     if (more) {
@@ -408,11 +420,19 @@ __global__ void __launch_bounds__(kThreads) stage_kernel_tc(const __grid_constan
 
   // Epilogue: accumulators -> shared memory -> bias, ReLU, one rounding -> global.
   __syncthreads();
+  {
+    const int gr = lane / 4, tc = 2 * (lane % 4);
 #pragma unroll
-  for (int i = 0; i < 2; ++i)
+    for (int i = 0; i < 2; ++i)
 #pragma unroll
-    for (int j = 0; j < 2; ++j)
-      wmma::store_matrix_sync(Cs + (wm + 16 * i) * LDC + wn + 16 * j, acc[i][j], LDC, wmma::mem_row_major);
+      for (int j = 0; j < 4; ++j) {
+        float* c = Cs + (wm + 16 * i + gr) * LDC + wn + 8 * j + tc;
+        c[0] = acc[i][j][0];
+        c[1] = acc[i][j][1];
+        c[8 * LDC] = acc[i][j][2];
+        c[8 * LDC + 1] = acc[i][j][3];
+      }
+  }
   __syncthreads();
 
   constexpr int VEC = Vec<T>::N;      // 8 columns per chunk

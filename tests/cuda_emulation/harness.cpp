@@ -1,12 +1,13 @@
 // CPU emulation of the CUDA backend: compiles csrc/cuda/inception_cuda.cu as plain C++ and runs
 // its kernels on the CPU, one block after another, each block's 128 threads as std::threads
 // that meet at __syncthreads (a std::barrier) and share the kernel's __shared__ arrays (static
-// locals; blocks never overlap).  nvcuda::wmma comes from shim/mma.h, the c10 CUDA helpers
-// from shim/c10/cuda; everything else -- the host code that builds the two stages' problems,
+// locals; blocks never overlap).  The tensor-core primitives (ldmatrix, mma.sync m16n8k16) come
+// from shim/warp_mma_emulation.h, lane by lane with the PTX fragment layouts; the c10 CUDA
+// helpers from shim/c10/cuda; everything else -- the host code that builds the two stages' problems,
 // the tile loaders, the implicit-GEMM gather, the pool-in-loader, the epilogue and its segment
 // routing -- is the real source.  It checks the kernels' logic (indexing, bounds, tails, both
-// loader paths, the scalar and 16-byte epilogues) where no GPU exists; it cannot check what
-// only hardware shows (the real fragment layouts, the memory model, speed).
+// loader paths, the scalar and 16-byte epilogues, the fragment layouts of the warp MMA) where no
+// GPU exists; it cannot check what only hardware shows (the memory model, speed).
 #include <torch/extension.h>
 
 #include <ATen/core/Tensor.h>
@@ -39,9 +40,6 @@ thread_local uint3 threadIdx;
 thread_local uint3 blockIdx;
 thread_local std::barrier<>* gf_emu_block_barrier = nullptr;
 inline void __syncthreads() { gf_emu_block_barrier->arrive_and_wait(); }
-namespace nvcuda::wmma {
-unsigned emu_lane() { return threadIdx.x % 32; }
-}  // namespace nvcuda::wmma
 
 cudaError_t gf_emu_launch(const void* func, dim3 grid, dim3 block, void** args, size_t smem, cudaStream_t);
 cudaError_t gf_emu_device_attribute(int* value, cudaDeviceAttr attr, int device) {
@@ -52,6 +50,7 @@ cudaError_t gf_emu_device_attribute(int* value, cudaDeviceAttr attr, int device)
 #define cudaDeviceGetAttribute gf_emu_device_attribute
 #define is_cuda is_cpu  // the emulated "device" tensors live on the CPU
 
+#define GF_CUDA_EMULATION  // the source takes its ldmatrix/mma from shim/warp_mma_emulation.h
 #ifndef GF_CUDA_SOURCE  // the test may point at another copy of the source
 #define GF_CUDA_SOURCE "../../csrc/cuda/inception_cuda.cu"
 #endif
