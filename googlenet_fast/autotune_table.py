@@ -53,10 +53,18 @@ def _load():
         try:
             with open(path) as f:
                 data = json.load(f)
-            _choices.update({k: v for k, v in data.items()
-                             if v in (NETWORK_PATHS if k.startswith("network|") else GPU_BACKENDS)})
+            _choices.update({k: v for k, v in data.items() if v in _valid(k)})
         except (OSError, ValueError):
             pass  # an unreadable cache is re-measured, never fatal
+
+
+def _valid(key: str) -> Sequence[str]:
+    """The values a cached choice may take, by the kind of key."""
+    if key.startswith("network|"):
+        return NETWORK_PATHS
+    if key.startswith("pool|"):
+        return POOL_PATHS
+    return GPU_BACKENDS
 
 
 def _save():
@@ -169,6 +177,28 @@ def wall_clock_timer(fn: Callable[[], None], reps: int = 5) -> float:
     return sorted(times)[len(times) // 2]
 
 
+def pick_path(key: str, options: Sequence[str], run: Callable[[str], None],
+              timer: Callable[[Callable[[], None]], float] = cuda_event_timer,
+              can_measure: bool = True, default: Optional[str] = None) -> str:
+    """One of ``options`` for the call identified by ``key``: the cached choice, else a fresh
+    measurement of each (``run(option)`` runs the call once; ``timer(fn) -> ms``), cached in
+    memory and in the JSON file; without a measurement (``can_measure`` False: tracing or
+    capturing a CUDA graph) ``default`` (the first option when None)."""
+    with _lock:
+        _load()
+        cached = _choices.get(key)
+    if cached in options:
+        return cached
+    if not can_measure:
+        return default if default is not None else options[0]
+    times = {o: timer(lambda o=o: run(o)) for o in options}
+    best = min(times, key=times.get)
+    with _lock:
+        _choices[key] = best
+        _save()
+    return best
+
+
 def pick_network_path(key: str, run: Callable[[str], None],
                       timer: Callable[[Callable[[], None]], float] = wall_clock_timer,
                       can_measure: bool = True) -> str:
@@ -176,19 +206,19 @@ def pick_network_path(key: str, run: Callable[[str], None],
     cached choice, else a fresh wall-clock measurement of both (``run(path)`` runs one forward),
     else (``can_measure`` False: tracing or capturing a CUDA graph, where host time is not paid
     per replay) "network"."""
-    with _lock:
-        _load()
-        cached = _choices.get(key)
-    if cached in NETWORK_PATHS:
-        return cached
-    if not can_measure:
-        return "network"
-    times = {p: timer(lambda p=p: run(p)) for p in NETWORK_PATHS}
-    best = min(times, key=times.get)
-    with _lock:
-        _choices[key] = best
-        _save()
-    return best
+    return pick_path(key, NETWORK_PATHS, run, timer, can_measure, default="network")
+
+
+POOL_PATHS = ("pooled", "separate")
+
+
+def pooled_key(shape_key: str, n: int, xh: int, xw: int, pool, dtype: torch.dtype, device_name: str) -> str:
+    """The cache key of one stage-transition pool + Inception module of the network path."""
+    bucket = 1
+    while bucket < max(1, n):
+        bucket *= 2
+    return (f"pool|{device_name}|{str(dtype).replace('torch.', '')}|{shape_key}|{xh}x{xw}|"
+            f"{pool[0]}/{pool[1]}|n<={bucket}")
 
 
 def clear_choices() -> None:

@@ -182,9 +182,9 @@ def test_gpu_replay_runs_only_the_compute_kernels(backend, monkeypatch):
         g.graph.replay()
         torch.cuda.synchronize()
     replay_kernels = sum(1 for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA)
+    names = [e.name for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     assert replay_kernels == eager_kernels, (replay_kernels, eager_kernels)
-    if backend == "triton":  # 21 Triton launches + the head's pool and linear
-        assert replay_kernels <= 24, replay_kernels
+    assert not [n for n in names if "sqrt" in n or "reciprocal" in n], "BatchNorm folding ran in the replay"
     with torch.no_grad():
         net.inception4b.branch1.bn.running_var.mul_(4.0)
         ref = net(x)

@@ -539,5 +539,8 @@ def test_gpu_auto_picks_a_network_path_by_measurement(monkeypatch, tmp_path):
         ref = model._forward_modules(x)
     key = at.network_key("torchvision", 1, 224, 224, torch.bfloat16, torch.cuda.get_device_name())
     assert at._choices.get(key) in at.NETWORK_PATHS
+    # the network path's first run (inside the measurement) chose each transition pool's path
+    assert sorted(v for k, v in at._choices.items() if k.startswith("pool|")) != [] and \
+        len([k for k in at._choices if k.startswith("pool|")]) == 3
     assert ((got.float() - ref.float()).abs().max() / ref.float().abs().max()).item() <= 2e-2
     at.clear_choices()

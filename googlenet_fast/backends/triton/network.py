@@ -573,6 +573,12 @@ def _network_ops(x: Tensor) -> dict:
     return ops
 
 
+def _can_measure(x: Tensor) -> bool:
+    """Whether a one-time path measurement may run now: a CUDA tensor, eager, not capturing."""
+    return (x.device.type == "cuda" and not torch.compiler.is_compiling()
+            and not torch.cuda.is_current_stream_capturing() and eager_direct(x))
+
+
 def fused_forward_triton(model, x: Tensor) -> Tensor:
     """Eval-mode ``model(x)`` of a googlenet_fast GoogLeNet (either variant) with the Triton
     kernels: conv1 (:func:`conv_stem`, reading x in place), maxpool1 [+ lrn1] fused into conv2's
@@ -581,7 +587,10 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     ``folded_params(dtype)``, except that inception4a and inception5a (and inception3a in the
     torchvision variant) run ``googlenet_fast::inception_pooled_triton`` on the pre-pool map,
     maxpool3 / maxpool4 (/ maxpool2) computed in their stage-1 loaders.  The paper's lrn2 ->
-    maxpool2 is one :func:`max_pool_nhwc` pass.  The head: ATen's average pool + linear on CUDA
+    maxpool2 is one :func:`max_pool_nhwc` pass.  On CUDA each pooled module may instead run the
+    pool kernel then the plain op, whichever a one-time measurement per shape found faster
+    (googlenet_fast.autotune_table.pick_path; no measurement while compiling or capturing: the
+    pooled op unless a measurement chose otherwise).  The head: ATen's average pool + linear on CUDA
     (torchvision's own head), :func:`avgpool_linear` under the interpreter.  23 kernels
     (torchvision), 24 (paper), plus whatever the folded-weight caches rebuild.
 
@@ -606,8 +615,30 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     ops = _network_ops(x)
     inception, pooled_op = ops["inception_triton"], ops["inception_pooled_triton"]
 
+    measure = _can_measure(x)
+
     def pooled_inception(y, name, pool):
-        return pooled_op(y, *getattr(model, name).folded_params(dtype), True, *_pool_args(pool))
+        """maxpool -> module: the pooled op (the pool in stage 1's loaders) or the pool kernel then
+        the plain op, whichever measured faster for this shape (cached; see autotune_table).  On
+        the H200 (2026-12-04) the pooled op won for 4a at batch 1 (0.225 vs 0.302 ms) and lost at
+        batch 256 (0.871 vs 0.684 ms)."""
+        ws = getattr(model, name).folded_params(dtype)
+        k, s = _pool_args(pool)
+
+        def run(path):
+            if path == "pooled":
+                return pooled_op(y, *ws, True, k, s)
+            return inception(ops["max_pool_nhwc_triton"](y, k, s, 0, 0.0, 0.0, 1.0), *ws, True)
+
+        if y.device.type != "cuda":
+            return run("pooled")
+        from ... import autotune_table
+        cfg = "x".join(str(v) for v in (y.shape[1], ws[0].shape[0], ws[2].shape[0], ws[4].shape[0],
+                                         ws[6].shape[0], ws[8].shape[0], ws[8].shape[2], ws[10].shape[0]))
+        key = autotune_table.pooled_key(cfg, y.shape[0], y.shape[2], y.shape[3], (k, s), y.dtype,
+                                        torch.cuda.get_device_name(y.device))
+        return run(autotune_table.pick_path(key, autotune_table.POOL_PATHS, run, can_measure=measure,
+                                            default="pooled"))
 
     def conv(y, block, pool=None, lrn=None):
         w, b = _block_params(block, dtype)
