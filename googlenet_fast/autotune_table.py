@@ -64,6 +64,8 @@ def _valid(key: str) -> Sequence[str]:
         return NETWORK_PATHS
     if key.startswith("pool|"):
         return POOL_PATHS
+    if key.startswith("stem|"):
+        return STEM_PATHS
     return GPU_BACKENDS
 
 
@@ -210,6 +212,15 @@ def pick_network_path(key: str, run: Callable[[str], None],
 
 
 POOL_PATHS = ("pooled", "separate")
+STEM_PATHS = ("triton", "cudnn")
+
+
+def stem_key(n: int, h: int, w: int, dtype: torch.dtype, device_name: str) -> str:
+    """The cache key of the network path's conv1 (7x7/2 over the 3-channel input)."""
+    bucket = 1
+    while bucket < max(1, n):
+        bucket *= 2
+    return f"stem|{device_name}|{str(dtype).replace('torch.', '')}|{h}x{w}|n<={bucket}"
 
 
 def pooled_key(shape_key: str, n: int, xh: int, xw: int, pool, dtype: torch.dtype, device_name: str) -> str:

@@ -135,3 +135,8 @@ def test_pick_path_generic_and_pooled_keys(tmp_path):
     at.clear_choices()
     assert json.loads((tmp_path / "choices.json").read_text()) == {key: "separate"}
     assert at.pick_path(key, at.POOL_PATHS, runs.append, timer=timer, can_measure=False) == "separate"
+    stem = at.stem_key(256, 224, 224, torch.bfloat16, "NVIDIA H200")
+    assert stem != at.stem_key(1, 224, 224, torch.bfloat16, "NVIDIA H200")
+    assert at.pick_path(stem, at.STEM_PATHS, runs.append, timer=fake_timer({"triton": 1.35, "cudnn": 0.2})) == "cudnn"
+    at.clear_choices()
+    assert at.pick_path(stem, at.STEM_PATHS, runs.append, can_measure=False) == "cudnn"  # read back from the file
