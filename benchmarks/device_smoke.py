@@ -18,6 +18,7 @@ measured.  Items, in order:
              number of kernels one replay runs and one eager forward launches (torch.profiler);
   kernels    per-kernel CUDA times of the fused forward at batch 256 bf16 (torch.profiler, 3
              forwards), and of torchvision's for comparison;
+  choices    the measured path choices cached by googlenet_fast.autotune_table (last)
   host       host time of one eager forward at batch 1 bf16 (wall clock from call to return, no
              synchronization inside; median of 30), fused and torchvision; and per call of the
              Triton Inception op: through the op, its Python body directly, and with Triton's
@@ -45,7 +46,7 @@ import torch  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-ITEMS = ("ceilings", "network", "pooled", "graph", "kernels", "host")
+ITEMS = ("ceilings", "network", "pooled", "graph", "kernels", "host", "choices")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
@@ -341,8 +342,16 @@ def op_host_breakdown(fused):
     return out
 
 
+def do_choices(run):
+    """The one-time measured choices made so far (backend per Inception shape, network vs module
+    path, pooled vs separate transition pools, conv1 kernel): googlenet_fast.autotune_table."""
+    from googlenet_fast import autotune_table
+    with autotune_table._lock:
+        return dict(sorted(autotune_table._choices.items()))
+
+
 FUNCS = dict(ceilings=(do_ceilings, 5), network=(do_network, 20), pooled=(do_pooled, 8), graph=(do_graph, 8),
-             kernels=(do_kernels, 8), host=(do_host, 3))
+             kernels=(do_kernels, 8), host=(do_host, 3), choices=(do_choices, 0))
 
 
 def main(argv=None):

@@ -31,7 +31,7 @@ def test_dry_run_walks_every_stage(tmp_path):
     for stage in ("env", "smoke", "tests", "tables", "tests-late", "report", "sanitizer"):
         assert f"--- {stage}: ok" in summary, summary
     smoke = json.loads((results / "smoke.json").read_text())
-    assert set(smoke["items"]) == {"ceilings", "network", "pooled", "graph", "kernels", "host"}
+    assert set(smoke["items"]) == {"ceilings", "network", "pooled", "graph", "kernels", "host", "choices"}
     assert not smoke["errors"], smoke["errors"]
     tables = json.loads((results / "gpu_blocks.json").read_text())
     assert tables["blocks"] and tables["network"]
@@ -55,7 +55,7 @@ def test_stage_cut_short_keeps_its_results(tmp_path):
     smoke = json.loads((results / "smoke.json").read_text())
     assert "ceilings" in smoke["items"]  # the first item finished before the cut
     assert set(smoke["items"]) | set(smoke["skipped"]) | set(smoke["errors"]) <= {
-        "ceilings", "network", "pooled", "graph", "kernels", "host"}
+        "ceilings", "network", "pooled", "graph", "kernels", "host", "choices"}
     assert "--- tests: ok" in summary, summary
     assert (out / "results.tgz").exists()
 
