@@ -30,7 +30,7 @@ loops load a window per element (KxK taps in the merged 1x1 tile, (2S+K)^2 in th
 projection, one row of them at a time) and run unpipelined (num_stages 1, nothing to
 multi-buffer), with K steps narrowed until the sm_90 and sm_80 builds are spill-free
 (tests/test_triton_compile.py): half 128x128 (K 32, pool K 16, 8 warps), 128x64 (32/16, 8),
-64x128 (32/16, 8 warps where 4 spilled on sm_80), 64x64 (32/32, 4), 32x64 (64/32, 4); fp32
+64x128 (16/16, 8 warps where 4 spilled on sm_80), 64x64 (32/32, 4), 32x64 (64/32, 4); fp32
 64x64x16 (8 warps where 4 spilled on sm_80), 32x64x32 and 64x32x32 with a 16-wide pool K step.
 
 float32: IEEE fp32 dots (``input_precision="ieee"``) run on the FMA units, with both operand
@@ -94,7 +94,7 @@ STAGE1_FP32: List[Tile] = [
 ]
 
 STAGE2_FP32: List[Tile] = [
-    Tile(64, 64, 16, 4, 2),
+    Tile(64, 64, 16, 4, 3),  # 3 stages: 2 spilled on sm_80 under Triton 3.6
     Tile(32, 64, 32, 4, 2),
     Tile(64, 32, 32, 4, 2),
 ]
@@ -103,7 +103,7 @@ STAGE2_FP32: List[Tile] = [
 STAGE1_POOLED_HALF: List[Tile] = [
     Tile(128, 128, 32, 8, 1, POOL_K=16),
     Tile(128, 64, 32, 8, 1, POOL_K=16),
-    Tile(64, 128, 32, 8, 1, POOL_K=16),
+    Tile(64, 128, 16, 8, 1, POOL_K=16),  # K 16: 32 spilled on sm_80 (4a) under Triton 3.6
     Tile(64, 64, 32, 4, 1, POOL_K=32),
     Tile(32, 64, 64, 4, 1, POOL_K=32),
 ]
@@ -205,9 +205,11 @@ BWD_HALF: Dict[str, Tile] = {
 BWD_FP32: Dict[str, Tile] = {k: Tile(64, 64, 16, 4, 2) for k in BWD_HALF}
 BWD_FP32["wgrad_pool"] = Tile(64, 64, 16, 4, 1)
 # 8 warps where 4 spilled on sm_90 (dx: the pool gather's nine loads next to the accumulator;
-# wgrad: the pixel decomposition of the K step); the KxK wgrad stays at 4 (8 spilled there).
+# wgrad: the pixel decomposition of the K step); the KxK wgrad stays at 4 (8 spilled there) with
+# 3 stages (2 spilled on sm_80 under Triton 3.6).
 BWD_FP32["dx"] = Tile(64, 64, 16, 8, 2)
 BWD_FP32["wgrad"] = Tile(64, 64, 16, 8, 2)
+BWD_FP32["wgrad_kxk"] = Tile(64, 64, 16, 4, 3)
 BWD_KINDS = tuple(BWD_HALF)
 # Split-K of the weight gradients: enough (tiles x splits) programs to fill ~2 waves of an
 # H100/H200 (132 SMs), each split at least BWD_MIN_SPLIT_PIXELS pixels.

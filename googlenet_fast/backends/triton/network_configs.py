@@ -34,13 +34,13 @@ GPU_TILES = {
     # kind: (half tile, fp32 tile)
     "conv_gather": (Tile(128, 64, 32, 4, 2), Tile(64, 64, 16, 4, 2)),
     "conv": (Tile(128, 64, 64, 4, 3), Tile(64, 64, 16, 4, 2)),
-    "conv_pool": (Tile(64, 64, 32, 4, 1), Tile(64, 64, 16, 4, 1)),
+    "conv_pool": (Tile(64, 64, 32, 4, 1), Tile(64, 64, 16, 8, 1)),
     "conv_pool_lrn": (Tile(64, 64, 16, 8, 1), Tile(64, 64, 16, 8, 1)),
     # pool: BLOCK_M pixels x BLOCK_N channels (BLOCK_K unused)
     "pool": (Tile(64, 64, 0, 4, 1), Tile(64, 64, 0, 4, 1)),
     "pool_lrn": (Tile(32, 64, 0, 4, 1), Tile(32, 64, 0, 4, 1)),
     # head: BLOCK_M classes x BLOCK_N images x BLOCK_K channels
-    "head": (Tile(128, 32, 64, 4, 2), Tile(64, 32, 32, 4, 2)),
+    "head": (Tile(128, 32, 64, 4, 2), Tile(64, 32, 32, 8, 2)),
 }
 
 KINDS = tuple(GPU_TILES)
