@@ -105,7 +105,7 @@ run_limited() {  # run_limited SECONDS LOG CMD...: SIGINT at the limit, KILL 20 
 }
 
 : > "$R/summary.txt"
-( while sleep 20; do pack; done ) &
+( while sleep 20; do pack; done ) >/dev/null 2>&1 &  # (its sleep holds no caller's pipe)
 PACKER=$!
 trap 'kill $PACKER 2>/dev/null; pack' EXIT
 say "=== googlenet_fast device check $(date -u +%FT%TZ), stages: $STAGES, deadline ${DEADLINE}s, dry run: $DRY"
