@@ -83,11 +83,17 @@ def _save():
         pass  # read-only home: keep the in-memory choice
 
 
+def _bucket(n: int) -> int:
+    """The batch size rounded up to a power of two (choices are shared within a bucket)."""
+    bucket = 1
+    while bucket < max(1, n):
+        bucket *= 2
+    return bucket
+
+
 def choice_key(shape, dtype: torch.dtype, device_name: str) -> str:
     """The cache key of an Inception call (see the module docstring)."""
-    bucket = 1
-    while bucket < max(1, shape.n):
-        bucket *= 2
+    bucket = _bucket(shape.n)
     cfg = (shape.in_channels, shape.ch1x1, shape.ch3x3red, shape.ch3x3, shape.k3, shape.ch5x5red,
            shape.ch5x5, shape.k5, shape.pool_proj, shape.h, shape.w)
     return f"{device_name}|{str(dtype).replace('torch.', '')}|{'x'.join(map(str, cfg))}|n<={bucket}"
@@ -138,28 +144,14 @@ def pick_gpu_backend(shape, dtype: torch.dtype, device_name: str, usable: Sequen
                            "importable and googlenet_fast._C has no CUDA kernels)")
     if len(usable) == 1:
         return usable[0]
-    key = choice_key(shape, dtype, device_name)
-    with _lock:
-        _load()
-        cached = _choices.get(key)
-    if cached in usable:
-        return cached
-    if not can_measure:
-        return default_gpu_backend() if default_gpu_backend() in usable else usable[0]
-    times = {b: timer(lambda b=b: run(b)) for b in usable}
-    best = min(times, key=times.get)
-    with _lock:
-        _choices[key] = best
-        _save()
-    return best
+    default = default_gpu_backend() if default_gpu_backend() in usable else usable[0]
+    return pick_path(choice_key(shape, dtype, device_name), usable, run, timer, can_measure, default)
 
 
 def network_key(variant: str, n: int, h: int, w: int, dtype: torch.dtype, device_name: str) -> str:
     """The cache key of a whole-network forward: variant, input size, dtype, device and the batch
     size rounded up to a power of two."""
-    bucket = 1
-    while bucket < max(1, n):
-        bucket *= 2
+    bucket = _bucket(n)
     return f"network|{device_name}|{variant}|{str(dtype).replace('torch.', '')}|{h}x{w}|n<={bucket}"
 
 
@@ -217,17 +209,13 @@ STEM_PATHS = ("triton", "cudnn")
 
 def stem_key(n: int, h: int, w: int, dtype: torch.dtype, device_name: str) -> str:
     """The cache key of the network path's conv1 (7x7/2 over the 3-channel input)."""
-    bucket = 1
-    while bucket < max(1, n):
-        bucket *= 2
+    bucket = _bucket(n)
     return f"stem|{device_name}|{str(dtype).replace('torch.', '')}|{h}x{w}|n<={bucket}"
 
 
 def pooled_key(shape_key: str, n: int, xh: int, xw: int, pool, dtype: torch.dtype, device_name: str) -> str:
     """The cache key of one stage-transition pool + Inception module of the network path."""
-    bucket = 1
-    while bucket < max(1, n):
-        bucket *= 2
+    bucket = _bucket(n)
     return (f"pool|{device_name}|{str(dtype).replace('torch.', '')}|{shape_key}|{xh}x{xw}|"
             f"{pool[0]}/{pool[1]}|n<={bucket}")
 

@@ -49,6 +49,17 @@ def _read(m):
         return m.folded_params()
 
 
+def _warm_and_capture(m, capturing):
+    """The capture helper's sequence: a warm-up read, then the read during a recorded capture;
+    (the warm cached tensors, the recorded entries)."""
+    warm = _read(m)
+    capturing["on"] = True
+    with graph_folds.recording() as entries:
+        _read(m)
+    capturing["on"] = False
+    return warm, entries
+
+
 def _fresh(m):
     with torch.no_grad():
         return model_mod.Inception._fold(m, torch.float32)
@@ -80,24 +91,15 @@ def test_without_recording_or_cold_cache_the_fold_is_captured(fold_calls, captur
 
 
 def test_refresh_does_nothing_when_nothing_moved(fold_calls, capturing):
-    m = _module()
-    _read(m)
-    capturing["on"] = True
-    with graph_folds.recording() as entries:
-        _read(m)
-    capturing["on"] = False
+    _, entries = _warm_and_capture(_module(), capturing)
     assert graph_folds.refresh(entries) == 0 and len(fold_calls) == 1
 
 
 @pytest.mark.parametrize("change", ["running_var", "conv_weight", "optimizer_step", "load_state_dict"])
 def test_refresh_folds_a_change_into_the_static_buffers(fold_calls, capturing, change):
     m = _module()
-    static = _read(m)
+    static, entries = _warm_and_capture(m, capturing)
     before = [None if t is None else t.clone() for t in static]
-    capturing["on"] = True
-    with graph_folds.recording() as entries:
-        _read(m)
-    capturing["on"] = False
     if change == "running_var":
         with torch.no_grad():
             m.branch2[1].bn.running_var.mul_(2.0)
@@ -127,11 +129,7 @@ def test_refresh_folds_a_change_into_the_static_buffers(fold_calls, capturing, c
 
 def test_refresh_refuses_a_reworked_module(capturing):
     m = _module()
-    _read(m)
-    capturing["on"] = True
-    with graph_folds.recording() as entries:
-        _read(m)
-    capturing["on"] = False
+    _, entries = _warm_and_capture(m, capturing)
     m.branch1.bn = nn.Identity()  # e.g. conv+bn fused by a deployment tool
     with pytest.raises(RuntimeError, match="capture the graph again"):
         graph_folds.refresh(entries)
@@ -140,11 +138,7 @@ def test_refresh_refuses_a_reworked_module(capturing):
 def test_captured_forward_refreshes_before_replaying(capturing, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: False)
     m = _module()
-    static = _read(m)
-    capturing["on"] = True
-    with graph_folds.recording() as entries:
-        _read(m)
-    capturing["on"] = False
+    static, entries = _warm_and_capture(m, capturing)
     seen = []
 
     class FakeGraph:  # what the graph would read at replay time
