@@ -75,6 +75,14 @@ NPROC=$(nproc)
 PREWARM=$(( NPROC > 16 ? 16 : NPROC ))
 WORKERS="${TEST_WORKERS:-$(( NPROC >= 16 ? 8 : (NPROC > 2 ? NPROC / 2 : 1) ))}"
 
+ALL_STAGES="build smoke tests tables tests-late report sanitizer"
+for st in ${STAGES//,/ }; do
+  if [[ " $ALL_STAGES " != *" $st "* ]]; then
+    echo "device_check.sh: STAGES: unknown stage '$st'; expected a comma-separated subset of: ${ALL_STAGES// /,}" >&2
+    exit 2
+  fi
+done
+
 declare -A STATUS
 ORDER=()
 elapsed() { echo $(( $(date +%s) - T_START )); }
@@ -92,11 +100,14 @@ limit() {
   [ $want -gt $left ] && want=$left
   echo $want
 }
-record() {  # record NAME RC
+record() {  # record NAME RC [LOG]: on failure the log's last lines go into the summary too
   STATUS[$1]=$2; ORDER+=("$1")
   local r
   case $2 in 0) r=ok ;; 124|130|137) r="CUT SHORT (rc=$2)" ;; skip) r="SKIPPED (deadline)" ;; *) r="FAILED (rc=$2)" ;; esac
   say "--- $1: $r [$(elapsed)s]"
+  if [ "$2" != 0 ] && [ "$2" != skip ] && [ -n "${3:-}" ] && [ -f "$3" ]; then
+    tail -n 6 "$3" | cut -c1-240 | sed 's/^/    | /' | tee -a "$R/summary.txt"
+  fi
   pack
 }
 run_limited() {  # run_limited SECONDS LOG CMD...: SIGINT at the limit, KILL 20 s later
@@ -159,7 +170,7 @@ print("googlenet_fast._C loaded:", native.available(), "| load error:", native.L
 print("build info:", native.BUILD_INFO, "| cuda backend usable:", native.cuda_available())
 EOF
   grep -E "_C loaded|cuda backend usable" "$R/build.log" | cut -c1-300 | tee -a "$R/summary.txt"
-  record build $rc
+  record build $rc "$R/build.log"
 fi
 
 # ---- smoke ---------------------------------------------------------------------------------
@@ -172,7 +183,7 @@ if wanted smoke; then
     run_limited "$lim" "$R/smoke.log" "$PY" benchmarks/device_smoke.py "${SMOKE_ARGS[@]}"
     rc=$?
     grep -E "^\s+(network|pooled|graph|kernels|host)|FAILED|SKIPPED" "$R/smoke.log" | cut -c1-200 | tee -a "$R/summary.txt"
-    record smoke $rc
+    record smoke $rc "$R/smoke.log"
   fi
 fi
 
@@ -197,7 +208,7 @@ pytest_stage() {  # pytest_stage NAME LIMIT -k EXPR
   # the outcome counts, and the names of failures (the -rfE summary may be missing if killed)
   grep -E "^(FAILED|ERROR) |[0-9]+ (passed|failed|skipped)" "$R/$name.log" | tail -n 40 | cut -c1-240 | tee -a "$R/summary.txt"
   echo "  passed: $(grep -c ' PASSED' "$R/$name.log"), failed: $(grep -c ' FAILED' "$R/$name.log"), errors: $(grep -c ' ERROR' "$R/$name.log"), skipped: $(grep -c ' SKIPPED' "$R/$name.log")" | tee -a "$R/summary.txt"
-  record "$name" $rc
+  record "$name" $rc "$R/$name.log"
 }
 if wanted tests; then
   lim=$(limit "${TESTS_TIMEOUT:-150}")
@@ -214,7 +225,7 @@ if wanted tables; then
     ( unset GOOGLENET_FAST_NO_PRECOMPILE; run_limited "$lim" "$R/gpu_blocks.txt" "$PY" benchmarks/gpu_blocks.py "${TABLE_ARGS[@]}" )
     rc=$?
     grep -E "^network|^summary|prewarm|failed" "$R/gpu_blocks.txt" | cut -c1-240 | tee -a "$R/summary.txt"
-    record tables $rc
+    record tables $rc "$R/gpu_blocks.txt"
   fi
 fi
 
@@ -237,7 +248,7 @@ if wanted report; then
     rc=$?
     [ -f "$R/report.json" ] || { say "report.py wrote no JSON (rc=$rc)"; [ $rc -eq 0 ] && rc=1; }
     grep -A 14 "## Speedup vs torchvision eager" "$R/report.md" 2>/dev/null | head -n 40 | tee -a "$R/summary.txt"
-    record report $rc
+    record report $rc "$R/report.log"
   fi
 fi
 
@@ -249,7 +260,7 @@ if wanted sanitizer; then
     run_limited "$lim" "$R/sanitizer.log" bash benchmarks/cuda_sanitizer.sh memcheck
     rc=$?
     tail -n 3 "$R/sanitizer.log" | tee -a "$R/summary.txt"
-    record sanitizer $rc
+    record sanitizer $rc "$R/sanitizer.log"
   fi
 fi
 

@@ -371,10 +371,12 @@ def main(argv=None):
         args.batches = [int(b) for b in args.batches.split(",") if b]
     except ValueError:
         p.error(f"--batches: expected comma-separated integers, got {args.batches!r}")
+    if not args.batches or min(args.batches) < 1:
+        p.error(f"--batches: expected one or more positive batch sizes, got {args.batches}")
     args.dtypes = [d for d in args.dtypes.split(",") if d]
     if any(d not in DTYPES for d in args.dtypes):
         p.error(f"--dtypes: expected a subset of {sorted(DTYPES)}, got {args.dtypes}")
-    if args.dry_run:
+    if args.dry_run:  # tiny sizes whatever --batches says (checked above all the same)
         args.device, args.hw, args.batches = torch.device("cpu"), 64, [1, 2]
     else:
         if not torch.cuda.is_available():

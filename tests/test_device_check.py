@@ -67,3 +67,20 @@ def test_deadline_skips_stages_and_says_so(tmp_path):
     assert "--- smoke: SKIPPED (deadline)" in summary and "--- report: SKIPPED (deadline)" in summary, summary
     assert p.returncode == 0
     assert (out / "summary.txt").read_text() == summary
+
+
+def test_unknown_stage_is_a_clear_error(tmp_path):
+    p, results, out = _run(tmp_path, "smoke,bogus")
+    assert p.returncode == 2
+    assert "STAGES: unknown stage 'bogus'" in p.stderr and "tests-late" in p.stderr
+
+
+def test_failed_stage_shows_its_reason_in_the_summary(tmp_path):
+    """Without DRY_RUN on a machine without a GPU the smoke stage fails: the summary carries the
+    log's last lines (the reason), not only the exit status."""
+    e = dict(os.environ, RESULTS_DIR=str(tmp_path / "r"), OUT=str(tmp_path / "o"), STAGES="smoke")
+    e.pop("DRY_RUN", None)
+    p = subprocess.run(["bash", SCRIPT], cwd=ROOT, env=e, capture_output=True, text=True, timeout=300)
+    summary = (tmp_path / "r" / "summary.txt").read_text()
+    assert p.returncode == 1
+    assert "--- smoke: FAILED (rc=2)" in summary and "no CUDA device visible" in summary, summary
