@@ -2,7 +2,7 @@
 (mid-epoch, across epochs, after a crash), checkpoint interval, --compare, bad input, torchrun.
 
 Tiny settings throughout (16x16 inputs, batches of 4-8, a few steps): the tests check the
-plumbing and the exactness of resume, not the accuracy (the 90% on digits is measured in README).
+plumbing and the exactness of resume, not the accuracy (the accuracy on digits is measured in docs/training.md).
 """
 import os
 import re
