@@ -216,7 +216,9 @@ class _FoldedWeightsCache:
         return (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state)
 
     def _cached_fold(self, dtype: torch.dtype) -> Optional[Tuple[Optional[Tensor], ...]]:
-        if torch.compiler.is_compiling():
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            # Traced into the graph: torch.jit.trace's check runs the model twice and compares
+            # the graphs, which a cache built by the first run would make differ.
             return self._fold(dtype)
         sources = self._fold_sources()
         if sources is None:  # not a structure the fold reads (see _block_sources)
@@ -745,6 +747,17 @@ class InputTooSmallError(ValueError, RuntimeError):
     also a RuntimeError, the type torchvision's model raises for it (max_pool2d's "Output size is
     too small"), so code written for torchvision catches it too."""
 
+class InputTypeError(TypeError, RuntimeError):
+    """The input is not a floating-point tensor.  A TypeError naming the dtype; also a
+    RuntimeError, the type torchvision's model raises for it (conv2d's "expected scalar type"), so
+    code written for torchvision catches it too."""
+
+
+class InputShapeError(ValueError, RuntimeError):
+    """The input is not (N, 3, H, W).  A ValueError naming the shape; also a RuntimeError, the
+    type torchvision's model raises for it (conv2d's "expected input ... to have 3 channels")."""
+
+
 def _trunk_sizes(size: int, variant: str) -> Optional[List[int]]:
     """Spatial length after conv1, maxpool1, maxpool2, maxpool3, maxpool4 for an input length;
     None when a pool's output would be empty."""
@@ -965,13 +978,13 @@ class GoogLeNet(nn.Module):
         # replace the message with its own "missing sq_concat" error.
         if x.dim() != 4:
             hint = " (add a batch dimension with x.unsqueeze(0))" if x.dim() == 3 else ""
-            raise ValueError(f"x: expected a 4-D tensor of shape (N, 3, H, W), got shape {tuple(x.shape)}{hint}")
+            raise InputShapeError(f"x: expected a 4-D tensor of shape (N, 3, H, W), got shape {tuple(x.shape)}{hint}")
         if x.shape[1] != 3:
             hint = "; for grayscale images use x.expand(-1, 3, -1, -1)" if x.shape[1] == 1 else ""
-            raise ValueError(f"x: expected 3 input channels (RGB) in dim 1 of (N, 3, H, W), got {x.shape[1]} "
+            raise InputShapeError(f"x: expected 3 input channels (RGB) in dim 1 of (N, 3, H, W), got {x.shape[1]} "
                              f"(shape {tuple(x.shape)}){hint}")
         if not x.is_floating_point():
-            raise TypeError(f"x: expected a floating-point tensor, got {x.dtype}; integer images must be "
+            raise InputTypeError(f"x: expected a floating-point tensor, got {x.dtype}; integer images must be "
                             "converted first, e.g. x.float() / 255, then normalized")
         h, w = x.shape[2], x.shape[3]
         if _trunk_sizes(h, self.variant) is None or _trunk_sizes(w, self.variant) is None:

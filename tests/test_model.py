@@ -665,3 +665,35 @@ def test_gpu_fused_matches_torchvision_fp32_bf16_and_graph_capture():
         ref = m(static_x)
         assert rel_err(static_y, ref) <= TOL
         assert (static_y - tv(x)).abs().max() > 100 * TOL * ref.abs().max()
+
+
+@pytest.mark.parametrize("make,tv_type", [
+    (lambda: torch.zeros(1, 3, 64, 64, dtype=torch.uint8), RuntimeError),
+    (lambda: torch.zeros(1, 3, 64, 64, dtype=torch.int64), RuntimeError),
+    (lambda: make_input(1, 1, 64, 64), RuntimeError),
+])
+def test_bad_input_is_also_what_torchvision_raises(pair, make, tv_type):
+    """Code written for torchvision catches our errors too: torchvision's model raises a
+    RuntimeError for an integer dtype, a wrong channel count or a missing batch dimension; ours
+    is that type as well as the TypeError/ValueError that names the argument.  (A 3-D input, which
+    torchvision's convolutions take as unbatched, stays a ValueError here.)"""
+    tv, ours = pair
+    x = make()
+    with torch.no_grad():
+        with pytest.raises(tv_type):
+            tv(x)
+        with pytest.raises(tv_type) as e:
+            ours(x)
+    assert str(e.value).startswith("x: expected")
+    assert isinstance(e.value, (TypeError, ValueError))
+
+
+def test_jit_trace_with_its_default_check(pair):
+    """torch.jit.trace's default check (two runs, graphs compared) passes: the folded weights are
+    traced into the graph, not read from a cache the first run builds."""
+    _, ours = pair
+    x, x2 = make_input(2, 3, 64, 64), make_input(2, 3, 64, 64, seed=7)
+    with torch.no_grad():
+        traced = torch.jit.trace(ours.eval(), x)
+        for inp in (x, x2):
+            assert torch.allclose(traced(inp), ours(inp), rtol=1e-5, atol=1e-6)
