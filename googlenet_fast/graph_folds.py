@@ -1,6 +1,6 @@
 """Folded weights as static buffers of a captured CUDA graph (googlenet_fast.cuda_graph).
 
-Eval-mode fused modules run on BatchNorm-folded weights that they cache (model._FoldedWeightsCache).
+Eval-mode fused modules run on BatchNorm-folded weights that they cache (fold_cache._FoldedWeightsCache).
 Folding inside a CUDA graph would put ~15 small kernels per conv block into every replay (943
 kernels per replay of GoogLeNet against its 22 compute kernels, measured on an H200 on
 2026-12-04: 2.1 ms per batch-1 replay).  Instead, while :func:`recording` is active around a

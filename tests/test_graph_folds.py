@@ -1,6 +1,6 @@
 """Folded weights as static buffers of a captured CUDA graph (googlenet_fast/graph_folds.py).
 
-The logic runs on the CPU: model._capturing is patched to say "inside a capture", so these tests
+The logic runs on the CPU: fold_cache._capturing is patched to say "inside a capture", so these tests
 check what gets folded when, what the graph would read, and that a parameter change after capture
 is folded into the static buffers before the next replay (never a stale replay).  The GPU test
 counts the kernels of one real replay."""
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import googlenet_fast
-from googlenet_fast import GoogLeNet, graph_folds, model as model_mod
+from googlenet_fast import GoogLeNet, fold_cache, graph_folds, model as model_mod
 from googlenet_fast.cuda_graph import CapturedForward
 
 
@@ -39,7 +39,7 @@ def fold_calls(monkeypatch):
 @pytest.fixture
 def capturing(monkeypatch):
     state = {"on": False}
-    monkeypatch.setattr(model_mod, "_capturing", lambda device: state["on"])
+    monkeypatch.setattr(fold_cache, "_capturing", lambda device: state["on"])
     return state
 
 

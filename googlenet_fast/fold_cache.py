@@ -1,0 +1,252 @@
+"""BatchNorm folding and the folded-weight cache of the eval-mode fused modules.
+
+Contract: a module using :class:`_FoldedWeightsCache` defines ``_fold_sources()`` (every tensor its
+folded weights depend on, or None when its structure is not one the fold reads: reworked conv
+blocks, hooks that must fire), ``_fold(dtype)`` (the folded tensors) and optionally
+``_fold_extra_key()``; ``_cached_fold(dtype)`` then returns folded tensors that are never stale
+for any change the key sees: each source's identity, storage and version counter, the count of
+``torch.optim`` optimizer steps in the process, dtype; ``load_state_dict`` and ``.to()`` clear the
+cache.  Inline (uncached) folds under torch.compile, torch.jit.trace, plain CUDA graph capture and
+when gradients must reach the parameters; under ``googlenet_fast.cuda_graph.capture`` the cached
+tensors become the graph's static buffers (googlenet_fast/graph_folds.py).  Used by
+googlenet_fast/model.py (BasicConv2d, Inception).
+"""
+import contextlib
+from typing import List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+from torch.nn.modules import module as _nn_module
+from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from . import graph_folds, ops
+
+
+def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Precision the folding is computed in: float64 for float32/float64 parameters, else float32."""
+    return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32
+
+
+def _fold_conv_block(block: nn.Module, dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """(weight, bias) of ``block.conv`` with ``block.bn`` (if any, eval statistics) folded in.
+
+    ``w * gamma / sqrt(var + eps)`` and ``beta + (b - mean) * gamma / sqrt(var + eps)``, computed
+    in float64 (float32 for half-precision parameters) with the BatchNorm module's own eps, then
+    cast to ``dtype``.  Differentiable and traceable.
+    """
+    conv = block.conv
+    bn = getattr(block, "bn", None)
+    w, b = conv.weight, conv.bias
+    if bn is None:
+        return w.to(dtype), (None if b is None else b.to(dtype))
+    acc = _fold_dtype(dtype)
+    scale = 1.0 / torch.sqrt(bn.running_var.to(acc) + bn.eps)
+    if bn.weight is not None:
+        scale = bn.weight.to(acc) * scale
+    shift = -bn.running_mean.to(acc) * scale
+    if bn.bias is not None:
+        shift = shift + bn.bias.to(acc)
+    if b is not None:
+        shift = shift + b.to(acc) * scale
+    w = (w.to(acc) * scale.reshape(-1, 1, 1, 1)).to(dtype)
+    return w, shift.to(dtype)
+
+
+def _has_module_hooks(m: nn.Module) -> bool:
+    return bool(m._forward_hooks or m._forward_pre_hooks)
+
+
+def _has_global_hooks() -> bool:
+    """Whether global forward (pre-)hooks are registered (nn.modules.module.register_module_forward_hook):
+    they must see every module run, so the fused paths then call the modules."""
+    return bool(_nn_module._global_forward_hooks or _nn_module._global_forward_pre_hooks)
+
+
+def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
+    """Every tensor the folded weights of a conv block depend on; None when the block is not one
+    the fold can read as plain tensors: a conv whose weight is not a plain parameter
+    (parametrizations such as weight_norm, pruning's weight_orig), a ``bn`` that is not a
+    BatchNorm2d with running statistics (e.g. fused away into nn.Identity), or forward hooks on
+    the conv or the bn (they must fire: the block then runs its modules).
+
+    BatchNorm's num_batches_tracked is included although folding does not read it: a train-mode
+    forward updates running_mean/var in place inside the kernel without bumping their version
+    counters (torch 2.14, CPU), while ``num_batches_tracked += 1`` does bump its own.
+    """
+    # Read the modules' own dicts: nn.Module.__getattr__ costs ~0.5 us a lookup, and this runs
+    # for every conv of every fused forward.
+    if _has_global_hooks():
+        return None  # a global hook must see the conv and the bn run
+    conv = block._modules.get("conv")
+    if type(conv) is not nn.Conv2d or _has_module_hooks(conv):
+        return None
+    p = conv._parameters
+    w = p.get("weight")
+    if w is None:
+        return None
+    out = [w, p.get("bias")]
+    bn = block._modules.get("bn")
+    if bn is not None:
+        bp, bb = bn._parameters, bn._buffers
+        mean, var = bb.get("running_mean"), bb.get("running_var")
+        if not isinstance(bn, nn.BatchNorm2d) or mean is None or var is None or _has_module_hooks(bn):
+            return None
+        out += [bp.get("weight"), bp.get("bias"), mean, var, bb.get("num_batches_tracked")]
+    return out
+
+
+def _capturing(device: torch.device) -> bool:
+    """True inside a CUDA graph capture on ``device``'s current stream."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def _tensor_key(t: Optional[Tensor]):
+    """What identifies a source tensor's state, cheaply (this runs on every fused forward):
+    the object (a replaced parameter, ``assign=True`` loads), its storage (``.data = ...``) and
+    its version counter (in-place updates)."""
+    if t is None:
+        return None
+    try:
+        version = t._version
+    except RuntimeError:  # inference tensors carry no version counter: the content check decides
+        version = None
+    return (id(t), t.data_ptr(), version)
+
+
+# Optimizer steps taken in this process: part of every folded-weight cache key (see
+# _FoldedWeightsCache).  A list, so the hook below can bump it in place.
+_OPTIMIZER_STEPS = [0]
+
+
+def _count_optimizer_step(optimizer, args, kwargs) -> None:
+    _OPTIMIZER_STEPS[0] += 1
+
+
+register_optimizer_step_post_hook(_count_optimizer_step)
+
+
+def _clear_fold_cache_after_load(module: nn.Module, incompatible_keys) -> None:
+    module.clear_folded_cache()
+
+
+class _FoldedWeightsCache:
+    """Mixin: caches ``self._fold(dtype)`` (a tuple of tensors) until one of ``self._fold_sources()``
+    changes.
+
+    The key holds each source tensor's ``data_ptr`` and ``_version`` (in-place updates bump it:
+    ``load_state_dict``, in-place ops under ``no_grad``), dtype, device, shape and strides
+    (``.to()``, ``.double()``, ``assign=True`` loads), the target dtype, any BatchNorm eps, and a
+    count of optimizer steps taken in the process (a global ``torch.optim`` step hook: the fused
+    optimizers, ``Adam(fused=True)`` etc., update parameters without bumping their version
+    counters).  ``load_state_dict`` also clears the cache (a post hook): parameters that are
+    inference tensors (a model built under ``torch.inference_mode()``) have no version counter.  ``param.data.mul_()`` and the like write through a tensor with its own version
+    counter, invisible to the key: after such writes call :meth:`clear_folded_cache` (or
+    ``GoogLeNet.clear_folded_cache()``).  Opt-in on CPU tensors: with the class or instance
+    attribute ``verify_folded_cache = True`` every hit is also checked against a snapshot of the
+    sources (``torch.equal``), which catches ``.data`` writes at ~2-3 ms per GoogLeNet forward on
+    a 2-core CPU (8% of a batch-1 forward; hence off by default).  On CUDA the check is never
+    made (it would synchronize the device on every call).
+
+    During CUDA graph capture through ``googlenet_fast.cuda_graph.capture`` (which warms the
+    cache up first) the cached tensors become the graph's static buffers, refreshed before each
+    replay when a source moved (googlenet_fast/graph_folds.py).  Not cached (folded inline on
+    every call): under ``torch.compile`` (traceable, no graph break), during any other CUDA graph
+    capture (each replay then folds the parameters as they are), and when
+    gradients are enabled and a source requires grad (so eval-mode gradients reach the
+    parameters).  The cache is not part of the state_dict, is dropped by ``.to()``/``.cuda()``/
+    ``.double()`` and by pickling/deepcopy.
+    """
+
+    verify_folded_cache: bool = False
+
+    def _fold_sources(self) -> List[Optional[Tensor]]:
+        raise NotImplementedError
+
+    def _fold_extra_key(self) -> tuple:
+        return ()
+
+    def _fold(self, dtype: torch.dtype) -> Tuple[Optional[Tensor], ...]:
+        raise NotImplementedError
+
+    def _fold_key(self, dtype: torch.dtype, sources: List[Optional[Tensor]]) -> tuple:
+        """The cache key of a fold of ``sources`` to ``dtype`` (see the class docstring)."""
+        try:  # (the common case inlined: this runs for every fused module on every call)
+            state = tuple([None if s is None else (id(s), s.data_ptr(), s._version) for s in sources])
+        except RuntimeError:  # an inference tensor (no version counter) among them
+            state = tuple(_tensor_key(s) for s in sources)
+        return (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state)
+
+    def _cached_fold(self, dtype: torch.dtype) -> Optional[Tuple[Optional[Tensor], ...]]:
+        if torch.compiler.is_compiling() or torch.jit.is_tracing():
+            # Traced into the graph: torch.jit.trace's check runs the model twice and compares
+            # the graphs, which a cache built by the first run would make differ.
+            return self._fold(dtype)
+        sources = self._fold_sources()
+        if sources is None:  # not a structure the fold reads (see _block_sources)
+            return None
+        if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
+            return self._fold(dtype)
+        device = sources[0].device
+        key = self._fold_key(dtype, sources)
+        entry = self.__dict__.get("_fold_cache")
+        if _capturing(device):
+            # Inside CUDA graph capture.  Through googlenet_fast.cuda_graph.capture (recording
+            # active) with a warm cache: the graph reads the cached tensors as static buffers,
+            # which the replay helper refreshes outside the graph when a source moves
+            # (googlenet_fast/graph_folds.py).  Otherwise fold in the graph, so that every replay
+            # reads the parameters as they are then (a cached tensor would go stale).
+            if entry is not None and entry[0] == key and graph_folds.active():
+                graph_folds.record(self, dtype, key, entry[2])
+                return entry[2]
+            return self._fold(dtype)
+        # Content checks would synchronize a GPU on every call: CPU tensors only.
+        verify = bool(self.verify_folded_cache) and device.type == "cpu"
+        if entry is not None and entry[0] == key:
+            snapshot = entry[1]
+            if not verify or (snapshot is not None and all(
+                    s is None or torch.equal(s, c) for s, c in zip(sources, snapshot))):
+                return entry[2]
+        # Normal (non-inference) tensors even when filled under inference_mode, so that they can
+        # be used later in autograd-recording code; no_grad inside (inference_mode(False) enables grad).
+        with torch.inference_mode(False), torch.no_grad():
+            value = self._fold(dtype)
+            if value is not None:
+                # Never hand out a parameter itself (a fold without BatchNorm passes weights
+                # through): cached values must change identity when the cache is rebuilt, since
+                # the CPU op's prepacked copies are keyed on them (see ops.weight_prepacking).
+                storages = {s.untyped_storage().data_ptr() for s in sources if s is not None}
+                value = tuple(v.clone() if isinstance(v, Tensor) and v.untyped_storage().data_ptr() in storages
+                              else v for v in value)
+            snapshot = [None if s is None else s.detach().clone() for s in sources] if verify else None
+        self.__dict__["_fold_cache"] = (key, snapshot, value)
+        return value
+
+    def clear_folded_cache(self) -> None:
+        """Drop the cached folded weights (they are rebuilt on the next fused call)."""
+        self.__dict__.pop("_fold_cache", None)
+
+    def _prepacking(self, folded: Tuple[Optional[Tensor], ...]):
+        """``ops.weight_prepacking()`` when ``folded`` is this cache's own value (its tensors are
+        written by nobody but the cache, so oneDNN may keep packed copies of them); a no-op
+        context otherwise: folded inline (under torch.compile, CUDA graph capture, or with
+        gradients to the parameters), where a packed copy would be made for one use."""
+        if torch.compiler.is_compiling():
+            return contextlib.nullcontext()
+        entry = self.__dict__.get("_fold_cache")
+        if entry is not None and entry[2] is folded:
+            return ops.weight_prepacking()
+        return contextlib.nullcontext()
+
+    def _register_fold_cache_hooks(self) -> None:
+        self.register_load_state_dict_post_hook(_clear_fold_cache_after_load)
+
+    def _apply(self, *args, **kwargs):
+        self.clear_folded_cache()
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__() if hasattr(super(), "__getstate__") else self.__dict__
+        state = dict(state)
+        state.pop("_fold_cache", None)
+        return state
