@@ -45,6 +45,7 @@ import torch  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 ITEMS = ("ceilings", "network", "pooled", "graph", "kernels", "host", "choices")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
@@ -99,17 +100,10 @@ def sync(device):
 
 
 def time_ms(fn, device, warmup_ms=10, rep_ms=60):
-    """Median ms per call: triton.testing.do_bench on CUDA (events), wall clock on CPU."""
-    if device.type == "cuda":
-        import triton.testing
-        return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
-    fn()
-    ts = []
-    for _ in range(3):
-        t = time.perf_counter()
-        fn()
-        ts.append((time.perf_counter() - t) * 1e3)
-    return sorted(ts)[1]
+    """Median ms per call: triton.testing.do_bench on CUDA (events), wall clock on CPU (the block
+    table's timer, benchmarks/gpu_blocks.py, without its CUDA-graph column)."""
+    import gpu_blocks
+    return gpu_blocks.Timer(device.type, warmup_ms, rep_ms, graphs=False)(fn)[0]
 
 
 def errors(out, ref):

@@ -38,3 +38,19 @@ def rel_err(y, ref):
     scale = ref.abs().max().item()
     assert scale > 0, "reference is all zeros: the comparison would prove nothing"
     return (y.to(torch.float64) - ref).abs().max().item() / scale
+
+
+def make_module_args(n, cin, h, w, c1, r3, c3, k3, r5, c5, k5, cp, bias=True, dtype=torch.float64, seed=0,
+         ties=False):
+    """x and the 12 weight/bias arguments (He-scaled weights, O(1) activations).  ``ties``: x takes
+    a few integer values, so that max-pool windows hold equal maxima."""
+    g = torch.Generator().manual_seed(seed)
+    if ties:
+        x = torch.randint(-1, 2, (n, cin, h, w), generator=g).to(torch.float64)
+    else:
+        x = torch.randn(n, cin, h, w, generator=g, dtype=torch.float64)
+    ws = []
+    for o, i, k in ((c1, cin, 1), (r3, cin, 1), (c3, r3, k3), (r5, cin, 1), (c5, r5, k5), (cp, cin, 1)):
+        ws.append(torch.randn(o, i, k, k, generator=g, dtype=torch.float64) * (2.0 / (i * k * k)) ** 0.5)
+        ws.append(torch.randn(o, generator=g, dtype=torch.float64) * 0.1 if bias else None)
+    return x.to(dtype), [None if t is None else t.to(dtype) for t in ws]

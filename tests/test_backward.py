@@ -13,6 +13,8 @@ from googlenet_fast.backends import native
 from googlenet_fast.backends.reference import inception_reference
 from googlenet_fast.ops import inception
 
+from inception_cases import make_module_args
+
 from googlenet_fast.table1 import TABLE1 as PAPER_TABLE1  # noqa: E402
 
 pytestmark = pytest.mark.skipif(not native.available(), reason="googlenet_fast._C is not built")
@@ -30,15 +32,7 @@ TINY = (2, 4, 5, 6, 3, 2, 3, 3, 2, 3, 5, 2)
 NAMES = ("x",) + ops.WEIGHT_NAMES
 
 
-def make(n, cin, h, w, c1, r3, c3, k3, r5, c5, k5, cp, bias=True, dtype=torch.float64, seed=0):
-    """x and the 12 weight/bias arguments (He-scaled weights, O(1) activations)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn(n, cin, h, w, generator=g, dtype=torch.float64)
-    ws = []
-    for o, i, k in ((c1, cin, 1), (r3, cin, 1), (c3, r3, k3), (r5, cin, 1), (c5, r5, k5), (cp, cin, 1)):
-        ws.append(torch.randn(o, i, k, k, generator=g, dtype=torch.float64) * (2.0 / (i * k * k)) ** 0.5)
-        ws.append(torch.randn(o, generator=g, dtype=torch.float64) * 0.1 if bias else None)
-    return x.to(dtype), [None if t is None else t.to(dtype) for t in ws]
+make = make_module_args  # x and the 12 weight/bias arguments (tests/inception_cases.py)
 
 
 def table1_args(name, dtype=torch.float32, bias=True, seed=0, n=2):

@@ -14,6 +14,7 @@ triton = pytest.importorskip("triton")
 import googlenet_fast  # noqa: E402
 from googlenet_fast.backends import triton as tb  # noqa: E402
 from googlenet_fast.backends.reference import inception_reference  # noqa: E402
+from inception_cases import make_module_args as make  # noqa: E402  (x and the 12 weight/bias arguments)
 
 NAMES = ("x", "w_1x1", "b_1x1", "w_3x3red", "b_3x3red", "w_3x3", "b_3x3", "w_5x5red", "b_5x5red",
          "w_5x5", "b_5x5", "w_pool_proj", "b_pool_proj")
@@ -27,22 +28,6 @@ def interp(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     monkeypatch.delenv("GOOGLENET_FAST_BACKEND", raising=False)
     yield
-
-
-def make(n, cin, h, w, c1, r3, c3, k3, r5, c5, k5, cp, bias=True, dtype=torch.float64, seed=0,
-         ties=False):
-    """x and the 12 weight/bias arguments (He-scaled weights, O(1) activations).  ``ties``: x takes
-    a few integer values, so that max-pool windows hold equal maxima."""
-    g = torch.Generator().manual_seed(seed)
-    if ties:
-        x = torch.randint(-1, 2, (n, cin, h, w), generator=g).to(torch.float64)
-    else:
-        x = torch.randn(n, cin, h, w, generator=g, dtype=torch.float64)
-    ws = []
-    for o, i, k in ((c1, cin, 1), (r3, cin, 1), (c3, r3, k3), (r5, cin, 1), (c5, r5, k5), (cp, cin, 1)):
-        ws.append(torch.randn(o, i, k, k, generator=g, dtype=torch.float64) * (2.0 / (i * k * k)) ** 0.5)
-        ws.append(torch.randn(o, generator=g, dtype=torch.float64) * 0.1 if bias else None)
-    return x.to(dtype), [None if t is None else t.to(dtype) for t in ws]
 
 
 def reference_grads(x, ws, gy, relu):

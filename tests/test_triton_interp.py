@@ -31,13 +31,6 @@ EPS = {torch.float16: 2.0 ** -10, torch.bfloat16: 2.0 ** -7}
 
 
 @pytest.fixture
-def interp(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("GOOGLENET_FAST_BACKEND", raising=False)
-    yield
-
-
-@pytest.fixture
 def no_autotune(monkeypatch):
     monkeypatch.setenv(tb.AUTOTUNE_ENV, "0")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)

@@ -26,13 +26,6 @@ LRN = (5, 1e-4, 0.75, 1.0)
 
 
 @pytest.fixture
-def interp(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "1")
-    monkeypatch.delenv("GOOGLENET_FAST_BACKEND", raising=False)
-    yield
-
-
-@pytest.fixture
 def poison(monkeypatch):
     """Every output the network ops allocate starts as NaN."""
     real = nw._nhwc_empty
