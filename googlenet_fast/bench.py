@@ -26,6 +26,7 @@ import math
 import os
 import platform
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Sequence
 
@@ -151,10 +152,12 @@ class Result:
 
 def run_providers(providers: Sequence[Provider], x: Tensor, *, min_run_time: float = 2.0,
                   rounds: int = 3, warmup: int = 3, show_progress: bool = True,
-                  compile_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
-                  ) -> List[Result]:
+                  compile_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                  cpu_meter: Optional["OtherCpuMeter"] = None) -> List[Result]:
     """Warm up every provider on ``x`` then time them in ``rounds`` interleaved rounds of
     ``min_run_time / rounds`` seconds each.  A provider that raises is reported, not fatal.
+    ``cpu_meter`` (optional) measures other processes' CPU use over the timing rounds only
+    (not the warm-up, where torch.compile's own worker processes run).
 
     Call under torch.no_grad()/inference_mode() and with the models in eval mode.
     """
@@ -183,6 +186,8 @@ def run_providers(providers: Sequence[Provider], x: Tensor, *, min_run_time: flo
             bar.close()
     per_round = min_run_time / max(1, rounds)
     bar = progress(total=rounds * len(fns), desc=f"b={b}: timing", enabled=show_progress)
+    if cpu_meter is not None:
+        cpu_meter.start()  # one window over the timing rounds (the warm-ups and compiles are done)
     for _ in range(max(1, rounds)):
         for p in providers:
             if p.name not in fns:
@@ -193,6 +198,8 @@ def run_providers(providers: Sequence[Provider], x: Tensor, *, min_run_time: flo
                 results[p.name].error = f"{type(e).__name__}: {e}"
                 del fns[p.name]
             bar.update()
+    if cpu_meter is not None:
+        cpu_meter.stop()
     bar.close()
     return [results[p.name] for p in providers]
 
@@ -303,6 +310,60 @@ def load_average() -> Optional[tuple]:
         return os.getloadavg()
     except (AttributeError, OSError):
         return None
+
+
+def _cpu_seconds() -> Optional[tuple]:
+    """(CPU seconds busy on all cores together since boot, from /proc/stat; this process's own CPU
+    seconds, all its threads) or None where there is no /proc/stat.  Busy = user + nice + system +
+    irq + softirq + steal (steal: time the hypervisor gave to other machines)."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        if not fields or fields[0] != "cpu":
+            return None
+        v = [int(x) for x in fields[1:9]] + [0] * max(0, 9 - len(fields))
+        busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
+        own = os.times()
+        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+class OtherCpuMeter:
+    """CPU used by OTHER processes while this one times: (all cores' busy time from /proc/stat
+    minus this process's own CPU time) / wall time, summed over the windows between ``start()``
+    and ``stop()``.  Unlike the 1-minute load average it sees only the timing windows: the load of
+    a build that finished just before (``pip install ... && googlenet-fast bench``) does not count."""
+
+    def __init__(self):
+        self.wall_s = 0.0
+        self.other_cpu_s = 0.0
+        self.available = _cpu_seconds() is not None
+        self._t0 = None
+
+    def start(self) -> None:
+        if self.available:
+            self._t0 = (time.perf_counter(), _cpu_seconds())
+
+    def stop(self) -> None:
+        if not self.available or self._t0 is None:
+            return
+        t0, c0 = self._t0
+        c1 = _cpu_seconds()
+        self._t0 = None
+        if c0 is None or c1 is None:
+            return
+        self.wall_s += time.perf_counter() - t0
+        self.other_cpu_s += max(0.0, (c1[0] - c0[0]) - (c1[1] - c0[1]))
+
+    @property
+    def other_cores(self) -> Optional[float]:
+        """Average number of cores busy with other processes during the windows (None if unknown)."""
+        return self.other_cpu_s / self.wall_s if self.available and self.wall_s > 0 else None
+
+
+# Fewer timed runs than this per row: the IQR is not a measurement (a quartile of 1-4 values).
+MIN_RUNS_FOR_SPREAD = 5
 
 
 def cuda_graphed(fn: Callable[[Tensor], Tensor], example: Tensor, warmup: int = 3) -> Callable[[Tensor], Tensor]:

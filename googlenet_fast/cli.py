@@ -159,6 +159,7 @@ def run_bench(args) -> int:
             providers = bench.network_providers(nets, compile=args.compile, cuda_graphs=args.cuda_graphs,
                                                 only=args.providers)
         load_before = bench.load_average()
+        meter = bench.OtherCpuMeter()
         results = []
         for b in args.batch_sizes:
             x = data.fill_batch(photos, b).to(device=device, dtype=dtype).contiguous(
@@ -166,7 +167,8 @@ def run_bench(args) -> int:
             results += bench.run_providers(providers, x, min_run_time=args.min_run_time, rounds=args.rounds,
                                            warmup=args.warmup, show_progress=not args.quiet,
                                            compile_context=(bench.quiet_compile_context if train
-                                                            else bench.freezing_context))
+                                                            else bench.freezing_context),
+                                           cpu_meter=meter)
     rows = bench.rows_with_speedup(results, nets.baseline_name)
     print()
     print(bench.format_table(rows, nets.baseline_name))
@@ -187,15 +189,16 @@ def run_bench(args) -> int:
     if noisy_rows:
         print(f"noisy (IQR over 10% of the median): {', '.join(noisy_rows)}; rerun with a larger "
               "--min-run-time / --rounds, or on a quieter machine")
+    few = [f"b={r['batch_size']} {r['provider']} ({r['runs']})" for r in rows
+           if "error" not in r and r["runs"] < bench.MIN_RUNS_FOR_SPREAD]
+    if few:
+        print(f"spread unknown: {', '.join(few)} timed fewer than {bench.MIN_RUNS_FOR_SPREAD} times (runs in "
+              "parentheses): their IQR is not a measurement (0.00 for a single run) and their speedups rest on "
+              "those few calls, as noisy as the machine; raise --min-run-time or --rounds")
+    report["few_runs"] = few
     load_after = bench.load_average()
-    if load_before is not None and device.type == "cpu":
-        cores = os.cpu_count() or 1
-        # this process itself adds up to its thread count to the load while it times
-        slack = max(1.0, 0.5 * cores)
-        noisy = load_before[0] > slack or load_after[0] > torch.get_num_threads() + slack
-        print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after timing, "
-              f"{cores} cores" + (": other processes were running, the timings are noisy" if noisy else ""))
-        report["load_average"] = {"before": load_before, "after": load_after, "cores": cores}
+    if device.type == "cpu":
+        _print_cpu_contention(meter, load_before, load_after, torch.get_num_threads(), report)
     failed |= any("error" in r for r in rows)
     report["rows"] = rows
     if not args.no_roofline:
@@ -214,6 +217,38 @@ def run_bench(args) -> int:
             json.dump(report, f, indent=2, default=str)
         print(f"wrote {args.json}")
     return 1 if failed else 0
+
+
+def _print_cpu_contention(meter, load_before, load_after, threads: int, report) -> None:
+    """Say whether other processes shared the CPU while the providers were timed.
+
+    Measured from /proc/stat over the timing rounds (busy time of all cores minus this process's
+    own CPU time), not from the 1-minute load average: that one still counts the minute before the
+    command, e.g. the pip install and build that ``pip install ... && googlenet-fast bench`` runs
+    first, and would call every such run noisy.  Without /proc/stat: the load average."""
+    cores = os.cpu_count() or 1
+    other = meter.other_cores
+    la = load_after[0] if load_after else None
+    if other is not None:
+        # noisy when the other processes leave fewer free cores than this process's threads
+        noisy = other > max(0.0, cores - threads) + 0.25
+        print(f"CPU used by other processes while timing: {other:.2f} of {cores} cores on average over "
+              f"{meter.wall_s:.1f} s (measured from /proc/stat: all cores' busy time minus this process's "
+              f"own, over the timing rounds only; not the 1-minute load average"
+              + (f", {la:.2f} now," if la is not None else "")
+              + " which also counts the minute before, e.g. a pip install and build just before this command)"
+              + (": other processes were running, the timings are noisy" if noisy else ": quiet"))
+        report["other_cpu"] = {"cores_busy": other, "timed_s": meter.wall_s, "cores": cores,
+                               "threads": threads, "noisy": noisy, "source": "/proc/stat"}
+    elif load_before is not None:
+        # this process itself adds up to its thread count to the load while it times
+        slack = max(1.0, 0.5 * cores)
+        noisy = load_before[0] > slack or load_after[0] > threads + slack
+        print(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after timing, "
+              f"{cores} cores (no /proc/stat here; the 1-minute average also counts the minute before the "
+              "command)" + (": other processes were running, the timings are noisy" if noisy else ""))
+    if load_before is not None:
+        report["load_average"] = {"before": load_before, "after": load_after, "cores": cores}
 
 
 def _check(nets, photos, device, dtype, args, report) -> bool:
@@ -371,11 +406,14 @@ def add_train_parser(subparsers):
     g.add_argument("--num-classes", type=_positive_int, default=None,
                    help="* model outputs (default: the data's class count)")
     g.add_argument("--workers", type=_nonneg_int, default=None,
-                   help="DataLoader workers (default 0 for digits, up to 4 for a folder)")
+                   help="DataLoader workers (default: 0 for digits or on a machine with 2 usable cores "
+                        "or fewer, where a worker slows training down; else min(4, cores / 2))")
     g = p.add_argument_group("model and optimization")
     g.add_argument("--variant", choices=("torchvision", "paper"), default=None,
                    help="* network variant (default torchvision)")
-    g.add_argument("--epochs", type=_positive_int, default=None, help="* (default 8)")
+    g.add_argument("--epochs", type=_positive_int, default=None,
+                   help="(default 8) with --resume: may differ from the checkpoint's, e.g. to extend a "
+                        "finished run; the cosine LR schedule is then recomputed over the new total")
     g.add_argument("--batch-size", type=_positive_int, default=None,
                    help="* per process (default 64); the last partial batch of an epoch is dropped")
     g.add_argument("--lr", type=_positive_float, default=None, help="* peak learning rate (default 0.05)")
@@ -402,8 +440,9 @@ def add_train_parser(subparsers):
                    help="torch.set_num_threads (default: torch's choice; on a CPU busy with other "
                         "jobs 1 can be much faster)")
     g.add_argument("--compare", action="store_true", default=None,
-                   help="* also train the reference path (fused=False) from the same seed and batches "
-                        "and report the largest per-step loss difference")
+                   help="* also train the reference path (fused=False) from the same seed and batches; "
+                        "step 1's loss difference is held to 1e-4 relative (float32), later steps drift "
+                        "apart by float32 rounding (reported, not checked)")
     g.add_argument("--unfused", action="store_true", default=None,
                    help="* train the reference path (fused=False) only")
     g = p.add_argument_group("checkpoints and control")
@@ -414,7 +453,8 @@ def add_train_parser(subparsers):
     g.add_argument("--checkpoint-interval", type=_positive_int, default=None, metavar="STEPS",
                    help="also checkpoint every STEPS steps, mid-epoch too")
     g.add_argument("--resume", metavar="PATH", default=None,
-                   help="continue a checkpointed run exactly (same batches, dropout and losses)")
+                   help="continue a checkpointed run exactly (same batches, dropout and losses); "
+                        "a finished run says so and does nothing unless --epochs is raised")
     g.add_argument("--max-steps", type=_positive_int, default=None,
                    help="stop after this global step (the LR schedule still spans --epochs)")
     g.add_argument("--no-progress", action="store_true", help="no tqdm progress bars")

@@ -405,3 +405,199 @@ def test_torchrun_two_processes_cpu(folder, tmp_path):
     assert "resumed from" in p.stdout and p.stdout.count("summary:") == 1
     c2 = torch.load(ck2, weights_only=True)
     assert c2["step"] == 4 and _state_equal(c["runs"]["fused"]["model"], c2["runs"]["fused"]["model"])
+
+
+# ------------------------------------------------------------------------------------------------
+# new-user findings: bad images mid-run, extending and finishing runs, --compare's numbers, workers
+
+
+def _write_png(path, seed=0, size=20):
+    from PIL import Image
+    g = torch.Generator().manual_seed(seed)
+    img = (128 + 40 * torch.randn(size, size, 3, generator=g)).clamp(0, 255).to(torch.uint8)
+    Image.fromarray(img.numpy()).save(path)
+
+
+def _train_val_folder(root):
+    """train/ (2 classes x 4) and val/ (2 x 2): batch 4 -> 2 steps per epoch, val never split."""
+    _write_folder(os.path.join(root, "train"), per_class=4)
+    _write_folder(os.path.join(root, "val"), per_class=2, seed=1)
+    return str(root)
+
+
+TV_RUN = ("--image-size", str(S), "--batch-size", "4", "--epochs", "2", "--warmup-steps", "1")
+
+
+def test_corrupt_val_image_keeps_the_epoch_and_resume_validates_it(tmp_path, capsys):
+    """A corrupt file in val/: one-line error naming it, exit 2, the epoch's training saved
+    (validation pending); with the file fixed, --resume validates epoch 1 and goes on, ending with
+    the uninterrupted run's losses and validation numbers."""
+    root = _train_val_folder(tmp_path / "d")
+    bad = os.path.join(root, "val", "dog", "1.png")
+    good = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(b"\x89PNG garbage, not an image")
+    ck = str(tmp_path / "run.pt")
+    msg = _error(capsys, "--data", root, *TV_RUN, "--checkpoint", ck)
+    assert bad in msg and "cannot read the image" in msg
+    assert f"2 of 4 training steps done (epoch 1 trained, not validated), saved in {ck}" in msg
+    saved = torch.load(ck, weights_only=True)
+    assert saved["step"] == 2 and saved["history"]["epochs"] == []
+    assert len(saved["epoch_losses"]["losses"][0]) == 2
+
+    with open(bad, "wb") as f:
+        f.write(good)
+    full = train.train(_args("--data", root, *TV_RUN))
+    rest = train.train(_args("--resume", ck))
+    out = capsys.readouterr().out
+    assert "epoch 1 was trained but not validated: validating it first" in out
+    assert "epoch 1/2: train loss" in out and "trained before the resume" in out
+    assert rest.losses == full.losses[2:]
+    assert [e["epoch"] for e in rest.epochs] == [1, 2]
+    for a, b in zip(rest.epochs, full.epochs):
+        assert (a["train_loss"], a["val_loss"], a["correct"]) == (b["train_loss"], b["val_loss"], b["correct"])
+
+
+def test_corrupt_train_image_saves_the_steps_done(tmp_path, capsys):
+    """A corrupt training image met in the 2nd batch: exit 2 naming it, step 1 saved; with the
+    file fixed --resume gives the uninterrupted losses, epoch 1's train loss over both steps."""
+    root = _train_val_folder(tmp_path / "d")
+    ds = train_data.load_folder_data(root, image_size=S).train
+    sampler = train.ResumableSampler(ds, num_replicas=1, rank=0, shuffle=True, seed=0)
+    sampler.set_epoch(0)
+    bad = ds.samples[list(sampler)[5]][0]  # position 5: the second batch of 4
+    good = open(bad, "rb").read()
+    with open(bad, "wb") as f:
+        f.write(b"garbage")
+    ck = str(tmp_path / "run.pt")
+    msg = _error(capsys, "--data", root, *TV_RUN, "--checkpoint", ck)
+    assert bad in msg and f"1 of 4 training steps done, saved in {ck}" in msg and f"--resume {ck}" in msg
+    assert torch.load(ck, weights_only=True)["step"] == 1
+    msg = _error(capsys, "--data", root, *TV_RUN)  # no checkpoint: says so
+    assert bad in msg and "1 of 4 training steps done, not saved (no --checkpoint PATH)" in msg
+
+    with open(bad, "wb") as f:
+        f.write(good)
+    full = train.train(_args("--data", root, *TV_RUN))
+    rest = train.train(_args("--resume", ck))
+    out = capsys.readouterr().out
+    assert rest.losses == full.losses[1:]
+    assert rest.epochs[0]["train_loss"] == full.epochs[0]["train_loss"] and "since resume" not in out
+
+
+def test_resume_mid_epoch_train_loss_covers_the_whole_epoch(folder, tmp_path, capsys):
+    """Stopped at step 3 (epoch 2, step 1 of 2): the resumed epoch-2 train loss averages both
+    steps (the checkpoint carries the epoch's losses), as the uninterrupted run's does; giving the
+    checkpoint's --epochs again changes nothing.  A checkpoint without those losses says that
+    its train loss covers only the steps since the resume."""
+    full = train.train(_args("--data", folder, *FOLDER_RUN))
+    ck = str(tmp_path / "part.pt")
+    train.train(_args("--data", folder, *FOLDER_RUN, "--checkpoint", ck, "--max-steps", "3"))
+    old = torch.load(ck, weights_only=True)
+    rest = train.train(_args("--resume", ck, "--epochs", "3"))
+    out = capsys.readouterr().out
+    assert rest.losses == full.losses[3:]
+    assert [e["train_loss"] for e in rest.epochs] == [e["train_loss"] for e in full.epochs[1:]]
+    assert "since resume" not in out and "schedule" not in out
+
+    del old["epoch_losses"]  # as an older checkpoint
+    torch.save(old, ck)
+    rest = train.train(_args("--resume", ck))
+    out = capsys.readouterr().out
+    assert rest.losses == full.losses[3:]
+    assert rest.epochs[0]["train_loss"] == full.losses[3]  # step 4 alone
+    assert re.search(rf"epoch 2/3: train loss {full.losses[3]:.4f} \(step 2 of 2, since resume\), val loss", out)
+
+
+def test_resume_finished_run_extend_epochs(folder, tmp_path, capsys):
+    """A finished 1-epoch run: --resume says it is complete and does nothing; --epochs 2 extends
+    it with the cosine schedule recomputed over the new total (the LR jumps at the resume)."""
+    ck = str(tmp_path / "run.pt")
+    base = ("--data", folder, "--image-size", str(S), "--batch-size", "4", "--val-fraction", "0.25",
+            "--warmup-steps", "1")
+    first = train.train(_args(*base, "--epochs", "1", "--checkpoint", ck))
+    assert first.end_step == 2 and first.lrs == [0.05 * train.cosine_lr_lambda(2, 1)(s) for s in (0, 1)]
+    capsys.readouterr()
+
+    rc, out, err = _run(capsys, "--resume", ck)
+    assert rc == 0, err
+    assert out.strip() == f"{ck} is already complete: epoch 1 of 1; nothing to do; pass --epochs N (more than 1) to extend it"
+    rc, out, err = _run(capsys, "--resume", ck, "--max-steps", "2", "--epochs", "2")
+    assert rc == 0 and out.strip() == f"{ck} is already at step 2, --max-steps 2; nothing to do"
+
+    more = train.train(_args("--resume", ck, "--epochs", "2"))
+    out = capsys.readouterr().out
+    new = train.cosine_lr_lambda(4, 1)
+    assert (more.start_step, more.end_step) == (2, 4)
+    assert more.lrs == [0.05 * new(2), 0.05 * new(3)]  # 0.0375, 0.0125: the 2-epoch schedule's
+    assert "recomputed over the new total of 4 steps" in out
+    assert f"the LR of step 3 goes from 0 (the 1-epoch schedule) to {0.05 * new(2):.4g}" in out
+    assert re.search(r"^epoch 2/2: train loss [\d.]+, val loss", out, re.M)
+    c = torch.load(ck, weights_only=True)
+    assert c["step"] == 4 and c["settings"]["epochs"] == 2
+    assert c["history"]["schedule_changes"] == [{"step": 2, "epochs_from": 1, "epochs_to": 2}]
+    rc, out, _ = _run(capsys, "--resume", ck)
+    assert rc == 0 and "is already complete: epoch 2 of 2; nothing to do" in out
+    rc, out, _ = _run(capsys, "--resume", ck, "--epochs", "1")
+    assert rc == 0 and "has already trained 2 epoch(s) (step 4), --epochs 1 asks for no more; nothing to do" in out
+
+
+def test_resume_file_that_is_not_a_checkpoint(tmp_path, capsys):
+    model = str(tmp_path / "model.pt")
+    torch.save(torch.nn.Linear(2, 2), model)  # a whole pickled model
+    msgs = []
+    msg = _error(capsys, "--resume", model)
+    msgs.append(msg)
+    assert msg == (f"googlenet-fast train: error: --resume {model}: cannot read it as a googlenet_fast train "
+                   "checkpoint: it holds pickled Python objects (torch.nn.modules.linear.Linear), e.g. a whole "
+                   "model saved with torch.save(model); a train checkpoint holds only tensors and settings")
+    text = tmp_path / "notes.txt"
+    text.write_text("hello\n")
+    msgs.append(_error(capsys, "--resume", str(text)))
+    assert str(text) in msgs[-1] and "not a torch.save archive" in msgs[-1]
+    sd = str(tmp_path / "sd.pt")
+    torch.save(torch.nn.Linear(2, 2).state_dict(), sd)
+    msgs.append(_error(capsys, "--resume", sd))
+    assert sd in msgs[-1] and "not a googlenet_fast train checkpoint" in msgs[-1] and "load_state_dict" in msgs[-1]
+    msgs.append(_error(capsys, "--resume", str(tmp_path)))
+    assert f"{tmp_path}: is a folder" in msgs[-1]
+    for m in msgs:  # never torch's weights_only advice
+        assert "weights" not in m.lower() and "trust" not in m
+
+
+def test_compare_explains_step1_bound_and_drift(folder, tmp_path, capsys, monkeypatch):
+    ck = str(tmp_path / "cmp.pt")
+    r = train.train(_args("--data", folder, *FOLDER_RUN, "--compare", "--max-steps", "3", "--checkpoint", ck))
+    out = capsys.readouterr().out
+    d1 = abs(r.losses[0] - r.ref_losses[0])
+    rel = d1 / abs(r.ref_losses[0])
+    assert r.first_step_rel_diff == rel and rel <= 1e-4 and r.compare_ok is True
+    m = re.search(r"compare: step 1 \(both networks in the same state\): loss difference fused vs reference "
+                  r"(\S+), (\S+) relative; bound 0.0001 relative \(one float32 training step, as "
+                  r"tests/test_train_parity.py holds it\): OK", out)
+    assert m and float(m.group(1)) == pytest.approx(d1, rel=1e-2, abs=1e-12)
+    assert float(m.group(2)) == pytest.approx(rel, rel=1e-2, abs=1e-12)
+    worst = max(range(3), key=lambda i: abs(r.losses[i] - r.ref_losses[i])) + 1
+    assert f"over 3 steps (at step {worst}): float32 drift, not a kernel error" in out
+    assert "in float64 the two paths agree to 1e-10" in out
+    rest = train.train(_args("--resume", ck, "--max-steps", "4"))
+    out = capsys.readouterr().out
+    assert rest.compare_ok is None and "resumed at step 3" in out and "no step-1 check" in out
+
+    monkeypatch.setattr(train, "COMPARE_STEP1_RTOL", -1.0)  # a check that cannot pass: exit code 1
+    rc, out, _ = _run(capsys, "--data", folder, *FOLDER_RUN, "--compare", "--max-steps", "1")
+    assert rc == 1 and "FAILED: the fused and reference paths disagree" in out
+
+
+def test_default_workers_zero_on_two_cores(folder, monkeypatch):
+    """Default DataLoader workers: 0 for digits (in memory) and on <= 2 cores (a worker halves
+    the training speed there, docs/training.md); min(4, cores // 2) on larger machines."""
+    seen = []
+    real = train.DataLoader
+    monkeypatch.setattr(train, "DataLoader", lambda *a, **k: (seen.append(k["num_workers"]), real(*a, **k))[1])
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    train.train(_args("--data", folder, *FOLDER_RUN, "--max-steps", "2"))
+    assert seen and set(seen) == {0}
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    assert train.default_workers(train_data.load_folder_data(folder, S).train) == 4
+    assert train.default_workers(train_data.load_digits_data(S).train) == 0
