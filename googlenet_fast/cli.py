@@ -22,11 +22,9 @@ import os
 import sys
 from typing import List, Optional
 
+from .errors import CommandError  # noqa: F401  (raised by the commands, caught in main)
+
 PROG = "googlenet-fast"
-
-
-class CommandError(Exception):
-    """A user error: printed as ``googlenet-fast <command>: error: <message>``, exit code 2."""
 
 
 # ----------------------------------------------------------------------------------------------

@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
-from .cli import CommandError
+from .errors import CommandError
 from . import train_data
 
 CHECKPOINT_FORMAT = "googlenet_fast.train/1"
