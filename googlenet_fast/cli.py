@@ -22,7 +22,7 @@ import os
 import sys
 from typing import List, Optional
 
-from .errors import CommandError  # noqa: F401  (raised by the commands, caught in main)
+from .errors import CommandError
 
 PROG = "googlenet-fast"
 
