@@ -54,9 +54,10 @@ def stubbed_cuda_path():
     import torch.library as tl
     from googlenet_fast.backends import triton as tb
     from googlenet_fast.backends.triton import network as nw
-    saved = (tl.wrap_triton, tb._run, nw._run, nw.fused_forward_supported, tb.AUTOTUNE_ENV in os.environ,
-             os.environ.get(tb.AUTOTUNE_ENV), tb._merged_1x1)
-    real_tb_run, real_nw_run = tb._run, nw._run
+    fo, pl = tb.forward_op, tb.plan  # where _run / _launch and _merged_1x1 live
+    saved = (tl.wrap_triton, fo._run, nw._run, nw.fused_forward_supported, tb.AUTOTUNE_ENV in os.environ,
+             os.environ.get(tb.AUTOTUNE_ENV), pl._merged_1x1)
+    real_tb_run, real_nw_run = fo._run, nw._run
 
     def tb_run(x, *args, pool=(0, 0)):  # _run(x, 12 weights, relu, out[, pool])
         if x.device.type != "meta":
@@ -64,7 +65,7 @@ def stubbed_cuda_path():
         if len(args) == 15:
             *args, pool = args
         *ws, relu, out = args
-        tb._launch(x, *ws, relu, out, interpret=False, pool=pool)
+        fo._launch(x, *ws, relu, out, interpret=False, pool=pool)
 
     def nw_run(kind, x, weight, bias, ints, floats, out):
         if x.device.type != "meta":
@@ -77,7 +78,7 @@ def stubbed_cuda_path():
         why = real_supported(model, x)
         return None if why is not None and "is on meta" in why else why
 
-    real_merged = tb._merged_1x1
+    real_merged = pl._merged_1x1
 
     def merged_1x1(w1, w3r, w5r):  # meta data pointers are all 0: assume the cache's adjacent rows
         if w1.device.type == "meta":
@@ -100,13 +101,13 @@ def stubbed_cuda_path():
     if saved_f is not None:
         nw.F = HeadStub
     tl.wrap_triton = StubLauncher
-    tb._run, nw._run, nw.fused_forward_supported, tb._merged_1x1 = tb_run, nw_run, supported, merged_1x1
+    fo._run, nw._run, nw.fused_forward_supported, pl._merged_1x1 = tb_run, nw_run, supported, merged_1x1
     os.environ[tb.AUTOTUNE_ENV] = "0"  # the heuristic tile: Triton's autotuner is a launcher detail
     try:
         yield
     finally:
-        tl.wrap_triton, tb._run, nw._run, nw.fused_forward_supported = saved[:4]
-        tb._merged_1x1 = saved[6]
+        tl.wrap_triton, fo._run, nw._run, nw.fused_forward_supported = saved[:4]
+        pl._merged_1x1 = saved[6]
         if saved_f is not None:
             nw.F = saved_f
         if saved[4]:

@@ -26,10 +26,11 @@ def test_stubs_are_removed_afterwards():
     import torch.library as tl
     from googlenet_fast.backends import triton as tb
     from googlenet_fast.backends.triton import network as nw
-    before = (tl.wrap_triton, tb._run, nw._run, nw.fused_forward_supported, tb._merged_1x1, nw.F)
+    before = (tl.wrap_triton, tb.forward_op._run, nw._run, nw.fused_forward_supported, tb.plan._merged_1x1, nw.F)
     with host_overhead.stubbed_cuda_path():
         pass
-    assert (tl.wrap_triton, tb._run, nw._run, nw.fused_forward_supported, tb._merged_1x1, nw.F) == before
+    assert (tl.wrap_triton, tb.forward_op._run, nw._run, nw.fused_forward_supported, tb.plan._merged_1x1,
+            nw.F) == before
 
 
 @pytest.mark.parametrize("args,message", [

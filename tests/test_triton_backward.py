@@ -250,7 +250,7 @@ def test_zero_batch():
 
 
 def test_int64_offsets(monkeypatch):
-    monkeypatch.setattr(tb, "FORCE_INT64", True)
+    monkeypatch.setattr(tb.plan, "FORCE_INT64", True)
     run_autograd(TINY, torch.float32, relu=True, seed=12)
 
 

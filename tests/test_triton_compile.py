@@ -61,12 +61,12 @@ def _meta_tensors(shape, dtype):
 
 def _meta_plan(shape, dtype, tf32=False, int64=False):
     x, ws, out = _meta_tensors(shape, dtype)
-    old = tb.FORCE_INT64
-    tb.FORCE_INT64 = int64
+    old = tb.plan.FORCE_INT64
+    tb.plan.FORCE_INT64 = int64
     try:
         plan = tb.plan_launch(x, *ws, True, out, interpret=False)
     finally:
-        tb.FORCE_INT64 = old
+        tb.plan.FORCE_INT64 = old
     if tf32:
         plan.args1["ALLOW_TF32"] = plan.args2["ALLOW_TF32"] = True
     return plan
@@ -161,12 +161,12 @@ def _pooled_meta_plan(shape, pool, dtype, int64=False):
     ph, pw = (tb.pool_out_size(v, *pool) for v in x.shape[2:])
     out = torch.empty(BATCH, out.shape[1], ph, pw, device="meta", dtype=dtype).contiguous(
         memory_format=torch.channels_last)
-    old = tb.FORCE_INT64
-    tb.FORCE_INT64 = int64
+    old = tb.plan.FORCE_INT64
+    tb.plan.FORCE_INT64 = int64
     try:
         return tb.plan_launch(x, *ws, True, out, interpret=False, pool=pool)
     finally:
-        tb.FORCE_INT64 = old
+        tb.plan.FORCE_INT64 = old
 
 
 def _compile_pooled_case(case):

@@ -240,7 +240,7 @@ def test_nan_propagates(interp):
 def test_int64_offsets_interpreter(interp, monkeypatch):
     """The 64-bit offset variant computes the same values (forced at a small size here; the GPU
     test below runs it on tensors over 2**31 elements)."""
-    monkeypatch.setattr(tb, "FORCE_INT64", True)
+    monkeypatch.setattr(tb.plan, "FORCE_INT64", True)
     run_case("4e", (3, 5), torch.float32, 5, True, True, "channels_last", "slice", n=2)
 
 
@@ -254,13 +254,13 @@ def test_zero_batch(interp):
 def test_env_var_selects_triton(interp, monkeypatch):
     """GOOGLENET_FAST_BACKEND=triton routes backend='auto' calls to the Triton op."""
     calls = []
-    real = tb._launch
+    real = tb.forward_op._launch
 
     def spy(*a, **k):
         calls.append(1)
         return real(*a, **k)
 
-    monkeypatch.setattr(tb, "_launch", spy)
+    monkeypatch.setattr(tb.forward_op, "_launch", spy)
     monkeypatch.setenv("GOOGLENET_FAST_BACKEND", "triton")
     args = make_weights("3a")
     x = make_input(1, 192, 2, 2)
@@ -449,8 +449,8 @@ def test_interpreter_tiles_shrink():
 @pytest.fixture
 def poison_pooled(monkeypatch):
     """The pooled op's output starts as NaN (every element must be written)."""
-    real = tb._new_pooled_output
-    monkeypatch.setattr(tb, "_new_pooled_output", lambda *a: real(*a).fill_(float("nan")))
+    real = tb.forward_op._new_pooled_output
+    monkeypatch.setattr(tb.forward_op, "_new_pooled_output", lambda *a: real(*a).fill_(float("nan")))
     yield
 
 
@@ -629,7 +629,7 @@ def _precompile_job(job):
     try:
         os.environ.pop("TRITON_INTERPRET", None)
         os.environ[tb.AUTOTUNE_ENV] = "1" if autotune else "0"
-        tb.FORCE_TILE = force_tile
+        tb.plan.FORCE_TILE = force_tile
         return tb.precompile(_meta_plan(**plan_kwargs))
     except Exception as e:  # the test itself will then compile (and report) it
         return f"{job}: {type(e).__name__}: {e}"
@@ -698,7 +698,7 @@ def test_table1_gpu(gpu_precompiled, no_autotune, monkeypatch, name, n, dtype):
 @pytest.mark.parametrize("i", range(len(configs.STAGE1_HALF)))
 def test_every_half_tile_gpu(gpu_precompiled, monkeypatch, i):
     """Each autotuning configuration computes the same result (bf16, paper 4b, batch 8)."""
-    monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_HALF[i], configs.STAGE2_HALF[i]))
+    monkeypatch.setattr(tb.plan, "FORCE_TILE", (configs.STAGE1_HALF[i], configs.STAGE2_HALF[i]))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     run_case("4b", (14, 14), torch.bfloat16, 5, True, True, "channels_last", "slice", n=8,
              kxk_cl=True, device="cuda")
@@ -707,7 +707,7 @@ def test_every_half_tile_gpu(gpu_precompiled, monkeypatch, i):
 @pytest.mark.gpu
 @pytest.mark.parametrize("i", range(len(configs.STAGE1_FP32)))
 def test_every_fp32_tile_gpu(gpu_precompiled, monkeypatch, i):
-    monkeypatch.setattr(tb, "FORCE_TILE", (configs.STAGE1_FP32[i], configs.STAGE2_FP32[i]))
+    monkeypatch.setattr(tb.plan, "FORCE_TILE", (configs.STAGE1_FP32[i], configs.STAGE2_FP32[i]))
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
@@ -797,7 +797,7 @@ def test_pooled_gpu(no_autotune, monkeypatch, dtype):
     test_table1_gpu checks (half precision against the fp32 reference, TF32 off)."""
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
-    monkeypatch.setattr(tb, "_new_pooled_output", lambda *a, real=tb._new_pooled_output: real(*a).fill_(float("nan")))
+    monkeypatch.setattr(tb.forward_op, "_new_pooled_output", lambda *a, real=tb.forward_op._new_pooled_output: real(*a).fill_(float("nan")))
     truth = torch.float64 if dtype == torch.float32 else torch.float32
     for name, xhw, pool in (("4a", 28, (3, 2)), ("5a", 14, (2, 2)), ("5a", 14, (3, 2))):
         args = make_weights(name, dtype=dtype, device="cuda", kxk_channels_last=True)
@@ -820,7 +820,7 @@ def test_pooled_every_tile_gpu(monkeypatch, half):
     x = make_input(4, 480, 26, 26, "nchw", dtype, "cuda")
     pooled = torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True)
     for t1 in configs.tiles(1, half, pooled=True):
-        monkeypatch.setattr(tb, "FORCE_TILE", (t1, configs.tiles(2, half)[0]))
+        monkeypatch.setattr(tb.plan, "FORCE_TILE", (t1, configs.tiles(2, half)[0]))
         y = tb.inception_pooled(x, *args, True, pool=(3, 2))
         check_close(y, pooled, args, True, truth_dtype=torch.float64 if not half else torch.float32)
 

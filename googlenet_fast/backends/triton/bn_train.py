@@ -43,7 +43,8 @@ def inception_bn_train_triton(x: Tensor, w_1x1: Tensor, w_3x3red: Tensor, w_3x3:
     from torch.library import wrap_triton
 
     from . import (_shape, _single_threaded_blas, autotuning, check_triton_args, configs,
-                   interpreting, kernels, plan_launch, FORCE_TILE)
+                   interpreting, kernels, plan_launch)
+    from .plan import FORCE_TILE
 
     weights = [("w_1x1", w_1x1), ("w_3x3red", w_3x3red), ("w_3x3", w_3x3), ("w_5x5red", w_5x5red),
                ("w_5x5", w_5x5), ("w_pool_proj", w_pool_proj)]
