@@ -10,6 +10,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
+from .arg_checks import check_4d_tensor
 from .backends import native
 from .backends.reference import inception_reference, pool_output_size
 
@@ -82,10 +83,7 @@ def check_inception_args(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3,
     Raises TypeError for a wrong dtype or a non-tensor, ValueError for a wrong rank, channel
     count, kernel size, spatial size or device; each message names the argument.
     """
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    check_4d_tensor(x)
     if x.dtype not in FLOAT_DTYPES:
         raise TypeError(f"x: expected a floating dtype (float32, float64, float16, bfloat16), got {x.dtype}"
                         + ("; convert integer images with x.float() / 255 and normalize" if not x.is_floating_point() else ""))

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor
 
 from . import configs, plan as _plan
+from ...arg_checks import check_like_x
 from .checks import SUPPORTED_DTYPES, _WEIGHT_NAMES, _shape
 from .forward_op import OP_NAME
 from .modes import _mode_module, interpreting
@@ -82,12 +83,8 @@ def _check_backward_args(grad_out, x, weights, relu, out, output_mask):
         raise ValueError("x: the triton backward needs CUDA tensors, got x on cpu; Triton runs CPU "
                          "tensors only under its interpreter (TRITON_INTERPRET=1)")
     for name, t in list(zip(_WEIGHT_NAMES, weights)) + [("grad_out", grad_out), ("out", out)]:
-        if t is None:
-            continue
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
+        if t is not None:
+            check_like_x(name, t, x)
     _shape(x, *(weights[i] for i in (0, 2, 4, 6, 8, 10)))
     n, _, h, w = x.shape
     c = weights[0].shape[0] + weights[4].shape[0] + weights[8].shape[0] + weights[10].shape[0]

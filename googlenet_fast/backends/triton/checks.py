@@ -5,6 +5,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ...arg_checks import check_4d_tensor, check_like_x
 from ..reference import pool_output_size
 from .modes import interpreting
 
@@ -15,10 +16,7 @@ SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 def check_triton_args(x, weights, out=None) -> None:
     """Dtype and device checks the Triton kernels need, with messages naming the argument."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x: expected a Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"x: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    check_4d_tensor(x)
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"x: the triton backend supports float32, float16 and bfloat16, got {x.dtype}"
                         + (" (use backend='cpu' or 'reference' for float64)" if x.dtype == torch.float64 else ""))
@@ -30,12 +28,8 @@ def check_triton_args(x, weights, out=None) -> None:
     elif dev != "cuda" and dev != "meta":
         raise ValueError(f"x: the triton backend needs CUDA tensors, got x on {x.device}")
     for name, t in weights:
-        if t is None:
-            continue
-        if t.dtype != x.dtype:
-            raise TypeError(f"{name}: expected dtype {x.dtype} (the dtype of x), got {t.dtype}")
-        if t.device != x.device:
-            raise ValueError(f"{name}: expected a tensor on {x.device} (the device of x), got {t.device}")
+        if t is not None:
+            check_like_x(name, t, x)
     if out is not None:
         if out.dtype != x.dtype:
             raise TypeError(f"out: expected dtype {x.dtype} (the dtype of x), got {out.dtype}")

@@ -66,7 +66,6 @@ interpreter the launches go through one private opaque op,
 ``googlenet_fast::_network_triton_interpreted`` (wrap_triton does not trace interpreted kernels).
 No autotuning (network_configs.py): CUDA graph capture may happen on a shape's first call.
 """
-import math
 from typing import NamedTuple, Optional, Sequence, Tuple
 
 import torch
@@ -74,9 +73,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import (EAGER_IMPLS, MAX_POOL_K, SUPPORTED_DTYPES, _allow_tf32, _mode_module,
-               _single_threaded_blas, _span, _triton_op, eager_direct, inception_pooled, interpreting,
+               _single_threaded_blas, _span, _triton_op, eager_direct, interpreting,
                pool_out_size, pooled_hw)
 from . import network_configs as nc
+from ...arg_checks import check_4d_tensor
 
 __all__ = ["conv_stem", "conv_nhwc", "max_pool_nhwc", "avgpool_linear", "fused_forward_triton",
            "fused_forward_supported", "pool_out_size", "launch_plan"]
@@ -98,10 +98,7 @@ def kernels(interpret: Optional[bool] = None):
 # Sizes and checks
 
 def _check_x(x, name="x", channels=None, what=""):
-    if not isinstance(x, Tensor):
-        raise TypeError(f"{name}: expected a Tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name}: expected a 4-D tensor (N, C, H, W), got shape {tuple(x.shape)}")
+    check_4d_tensor(x, name)
     if x.dtype not in SUPPORTED_DTYPES:
         raise TypeError(f"{name}: the triton network kernels support float32, float16 and bfloat16, "
                         f"got {x.dtype}")
