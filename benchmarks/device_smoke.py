@@ -47,6 +47,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
+from googlenet_fast.bench import device_timer, speedup  # noqa: E402  (one timer, one ratio)
+
 ITEMS = ("ceilings", "network", "pooled", "graph", "kernels", "host", "choices")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
@@ -100,10 +102,8 @@ def sync(device):
 
 
 def time_ms(fn, device, warmup_ms=10, rep_ms=60):
-    """Median ms per call: triton.testing.do_bench on CUDA (events), wall clock on CPU (the block
-    table's timer, benchmarks/gpu_blocks.py, without its CUDA-graph column)."""
-    import gpu_blocks
-    return gpu_blocks.Timer(device.type, warmup_ms, rep_ms, graphs=False)(fn)[0]
+    """Median ms per call (googlenet_fast.bench.device_timer: do_bench on CUDA, wall clock on CPU)."""
+    return device_timer(fn, device.type, warmup_ms, rep_ms)
 
 
 def errors(out, ref):
@@ -158,7 +158,7 @@ def do_network(run):
                            top1_agree=float((y_f.argmax(1) == y_t.argmax(1)).float().mean()))
                 row["fused_ms"] = time_ms(lambda: fused(xd), dev)
                 row["torchvision_ms"] = time_ms(lambda: tv(xd), dev)
-            row["speedup"] = row["torchvision_ms"] / row["fused_ms"]
+            row["speedup"] = speedup(row["torchvision_ms"], row["fused_ms"])
             rows.append(row)
             print(f"  network {dname} b{n}: fused {row['fused_ms']:.3f} ms, torchvision "
                   f"{row['torchvision_ms']:.3f} ms, x{row['speedup']:.2f}; err vs fp64 fused "
@@ -191,7 +191,7 @@ def do_pooled(run):
                        pooled_ms=time_ms(lambda: tb.inception_pooled(x, *ws, relu=True, pool=(3, 2)), dev),
                        pool_then_op_ms=time_ms(lambda: googlenet_fast.inception(
                            F.max_pool2d(x, 3, 2, ceil_mode=True), *ws, relu=True, backend="triton"), dev))
-        row["pooled_speedup"] = row["pool_then_op_ms"] / row["pooled_ms"]
+        row["pooled_speedup"] = speedup(row["pool_then_op_ms"], row["pooled_ms"])
         print(f"  pooled b{n}: pooled {row['pooled_ms']:.3f} ms, pool+op {row['pool_then_op_ms']:.3f} ms "
               f"(x{row['pooled_speedup']:.2f}); err {row['pooled_err']['norm_rel']:.2e}", flush=True)
         rows.append(row)

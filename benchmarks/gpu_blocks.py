@@ -22,10 +22,8 @@ will autotune over in N processes first (Triton's on-disk cache then serves the 
 """
 import argparse
 import json
-import math
 import os
 import platform
-import statistics
 import sys
 import time
 
@@ -37,6 +35,7 @@ import torch  # noqa: E402
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
+from googlenet_fast.bench import geomean, speedup  # noqa: E402  (one definition of a ratio)
 from googlenet_fast.table1 import TABLE1  # noqa: E402  (the paper's Table 1, one copy)
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -100,16 +99,11 @@ class Timer:
 
     def __call__(self, fn):
         """(eager median ms, CUDA-graph median ms or None)."""
+        from googlenet_fast.bench import device_timer
+        eager = device_timer(fn, self.device, self.warmup, self.rep)
         if self.device == "cpu":
-            fn()
-            ts = []
-            for _ in range(3):
-                t0 = time.perf_counter()
-                fn()
-                ts.append((time.perf_counter() - t0) * 1e3)
-            return statistics.median(ts), None
+            return eager, None
         import triton.testing
-        eager = triton.testing.do_bench(fn, warmup=self.warmup, rep=self.rep, return_mode="median")
         graph = None
         if self.graphs:
             try:
@@ -154,9 +148,9 @@ def bench_blocks(args, device, dtype, timer, backends, sink=None, save=lambda: N
                     err = rel_err(y, ref)
                     t_f, g_f = timer(lambda: googlenet_fast.inception(x, *wargs, relu=True, backend=be))
                     row = dict(block=name, batch=n, hw=hw, dtype=str(dtype)[6:], backend=be,
-                               fused_ms=t_f, torchvision_ms=t_tv, ratio=t_tv / t_f,
+                               fused_ms=t_f, torchvision_ms=t_tv, ratio=speedup(t_tv, t_f),
                                fused_graph_ms=g_f, torchvision_graph_ms=g_tv,
-                               graph_ratio=(g_tv / g_f) if (g_f and g_tv) else None,
+                               graph_ratio=speedup(g_tv, g_f),
                                fused_tflops=flops / t_f / 1e9, torchvision_tflops=flops / t_tv / 1e9,
                                fused_gbs=nbytes / t_f / 1e6, torchvision_gbs=nbytes / t_tv / 1e6,
                                max_rel_err=err, gflop=flops / 1e9, mbytes=nbytes / 1e6)
@@ -217,13 +211,13 @@ def bench_network(args, device, dtype, timer, backends=("auto",), sink=None, sav
                     else:
                         os.environ["GOOGLENET_FAST_BACKEND"] = saved
                 row = dict(network="googlenet", backend=be, batch=n, hw=args.net_hw, dtype=str(dtype)[6:],
-                           fused_ms=t_f, torchvision_ms=t_tv, ratio=t_tv / t_f, fused_graph_ms=g_f,
-                           torchvision_graph_ms=g_tv, graph_ratio=(g_tv / g_f) if (g_f and g_tv) else None,
+                           fused_ms=t_f, torchvision_ms=t_tv, ratio=speedup(t_tv, t_f), fused_graph_ms=g_f,
+                           torchvision_graph_ms=g_tv, graph_ratio=speedup(g_tv, g_f),
                            max_rel_err=err)
                 rows.append(row)
                 save()
                 print(f"network batch {n:4d} [{be}]: fused {t_f:.3f} ms, torchvision {t_tv:.3f} ms, "
-                      f"ratio {t_tv / t_f:.2f}; CUDA graphs: fused {_f(g_f, '.3f')} ms, torchvision "
+                      f"ratio {row['ratio']:.2f}; CUDA graphs: fused {_f(g_f, '.3f')} ms, torchvision "
                       f"{_f(g_tv, '.3f')} ms, ratio {_f(row['graph_ratio'], '.2f')}; max rel err {err:.2e}",
                       flush=True)
     return rows
@@ -364,7 +358,7 @@ def main(argv=None):
             for n in args.batches:
                 rr = [r["ratio"] for r in rs if r["batch"] == n]
                 if rr:
-                    doc["summary"][f"{be}_b{n}_geomean_ratio"] = math.exp(sum(map(math.log, rr)) / len(rr))
+                    doc["summary"][f"{be}_b{n}_geomean_ratio"] = geomean(rr)
                     doc["summary"][f"{be}_b{n}_min_ratio"] = min(rr)
         print("summary:", json.dumps(doc["summary"]), flush=True)
     except KeyboardInterrupt:

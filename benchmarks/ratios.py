@@ -15,6 +15,12 @@ import re
 import sys
 from collections import OrderedDict
 
+try:
+    from googlenet_fast.bench import speedup as _speedup  # one definition of a ratio
+except ImportError:  # run from a checkout without the package installed
+    sys.path.insert(0, __import__("os").path.dirname(__import__("os").path.dirname(__import__("os").path.abspath(__file__))))
+    from googlenet_fast.bench import speedup as _speedup
+
 
 def _natural(s):
     return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", s)]
@@ -35,7 +41,7 @@ def ratios(report, baseline=None):
         for provider, b in entries:
             st = b["stats"]
             rows.append((group, provider, st["median"] * 1e3, st["iqr"] * 1e3, st["rounds"],
-                         base / st["median"] if base else None))
+                         _speedup(base, st["median"])))
     return rows
 
 

@@ -44,7 +44,6 @@ import contextlib
 import copy
 import datetime
 import json
-import math
 import os
 import platform
 import signal
@@ -758,7 +757,7 @@ def markdown(report) -> str:
                 bms = _fmt(base.get("median_ms"), ".3f") if base.get("status") == "ok" else base.get("status", "-")
                 L.append(f"| {cfg if cfg != 'googlenet' else 'network'} | {bms} | " + " | ".join(cells) + " |")
             L.append("| geomean (blocks) | | " + " | ".join(
-                f"{math.exp(sum(map(math.log, g)) / len(g)):.2f}x" if g else "-" for g in geo.values()) + " |")
+                f"{bench.geomean(g):.2f}x" if g else "-" for g in geo.values()) + " |")
             L.append("")
     L.append("## All timed rows")
     L.append("")

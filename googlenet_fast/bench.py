@@ -146,7 +146,7 @@ class Result:
             return d
         d.update(timing_stats(self.times_s))
         d["images_per_s"] = self.batch_size / (d["median_ms"] / 1e3)
-        d["speedup"] = (baseline_median_ms / d["median_ms"]) if baseline_median_ms else None
+        d["speedup"] = speedup(baseline_median_ms, d["median_ms"])
         return d
 
 
@@ -214,6 +214,36 @@ def _isatty(f) -> bool:
 def _sync(x: Tensor):
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
+
+
+def speedup(baseline_ms: Optional[float], ms: Optional[float]) -> Optional[float]:
+    """The one definition of a speedup in this package: baseline time / provider time (> 1: the
+    provider is faster), both measured in the same run; None when either is missing."""
+    if not baseline_ms or not ms:
+        return None
+    return baseline_ms / ms
+
+
+def geomean(values: Sequence[float]) -> Optional[float]:
+    """Geometric mean of positive ratios (None for none): how the tables summarize speedups."""
+    vals = [v for v in values if v]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
+
+
+def device_timer(fn: Callable[[], object], device: str, warmup_ms: float = 10, rep_ms: float = 40) -> float:
+    """Median milliseconds per call of ``fn``: triton.testing.do_bench (CUDA events, L2 flushed) on
+    "cuda", the median of three wall-clock calls after one warm-up elsewhere (the GPU tables,
+    benchmarks/gpu_blocks.py and device_smoke.py; the CPU tables use :func:`measure`)."""
+    if device == "cuda":
+        import triton.testing
+        return triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+    fn()
+    ts = []
+    for _ in range(3):
+        t = time.perf_counter()
+        fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return sorted(ts)[1]
 
 
 def rows_with_speedup(results: Sequence[Result], baseline: str) -> List[Dict[str, object]]:
