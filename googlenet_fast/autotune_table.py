@@ -21,6 +21,7 @@ path won, 6.33 ms against 16.70.
 """
 import json
 import os
+import time
 import threading
 from typing import Callable, Dict, Optional, Sequence
 
@@ -28,7 +29,9 @@ import torch
 
 CACHE_ENV = "GOOGLENET_FAST_BACKEND_CACHE"
 GPU_BACKENDS = ("triton", "cuda")
-NETWORK_PATHS = ("network", "modules")
+NETWORK_PATHS = ("network", "modules")   # the whole network: Triton network kernels or the modules
+POOL_PATHS = ("pooled", "separate")      # a transition pool: in the next module's loaders, or its own kernel
+STEM_PATHS = ("triton", "cudnn")         # conv1
 
 _lock = threading.Lock()
 _choices: Dict[str, str] = {}
@@ -158,7 +161,6 @@ def network_key(variant: str, n: int, h: int, w: int, dtype: torch.dtype, device
 def wall_clock_timer(fn: Callable[[], None], reps: int = 5) -> float:
     """Median wall-clock milliseconds of ``fn`` followed by a device synchronization (after two
     warm-up calls): what an eager caller waits, host time included."""
-    import time
     for _ in range(2):
         fn()
     torch.cuda.synchronize()
@@ -201,10 +203,6 @@ def pick_network_path(key: str, run: Callable[[str], None],
     else (``can_measure`` False: tracing or capturing a CUDA graph, where host time is not paid
     per replay) "network"."""
     return pick_path(key, NETWORK_PATHS, run, timer, can_measure, default="network")
-
-
-POOL_PATHS = ("pooled", "separate")
-STEM_PATHS = ("triton", "cudnn")
 
 
 def stem_key(n: int, h: int, w: int, dtype: torch.dtype, device_name: str) -> str:

@@ -324,15 +324,13 @@ def fused_network_forward(model, x: Tensor) -> Optional[Tensor]:
     n, _, h, w = x.shape
     key = autotune_table.network_key(model.variant, n, h, w, model.conv1.conv.weight.dtype,
                                      torch.cuda.get_device_name(x.device))
-    can_measure = not torch.compiler.is_compiling() and not torch.cuda.is_current_stream_capturing()
-
     def run(path):
         if path == "network":
             network.fused_forward_triton(model, x)
         else:
             model._forward_modules(x)
 
-    if autotune_table.pick_network_path(key, run, can_measure=can_measure) == "modules":
+    if autotune_table.pick_network_path(key, run, can_measure=network.can_measure(x)) == "modules":
         return None
     return network.fused_forward_triton(model, x)
 

@@ -570,10 +570,23 @@ def _network_ops(x: Tensor) -> dict:
     return ops
 
 
-def _can_measure(x: Tensor) -> bool:
-    """Whether a one-time path measurement may run now: a CUDA tensor, eager, not capturing."""
+def can_measure(x: Tensor) -> bool:
+    """Whether a one-time path measurement may run now: a CUDA tensor, eager (not compiling, not
+    tracing), not capturing a CUDA graph.  Used by every path choice of the network
+    (googlenet_fast.ops.fused_network_forward's, conv1's and the transition pools')."""
     return (x.device.type == "cuda" and not torch.compiler.is_compiling()
             and not torch.cuda.is_current_stream_capturing() and eager_direct(x))
+
+
+def _measured(x: Tensor, key, options, default: str, run, measure: bool):
+    """``run(option)`` for the option a one-time measurement found fastest (cached under
+    ``key(device_name)``; see autotune_table.pick_path); ``run(default)`` off CUDA."""
+    if x.device.type != "cuda":
+        return run(default)
+    from ... import autotune_table
+    choice = autotune_table.pick_path(key(torch.cuda.get_device_name(x.device)), options, run,
+                                      can_measure=measure, default=default)
+    return run(choice)
 
 
 def fused_forward_triton(model, x: Tensor) -> Tensor:
@@ -612,7 +625,7 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
     ops = _network_ops(x)
     inception, pooled_op = ops["inception_triton"], ops["inception_pooled_triton"]
 
-    measure = _can_measure(x)
+    measure = can_measure(x)
 
     def conv1(x, w, b):
         """conv1 7x7/2 + ReLU: the Triton gather kernel (reads x in place, any layout) or cuDNN on
@@ -632,12 +645,9 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
             finally:
                 cudnn.allow_tf32 = prev
 
-        if x.device.type != "cuda":
-            return run("triton")
-        from ... import autotune_table
-        key = autotune_table.stem_key(x.shape[0], x.shape[2], x.shape[3], x.dtype, torch.cuda.get_device_name(x.device))
-        return run(autotune_table.pick_path(key, autotune_table.STEM_PATHS, run, can_measure=measure,
-                                            default="triton"))
+        from ... import autotune_table as at
+        return _measured(x, lambda dev: at.stem_key(x.shape[0], x.shape[2], x.shape[3], x.dtype, dev),
+                         at.STEM_PATHS, "triton", run, measure)
 
     def pooled_inception(y, name, pool):
         """maxpool -> module: the pooled op (the pool in stage 1's loaders) or the pool kernel then
@@ -652,15 +662,11 @@ def fused_forward_triton(model, x: Tensor) -> Tensor:
                 return pooled_op(y, *ws, True, k, s)
             return inception(ops["max_pool_nhwc_triton"](y, k, s, 0, 0.0, 0.0, 1.0), *ws, True)
 
-        if y.device.type != "cuda":
-            return run("pooled")
-        from ... import autotune_table
+        from ... import autotune_table as at
         cfg = "x".join(str(v) for v in (y.shape[1], ws[0].shape[0], ws[2].shape[0], ws[4].shape[0],
                                          ws[6].shape[0], ws[8].shape[0], ws[8].shape[2], ws[10].shape[0]))
-        key = autotune_table.pooled_key(cfg, y.shape[0], y.shape[2], y.shape[3], (k, s), y.dtype,
-                                        torch.cuda.get_device_name(y.device))
-        return run(autotune_table.pick_path(key, autotune_table.POOL_PATHS, run, can_measure=measure,
-                                            default="pooled"))
+        return _measured(y, lambda dev: at.pooled_key(cfg, y.shape[0], y.shape[2], y.shape[3], (k, s), y.dtype, dev),
+                         at.POOL_PATHS, "pooled", run, measure)
 
     def conv(y, block, pool=None, lrn=None):
         w, b = _block_params(block, dtype)
