@@ -216,6 +216,139 @@ def _backward(ctx, grad_out, *_non_differentiable):
     return tuple(g if need[i] else None for i, g in enumerate(grads)) + (None,)
 
 
+# Whether eager CPU training runs :func:`inception_bn_relu_train` (False: the op + F.batch_norm
+# composition that torch.compile traces; tests compare a compiled step with that eager twin).
+CPU_FAST_PATH = True
+
+
+def cpu_fast_path_applies(x: Tensor) -> bool:
+    """Whether :func:`inception_bn_relu_train` runs for ``x``: a float32/float64/bfloat16 CPU
+    tensor in eager mode (not under torch.compile, which sees :func:`inception_bn_train` and one
+    ``F.batch_norm``) with the extension built, and :data:`CPU_FAST_PATH` set."""
+    return (CPU_FAST_PATH and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+            and not torch.compiler.is_compiling() and native.available())
+
+
+class _InceptionBnReluTrain(torch.autograd.Function):
+    """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
+
+    Every convolution runs through oneDNN as torchvision's do (``F.conv2d`` forward,
+    ``aten.convolution_backward`` dgrad + wgrad, channels_last); everything between them is the
+    extension's ``bn_relu_forward`` / ``bn_relu_backward`` (csrc/cpu/bn_relu_train_cpu.cpp).
+
+    Forward: ONE 1x1 convolution for the three sibling 1x1s (x read once, weights concatenated)
+    -> ``m``; the max pool with its argmax (saved: no recompute in backward) and the pool
+    projection; BatchNorm (ATen's) + ReLU of the two reduce branches into dense activations
+    (saved for the KxK wgrad); the two KxK convolutions; ONE BatchNorm + ReLU pass over all output channels
+    reading the four branches' pre-BN outputs where the convolutions wrote them and writing the
+    module's output (no cat).  Running statistics of all six BatchNorms as nn.BatchNorm2d's.
+
+    Backward: ``bn_relu_backward`` over all output channels (ReLU mask and BatchNorm backward in
+    two passes) writes branch 1's gradient into the first columns of the merged 1x1 gradient
+    buffer ``da`` and the other branches' into dense buffers; the KxK dgrad + wgrad; the reduce
+    branches' ``bn_relu_backward`` straight into ``da``'s other columns; ONE dgrad + wgrad for the
+    three sibling 1x1s; the pool projection's, routed through the saved argmax.
+    """
+
+    @staticmethod
+    def forward(ctx, x, w1, w3r, w3, w5r, w5, wp, gammas, betas, bns, eps, momentum):
+        # gammas / betas: the six BatchNorms' weights and biases concatenated in block order
+        # (branch1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection).
+        gf = torch.ops.googlenet_fast
+        c1, r3, c3, r5, c5, cp = sizes = [w.shape[0] for w in (w1, w3r, w3, w5r, w5, wp)]
+        n, _, h, w = x.shape
+        g, b = gammas.split(sizes), betas.split(sizes)
+        cl = torch.channels_last
+        wm = torch.cat([w1, w3r, w5r])
+        m = F.conv2d(x, wm).contiguous(memory_format=cl)
+        pooled, idx = F.max_pool2d(x, 3, 1, 1, ceil_mode=True, return_indices=True)
+        yp = F.conv2d(pooled, wp).contiguous(memory_format=cl)
+        # The reduce branches' BatchNorm (ATen's, running statistics included) + ReLU in place:
+        # the KxK convolutions' dense inputs, saved for their wgrad.
+        acts, red_stats = [], []
+        for lo, hi, i in ((c1, c1 + r3, 1), (c1 + r3, c1 + r3 + r5, 3)):
+            a, mean, invstd = torch.native_batch_norm(m[:, lo:hi], g[i], b[i], bns[i].running_mean,
+                                                      bns[i].running_var, True, momentum, eps)
+            acts.append(a.relu_().contiguous(memory_format=cl))
+            red_stats.append((mean, invstd))
+        y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
+        y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
+        gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
+        y = torch.empty((n, c1 + c3 + c5 + cp, h, w), dtype=x.dtype).contiguous(memory_format=cl)
+        pre = [m[:, :c1], y3, y5, yp]
+        mean_o, var_o, invstd_o = gf.bn_relu_forward(pre, gamma_o, beta_o, eps, [y])
+        _update_running_stats((bns[0], bns[2], bns[4], bns[5]), mean_o, var_o, n * h * w, momentum)
+        ctx.sizes = sizes
+        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, idx, acts[0], acts[1], y3, y5, yp, y,
+                              mean_o, invstd_o, gamma_o, red_stats[0][0], red_stats[0][1], g[1],
+                              red_stats[1][0], red_stats[1][1], g[3])
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        (x, w3, w5, wp, wm, m, pooled, idx, act3, act5, y3, y5, yp, y, mean_o, invstd_o, gamma_o,
+         mean3, invstd3, gamma3, mean5, invstd5, gamma5) = ctx.saved_tensors
+        aten = torch.ops.aten
+        gf = torch.ops.googlenet_fast
+        c1, r3, c3, r5, c5, cp = ctx.sizes
+        n, cin, h, w = x.shape
+        need_x = ctx.needs_input_grad[0]
+        cl = torch.channels_last
+        dt = y.dtype
+        da = torch.empty((n, c1 + r3 + r5, h, w), dtype=dt).contiguous(memory_format=cl)
+        g2, g3, g4 = (torch.empty((n, c, h, w), dtype=dt).contiguous(memory_format=cl) for c in (c3, c5, cp))
+        gg_o, gb_o = gf.bn_relu_backward([gy], [y], [m[:, :c1], y3, y5, yp], mean_o, invstd_o, gamma_o,
+                                         [da[:, :c1], g2, g3, g4])
+        da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
+                                                False, [0, 0], 1, [True, True, False])
+        da5, gw5, _ = aten.convolution_backward(g3, act5, w5, None, [1, 1], [w5.shape[-1] // 2] * 2, [1, 1],
+                                                False, [0, 0], 1, [True, True, False])
+        gg_r, gb_r = gf.bn_relu_backward([da3, da5], [act3, act5], [m[:, c1:]], torch.cat([mean3, mean5]),
+                                         torch.cat([invstd3, invstd5]), torch.cat([gamma3, gamma5]), [da[:, c1:]])
+        gx, gwm, _ = aten.convolution_backward(da, x, wm, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                               [need_x, True, False])
+        dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
+                                                    [need_x, True, False])
+        if need_x:
+            gx = gx.add_(aten.max_pool2d_with_indices_backward(dpooled, x, [3, 3], [1, 1], [1, 1], [1, 1], True, idx))
+        gw1, gw3r, gw5r = gwm.split([c1, r3, r5])
+        go, bo = gg_o.split([c1, c3, c5, cp]), gb_o.split([c1, c3, c5, cp])
+        gr, br = gg_r.split([r3, r5]), gb_r.split([r3, r5])
+        ggam = torch.cat([go[0], gr[0], go[1], gr[1], go[2], go[3]])
+        gbet = torch.cat([bo[0], br[0], bo[1], br[1], bo[2], bo[3]])
+        return gx, gw1, gw3r, gw3, gw5r, gw5, gwp, ggam, gbet, None, None, None
+
+
+def _update_running_stats(bns, mean, var, count, momentum):
+    """nn.BatchNorm2d's running-statistics update for BatchNorms whose batch statistics (mean,
+    biased var; channels concatenated in ``bns``' order) were computed by the extension's kernels:
+    momentum * batch + (1 - momentum) * running, with the unbiased batch variance."""
+    with torch.no_grad():
+        unbiased = var * (count / (count - 1))
+        sizes = [bn.num_features for bn in bns]
+        for bn, m, v in zip(bns, mean.split(sizes), unbiased.split(sizes)):
+            bn.running_mean.copy_(momentum * m + (1 - momentum) * bn.running_mean)
+            bn.running_var.copy_(momentum * v + (1 - momentum) * bn.running_var)
+
+
+def inception_bn_relu_train(x: Tensor, weights, bns, eps: float, momentum: float) -> Tensor:
+    """``cat(branches)`` of a train-mode torchvision Inception module, BatchNorm + ReLU applied,
+    as one autograd node (eager CPU: see :func:`cpu_fast_path_applies`).
+
+    Args:
+        x: (N, Cin, H, W) channels_last, float32/float64/bfloat16.
+        weights: the six conv weights (w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj) in
+            x's dtype.
+        bns: the six ``nn.BatchNorm2d`` in the same order (gamma, beta, running statistics; one
+            eps and momentum).  Their running statistics are updated as nn.BatchNorm2d's;
+            num_batches_tracked is the caller's.
+    Returns the module's output (N, ch1x1 + ch3x3 + ch5x5 + pool_proj, H, W), channels_last.
+    """
+    gammas = torch.cat([bn.weight for bn in bns])
+    betas = torch.cat([bn.bias for bn in bns])
+    return _InceptionBnReluTrain.apply(x, *weights, gammas, betas, tuple(bns), eps, momentum)
+
+
 def _cuda_composition(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj, reduce_weight,
                       reduce_bias, eps):
     # The C++ op's CUDA kernel: the reference composition (no CUDA C++ kernel for this stage).

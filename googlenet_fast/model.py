@@ -394,6 +394,10 @@ class Inception(_FoldedWeightsCache, nn.Module):
             for bn in bns:
                 bn.num_batches_tracked.add_(1)
         w1, w3r, w3, w5r, w5, wp = (c.weight.to(dtype) for c in convs)
+        if bn_train.cpu_fast_path_applies(x):
+            # One autograd node for the module: BatchNorm + ReLU backward in one pass over all
+            # channels, every dgrad/wgrad through oneDNN (see bn_train._InceptionBnReluTrain).
+            return bn_train.inception_bn_relu_train(x, (w1, w3r, w3, w5r, w5, wp), bns, eps, momentum)
         out, _, mean, var = bn_train.inception_bn_train(
             x, w1, w3r, w3, w5r, w5, wp, torch.cat([bn.weight for bn in red_bns]),
             torch.cat([bn.bias for bn in red_bns]), eps, validate=False)

@@ -1,0 +1,339 @@
+// googlenet_fast: train-mode BatchNorm + ReLU, forward and backward, over channel lists (CPU).
+//
+// The train-mode torchvision Inception module on the CPU (googlenet_fast/bn_train.py,
+// _InceptionBnReluTrain) runs its convolutions through oneDNN (ATen's convolution and
+// convolution_backward, what torchvision's model runs) and everything between them here:
+//
+// googlenet_fast::bn_relu_forward(pre[], gamma, beta, eps, y[]) -> (mean, var, invstd)
+//   y = relu(batch_norm(pre)) with batch statistics, where `pre` is a list of tensors whose
+//   channels concatenate (the four branches' pre-BatchNorm conv outputs, each as oneDNN wrote it)
+//   and `y` a list of destinations whose channels concatenate (the module's one output tensor):
+//   no cat.  Three passes, as ATen's channels-last batch_norm (sum, sum of squared deviations,
+//   apply) with the ReLU in the third: y = max(pre * alpha + beta - mean * alpha, 0), alpha =
+//   gamma * invstd, NaN kept (torch.relu).  var is the biased variance (what is normalized
+//   with); the caller updates the running statistics with the unbiased one.
+// googlenet_fast::bn_relu_backward(grads[], y[], pre[], mean, invstd, gamma, outs[]) -> (dgamma, dbeta)
+//   the gradient of `pre` (written into `outs`) and of gamma and beta: ATen's threshold_backward
+//   followed by native_batch_norm_backward, in two passes instead of four:
+//   pass 1: dz = grad where not y <= 0 (threshold_backward's mask: NaN passes), per-channel sums
+//     of dz and of dz * (pre - mean);
+//   pass 2: dpre = (dz - sum_dz / M - (pre - mean) * k) * invstd * gamma, k = sum(dz * (pre -
+//     mean)) * invstd^2 / M (ATen's formula), written straight into the destinations (e.g. a
+//     channel slice of the buffer the merged 1x1 dgrad reads, dense per-branch buffers the KxK
+//     backward reads): no split copies.  dgamma = sum(dz * (pre - mean)) * invstd, dbeta = sum(dz).
+//
+// Every tensor is (N, Ci, H, W), read as its NHWC rows (channels_last, or a channel slice of a
+// channels_last buffer); inputs in other layouts are copied to channels_last first, destinations
+// must be NHWC-row-strided.  Pixel blocks of 256, in parallel; each block's channel sums are
+// accumulated in the accumulator type (float for float32/bfloat16, double for float64), then
+// the block sums are added in block order in double: the results do not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <vector>
+
+#include "../inception.h"
+
+namespace googlenet_fast {
+namespace {
+
+constexpr int64_t kBlock = 256;  // pixels per block (fixed: the sums do not depend on threads)
+
+// ---- per-row loops (one pixel, one channel range) ------------------------------------------------
+// Branch-free so that they vectorize; the float32 versions are also compiled for AVX2 and AVX-512
+// (GCC picks the clone for the running CPU at load time, as csrc/cpu/inception_cpu.cpp's loops).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define GF_BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define GF_BN_CLONES
+#endif
+#define GF_INLINE inline __attribute__((always_inline))
+
+template <typename T, typename A>
+GF_INLINE void sum_row_impl(const T* __restrict__ x, A* __restrict__ s, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) s[c] += static_cast<A>(x[c]);
+}
+template <typename T, typename A>
+GF_INLINE void sq_row_impl(const T* __restrict__ x, const A* __restrict__ m, A* __restrict__ s, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const A d = static_cast<A>(x[c]) - m[c];
+    s[c] += d * d;
+  }
+}
+template <typename T, typename A>
+GF_INLINE void apply_row_impl(const T* __restrict__ x, const A* __restrict__ a, const A* __restrict__ b,
+                              T* __restrict__ y, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const A v = static_cast<A>(x[c]) * a[c] + b[c];
+    y[c] = static_cast<T>(v <= A(0) ? A(0) : v);  // NaN stays NaN
+  }
+}
+template <typename T, typename A>
+GF_INLINE void bwd_sums_row_impl(const T* __restrict__ g, const T* __restrict__ y, const T* __restrict__ x,
+                                 const A* __restrict__ m, A* __restrict__ s1, A* __restrict__ s2, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const A dz = static_cast<A>(y[c]) <= A(0) ? A(0) : static_cast<A>(g[c]);
+    s1[c] += dz;
+    s2[c] += dz * (static_cast<A>(x[c]) - m[c]);
+  }
+}
+template <typename T, typename A>
+GF_INLINE void bwd_grad_row_impl(const T* __restrict__ g, const T* __restrict__ y, const T* __restrict__ x,
+                                 const A* __restrict__ m, const A* __restrict__ gm, const A* __restrict__ k,
+                                 const A* __restrict__ a, T* __restrict__ o, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const A dz = static_cast<A>(y[c]) <= A(0) ? A(0) : static_cast<A>(g[c]);
+    o[c] = static_cast<T>((dz - gm[c] - (static_cast<A>(x[c]) - m[c]) * k[c]) * a[c]);
+  }
+}
+
+template <typename T, typename A>
+void sum_row(const T* x, A* s, int64_t n) { sum_row_impl(x, s, n); }
+template <typename T, typename A>
+void sq_row(const T* x, const A* m, A* s, int64_t n) { sq_row_impl(x, m, s, n); }
+template <typename T, typename A>
+void apply_row(const T* x, const A* a, const A* b, T* y, int64_t n) { apply_row_impl(x, a, b, y, n); }
+template <typename T, typename A>
+void bwd_sums_row(const T* g, const T* y, const T* x, const A* m, A* s1, A* s2, int64_t n) {
+  bwd_sums_row_impl(g, y, x, m, s1, s2, n);
+}
+template <typename T, typename A>
+void bwd_grad_row(const T* g, const T* y, const T* x, const A* m, const A* gm, const A* k, const A* a, T* o, int64_t n) {
+  bwd_grad_row_impl(g, y, x, m, gm, k, a, o, n);
+}
+template <>
+GF_BN_CLONES void sum_row<float, float>(const float* x, float* s, int64_t n) { sum_row_impl(x, s, n); }
+template <>
+GF_BN_CLONES void sq_row<float, float>(const float* x, const float* m, float* s, int64_t n) { sq_row_impl(x, m, s, n); }
+template <>
+GF_BN_CLONES void apply_row<float, float>(const float* x, const float* a, const float* b, float* y, int64_t n) {
+  apply_row_impl(x, a, b, y, n);
+}
+template <>
+GF_BN_CLONES void bwd_sums_row<float, float>(const float* g, const float* y, const float* x, const float* m, float* s1,
+                                             float* s2, int64_t n) {
+  bwd_sums_row_impl(g, y, x, m, s1, s2, n);
+}
+template <>
+GF_BN_CLONES void bwd_grad_row<float, float>(const float* g, const float* y, const float* x, const float* m,
+                                             const float* gm, const float* k, const float* a, float* o, int64_t n) {
+  bwd_grad_row_impl(g, y, x, m, gm, k, a, o, n);
+}
+
+// ---- channel lists ------------------------------------------------------------------------------
+// A list of (N, Ci, H, W) tensors read or written as one NHWC matrix of concatenated channels.
+struct ChannelList {
+  std::vector<char*> base;      // element (n=0, c=0, h=0, w=0)
+  std::vector<int64_t> ld;      // pixel stride, in elements
+  std::vector<int64_t> off{0};  // channel offsets (size + 1 entries)
+  std::vector<at::Tensor> keep; // channels_last copies made of inputs
+};
+
+ChannelList channel_list(at::TensorList ts, const at::Tensor& like, bool write, const char* name) {
+  ChannelList l;
+  TORCH_CHECK_VALUE(!ts.empty(), name, ": expected at least one tensor");
+  for (const at::Tensor& t : ts) {
+    TORCH_CHECK_VALUE(t.dim() == 4 && t.size(0) == like.size(0) && t.size(2) == like.size(2) &&
+                          t.size(3) == like.size(3) && t.scalar_type() == like.scalar_type() &&
+                          t.device() == like.device(),
+                      name, ": expected (N, Ci, H, W) tensors with the N, H, W, dtype and device of ", "the first input, got ",
+                      t.sizes(), " ", t.scalar_type());
+    int64_t ld = nhwc_pixel_stride(t.permute({0, 2, 3, 1}));
+    at::Tensor src = t;
+    if (ld < 0) {
+      TORCH_CHECK_VALUE(!write, name, ": expected channels_last tensors or channel slices of one");
+      src = t.contiguous(at::MemoryFormat::ChannelsLast);
+      l.keep.push_back(src);
+      ld = t.size(1);
+    }
+    l.base.push_back(static_cast<char*>(const_cast<void*>(src.const_data_ptr())));
+    l.ld.push_back(ld);
+    l.off.push_back(l.off.back() + t.size(1));
+  }
+  return l;
+}
+
+// One channel range [c0, c1) and, per list, the address of (pixel 0, channel c0) and the pixel stride.
+template <size_t K>
+struct Piece {
+  int64_t c0, c1;
+  std::array<char*, K> p;
+  std::array<int64_t, K> ld;
+};
+
+template <size_t K>
+std::vector<Piece<K>> pieces(const std::array<const ChannelList*, K>& lists, int64_t elem) {
+  std::vector<int64_t> cuts;
+  for (const ChannelList* l : lists) cuts.insert(cuts.end(), l->off.begin(), l->off.end());
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  std::vector<Piece<K>> ps;
+  for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+    Piece<K> pc;
+    pc.c0 = cuts[i];
+    pc.c1 = cuts[i + 1];
+    for (size_t k = 0; k < K; ++k) {
+      const ChannelList& l = *lists[k];
+      const size_t j = std::upper_bound(l.off.begin(), l.off.end(), pc.c0) - l.off.begin() - 1;
+      pc.p[k] = l.base[j] + (pc.c0 - l.off[j]) * elem;
+      pc.ld[k] = l.ld[j];
+    }
+    ps.push_back(pc);
+  }
+  return ps;
+}
+
+template <typename T, size_t K>
+inline T* at_pixel(const Piece<K>& pc, size_t k, int64_t p) {
+  return reinterpret_cast<T*>(pc.p[k]) + p * pc.ld[k];
+}
+
+// Per-block channel sums of f(piece, pixel, sums) over all pixels, added in block order (double).
+template <typename A, size_t K, typename F>
+std::vector<double> block_sums(int64_t P, int64_t C, int64_t per_channel, const std::vector<Piece<K>>& ps, const F& f) {
+  const int64_t nb = (P + kBlock - 1) / kBlock;
+  std::vector<A> part(static_cast<size_t>(nb * per_channel * C));
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      A* s = part.data() + b * per_channel * C;
+      std::fill(s, s + per_channel * C, A(0));
+      for (int64_t p = b * kBlock, p1 = std::min(P, (b + 1) * kBlock); p < p1; ++p)
+        for (const Piece<K>& pc : ps) f(pc, p, s);
+    }
+  });
+  std::vector<double> sum(static_cast<size_t>(per_channel * C), 0.0);
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t i = 0; i < per_channel * C; ++i) sum[i] += static_cast<double>(part[b * per_channel * C + i]);
+  return sum;
+}
+
+template <size_t K, typename F>
+void for_pixels(int64_t P, const std::vector<Piece<K>>& ps, const F& f) {
+  const int64_t nb = (P + kBlock - 1) / kBlock;
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t p = b0 * kBlock, p1 = std::min(P, b1 * kBlock); p < p1; ++p)
+      for (const Piece<K>& pc : ps) f(pc, p);
+  });
+}
+
+// ---- forward -------------------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_forward_cpu(at::TensorList pre, const at::Tensor& gamma,
+                                                                   const at::Tensor& beta, double eps,
+                                                                   at::TensorList y) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  TORCH_CHECK_VALUE(!pre.empty() && pre[0].dim() == 4, "pre: expected a list of 4-D tensors");
+  const at::Tensor& first = pre[0];
+  const ChannelList X = channel_list(pre, first, false, "pre"), Y = channel_list(y, first, true, "y");
+  const int64_t C = X.off.back();
+  TORCH_CHECK_VALUE(Y.off.back() == C, "y: expected ", C, " channels in all (pre's), got ", Y.off.back());
+  TORCH_CHECK_VALUE(gamma.dim() == 1 && gamma.size(0) == C && beta.dim() == 1 && beta.size(0) == C,
+                    "gamma, beta: expected shape (", C, ",)");
+  const int64_t P = first.size(0) * first.size(2) * first.size(3);
+  TORCH_CHECK_VALUE(P > 1, "Expected more than 1 value per channel when training, got input size ", first.sizes());
+  const auto acc = at::toOpMathType(first.scalar_type());
+  at::Tensor mean = at::empty({C}, first.options().dtype(acc)), var = at::empty({C}, mean.options());
+  at::Tensor invstd = at::empty({C}, mean.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, first.scalar_type(), "bn_relu_forward_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const auto rd = pieces<1>({&X}, sizeof(scalar_t));
+    std::vector<double> s = block_sums<A>(P, C, 1, rd, [&](const Piece<1>& pc, int64_t p, A* s) {
+      sum_row(at_pixel<scalar_t>(pc, 0, p), s + pc.c0, pc.c1 - pc.c0);
+    });
+    A* M = mean.data_ptr<A>();
+    for (int64_t c = 0; c < C; ++c) M[c] = static_cast<A>(s[c] / static_cast<double>(P));
+    s = block_sums<A>(P, C, 1, rd, [&](const Piece<1>& pc, int64_t p, A* s) {
+      sq_row(at_pixel<scalar_t>(pc, 0, p), M + pc.c0, s + pc.c0, pc.c1 - pc.c0);
+    });
+    const at::Tensor g = gamma.to(acc).contiguous(), b = beta.to(acc).contiguous();
+    const A* G = g.const_data_ptr<A>();
+    const A* B = b.const_data_ptr<A>();
+    A* V = var.data_ptr<A>();
+    A* IS = invstd.data_ptr<A>();
+    std::vector<A> alpha(C), shift(C);
+    for (int64_t c = 0; c < C; ++c) {
+      V[c] = static_cast<A>(s[c] / static_cast<double>(P));
+      IS[c] = A(1) / std::sqrt(V[c] + static_cast<A>(eps));
+      alpha[c] = IS[c] * G[c];
+      shift[c] = B[c] - M[c] * alpha[c];
+    }
+    const auto wr = pieces<2>({&X, &Y}, sizeof(scalar_t));
+    for_pixels(P, wr, [&](const Piece<2>& pc, int64_t p) {
+      apply_row(at_pixel<scalar_t>(pc, 0, p), alpha.data() + pc.c0, shift.data() + pc.c0, at_pixel<scalar_t>(pc, 1, p),
+                pc.c1 - pc.c0);
+    });
+  });
+  return {mean, var, invstd};
+}
+
+// ---- backward ------------------------------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at::TensorList y, at::TensorList pre,
+                                                        const at::Tensor& mean, const at::Tensor& invstd,
+                                                        const at::Tensor& gamma, at::TensorList outs) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  TORCH_CHECK_VALUE(!pre.empty() && pre[0].dim() == 4, "pre: expected a list of 4-D tensors");
+  const at::Tensor& first = pre[0];
+  const ChannelList G = channel_list(grads, first, false, "grads"), Y = channel_list(y, first, false, "y"),
+                    X = channel_list(pre, first, false, "pre"), O = channel_list(outs, first, true, "outs");
+  const int64_t C = X.off.back();
+  for (const ChannelList* l : {&G, &Y, &O})
+    TORCH_CHECK_VALUE(l->off.back() == C, "grads, y, outs: expected ", C, " channels in all (pre's), got ", l->off.back());
+  for (const at::Tensor* v : {&mean, &invstd, &gamma})
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C, "mean, invstd, gamma: expected shape (", C, ",)");
+  const int64_t P = first.size(0) * first.size(2) * first.size(3);
+  const auto acc = at::toOpMathType(first.scalar_type());
+  if (P == 0) return {at::zeros({C}, gamma.options()), at::zeros({C}, gamma.options())};
+  at::Tensor ggamma = at::empty({C}, gamma.options().dtype(acc)), gbeta = at::empty({C}, ggamma.options());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, first.scalar_type(), "bn_relu_backward_cpu", [&] {
+    using A = at::opmath_type<scalar_t>;
+    const at::Tensor m = mean.to(acc).contiguous(), is = invstd.to(acc).contiguous(), gm = gamma.to(acc).contiguous();
+    const A* M = m.const_data_ptr<A>();
+    const A* IS = is.const_data_ptr<A>();
+    const A* GA = gm.const_data_ptr<A>();
+    const auto rd = pieces<3>({&G, &Y, &X}, sizeof(scalar_t));
+    const std::vector<double> s = block_sums<A>(P, C, 2, rd, [&](const Piece<3>& pc, int64_t p, A* s) {
+      bwd_sums_row(at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p), at_pixel<scalar_t>(pc, 2, p),
+                   M + pc.c0, s + pc.c0, s + C + pc.c0, pc.c1 - pc.c0);
+    });
+    std::vector<A> gmean(C), k(C), a(C);
+    A* GG = ggamma.data_ptr<A>();
+    A* GB = gbeta.data_ptr<A>();
+    for (int64_t c = 0; c < C; ++c) {
+      const A sum = static_cast<A>(s[c]), dot = static_cast<A>(s[C + c]);
+      gmean[c] = sum / static_cast<A>(P);
+      k[c] = dot * IS[c] * IS[c] / static_cast<A>(P);
+      a[c] = IS[c] * GA[c];
+      GG[c] = dot * IS[c];
+      GB[c] = sum;
+    }
+    const auto wr = pieces<4>({&G, &Y, &X, &O}, sizeof(scalar_t));
+    for_pixels(P, wr, [&](const Piece<4>& pc, int64_t p) {
+      bwd_grad_row(at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p), at_pixel<scalar_t>(pc, 2, p),
+                   M + pc.c0, gmean.data() + pc.c0, k.data() + pc.c0, a.data() + pc.c0, at_pixel<scalar_t>(pc, 3, p),
+                   pc.c1 - pc.c0);
+    });
+  });
+  return {ggamma.to(gamma.scalar_type()), gbeta.to(gamma.scalar_type())};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
+  // Train-mode BatchNorm + ReLU over channel lists (csrc/cpu/bn_relu_train_cpu.cpp): eager CPU
+  // training only (googlenet_fast/bn_train.py); neither op is differentiable.
+  m.def("bn_relu_forward(Tensor[] pre, Tensor gamma, Tensor beta, float eps, Tensor(a!)[] y) "
+        "-> (Tensor mean, Tensor var, Tensor invstd)");
+  m.def("bn_relu_backward(Tensor[] grads, Tensor[] y, Tensor[] pre, Tensor mean, Tensor invstd, Tensor gamma, "
+        "Tensor(a!)[] outs) -> (Tensor grad_gamma, Tensor grad_beta)");
+}
+
+TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
+  m.impl("bn_relu_forward", &bn_relu_forward_cpu);
+  m.impl("bn_relu_backward", &bn_relu_backward_cpu);
+}
+
+}  // namespace googlenet_fast
