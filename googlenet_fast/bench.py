@@ -520,16 +520,25 @@ def train_labels(batch_size: int, num_classes: int = 1000, seed: int = 0, device
     return torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
 
 
+def train_autocast(device, amp: bool):
+    """``torch.autocast(device type, bfloat16)`` when ``amp`` (the train benchmark's ``--amp``:
+    bfloat16 on the CPU and on CUDA), else a no-op context."""
+    if not amp:
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
 class TrainStep:
     """``fn(x)``: one training step of ``model`` on ``x`` and :func:`train_labels` for x's batch
     size: zero_grad(set_to_none), forward (through ``forward``, default the model itself, e.g. a
-    torch.compile wrapper), :func:`train_loss`, backward, SGD(lr, momentum) step.  Returns the
-    detached loss."""
+    torch.compile wrapper) and :func:`train_loss` (under bfloat16 autocast with ``amp``),
+    backward, SGD(lr, momentum) step.  Returns the detached loss."""
 
     def __init__(self, model: torch.nn.Module, forward: Optional[Callable] = None, num_classes: int = 1000,
-                 lr: float = TRAIN_LR, momentum: float = TRAIN_MOMENTUM):
+                 lr: float = TRAIN_LR, momentum: float = TRAIN_MOMENTUM, amp: bool = False):
         self.model = model
         self.forward = forward if forward is not None else model
+        self.amp = amp
         self.num_classes = num_classes
         self.opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=momentum)
         self._labels: Dict[tuple, Tensor] = {}
@@ -543,7 +552,8 @@ class TrainStep:
 
     def __call__(self, x: Tensor) -> Tensor:
         self.opt.zero_grad(set_to_none=True)
-        loss = train_loss(self.forward(x), self.labels(x))
+        with train_autocast(x.device, self.amp):
+            loss = train_loss(self.forward(x), self.labels(x))
         loss.backward()
         self.opt.step()
         self.last_loss = loss.detach()
@@ -573,44 +583,59 @@ def build_train_networks(seed: int = 0, variant: str = "torchvision", device="cp
 
 
 def train_providers(nets: Networks, *, compile: bool = False, only: Optional[Sequence[str]] = None,
-                    num_classes: int = 1000) -> List[Provider]:
+                    num_classes: int = 1000, amp: bool = False) -> List[Provider]:
     """Train-step providers over :func:`build_train_networks`: each owns its model and an SGD
     optimizer (the steps change the weights; every provider starts from the same state).  With
-    ``compile``: torch.compile of a copy of the baseline network (inductor, no freezing)."""
+    ``compile``: torch.compile of a copy of the baseline network (inductor, no freezing).  With
+    ``amp``: every step's forward and loss under bfloat16 autocast."""
     import copy
     keep = {PROVIDER_KEYS[k] for k in (only or PROVIDER_KEYS)} | {nets.baseline_name}
-    ps = [Provider(FUSED, TrainStep(nets.fused, num_classes=num_classes)),
-          Provider(UNFUSED, TrainStep(nets.unfused, num_classes=num_classes))]
+    ps = [Provider(FUSED, TrainStep(nets.fused, num_classes=num_classes, amp=amp)),
+          Provider(UNFUSED, TrainStep(nets.unfused, num_classes=num_classes, amp=amp))]
     if nets.torchvision is not None:
-        ps.append(Provider(TORCHVISION, TrainStep(nets.torchvision, num_classes=num_classes)))
+        ps.append(Provider(TORCHVISION, TrainStep(nets.torchvision, num_classes=num_classes, amp=amp)))
     ps = [p for p in ps if p.name in keep]
     if compile:
         model = copy.deepcopy(nets.baseline)
         ps.append(Provider(COMPILE, TrainStep(model, forward=torch.compile(model, dynamic=False),
-                                              num_classes=num_classes),
+                                              num_classes=num_classes, amp=amp),
                            compiles=True, note=f"torch.compile({nets.baseline_name}) train step, inductor"))
     return ps
 
 
-def check_train_step(nets: Networks, images: Tensor, num_classes: int = 1000, seed: int = 0) -> Dict[str, Dict]:
+def check_train_step(nets: Networks, images: Tensor, num_classes: int = 1000, seed: int = 0,
+                     amp: bool = False) -> Dict[str, Dict]:
     """One train-mode forward + backward of fused and of the baseline on ``images`` (copies of the
     networks, the same dropout masks): {provider: compare_logits of the logits and of both aux
-    heads (keys "logits", "aux_logits1", "aux_logits2"), plus "loss_rel_err"}.  Gradients are
-    not compared here: in float32 they differ at ReLU kinks (tests/test_train_parity.py)."""
+    heads (keys "logits", "aux_logits1", "aux_logits2"), plus "loss_rel_err"}, each against the
+    baseline in float32.  With ``amp`` both run under bfloat16 autocast and the baseline's own
+    bfloat16 errors (against its float32 run) are returned too, under the baseline's name.
+    Gradients are not compared here: in float32 they differ at ReLU kinks
+    (tests/test_train_parity.py)."""
     import copy
     y = train_labels(images.shape[0], num_classes, device=images.device)
     outs = {}
-    for name, model in ((FUSED, nets.fused), (nets.baseline_name, nets.baseline)):
+    runs = [(FUSED, nets.fused, amp), ("float32", nets.baseline, False)]
+    if amp:
+        runs.append((nets.baseline_name, nets.baseline, True))
+    for name, model, autocast in runs:
         m = copy.deepcopy(model).train()
         torch.manual_seed(seed)
-        out = m(images)
-        loss = train_loss(out, y)
+        with train_autocast(images.device, autocast):
+            out = m(images)
+            loss = train_loss(out, y)
         loss.backward()
         outs[name] = (out, loss.detach())
-    (out, loss), (ref, ref_loss) = outs[FUSED], outs[nets.baseline_name]
-    res = {k: compare_logits(getattr(out, k), getattr(ref, k)) for k in ("logits", "aux_logits1", "aux_logits2")}
-    res["loss_rel_err"] = abs(loss.item() - ref_loss.item()) / abs(ref_loss.item())
-    return {FUSED: res}
+    ref, ref_loss = outs["float32"]
+    res = {}
+    for name in outs:
+        if name == "float32":
+            continue
+        out, loss = outs[name]
+        r = {k: compare_logits(getattr(out, k).float(), getattr(ref, k)) for k in ("logits", "aux_logits1", "aux_logits2")}
+        r["loss_rel_err"] = abs(loss.item() - ref_loss.item()) / abs(ref_loss.item())
+        res[name] = r
+    return res
 
 
 @contextlib.contextmanager

@@ -30,6 +30,7 @@ import os
 from typing import Tuple
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -233,21 +234,24 @@ class _InceptionBnReluTrain(torch.autograd.Function):
     """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
 
     Every convolution runs through oneDNN as torchvision's do (``F.conv2d`` forward,
-    ``aten.convolution_backward`` dgrad + wgrad, channels_last); everything between them is the
-    extension's ``bn_relu_forward`` / ``bn_relu_backward`` (csrc/cpu/bn_relu_train_cpu.cpp).
+    ``aten.convolution_backward`` dgrad + wgrad, channels_last); the forward's BatchNorms are
+    ATen's (their float32 rounding is torchvision's, so a ReLU input near 0 goes the same way);
+    the backward between the convolutions is the extension's ``bn_relu_backward``
+    (csrc/cpu/bn_relu_train_cpu.cpp).
 
     Forward: ONE 1x1 convolution for the three sibling 1x1s (x read once, weights concatenated)
     -> ``m``; the max pool with its argmax (saved: no recompute in backward) and the pool
-    projection; BatchNorm (ATen's) + ReLU of the two reduce branches into dense activations
-    (saved for the KxK wgrad); the two KxK convolutions; ONE BatchNorm + ReLU pass over all output channels
-    reading the four branches' pre-BN outputs where the convolutions wrote them and writing the
-    module's output (no cat).  Running statistics of all six BatchNorms as nn.BatchNorm2d's.
+    projection; BatchNorm + in-place ReLU of the two reduce branches (dense activations, saved
+    for the KxK wgrad); the two KxK convolutions; the four pre-BN branch outputs concatenated and
+    ONE BatchNorm + in-place ReLU over all output channels.  Running statistics of all six
+    BatchNorms as nn.BatchNorm2d's (ATen updates them).
 
     Backward: ``bn_relu_backward`` over all output channels (ReLU mask and BatchNorm backward in
     two passes) writes branch 1's gradient into the first columns of the merged 1x1 gradient
-    buffer ``da`` and the other branches' into dense buffers; the KxK dgrad + wgrad; the reduce
-    branches' ``bn_relu_backward`` straight into ``da``'s other columns; ONE dgrad + wgrad for the
-    three sibling 1x1s; the pool projection's, routed through the saved argmax.
+    buffer ``da`` and the other branches' into dense buffers (no split copies); the KxK dgrad +
+    wgrad; the reduce branches' ``bn_relu_backward`` straight into ``da``'s other columns; ONE
+    dgrad + wgrad for the three sibling 1x1s; the pool projection's, routed through the saved
+    argmax.
     """
 
     @staticmethod
@@ -267,26 +271,37 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         # the KxK convolutions' dense inputs, saved for their wgrad.
         acts, red_stats = [], []
         for lo, hi, i in ((c1, c1 + r3, 1), (c1 + r3, c1 + r3 + r5, 3)):
-            a, mean, invstd = torch.native_batch_norm(m[:, lo:hi], g[i], b[i], bns[i].running_mean,
-                                                      bns[i].running_var, True, momentum, eps)
+            # (a dense copy first: ATen's batch_norm on a channel slice is ~4x slower than the copy
+            # and the batch_norm of the dense tensor together)
+            a, mean, invstd = torch.native_batch_norm(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
+                                                      bns[i].running_mean, bns[i].running_var, True, momentum, eps)
             acts.append(a.relu_().contiguous(memory_format=cl))
             red_stats.append((mean, invstd))
         y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
         y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
         gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
-        y = torch.empty((n, c1 + c3 + c5 + cp, h, w), dtype=x.dtype).contiguous(memory_format=cl)
-        pre = [m[:, :c1], y3, y5, yp]
-        mean_o, var_o, invstd_o = gf.bn_relu_forward(pre, gamma_o, beta_o, eps, [y])
-        _update_running_stats((bns[0], bns[2], bns[4], bns[5]), mean_o, var_o, n * h * w, momentum)
+        # ONE BatchNorm over all output channels: ATen's (its float32 rounding is torchvision's:
+        # a ReLU input near 0 goes the same way), its running statistics concatenated.
+        out = torch.cat([m[:, :c1], y3, y5, yp], 1)
+        out_bns = (bns[0], bns[2], bns[4], bns[5])
+        running_mean = torch.cat([bn.running_mean for bn in out_bns])
+        running_var = torch.cat([bn.running_var for bn in out_bns])
+        y, mean_o, invstd_o = torch.native_batch_norm(out, gamma_o, beta_o, running_mean, running_var, True,
+                                                      momentum, eps)
+        y = y.relu_()
+        osizes = [c1, c3, c5, cp]
+        for bn, rm, rv in zip(out_bns, running_mean.split(osizes), running_var.split(osizes)):
+            bn.running_mean.copy_(rm)
+            bn.running_var.copy_(rv)
         ctx.sizes = sizes
-        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, idx, acts[0], acts[1], y3, y5, yp, y,
+        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, idx, acts[0], acts[1], out, y,
                               mean_o, invstd_o, gamma_o, red_stats[0][0], red_stats[0][1], g[1],
                               red_stats[1][0], red_stats[1][1], g[3])
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (x, w3, w5, wp, wm, m, pooled, idx, act3, act5, y3, y5, yp, y, mean_o, invstd_o, gamma_o,
+        (x, w3, w5, wp, wm, m, pooled, idx, act3, act5, out, y, mean_o, invstd_o, gamma_o,
          mean3, invstd3, gamma3, mean5, invstd5, gamma5) = ctx.saved_tensors
         aten = torch.ops.aten
         gf = torch.ops.googlenet_fast
@@ -297,7 +312,7 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         dt = y.dtype
         da = torch.empty((n, c1 + r3 + r5, h, w), dtype=dt).contiguous(memory_format=cl)
         g2, g3, g4 = (torch.empty((n, c, h, w), dtype=dt).contiguous(memory_format=cl) for c in (c3, c5, cp))
-        gg_o, gb_o = gf.bn_relu_backward([gy], [y], [m[:, :c1], y3, y5, yp], mean_o, invstd_o, gamma_o,
+        gg_o, gb_o = gf.bn_relu_backward([gy], [y], [out], mean_o, invstd_o, gamma_o,
                                          [da[:, :c1], g2, g3, g4])
         da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
@@ -319,16 +334,36 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         return gx, gw1, gw3r, gw3, gw5r, gw5, gwp, ggam, gbet, None, None, None
 
 
-def _update_running_stats(bns, mean, var, count, momentum):
-    """nn.BatchNorm2d's running-statistics update for BatchNorms whose batch statistics (mean,
-    biased var; channels concatenated in ``bns``' order) were computed by the extension's kernels:
-    momentum * batch + (1 - momentum) * running, with the unbiased batch variance."""
+class _BnReluTrain(torch.autograd.Function):
+    """relu(batch_norm(pre)) with batch statistics as one autograd node: forward ATen's
+    native_batch_norm (running statistics included) and an in-place ReLU, as torchvision's
+    block computes them; backward the extension's ``bn_relu_backward`` (ReLU mask and BatchNorm
+    backward in two passes instead of threshold_backward's one and native_batch_norm_backward's
+    two, no gradient tensor in between)."""
+
+    @staticmethod
+    def forward(ctx, pre, gamma, beta, bn, eps, momentum):
+        y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, bn.running_mean, bn.running_var, True,
+                                                  momentum, eps)
+        y = y.relu_()
+        ctx.save_for_backward(pre, y, mean, invstd, gamma)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        pre, y, mean, invstd, gamma = ctx.saved_tensors
+        dpre = torch.empty_like(pre)
+        gg, gb = torch.ops.googlenet_fast.bn_relu_backward([gy], [y], [pre], mean, invstd, gamma, [dpre])
+        return dpre, gg, gb, None, None, None
+
+
+def bn_relu_train(pre: Tensor, bn: nn.BatchNorm2d) -> Tensor:
+    """``relu(bn(pre))`` for a train-mode ``nn.BatchNorm2d`` (affine, running statistics, numeric
+    momentum) as one autograd node on the CPU (see :func:`cpu_fast_path_applies`): the backward
+    in two passes instead of three and without the ReLU's gradient tensor.  Updates ``bn``'s running statistics and num_batches_tracked as ``bn(pre)`` would."""
     with torch.no_grad():
-        unbiased = var * (count / (count - 1))
-        sizes = [bn.num_features for bn in bns]
-        for bn, m, v in zip(bns, mean.split(sizes), unbiased.split(sizes)):
-            bn.running_mean.copy_(momentum * m + (1 - momentum) * bn.running_mean)
-            bn.running_var.copy_(momentum * v + (1 - momentum) * bn.running_var)
+        bn.num_batches_tracked.add_(1)
+    return _BnReluTrain.apply(pre, bn.weight, bn.bias, bn, bn.eps, bn.momentum)
 
 
 def inception_bn_relu_train(x: Tensor, weights, bns, eps: float, momentum: float) -> Tensor:

@@ -178,10 +178,22 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
             y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
         return torch.relu_(y) if relu else y
 
+    def _train_bn_relu_applies(self, x: Tensor) -> bool:
+        """Train-mode fused path: BatchNorm + ReLU as one node (bn_train.bn_relu_train) when fused,
+        training, on the CPU fast path, and ``bn`` a plain affine nn.BatchNorm2d with running
+        statistics and a numeric momentum, without hooks on the block or its children."""
+        if not (self.fused and self.training and bn_train.cpu_fast_path_applies(x)):
+            return False
+        bn = self._modules.get("bn")
+        return (type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats and bn.running_mean is not None
+                and bn.momentum is not None and not _has_hooks(self, self.conv, bn))
+
     def forward(self, x: Tensor) -> Tensor:
         y = self._eval_conv(x)
         if y is not None:
             return y
+        if self._train_bn_relu_applies(x):
+            return bn_train.bn_relu_train(self.conv(x), self.bn)
         x = self.conv(x)
         x = self.bn(x)
         return F.relu(x, inplace=True)

@@ -1,17 +1,10 @@
-// googlenet_fast: train-mode BatchNorm + ReLU, forward and backward, over channel lists (CPU).
+// googlenet_fast: train-mode BatchNorm + ReLU backward over channel lists (CPU).
 //
 // The train-mode torchvision Inception module on the CPU (googlenet_fast/bn_train.py,
 // _InceptionBnReluTrain) runs its convolutions through oneDNN (ATen's convolution and
-// convolution_backward, what torchvision's model runs) and everything between them here:
+// convolution_backward, what torchvision's model runs), its forward BatchNorms through ATen, and
+// the backward between the convolutions here (also the stem's blocks, bn_train.bn_relu_train):
 //
-// googlenet_fast::bn_relu_forward(pre[], gamma, beta, eps, y[]) -> (mean, var, invstd)
-//   y = relu(batch_norm(pre)) with batch statistics, where `pre` is a list of tensors whose
-//   channels concatenate (the four branches' pre-BatchNorm conv outputs, each as oneDNN wrote it)
-//   and `y` a list of destinations whose channels concatenate (the module's one output tensor):
-//   no cat.  Three passes, as ATen's channels-last batch_norm (sum, sum of squared deviations,
-//   apply) with the ReLU in the third: y = max(pre * alpha + beta - mean * alpha, 0), alpha =
-//   gamma * invstd, NaN kept (torch.relu).  var is the biased variance (what is normalized
-//   with); the caller updates the running statistics with the unbiased one.
 // googlenet_fast::bn_relu_backward(grads[], y[], pre[], mean, invstd, gamma, outs[]) -> (dgamma, dbeta)
 //   the gradient of `pre` (written into `outs`) and of gamma and beta: ATen's threshold_backward
 //   followed by native_batch_norm_backward, in two passes instead of four:
@@ -35,6 +28,9 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "../inception.h"
@@ -45,7 +41,7 @@ namespace {
 constexpr int64_t kBlock = 256;  // pixels per block (fixed: the sums do not depend on threads)
 
 // ---- per-row loops (one pixel, one channel range) ------------------------------------------------
-// Branch-free so that they vectorize; the float32 versions are also compiled for AVX2 and AVX-512
+// Branch-free so that they vectorize; the float32 and bfloat16 versions are also compiled for AVX2 and AVX-512
 // (GCC picks the clone for the running CPU at load time, as csrc/cpu/inception_cpu.cpp's loops).
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define GF_BN_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
@@ -54,32 +50,36 @@ constexpr int64_t kBlock = 256;  // pixels per block (fixed: the sums do not dep
 #endif
 #define GF_INLINE inline __attribute__((always_inline))
 
-template <typename T, typename A>
-GF_INLINE void sum_row_impl(const T* __restrict__ x, A* __restrict__ s, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) s[c] += static_cast<A>(x[c]);
+// Loads and stores in the accumulator type.  bfloat16 through its bits (a shift; round to nearest
+// even with NaN kept, as c10::BFloat16's conversion), so that the bfloat16 loops vectorize too.
+GF_INLINE float to_acc(float v) { return v; }
+GF_INLINE double to_acc(double v) { return v; }
+GF_INLINE float to_acc(c10::BFloat16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
 }
-template <typename T, typename A>
-GF_INLINE void sq_row_impl(const T* __restrict__ x, const A* __restrict__ m, A* __restrict__ s, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) {
-    const A d = static_cast<A>(x[c]) - m[c];
-    s[c] += d * d;
+template <typename T>
+GF_INLINE T from_acc(typename std::conditional<std::is_same_v<T, double>, double, float>::type v) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    const uint16_t r = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+    return c10::BFloat16(v != v ? uint16_t(0x7fc0) : r, c10::BFloat16::from_bits());
+  } else {
+    return static_cast<T>(v);
   }
 }
-template <typename T, typename A>
-GF_INLINE void apply_row_impl(const T* __restrict__ x, const A* __restrict__ a, const A* __restrict__ b,
-                              T* __restrict__ y, int64_t n) {
-  for (int64_t c = 0; c < n; ++c) {
-    const A v = static_cast<A>(x[c]) * a[c] + b[c];
-    y[c] = static_cast<T>(v <= A(0) ? A(0) : v);  // NaN stays NaN
-  }
-}
+
 template <typename T, typename A>
 GF_INLINE void bwd_sums_row_impl(const T* __restrict__ g, const T* __restrict__ y, const T* __restrict__ x,
                                  const A* __restrict__ m, A* __restrict__ s1, A* __restrict__ s2, int64_t n) {
   for (int64_t c = 0; c < n; ++c) {
-    const A dz = static_cast<A>(y[c]) <= A(0) ? A(0) : static_cast<A>(g[c]);
+    const A gv = to_acc(g[c]);  // loaded unconditionally: a select, not a branch
+    const A dz = to_acc(y[c]) <= A(0) ? A(0) : gv;
     s1[c] += dz;
-    s2[c] += dz * (static_cast<A>(x[c]) - m[c]);
+    s2[c] += dz * (to_acc(x[c]) - m[c]);
   }
 }
 template <typename T, typename A>
@@ -87,17 +87,12 @@ GF_INLINE void bwd_grad_row_impl(const T* __restrict__ g, const T* __restrict__ 
                                  const A* __restrict__ m, const A* __restrict__ gm, const A* __restrict__ k,
                                  const A* __restrict__ a, T* __restrict__ o, int64_t n) {
   for (int64_t c = 0; c < n; ++c) {
-    const A dz = static_cast<A>(y[c]) <= A(0) ? A(0) : static_cast<A>(g[c]);
-    o[c] = static_cast<T>((dz - gm[c] - (static_cast<A>(x[c]) - m[c]) * k[c]) * a[c]);
+    const A gv = to_acc(g[c]);  // loaded unconditionally: a select, not a branch
+    const A dz = to_acc(y[c]) <= A(0) ? A(0) : gv;
+    o[c] = from_acc<T>((dz - gm[c] - (to_acc(x[c]) - m[c]) * k[c]) * a[c]);
   }
 }
 
-template <typename T, typename A>
-void sum_row(const T* x, A* s, int64_t n) { sum_row_impl(x, s, n); }
-template <typename T, typename A>
-void sq_row(const T* x, const A* m, A* s, int64_t n) { sq_row_impl(x, m, s, n); }
-template <typename T, typename A>
-void apply_row(const T* x, const A* a, const A* b, T* y, int64_t n) { apply_row_impl(x, a, b, y, n); }
 template <typename T, typename A>
 void bwd_sums_row(const T* g, const T* y, const T* x, const A* m, A* s1, A* s2, int64_t n) {
   bwd_sums_row_impl(g, y, x, m, s1, s2, n);
@@ -106,24 +101,20 @@ template <typename T, typename A>
 void bwd_grad_row(const T* g, const T* y, const T* x, const A* m, const A* gm, const A* k, const A* a, T* o, int64_t n) {
   bwd_grad_row_impl(g, y, x, m, gm, k, a, o, n);
 }
-template <>
-GF_BN_CLONES void sum_row<float, float>(const float* x, float* s, int64_t n) { sum_row_impl(x, s, n); }
-template <>
-GF_BN_CLONES void sq_row<float, float>(const float* x, const float* m, float* s, int64_t n) { sq_row_impl(x, m, s, n); }
-template <>
-GF_BN_CLONES void apply_row<float, float>(const float* x, const float* a, const float* b, float* y, int64_t n) {
-  apply_row_impl(x, a, b, y, n);
-}
-template <>
-GF_BN_CLONES void bwd_sums_row<float, float>(const float* g, const float* y, const float* x, const float* m, float* s1,
-                                             float* s2, int64_t n) {
-  bwd_sums_row_impl(g, y, x, m, s1, s2, n);
-}
-template <>
-GF_BN_CLONES void bwd_grad_row<float, float>(const float* g, const float* y, const float* x, const float* m,
-                                             const float* gm, const float* k, const float* a, float* o, int64_t n) {
-  bwd_grad_row_impl(g, y, x, m, gm, k, a, o, n);
-}
+#define GF_BN_ROW_CLONES(T)                                                                                       \
+  template <>                                                                                                     \
+  GF_BN_CLONES void bwd_sums_row<T, float>(const T* g, const T* y, const T* x, const float* m, float* s1,          \
+                                           float* s2, int64_t n) {                                                \
+    bwd_sums_row_impl(g, y, x, m, s1, s2, n);                                                                     \
+  }                                                                                                               \
+  template <>                                                                                                     \
+  GF_BN_CLONES void bwd_grad_row<T, float>(const T* g, const T* y, const T* x, const float* m, const float* gm,    \
+                                           const float* k, const float* a, T* o, int64_t n) {                     \
+    bwd_grad_row_impl(g, y, x, m, gm, k, a, o, n);                                                                \
+  }
+GF_BN_ROW_CLONES(float)
+GF_BN_ROW_CLONES(c10::BFloat16)
+#undef GF_BN_ROW_CLONES
 
 // ---- channel lists ------------------------------------------------------------------------------
 // A list of (N, Ci, H, W) tensors read or written as one NHWC matrix of concatenated channels.
@@ -221,55 +212,6 @@ void for_pixels(int64_t P, const std::vector<Piece<K>>& ps, const F& f) {
   });
 }
 
-// ---- forward -------------------------------------------------------------------------------------
-std::tuple<at::Tensor, at::Tensor, at::Tensor> bn_relu_forward_cpu(at::TensorList pre, const at::Tensor& gamma,
-                                                                   const at::Tensor& beta, double eps,
-                                                                   at::TensorList y) {
-  at::AutoDispatchBelowADInplaceOrView below_autograd;
-  TORCH_CHECK_VALUE(!pre.empty() && pre[0].dim() == 4, "pre: expected a list of 4-D tensors");
-  const at::Tensor& first = pre[0];
-  const ChannelList X = channel_list(pre, first, false, "pre"), Y = channel_list(y, first, true, "y");
-  const int64_t C = X.off.back();
-  TORCH_CHECK_VALUE(Y.off.back() == C, "y: expected ", C, " channels in all (pre's), got ", Y.off.back());
-  TORCH_CHECK_VALUE(gamma.dim() == 1 && gamma.size(0) == C && beta.dim() == 1 && beta.size(0) == C,
-                    "gamma, beta: expected shape (", C, ",)");
-  const int64_t P = first.size(0) * first.size(2) * first.size(3);
-  TORCH_CHECK_VALUE(P > 1, "Expected more than 1 value per channel when training, got input size ", first.sizes());
-  const auto acc = at::toOpMathType(first.scalar_type());
-  at::Tensor mean = at::empty({C}, first.options().dtype(acc)), var = at::empty({C}, mean.options());
-  at::Tensor invstd = at::empty({C}, mean.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, first.scalar_type(), "bn_relu_forward_cpu", [&] {
-    using A = at::opmath_type<scalar_t>;
-    const auto rd = pieces<1>({&X}, sizeof(scalar_t));
-    std::vector<double> s = block_sums<A>(P, C, 1, rd, [&](const Piece<1>& pc, int64_t p, A* s) {
-      sum_row(at_pixel<scalar_t>(pc, 0, p), s + pc.c0, pc.c1 - pc.c0);
-    });
-    A* M = mean.data_ptr<A>();
-    for (int64_t c = 0; c < C; ++c) M[c] = static_cast<A>(s[c] / static_cast<double>(P));
-    s = block_sums<A>(P, C, 1, rd, [&](const Piece<1>& pc, int64_t p, A* s) {
-      sq_row(at_pixel<scalar_t>(pc, 0, p), M + pc.c0, s + pc.c0, pc.c1 - pc.c0);
-    });
-    const at::Tensor g = gamma.to(acc).contiguous(), b = beta.to(acc).contiguous();
-    const A* G = g.const_data_ptr<A>();
-    const A* B = b.const_data_ptr<A>();
-    A* V = var.data_ptr<A>();
-    A* IS = invstd.data_ptr<A>();
-    std::vector<A> alpha(C), shift(C);
-    for (int64_t c = 0; c < C; ++c) {
-      V[c] = static_cast<A>(s[c] / static_cast<double>(P));
-      IS[c] = A(1) / std::sqrt(V[c] + static_cast<A>(eps));
-      alpha[c] = IS[c] * G[c];
-      shift[c] = B[c] - M[c] * alpha[c];
-    }
-    const auto wr = pieces<2>({&X, &Y}, sizeof(scalar_t));
-    for_pixels(P, wr, [&](const Piece<2>& pc, int64_t p) {
-      apply_row(at_pixel<scalar_t>(pc, 0, p), alpha.data() + pc.c0, shift.data() + pc.c0, at_pixel<scalar_t>(pc, 1, p),
-                pc.c1 - pc.c0);
-    });
-  });
-  return {mean, var, invstd};
-}
-
 // ---- backward ------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at::TensorList y, at::TensorList pre,
                                                         const at::Tensor& mean, const at::Tensor& invstd,
@@ -323,16 +265,13 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
-  // Train-mode BatchNorm + ReLU over channel lists (csrc/cpu/bn_relu_train_cpu.cpp): eager CPU
-  // training only (googlenet_fast/bn_train.py); neither op is differentiable.
-  m.def("bn_relu_forward(Tensor[] pre, Tensor gamma, Tensor beta, float eps, Tensor(a!)[] y) "
-        "-> (Tensor mean, Tensor var, Tensor invstd)");
+  // Train-mode BatchNorm + ReLU backward over channel lists (csrc/cpu/bn_relu_train_cpu.cpp):
+  // eager CPU training only (googlenet_fast/bn_train.py); not differentiable.
   m.def("bn_relu_backward(Tensor[] grads, Tensor[] y, Tensor[] pre, Tensor mean, Tensor invstd, Tensor gamma, "
         "Tensor(a!)[] outs) -> (Tensor grad_gamma, Tensor grad_beta)");
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
-  m.impl("bn_relu_forward", &bn_relu_forward_cpu);
   m.impl("bn_relu_backward", &bn_relu_backward_cpu);
 }
 
