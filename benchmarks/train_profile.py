@@ -9,6 +9,7 @@ the step phase it ran in (record_function regions "forward", "backward", "optimi
     python benchmarks/train_profile.py                  # batch 8, float32, 2 threads
     python benchmarks/train_profile.py --amp            # torch.autocast('cpu', bfloat16)
     python benchmarks/train_profile.py --batch 32 --steps 3
+    python benchmarks/train_profile.py --composition     # fused=True as before issue #15's fast path
 
 oneDNN computes a convolution's dgrad and wgrad in one ``aten::convolution_backward`` call, so
 the table has one "conv backward" row for both.  The bound: if a step did nothing but
@@ -119,9 +120,16 @@ def main():
     p.add_argument("--amp", action="store_true", help="torch.autocast('cpu', bfloat16)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--steps", type=int, default=5, help="timed (unprofiled) steps per network")
+    p.add_argument("--composition", action="store_true",
+                   help="fused=True with googlenet_fast.bn_train.CPU_FAST_PATH off: the inception_bn_train "
+                        "op + F.batch_norm composition (what torch.compile traces; the eager path before "
+                        "issue #15)")
     p.add_argument("--profiles", type=int, default=4, help="profiled steps per network (the least disturbed one is shown)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.composition:
+        from googlenet_fast import bn_train
+        bn_train.CPU_FAST_PATH = False
     nets = bench.build_train_networks(seed=0)
     x = torch.randn(a.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).contiguous(
         memory_format=torch.channels_last)
@@ -149,7 +157,8 @@ def main():
                      key=lambda c: (c not in CONV_CLASSES, -best["torchvision"].get(c, 0.0)))
     med = {k: {c: pr.get(c, 0.0) for c in classes} for k, pr in best.items()}
     tot = {k: sum(v.values()) for k, v in med.items()}
-    print(f"batch {a.batch}, {'bf16 autocast' if a.amp else 'float32'}, {a.threads} threads, torch "
+    print(f"batch {a.batch}, {'bf16 autocast' if a.amp else 'float32'}, {a.threads} threads, fused = "
+          f"{'the composition (CPU_FAST_PATH off)' if a.composition else 'the eager CPU fast path'}, torch "
           f"{torch.__version__}; self CPU ms per op class, the "
           f"profiled step with the smallest total of {a.profiles} per network")
     print()
