@@ -360,7 +360,8 @@ class _BnReluTrain(torch.autograd.Function):
 def bn_relu_train(pre: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """``relu(bn(pre))`` for a train-mode ``nn.BatchNorm2d`` (affine, running statistics, numeric
     momentum) as one autograd node on the CPU (see :func:`cpu_fast_path_applies`): the backward
-    in two passes instead of three and without the ReLU's gradient tensor.  Updates ``bn``'s running statistics and num_batches_tracked as ``bn(pre)`` would."""
+    in two passes instead of three and without the ReLU's gradient tensor.  Updates ``bn``'s
+    running statistics and num_batches_tracked as ``bn(pre)`` would."""
     with torch.no_grad():
         bn.num_batches_tracked.add_(1)
     return _BnReluTrain.apply(pre, bn.weight, bn.bias, bn, bn.eps, bn.momentum)

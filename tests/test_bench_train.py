@@ -124,3 +124,15 @@ def test_train_providers():
     compiled = bench.train_providers(nets, compile=True, only=["fused"], num_classes=10)
     assert compiled[-1].name == bench.COMPILE and compiled[-1].compiles
     assert compiled[-1].fn.model is not nets.torchvision  # a copy: its steps do not touch the eager one
+
+
+def test_bench_train_amp(capsys):
+    """--amp: every step under bfloat16 autocast; the check holds fused to 2x the baseline's own
+    bfloat16 error (both against the baseline in float32)."""
+    rc, out, err = _run(capsys, "bench", "--mode", "train", "--amp", "--batch-sizes", "2", *FAST)
+    assert rc == 0, out + err
+    assert "under bfloat16 autocast" in out and "forward under torch.autocast(bfloat16)" in out
+    assert "check: torchvision eager train step under bfloat16 autocast logits vs torchvision eager float32" in out
+    assert "check: OK (logits, aux logits and loss: max rel err <= 2x torchvision eager's own bfloat16 error" in out
+    rc, out, err = _run(capsys, "bench", "--amp", *FAST)
+    assert rc == 2 and "--amp: only with --mode train" in out + err

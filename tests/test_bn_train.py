@@ -225,3 +225,94 @@ def test_double_backward_is_a_clear_error():
     out = bn_train.inception_bn_train(*args, 1e-3, backend="cpu")[0]
     with pytest.raises(RuntimeError, match="not twice differentiable"):
         torch.autograd.grad(out.square().sum(), args[0], create_graph=True)
+
+
+# ------------------------------------------------------------------------------------------------
+# The eager CPU fast path (issue #15): the whole module as one autograd node, and the
+# googlenet_fast::bn_relu_backward op it and the stem's blocks use.
+
+
+def _module_and_input(dtype=torch.float64, seed=0):
+    from googlenet_fast.model import Inception
+    torch.manual_seed(seed)
+    m = Inception(12, 5, 4, 6, 3, 5, 4).to(dtype).train()
+    for bn in (mod for mod in m.modules() if isinstance(mod, torch.nn.BatchNorm2d)):
+        torch.nn.init.uniform_(bn.weight, 0.5, 1.5)
+        torch.nn.init.normal_(bn.bias, 0, 0.3)
+    x = torch.randn(3, 12, 6, 5, dtype=dtype).contiguous(memory_format=torch.channels_last).requires_grad_()
+    return m, x
+
+
+def test_fast_path_module_equals_plain_modules_float64():
+    """One autograd node (bn_train.inception_bn_relu_train) == the plain branches + cat: output,
+    every gradient, running statistics and num_batches_tracked (float64, 1e-12)."""
+    import copy
+    m, x = _module_and_input()
+    ref = copy.deepcopy(m)
+    ref.fused = False
+    assert bn_train.cpu_fast_path_applies(x)
+    x2 = x.detach().clone().requires_grad_()
+    y, y_ref = m(x), ref(x2)
+    assert y.grad_fn is not None and "InceptionBnReluTrain" in type(y.grad_fn).__name__
+    g = torch.randn_like(y)
+    y.backward(g)
+    y_ref.backward(g)
+    torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-12, atol=1e-12)
+    for (n, p), (_, q) in zip(m.named_parameters(), ref.named_parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-12, atol=1e-12, msg=n)
+    for (n, b), (_, c) in zip(m.named_buffers(), ref.named_buffers()):
+        torch.testing.assert_close(b, c, rtol=1e-12, atol=1e-12, msg=n)
+
+
+def test_fast_path_off_switch_and_conditions(monkeypatch):
+    x = torch.zeros(1, 3, 2, 2)
+    assert bn_train.cpu_fast_path_applies(x)
+    assert not bn_train.cpu_fast_path_applies(x.half())
+    monkeypatch.setattr(bn_train, "CPU_FAST_PATH", False)
+    assert not bn_train.cpu_fast_path_applies(x)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_bn_relu_backward_matches_aten(dtype, rtol):
+    """bn_relu_backward over channel lists == threshold_backward + native_batch_norm_backward:
+    grads split in two tensors, pre a channel slice of a larger channels_last buffer, the result
+    written into a channel slice and a dense tensor; NaN in y passes the gradient as
+    threshold_backward does."""
+    aten = torch.ops.aten
+    g = torch.Generator().manual_seed(0)
+    n, c, h, w = 3, 7, 5, 4
+    big = torch.randn(n, c + 3, h, w, generator=g, dtype=torch.float64).to(dtype).contiguous(
+        memory_format=torch.channels_last)
+    pre = big[:, 2:2 + c]
+    gamma = torch.rand(c, generator=g, dtype=torch.float64).float() + 0.5
+    beta = torch.randn(c, generator=g, dtype=torch.float64).float()
+    if dtype == torch.float64:
+        gamma, beta = gamma.double(), beta.double()
+    y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, None, None, True, 0.1, 1e-3)
+    y = y.relu_().contiguous(memory_format=torch.channels_last)
+    y[0, 1, 0, 0] = float("nan")
+    grad = torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+    dz = aten.threshold_backward(grad, y, 0)
+    ref_dx, ref_gg, ref_gb = aten.native_batch_norm_backward(dz, pre.contiguous(), gamma, None, None, mean, invstd,
+                                                             True, 1e-3, [True, True, True])
+    out_big = torch.zeros(n, c + 5, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    dense = torch.empty(n, 3, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    gg, gb = torch.ops.googlenet_fast.bn_relu_backward(
+        [grad[:, :4].contiguous(memory_format=torch.channels_last), grad[:, 4:]], [y], [pre], mean, invstd, gamma,
+        [out_big[:, 1:5], dense])
+    dx = torch.cat([out_big[:, 1:5], dense], 1)
+    for a, r in ((dx, ref_dx), (gg, ref_gg), (gb, ref_gb)):
+        assert a.dtype == r.dtype
+        assert ((a.double() - r.double()).abs().max() / r.double().abs().max()).item() <= rtol
+    assert (out_big[:, 0] == 0).all() and (out_big[:, 5:] == 0).all()  # nothing outside the slice
+
+
+def test_bn_relu_backward_argument_errors():
+    f = torch.ops.googlenet_fast.bn_relu_backward
+    t = torch.randn(2, 4, 3, 3).contiguous(memory_format=torch.channels_last)
+    v = torch.ones(4)
+    with pytest.raises(ValueError, match="channels in all"):
+        f([t[:, :3]], [t], [t], v, v, v, [torch.empty_like(t)])
+    with pytest.raises(ValueError, match="channels_last"):
+        f([t], [t], [t], v, v, v, [torch.empty(2, 4, 3, 3)])  # NCHW: not NHWC rows
