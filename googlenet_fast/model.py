@@ -60,6 +60,21 @@ def _below_autograd_without_grad():
     return torch._C._AutoDispatchBelowAutograd()
 
 
+def _exporting_to_onnx() -> bool:
+    """True while ``torch.onnx.export`` traces the model, with either exporter: the TorchScript
+    one (``dynamo=False``: torch.jit tracing) and the torch.export-based one (``dynamo=True``);
+    ``torch.onnx.is_in_onnx_export()`` is set by both (torch 2.11 and 2.14 alike).  The fused
+    paths then step aside and the plain modules run, so the ONNX graph holds standard operators
+    only (Conv, Relu, MaxPool, Concat, Gemm, ...; the exporters fold BatchNorm into Conv): the
+    graph torchvision's googlenet exports.
+    Asked only while tracing (torch.jit) or compiling (torch.export sets is_compiling in every
+    torch version, is_exporting only in recent ones): is_in_onnx_export costs ~1 us a call, eager
+    calls pay ~0.2 us; torch.compile's dynamo folds is_in_onnx_export to False (no graph break).
+    A plain ``torch.export.export`` (not from ONNX) keeps the fused ops."""
+    return ((torch.jit.is_tracing() or torch.compiler.is_compiling())
+            and torch.onnx.is_in_onnx_export())
+
+
 def _foldable_block(block: nn.Module, kernel: int) -> bool:
     """True when ``block`` is a plain BasicConv2d/ConvReLU with the conv the fused op computes."""
     if type(block).forward not in (BasicConv2d.forward, ConvReLU.forward):
@@ -161,7 +176,7 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
     def _eval_conv(self, x: Tensor, relu: bool = True) -> Optional[Tensor]:
         """The fused eval path: ``relu(conv(x))`` (``relu=False``: ``conv(x)``) with the folded
         weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm)."""
-        if not (self.fused and not self.training and self._can_fold()):
+        if not (self.fused and not self.training and self._can_fold()) or _exporting_to_onnx():
             return None
         folded = self._cached_fold(self.conv.weight.dtype)
         if folded is None:
@@ -436,7 +451,16 @@ class Inception(_FoldedWeightsCache, nn.Module):
         return None if w is None else w.dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and self.training and self._weight_dtype() is not None:
+        if self.fused and not _exporting_to_onnx():
+            y = self._forward_fused(x)
+            if y is not None:
+                return y
+        return torch.cat(self._forward(x), 1)
+
+    def _forward_fused(self, x: Tensor) -> Optional[Tensor]:
+        """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
+        weights), or None where they do not apply (the plain branches then run)."""
+        if self.training and self._weight_dtype() is not None:
             dtype = self._weight_dtype()
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
@@ -444,7 +468,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 y = self._forward_train_fused(x, dtype)
                 if y is not None:
                     return y
-        if self.fused and not self.training and self._weight_dtype() is not None:
+        if not self.training and self._weight_dtype() is not None:
             dtype = self._weight_dtype()
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
@@ -458,7 +482,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
                     # The weights are ours and well-formed; the kernels still check x.
                     with self._prepacking(folded), _below_autograd_without_grad():
                         return ops.inception(x, *folded, relu=True, validate=False)
-        return torch.cat(self._forward(x), 1)
+        return None
 
 
 class InceptionAux(nn.Module):
@@ -774,10 +798,11 @@ class GoogLeNet(nn.Module):
     def _cpu_eval_ops(self, x: Tensor) -> bool:
         """Whether the fused eval path on the CPU runs the stem and the transitions through the
         extension's ops (googlenet_fast::max_pool_nhwc, conv2d_relu): fused, eval, a CPU x,
-        autocast off, not under torch.compile (inductor then sees the plain modules)."""
+        autocast off, not under torch.compile (inductor then sees the plain modules) nor while
+        exporting to ONNX."""
         return (self._fused and not self.training and x.device.type == "cpu"
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-                and ops.native.available())
+                and ops.native.available() and not _exporting_to_onnx())
 
     @staticmethod
     def _pool(pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
@@ -839,18 +864,25 @@ class GoogLeNet(nn.Module):
         return x, aux2, aux1
 
     def forward(self, x: Tensor):
-        """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux."""
+        """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux.
+
+        Under ``torch.onnx.export`` (either exporter) the plain modules run, whatever ``fused``
+        says: the exported graph is made of standard ONNX operators, the one torchvision's
+        googlenet exports for the same weights (see :func:`_exporting_to_onnx`)."""
         self._check_input(x)
+        if self._fused and _exporting_to_onnx():
+            return self._forward_modules(x, channels_last=False)
         if self._fused and not self.training and x.device.type == "cuda":
             y = ops.fused_network_forward(self, x)  # the whole network in Triton kernels, or None
             if y is not None:
                 return y
         return self._forward_modules(x)
 
-    def _forward_modules(self, x: Tensor):
-        """The forward through the modules (the fused Inception op per module when fused)."""
+    def _forward_modules(self, x: Tensor, channels_last: Optional[bool] = None):
+        """The forward through the modules (the fused Inception op per module when fused).
+        ``channels_last`` (default: ``fused``): convert x to channels_last at the entry."""
         x = self._transform_input(x)
-        if self._fused:
+        if self._fused if channels_last is None else channels_last:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
         x, aux2, aux1 = self._forward(x)
