@@ -143,7 +143,12 @@ class EngineWorker:
 
     def load(self, onnx_path: str, threads: int, precision: str = "f32") -> str:
         """Open ``onnx_path`` with ``threads`` threads in ``precision`` ("f32", or "bf16" for
-        OpenVINO); returns the session's description (engine version, threads, precision)."""
+        OpenVINO); returns the session's description (engine version, threads, precision).
+        ValueError for threads < 1 or another precision."""
+        if int(threads) < 1:
+            raise ValueError(f"threads: expected a positive integer, got {threads}")
+        if precision not in PRECISIONS.values():
+            raise ValueError(f"precision: expected one of {tuple(PRECISIONS.values())}, got {precision!r}")
         self.description = self._request(("load", self.engine, os.fspath(onnx_path), int(threads), precision),
                                          timeout=LOAD_TIMEOUT_S)
         return self.description
@@ -230,6 +235,8 @@ class EngineSet:
     def __init__(self, engines: Sequence[str], dtype: torch.dtype, threads: int):
         if dtype not in PRECISIONS:
             raise ValueError(f"dtype: the engines run float32 or bfloat16, got {dtype}")
+        if int(threads) < 1:
+            raise ValueError(f"threads: expected a positive integer, got {threads}")
         require(engines)
         self.engines = list(dict.fromkeys(engines))
         self.dtype = dtype

@@ -86,6 +86,8 @@ def test_bad_engine_arguments():
         engines.missing_packages(["tensorrt"])
     with pytest.raises(ValueError, match="dtype: the engines run float32 or bfloat16"):
         engines.EngineSet(["openvino"], torch.float16, 1)
+    with pytest.raises(ValueError, match="threads: expected a positive integer, got 0"):
+        engines.EngineSet(["openvino"], torch.float32, 0)
 
 
 def test_failing_worker_keeps_the_other_results(tmp_path, monkeypatch):
