@@ -80,14 +80,21 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
     return _block_sources(block) is not None
 
 
+def _eval_dtype(x: Tensor, weight_dtype: torch.dtype) -> torch.dtype:
+    """The compute dtype of a fused eval call: the autocast dtype where autocast is on for x's
+    device (as nn.Conv2d would compute under it), else the weights' dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight_dtype
+
+
 def _cpu_conv_op_applies(x: Tensor, w: Tensor, conv: nn.Conv2d) -> bool:
     """True when googlenet_fast::conv2d_relu computes ``relu(conv(x))`` for this folded conv: a
-    float32 CPU input of the weight's dtype, autocast off, square odd kernel, one stride and
-    padding for both dims, dilation 1, groups 1, not under torch.compile (which packs the weights
-    itself), and the extension built."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.dim() == 4 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and ops.native.available()
+    float32 or bfloat16 CPU input of the weight's dtype (oneDNN with a prepacked weight in both),
+    square odd kernel, one stride and padding for both dims, dilation 1, groups 1, not under
+    torch.compile (which packs the weights itself), and the extension built."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
+            and x.dim() == 4 and not torch.compiler.is_compiling() and ops.native.available()
             and conv.groups == 1 and conv.dilation == (1, 1) and isinstance(conv.padding, tuple)
             and conv.padding[0] == conv.padding[1] and conv.stride[0] == conv.stride[1]
             and w.shape[-1] == w.shape[-2] and w.shape[-1] % 2 == 1)
@@ -163,10 +170,13 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm)."""
         if not (self.fused and not self.training and self._can_fold()):
             return None
-        folded = self._cached_fold(self.conv.weight.dtype)
+        dtype = _eval_dtype(x, self.conv.weight.dtype)
+        folded = self._cached_fold(dtype)
         if folded is None:
             return None
         w, b = folded
+        if x.dtype != dtype:
+            x = x.to(dtype)  # autocast: the conv computes in its dtype (as nn.Conv2d's would)
         c = self.conv
         if c.padding_mode != "zeros":
             y = c._conv_forward(x, w, b)
@@ -445,9 +455,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 if y is not None:
                     return y
         if self.fused and not self.training and self._weight_dtype() is not None:
-            dtype = self._weight_dtype()
-            if torch.is_autocast_enabled(x.device.type):
-                dtype = torch.get_autocast_dtype(x.device.type)
+            dtype = _eval_dtype(x, self._weight_dtype())
             # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 folded = self._cached_fold(dtype)  # None: not a module the fused op computes
@@ -773,11 +781,12 @@ class GoogLeNet(nn.Module):
 
     def _cpu_eval_ops(self, x: Tensor) -> bool:
         """Whether the fused eval path on the CPU runs the stem and the transitions through the
-        extension's ops (googlenet_fast::max_pool_nhwc, conv2d_relu): fused, eval, a CPU x,
-        autocast off, not under torch.compile (inductor then sees the plain modules)."""
+        extension's ops (googlenet_fast::max_pool_nhwc, conv2d_relu): fused, eval, a CPU x, not
+        under torch.compile (inductor then sees the plain modules).  Under
+        ``torch.autocast("cpu", torch.bfloat16)`` too: the convolutions then compute in bfloat16
+        (BasicConv2d._eval_conv, Inception.forward), as torchvision's would under autocast."""
         return (self._fused and not self.training and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-                and ops.native.available())
+                and not torch.compiler.is_compiling() and ops.native.available())
 
     @staticmethod
     def _pool(pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
