@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bn_train, ops
+from . import bn_train, cpu_program, ops
 from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
@@ -351,6 +351,15 @@ class Inception(_FoldedWeightsCache, nn.Module):
             raise RuntimeError("Inception.folded_params: every branch must be a plain BasicConv2d "
                                "(with running statistics) or ConvReLU of the module's kernel sizes")
         return folded
+
+    def _apply(self, *args, **kwargs):
+        cpu_program.drop(self)  # .to() / .double() / .cuda(): the programs' constants are stale
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop(cpu_program.PROGRAMS_ATTR, None)  # not worth pickling or deep-copying
+        return state
 
     # -- forward ---------------------------------------------------------------------------------
     def _forward(self, x: Tensor) -> List[Tensor]:
@@ -737,10 +746,21 @@ class GoogLeNet(nn.Module):
         return self
 
     def clear_folded_cache(self) -> None:
-        """Drop every module's cached folded weights (rebuilt on the next fused eval call)."""
+        """Drop every module's cached folded weights (rebuilt on the next fused eval call) and
+        the CPU op programs recorded from them (googlenet_fast/cpu_program.py)."""
+        cpu_program.drop(self)
         for m in self.modules():
             if isinstance(m, _FoldedWeightsCache):
                 m.clear_folded_cache()
+
+    def _apply(self, *args, **kwargs):
+        cpu_program.drop(self)  # .to() / .double() / .cuda(): the programs' constants are stale
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop(cpu_program.PROGRAMS_ATTR, None)  # not worth pickling or deep-copying
+        return state
 
     # -- forward ---------------------------------------------------------------------------------
     @property
@@ -852,6 +872,10 @@ class GoogLeNet(nn.Module):
         self._check_input(x)
         if self._fused and not self.training and x.device.type == "cuda":
             y = ops.fused_network_forward(self, x)  # the whole network in Triton kernels, or None
+            if y is not None:
+                return y
+        if self._fused and not self.training and x.device.type == "cpu":
+            y = cpu_program.forward(self, x)  # the modules' ops replayed from a list, or None
             if y is not None:
                 return y
         return self._forward_modules(x)
