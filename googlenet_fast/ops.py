@@ -507,8 +507,8 @@ _register_autograd()
 
 @contextlib.contextmanager
 def weight_prepacking(enabled: bool = True):
-    """Within this context, this thread's CPU calls of the float32 ops (:func:`inception`,
-    :func:`conv2d_relu`) keep the weights they hand to oneDNN in its blocked layout and reuse them
+    """Within this context, this thread's CPU calls of the float32 and bfloat16 ops
+    (:func:`inception`, :func:`conv2d_relu`) keep the weights they hand to oneDNN in its blocked layout and reuse them
     in later calls, as torch.compile's CPU freezing does at compile time: a convolution's weight
     reorder costs up to 20% of a small-map convolution (5b's 3x3 at batch 1, 2-core EPYC).
 
