@@ -46,8 +46,8 @@ __all__ = ["GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "PaperI
 VARIANTS = ("torchvision", "paper")
 
 
-from .fold_cache import (_FoldedWeightsCache, _block_sources, _fold_conv_block, _has_global_hooks,
-                         _has_module_hooks)
+from .fold_cache import (PROGRAMS_ATTR, _FoldedWeightsCache, _block_sources, _fold_conv_block,
+                         _has_global_hooks, _has_module_hooks)
 
 
 def _below_autograd_without_grad():
@@ -729,10 +729,22 @@ class GoogLeNet(nn.Module):
         return self
 
     def clear_folded_cache(self) -> None:
-        """Drop every module's cached folded weights (rebuilt on the next fused eval call)."""
+        """Drop every module's cached folded weights (rebuilt on the next fused eval call) and the
+        launch programs of the eager network path (recorded again on the next CUDA forward;
+        googlenet_fast/backends/triton/program.py)."""
+        self.__dict__.pop(PROGRAMS_ATTR, None)
         for m in self.modules():
             if isinstance(m, _FoldedWeightsCache):
                 m.clear_folded_cache()
+
+    def _apply(self, *args, **kwargs):
+        self.__dict__.pop(PROGRAMS_ATTR, None)  # .to() / .cuda() / .half(): launch programs dropped
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        state.pop(PROGRAMS_ATTR, None)  # kernels and launchers: not picklable, not worth copying
+        return state
 
     # -- forward ---------------------------------------------------------------------------------
     @property
