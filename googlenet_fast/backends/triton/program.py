@@ -176,6 +176,7 @@ class Recorder:
         self.choices: List[Tuple[str, str]] = []
         self.interpret: Optional[bool] = None
         self.failed: Optional[str] = None
+        self.versions: Dict[int, Optional[int]] = {}  # buffer slot -> version counter when allocated
 
     def _new_slot(self, t: Tensor, spec) -> int:
         s = len(self.tensors)
@@ -187,6 +188,7 @@ class Recorder:
     def buffer(self, t: Tensor) -> None:
         if id(t) not in self.slot_of:
             self._new_slot(t, (tuple(t.shape), t.stride(), t.dtype, t.device))
+            self.versions[len(self.tensors) - 1] = _safe_version(t)
 
     def _use(self, s: int) -> None:
         i = len(self.steps)
@@ -238,6 +240,10 @@ class Recorder:
             return None, "the result is not a tensor the forward allocated"
         if self.interpret is None and not any(st[0] == "launch" for st in self.steps):
             return None, "no launches"
+        # Kernels write through raw pointers (no version bump); an ATen write into a buffer (a
+        # fill, a copy) is not a step of the program: refuse rather than replay without it.
+        if any(v is not None and _safe_version(self.tensors[s]) != v for s, v in self.versions.items()):
+            return None, "a buffer was written by something other than a recorded launch"
         x = self.tensors[0]
         if x.device.type != "meta":
             # A constant sharing memory with the input or a buffer would be a view of this
