@@ -171,6 +171,16 @@ def test_new_constants_after_a_change(stub):
     assert alpha_n(_recorded(model, x)) == pytest.approx(2e-4 / 5)
 
 
+def test_unrecorded_buffer_writes_refuse_the_program(stub, monkeypatch):
+    """An ATen write into a buffer of the forward (here: every network-op output filled) is no
+    step of a program: no program is kept, every forward takes the recording path."""
+    real = nw._nhwc_empty
+    monkeypatch.setattr(nw, "_nhwc_empty", lambda *a: real(*a).fill_(0.0))
+    model, x = _meta()
+    assert nw.forward_or_none(model, x) is not None
+    assert nw.launch_program(model, x) is None
+
+
 def test_model_level_drops(stub):
     model, x = _meta()
     _recorded(model, x)
