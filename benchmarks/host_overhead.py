@@ -128,19 +128,19 @@ def build(variant: str, dtype: torch.dtype):
     return model.eval().to(dtype)
 
 
-def _median_ms(fn, iters):
+def _times_ms(fn, iters):
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
         fn()
         times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times), min(times)
+    return times
 
 
 def measure(variant="torchvision", dtype=torch.bfloat16, batch=1, iters=200, profile=0, record_iters=20):
     """Per-forward host milliseconds of the CUDA branch of GoogLeNet.forward with the launches
-    stubbed (see the module docstring): the steady state (median and min over ``iters``
-    forwards, the launch program replayed), the first forward (recording the program), the
+    stubbed (see the module docstring): the steady state (median, min and mean over ``iters``
+    forwards, the launch program replayed; the mean carries the preemptions of a loaded machine), the first forward (recording the program), the
     recording path alone (median over ``record_iters`` forwards with the programs dropped); the
     launches of a steady-state forward, the program's step counts, and whether a later
     forward rebuilt the program (it must not)."""
@@ -169,14 +169,14 @@ def measure(variant="torchvision", dtype=torch.bfloat16, batch=1, iters=200, pro
         StubLauncher.launches.clear()
         forward()
         launches = list(StubLauncher.launches)
-        median, low = _median_ms(forward, iters)
+        times = _times_ms(forward, iters)
         rebuilt = nw.launch_program(model, x) is not prog
 
         def recording_forward():
             pg.drop(model)
             forward()
 
-        record_median, _ = _median_ms(recording_forward, record_iters)
+        record_median = statistics.median(_times_ms(recording_forward, record_iters))
         forward()  # a program again
         prof_text = ""
         if profile:
@@ -192,7 +192,8 @@ def measure(variant="torchvision", dtype=torch.bfloat16, batch=1, iters=200, pro
             pstats.Stats(pr, stream=buf).sort_stats("tottime").print_stats(profile)
             prof_text = buf.getvalue()
     return dict(variant=variant, dtype=str(dtype).replace("torch.", ""), batch=batch, iters=iters,
-                median_ms=median, min_ms=low, first_ms=first_ms, record_median_ms=record_median,
+                median_ms=statistics.median(times), min_ms=min(times), mean_ms=statistics.mean(times),
+                first_ms=first_ms, record_median_ms=record_median,
                 launches=len(launches), launch_kernels=launches, recorded_launch_kernels=recorded_launches,
                 program_launches=prog.launches, program_steps=len(prog.steps), rebuilt=rebuilt,
                 profile=prof_text)
@@ -219,7 +220,7 @@ def main(argv=None):
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     n_aten = sum(1 for k in r["launch_kernels"] if k.startswith("aten::"))
     print(f"host work per eager forward, launches stubbed ({r['variant']}, {r['dtype']}, batch {r['batch']}): "
-          f"median {r['median_ms']:.3f} ms, min {r['min_ms']:.3f} ms over {r['iters']} forwards (launch program "
+          f"median {r['median_ms']:.3f} ms, min {r['min_ms']:.3f} ms, mean {r['mean_ms']:.3f} ms over {r['iters']} forwards (launch program "
           f"replayed); {r['launches']} launches stubbed ({r['launches'] - n_aten} Triton, {n_aten} ATen for the head); "
           f"machine {platform.processor() or platform.machine()}, torch {torch.__version__}, load {load}")
     print(f"first forward (records the program): {r['first_ms']:.3f} ms; recording path alone (programs "

@@ -68,8 +68,9 @@ No autotuning (network_configs.py): CUDA graph capture may happen on a shape's f
 
 Eager host work: :func:`fused_forward_triton` records the launches of its first eager forward
 per input signature into a launch program (program.py) and replays it on later forwards after
-one flat check that nothing it depends on changed (0.67-0.72 ms -> ~0.17 ms of host work per
-batch-1 forward beside the launches on the 2-core EPYC, benchmarks/host_overhead.py).
+one flat check that nothing it depends on changed (GoogLeNet.forward's CUDA branch: ~1.4 ->
+~0.17 ms of host work per batch-1 forward beside the launches on the 2-core EPYC, torchvision
+bf16; benchmarks/host_overhead.py).
 """
 import contextlib
 from typing import NamedTuple, Optional, Sequence, Tuple
