@@ -26,7 +26,7 @@ input, no active dispatch mode.  Otherwise the modules run as before (and record
 is called below the Autograd key (no history is needed), as the modules' own eval calls do.
 """
 import os
-from typing import List, Optional, Tuple
+from typing import List, Optional
 
 import torch
 from torch import Tensor
@@ -184,7 +184,7 @@ def forward(model, x: Tensor) -> Optional[Tensor]:
 
 def _record(model, x: Tensor) -> Optional[Tensor]:
     state = ModelState(model)
-    if state.verify or needs_grad(state, x) or state.global_hooks or any(state.hook_counts):
+    if state.verifying() or needs_grad(state, x) or state.has_hooks():
         return None  # content checks, autograd history or hooks: each call runs the modules
     flags = _flags()
     rec = _Recorder(x)

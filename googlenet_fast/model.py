@@ -46,8 +46,12 @@ __all__ = ["GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "PaperI
 VARIANTS = ("torchvision", "paper")
 
 
-from .fold_cache import (_FoldedWeightsCache, _block_sources, _fold_conv_block, _has_global_hooks,
-                         _has_module_hooks)
+from .fold_cache import (PROGRAMS_ATTR, _FoldedWeightsCache, _block_sources, _fold_conv_block,
+                         _has_global_hooks, _has_module_hooks)
+
+# GoogLeNet.__dict__ keys of its recorded programs: the CUDA launch programs
+# (backends/triton/program.py) and the CPU op programs (cpu_program.py).
+_PROGRAM_ATTRS = (PROGRAMS_ATTR, cpu_program.PROGRAMS_ATTR)
 
 
 def _below_autograd_without_grad():
@@ -351,15 +355,6 @@ class Inception(_FoldedWeightsCache, nn.Module):
             raise RuntimeError("Inception.folded_params: every branch must be a plain BasicConv2d "
                                "(with running statistics) or ConvReLU of the module's kernel sizes")
         return folded
-
-    def _apply(self, *args, **kwargs):
-        cpu_program.drop(self)  # .to() / .double() / .cuda(): the programs' constants are stale
-        return super()._apply(*args, **kwargs)
-
-    def __getstate__(self):
-        state = dict(super().__getstate__())
-        state.pop(cpu_program.PROGRAMS_ATTR, None)  # not worth pickling or deep-copying
-        return state
 
     # -- forward ---------------------------------------------------------------------------------
     def _forward(self, x: Tensor) -> List[Tensor]:
@@ -746,20 +741,26 @@ class GoogLeNet(nn.Module):
         return self
 
     def clear_folded_cache(self) -> None:
-        """Drop every module's cached folded weights (rebuilt on the next fused eval call) and
-        the CPU op programs recorded from them (googlenet_fast/cpu_program.py)."""
-        cpu_program.drop(self)
+        """Drop every module's cached folded weights (rebuilt on the next fused eval call) and the
+        programs recorded from them (the CPU op programs of googlenet_fast/cpu_program.py, the
+        CUDA launch programs of googlenet_fast/backends/triton/program.py; recorded again)."""
+        self._drop_programs()
         for m in self.modules():
             if isinstance(m, _FoldedWeightsCache):
                 m.clear_folded_cache()
 
+    def _drop_programs(self) -> None:
+        for attr in _PROGRAM_ATTRS:
+            self.__dict__.pop(attr, None)
+
     def _apply(self, *args, **kwargs):
-        cpu_program.drop(self)  # .to() / .double() / .cuda(): the programs' constants are stale
+        self._drop_programs()  # .to() / .double() / .cuda(): the programs' constants are stale
         return super()._apply(*args, **kwargs)
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        state.pop(cpu_program.PROGRAMS_ATTR, None)  # not worth pickling or deep-copying
+        for attr in _PROGRAM_ATTRS:  # kernels and launchers: not picklable, not worth copying
+            state.pop(attr, None)
         return state
 
     # -- forward ---------------------------------------------------------------------------------

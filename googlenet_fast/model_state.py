@@ -22,9 +22,7 @@ googlenet_fast/cpu_program.py, the CUDA launch programs of googlenet_fast/backen
 Not seen, as by the folded-weight caches: writes through ``param.data`` (``p.data.mul_(2)``), which
 bump no version counter; call ``model.clear_folded_cache()`` after them.
 """
-from itertools import repeat
 from operator import attrgetter, is_
-from typing import Dict
 
 import torch
 import torch.nn as nn
@@ -33,21 +31,23 @@ from torch import Tensor
 from . import fold_cache
 
 _VERSION = attrgetter("_version")
-_TRAINING = attrgetter("training")
 _REQUIRES_GRAD = attrgetter("requires_grad")
 _DATA_PTR = Tensor.data_ptr
 _GET = dict.get
 
-# The attributes of each module type that the network path reads (fused_forward_supported,
-# the folds, the forward's pool and LRN arguments).
+# The attributes of each module type that the recorded forwards read (the structure checks, the
+# folds, the pool and LRN arguments), compared through the modules' __dict__.
 _ATTRS = {
-    nn.Conv2d: attrgetter("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"),
-    nn.MaxPool2d: attrgetter("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
-    nn.LocalResponseNorm: attrgetter("size", "alpha", "beta", "k"),
-    nn.BatchNorm2d: attrgetter("eps"),
-    nn.AdaptiveAvgPool2d: attrgetter("output_size"),
+    nn.Conv2d: ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"),
+    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    nn.LocalResponseNorm: ("size", "alpha", "beta", "k"),
+    nn.BatchNorm2d: ("eps",),
+    nn.AdaptiveAvgPool2d: ("output_size",),
 }
-_MODEL_ATTRS = attrgetter("training", "variant", "transform_input")
+_MODEL_ATTRS = ("variant", "transform_input")
+# Every module's train/eval flag, and the fused switches of the model's own modules (GoogLeNet's
+# ``_fused``, Inception's and BasicConv2d's ``fused``) where a module has them.
+_FLAGS = ("fused", "_fused")
 
 
 class ModelState:
@@ -58,8 +58,9 @@ class ModelState:
         mods = list(model.modules())
         dicts, keys, objs = [], [], []
         tensors, seen = [], set()
-        hooks = []
-        attr_mods: Dict[object, list] = {}
+        sized = [m._modules for m in mods]  # a module added anywhere
+        attr_dicts, attr_names = [model.__dict__] * len(_MODEL_ATTRS), list(_MODEL_ATTRS)
+        fold_mods, hook_dicts = [], []
         for m in mods:
             for d in (m._modules, m._parameters, m._buffers):
                 for k, v in d.items():
@@ -70,53 +71,48 @@ class ModelState:
                         seen.add(id(v))
                         tensors.append(v)
             if isinstance(m, fold_cache._FoldedWeightsCache):
+                fold_mods.append(m)
                 dicts.append(m.__dict__)
                 keys.append("_fold_cache")
                 objs.append(m.__dict__.get("_fold_cache"))
-            hooks += (m._forward_hooks, m._forward_pre_hooks)
-            getter = _ATTRS.get(type(m))
-            if getter is not None:
-                attr_mods.setdefault(getter, []).append(m)
-        self.model = model
+            sized += (m._forward_hooks, m._forward_pre_hooks)
+            hook_dicts += (m._forward_hooks, m._forward_pre_hooks)
+            names = ("training",) + _ATTRS.get(type(m), ()) + tuple(f for f in _FLAGS if f in m.__dict__)
+            attr_dicts += [m.__dict__] * len(names)
+            attr_names += names
         self.dicts, self.keys, self.objs = tuple(dicts), tuple(keys), tuple(objs)
         self.tensors = tuple(tensors)
         self.versions = _versions(self.tensors)
         self.ptrs = tuple(map(_DATA_PTR, self.tensors))
-        self.children = tuple(m._modules for m in mods)  # their sizes: a module added anywhere
-        self.child_counts = tuple(map(len, self.children))
-        self.hooks = tuple(hooks)
-        self.hook_counts = tuple(map(len, self.hooks))
-        self.attr_groups = tuple((g, tuple(ms)) for g, ms in attr_mods.items())
-        self.attrs = tuple(tuple(map(g, ms)) for g, ms in self.attr_groups)
-        self.model_attrs = _MODEL_ATTRS(model)
-        self.mods = tuple(mods)
-        self.mod_dicts = tuple(m.__dict__ for m in mods)
-        self.flags = self._flags()
+        self.sized = tuple(sized)
+        self.sizes = tuple(map(len, self.sized))
+        self.attr_dicts, self.attr_names = tuple(attr_dicts), tuple(attr_names)
+        self.attrs = list(map(_GET, self.attr_dicts, self.attr_names))
+        self.fold_modules = tuple(fold_mods)
+        self.hook_dicts = tuple(hook_dicts)
         self.global_hooks = fold_cache._has_global_hooks()
         self._steps = fold_cache._OPTIMIZER_STEPS
         self.optimizer_steps = self._steps[0]
-        self.verify = any(getattr(m, "verify_folded_cache", False) for m in mods
-                          if isinstance(m, fold_cache._FoldedWeightsCache))
-        self._global_hooks = fold_cache._has_global_hooks
-
-    def _flags(self) -> tuple:
-        """Every module's training flag and its ``fused`` / ``_fused`` switch (None: none)."""
-        n = len(self.mods)
-        return (tuple(map(_TRAINING, self.mods)), tuple(map(_GET, self.mod_dicts, repeat("fused", n))),
-                tuple(map(_GET, self.mod_dicts, repeat("_fused", n))))
 
     def same(self) -> bool:
         """True when nothing a program depends on changed in the model (one pass, no keys)."""
         return (self._steps[0] == self.optimizer_steps
-                and _MODEL_ATTRS(self.model) == self.model_attrs
-                and self._flags() == self.flags
+                and list(map(_GET, self.attr_dicts, self.attr_names)) == self.attrs
                 and all(map(is_, map(_GET, self.dicts, self.keys), self.objs))
                 and _versions(self.tensors) == self.versions
                 and tuple(map(_DATA_PTR, self.tensors)) == self.ptrs
-                and tuple(map(len, self.children)) == self.child_counts
-                and tuple(map(len, self.hooks)) == self.hook_counts
-                and all(tuple(map(g, ms)) == a for (g, ms), a in zip(self.attr_groups, self.attrs))
-                and self._global_hooks() == self.global_hooks)
+                and tuple(map(len, self.sized)) == self.sizes
+                and fold_cache._has_global_hooks() == self.global_hooks)
+
+    def has_hooks(self) -> bool:
+        """Whether any module of the model has forward (pre-)hooks, or global ones exist: they
+        must fire, so the modules run (no program)."""
+        return self.global_hooks or any(map(len, self.hook_dicts))
+
+    def verifying(self) -> bool:
+        """Whether a folded-weight cache of the model checks its sources' contents on every hit
+        (``verify_folded_cache``, CPU only): the program must not bypass that."""
+        return any(getattr(m, "verify_folded_cache", False) for m in self.fold_modules)
 
 
 def _safe_version(t: Tensor):
