@@ -20,9 +20,11 @@ measured.  Items, in order:
              forwards), and of torchvision's for comparison;
   choices    the measured path choices cached by googlenet_fast.autotune_table (last)
   host       host time of one eager forward at batch 1 bf16 (wall clock from call to return, no
-             synchronization inside; median of 30), fused and torchvision; and per call of the
-             Triton Inception op: through the op, its Python body directly, and with Triton's
-             launches stubbed (the difference: Triton's launcher per launch).
+             synchronization inside; median of 30), fused and torchvision; the network path
+             forced, its launch program replayed and (programs dropped) the recording path; and
+             per call of the Triton Inception op: through the op, its Python body directly (with
+             and without wrap_triton's higher-order op), and with Triton's launches stubbed (the
+             difference: Triton's launcher per launch).
 
 Usage:
     python benchmarks/device_smoke.py --json smoke.json [--budget-s 90] [--items network,graph]
@@ -286,11 +288,44 @@ def do_host(run):
             print(f"  host {name} b1: {res[name]['host_ms_median']:.3f} ms per forward (min {min(ts):.3f})", flush=True)
     if dev.type == "cuda":
         try:
+            res["network_path"] = network_path_host(fused, x)
+        except Exception as e:
+            res["network_path"] = f"failed: {type(e).__name__}: {e}"
+            print(f"  host network path failed: {type(e).__name__}: {e}", flush=True)
+        try:
             res["op_breakdown"] = op_host_breakdown(fused)
         except Exception as e:  # keep the forward times above
             res["op_breakdown"] = f"failed: {type(e).__name__}: {e}"
             print(f"  host op breakdown failed: {type(e).__name__}: {e}", flush=True)
     return res
+
+
+def network_path_host(fused, x):
+    """Host milliseconds per batch-1 forward of the network path forced (as
+    $GOOGLENET_FAST_BACKEND=triton), launches included: the launch program replayed (every
+    eager forward after the first), and the recording path (the programs dropped before each
+    forward: what every forward cost before launch programs, plus the recording)."""
+    from googlenet_fast.backends.triton import network as nw, program as pg
+    out = {}
+    with torch.no_grad():
+        for name, before in (("replayed", lambda: None), ("recording_path", lambda: pg.drop(fused))):
+            for _ in range(3):
+                before()
+                nw.forward_or_none(fused, x, forced=True)
+            torch.cuda.synchronize()
+            ts = []
+            for _ in range(30):
+                before()
+                t = time.perf_counter()
+                nw.forward_or_none(fused, x, forced=True)
+                ts.append((time.perf_counter() - t) * 1e3)
+                torch.cuda.synchronize()
+            out[f"{name}_ms_median"], out[f"{name}_ms_min"] = sorted(ts)[len(ts) // 2], min(ts)
+        prog = nw.launch_program(fused, x)
+        out["program_launches"] = prog.launches if prog is not None else None
+    print(f"  host network path b1: replayed {out['replayed_ms_median']:.3f} ms, recording path "
+          f"{out['recording_path_ms_median']:.3f} ms per forward ({out['program_launches']} Triton launches)", flush=True)
+    return out
 
 
 def op_host_breakdown(fused):
@@ -301,6 +336,7 @@ def op_host_breakdown(fused):
     from googlenet_fast.backends import triton as tb
     ws = fused.inception5b.folded_params(torch.bfloat16)
     x = torch.randn(1, 832, 7, 7, device="cuda", dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    from googlenet_fast.backends.triton import program
     impl = tb.EAGER_IMPLS[tb.OP_NAME]
 
     def per_call_us(fn, n=200):
@@ -325,13 +361,19 @@ def op_host_breakdown(fused):
     with torch.no_grad():
         out["op_dispatch_us"] = per_call_us(lambda: torch.ops.googlenet_fast.inception_triton(x, *ws, True))
         out["direct_us"] = per_call_us(lambda: impl(x, *ws, True))
+
+        def direct_no_hop():
+            with program.no_hop():
+                impl(x, *ws, True)
+
+        out["direct_no_hop_us"] = per_call_us(direct_no_hop)
         real = tl.wrap_triton
         tl.wrap_triton = Stub
         try:
             out["direct_launches_stubbed_us"] = per_call_us(lambda: impl(x, *ws, True))
         finally:
             tl.wrap_triton = real
-    out["triton_launcher_us_per_launch"] = (out["direct_us"] - out["direct_launches_stubbed_us"]) / 2
+    out["triton_launcher_us_per_launch"] = (out["direct_no_hop_us"] - out["direct_launches_stubbed_us"]) / 2
     print("  host per Inception op call (us): " + ", ".join(f"{k} {v:.1f}" for k, v in out.items()), flush=True)
     return out
 

@@ -218,6 +218,13 @@ def pooled_key(shape_key: str, n: int, xh: int, xw: int, pool, dtype: torch.dtyp
             f"{pool[0]}/{pool[1]}|n<={bucket}")
 
 
+def cached_choice(key: str) -> Optional[str]:
+    """The choice held in memory for ``key`` (None when none is): what :func:`pick_path` would
+    return for it without measuring.  No file is read (the launch programs of
+    googlenet_fast/backends/triton/program.py check their recorded choices with it per forward)."""
+    return _choices.get(key)
+
+
 def clear_choices() -> None:
     """Forget every measured choice (in memory; the JSON file stays)."""
     global _loaded_file

@@ -1,8 +1,9 @@
 """Timing and comparison helpers shared by ``googlenet-fast bench`` and benchmarks/.
 
-Speed is always a ratio against peers measured in the same process and the same run (the
-machines are noisy): providers are warmed up first, then timed in interleaved rounds with
-torch.utils.benchmark.Timer.blocked_autorange, all with the same thread count.
+Speed is always a ratio against peers measured in the same run (the machines are noisy), in
+the same process except the inference engines (their own worker processes): providers are
+warmed up first, then timed in interleaved rounds with torch.utils.benchmark.Timer's
+blocked_autorange, all with the same thread count.
 
 Providers of the whole network (variant="torchvision"):
     fused                  googlenet_fast.GoogLeNet(fused=True), channels_last
@@ -10,6 +11,8 @@ Providers of the whole network (variant="torchvision"):
     torchvision eager      torchvision.models.googlenet, channels_last (the baseline, speedup 1.00)
     torch.compile          torch.compile(torchvision model) with inductor freezing (opt-in)
     ... + CUDA graph       the same replayed from a captured CUDA graph (opt-in, CUDA only)
+    onnxruntime, openvino  the engines on the network's ONNX export, each timed in a worker
+                           process of its own (opt-in, CPU; googlenet_fast.engines)
 For variant="paper" torchvision has no such network: the baseline is fused=False.
 
 Train mode (``bench --mode train``, :func:`train_providers`): each provider is one training
@@ -121,12 +124,18 @@ def measure(fn: Callable[[Tensor], object], x: Tensor, min_run_time: float,
 @dataclass
 class Provider:
     """One way of running the network (or a block).  ``prepare(x)`` returns the callable that is
-    timed for input ``x`` (e.g. a CUDA graph captured for that shape); the default is ``fn``."""
+    timed for input ``x`` (e.g. a CUDA graph captured for that shape); the default is ``fn``.
+    A callable with a ``measure_in_worker(min_run_time)`` method times itself elsewhere (an
+    engine's worker process, googlenet_fast.engines) and returns the per-call seconds.
+    ``unavailable``: not run here, and why (an "n/a" row, not a failure); ``failed``: could not be
+    set up (an error row)."""
     name: str
-    fn: Callable[[Tensor], Tensor]
+    fn: Optional[Callable[[Tensor], Tensor]]
     prepare: Optional[Callable[[Tensor], Callable[[Tensor], Tensor]]] = None
     compiles: bool = False  # the first call compiles (long): warm-up shows it
     note: str = ""
+    unavailable: Optional[str] = None
+    failed: Optional[str] = None
 
     def for_input(self, x: Tensor) -> Callable[[Tensor], Tensor]:
         return self.prepare(x) if self.prepare is not None else self.fn
@@ -138,11 +147,17 @@ class Result:
     provider: str
     times_s: List[float] = field(default_factory=list)
     error: Optional[str] = None
+    not_run: Optional[str] = None  # why the provider does not run here (Provider.unavailable)
 
     def row(self, baseline_median_ms: Optional[float]) -> Dict[str, object]:
+        """A table row: timing_stats, images_per_s and speedup; or "error"; or status "n/a" and
+        its "reason" (only timed rows have "median_ms")."""
         d = {"batch_size": self.batch_size, "provider": self.provider}
         if self.error is not None:
             d["error"] = self.error
+            return d
+        if self.not_run is not None:
+            d.update(status="n/a", reason=self.not_run)
             return d
         d.update(timing_stats(self.times_s))
         d["images_per_s"] = self.batch_size / (d["median_ms"] / 1e3)
@@ -162,9 +177,11 @@ def run_providers(providers: Sequence[Provider], x: Tensor, *, min_run_time: flo
     Call under torch.no_grad()/inference_mode() and with the models in eval mode.
     """
     b = x.shape[0]
-    results = {p.name: Result(b, p.name) for p in providers}
+    results = {p.name: Result(b, p.name, error=p.failed, not_run=p.unavailable) for p in providers}
     fns = {}
     for p in providers:
+        if p.failed is not None or p.unavailable is not None:
+            continue
         desc = (f"b={b} {p.name}: compiling (first call, ~40 s)" if p.compiles
                 else f"b={b} {p.name}: warm-up")
         bar = progress(total=warmup, desc=desc, enabled=show_progress)
@@ -193,7 +210,10 @@ def run_providers(providers: Sequence[Provider], x: Tensor, *, min_run_time: flo
             if p.name not in fns:
                 continue
             try:
-                results[p.name].times_s += measure(fns[p.name], x, per_round, label=p.name)
+                fn = fns[p.name]
+                own = getattr(fn, "measure_in_worker", None)
+                results[p.name].times_s += (own(per_round) if own is not None
+                                            else measure(fn, x, per_round, label=p.name))
             except Exception as e:
                 results[p.name].error = f"{type(e).__name__}: {e}"
                 del fns[p.name]
@@ -259,14 +279,15 @@ def format_table(rows: Sequence[Dict[str, object]], baseline: str) -> str:
             f"vs {baseline}")
     lines = []
     for r in rows:
-        if "error" in r:
-            lines.append((str(r["batch_size"]), r["provider"], "failed: " + r["error"], "", "", "", "", ""))
+        if "error" in r or "median_ms" not in r:
+            text = "failed: " + r["error"] if "error" in r else f"{r.get('status', 'n/a')}: {r.get('reason', '')}"
+            lines.append((str(r["batch_size"]), r["provider"], text, "", "", "", "", ""))
             continue
         sp = r.get("speedup")
         lines.append((str(r["batch_size"]), r["provider"], f"{r['median_ms']:.2f}", f"{r['iqr_ms']:.2f}",
                       f"{r['min_ms']:.2f}", f"{r['max_ms']:.2f}", f"{r['images_per_s']:.1f}",
                       f"{sp:.2f}x" if sp else "-"))
-    ok = [l for l in lines if not l[2].startswith("failed")]
+    ok = [l for l in lines if l[3]]  # the timed rows (failed and n/a ones have no IQR)
     widths = [max([len(h)] + [len(l[i]) for l in (lines if i < 2 else ok)]) for i, h in enumerate(head)]
 
     def fmt(cells):
@@ -274,7 +295,7 @@ def format_table(rows: Sequence[Dict[str, object]], baseline: str) -> str:
 
     out = [fmt(head), "  ".join("-" * w for w in widths)]
     for l in lines:
-        out.append(f"{l[0].rjust(widths[0])}  {l[1].ljust(widths[1])}  {l[2]}" if l[2].startswith("failed")
+        out.append(f"{l[0].rjust(widths[0])}  {l[1].ljust(widths[1])}  {l[2]}" if not l[3]
                    else fmt(l))
     return "\n".join(out)
 
@@ -342,10 +363,11 @@ def load_average() -> Optional[tuple]:
         return None
 
 
-def _cpu_seconds() -> Optional[tuple]:
+def _cpu_seconds(helper_pids: Sequence[int] = ()) -> Optional[tuple]:
     """(CPU seconds busy on all cores together since boot, from /proc/stat; this process's own CPU
-    seconds, all its threads) or None where there is no /proc/stat.  Busy = user + nice + system +
-    irq + softirq + steal (steal: time the hypervisor gave to other machines)."""
+    seconds, all its threads, plus those of its running ``helper_pids`` (the engine workers)) or
+    None where there is no /proc/stat.  Busy = user + nice + system + irq + softirq + steal
+    (steal: time the hypervisor gave to other machines)."""
     try:
         with open("/proc/stat") as f:
             fields = f.readline().split()
@@ -354,7 +376,16 @@ def _cpu_seconds() -> Optional[tuple]:
         v = [int(x) for x in fields[1:9]] + [0] * max(0, 9 - len(fields))
         busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7]
         own = os.times()
-        return busy / os.sysconf("SC_CLK_TCK"), own.user + own.system
+        tick = os.sysconf("SC_CLK_TCK")
+        helpers = 0
+        for pid in helper_pids:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    after_name = f.read().rsplit(")", 1)[1].split()
+                helpers += int(after_name[11]) + int(after_name[12])  # utime, stime
+            except (OSError, IndexError, ValueError):
+                pass  # exited
+        return busy / tick, own.user + own.system + helpers / tick
     except (OSError, ValueError, AttributeError):
         return None
 
@@ -363,23 +394,25 @@ class OtherCpuMeter:
     """CPU used by OTHER processes while this one times: (all cores' busy time from /proc/stat
     minus this process's own CPU time) / wall time, summed over the windows between ``start()``
     and ``stop()``.  Unlike the 1-minute load average it sees only the timing windows: the load of
-    a build that finished just before (``pip install ... && googlenet-fast bench``) does not count."""
+    a build that finished just before (``pip install ... && googlenet-fast bench``) does not count.
+    ``helper_pids``: the bench's own worker processes (the engines), counted as this process."""
 
-    def __init__(self):
+    def __init__(self, helper_pids: Sequence[int] = ()):
         self.wall_s = 0.0
         self.other_cpu_s = 0.0
+        self.helper_pids = list(helper_pids)
         self.available = _cpu_seconds() is not None
         self._t0 = None
 
     def start(self) -> None:
         if self.available:
-            self._t0 = (time.perf_counter(), _cpu_seconds())
+            self._t0 = (time.perf_counter(), _cpu_seconds(self.helper_pids))
 
     def stop(self) -> None:
         if not self.available or self._t0 is None:
             return
         t0, c0 = self._t0
-        c1 = _cpu_seconds()
+        c1 = _cpu_seconds(self.helper_pids)
         self._t0 = None
         if c0 is None or c1 is None:
             return
@@ -479,8 +512,9 @@ def calibrate_batchnorm(model: torch.nn.Module, images: Tensor) -> int:
 def network_providers(nets: Networks, *, compile: bool = False, cuda_graphs: bool = False,
                       only: Optional[Sequence[str]] = None) -> List[Provider]:
     """The whole-network providers (see the module docstring).  ``only``: keys of PROVIDER_KEYS
-    ("fused", "unfused", "torchvision") to keep among the eager ones; the baseline always stays."""
-    keep = {PROVIDER_KEYS[k] for k in (only or PROVIDER_KEYS)} | {nets.baseline_name}
+    ("fused", "unfused", "torchvision") to keep among the eager ones (None: all; empty: the
+    baseline alone); the baseline always stays.  The engines (googlenet_fast.engines) come apart."""
+    keep = {PROVIDER_KEYS[k] for k in (PROVIDER_KEYS if only is None else only)} | {nets.baseline_name}
     ps = [Provider(FUSED, nets.fused), Provider(UNFUSED, nets.unfused)]
     if nets.torchvision is not None:
         ps.append(Provider(TORCHVISION, nets.torchvision))

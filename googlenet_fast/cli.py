@@ -2,7 +2,8 @@
 
 Commands:
     bench   check the fused model against torchvision on real photos, then time it against its
-            peers (fused=False, torchvision eager channels_last, optionally torch.compile)
+            peers (fused=False, torchvision eager channels_last, optionally torch.compile, and
+            the ONNX Runtime / OpenVINO engines on its ONNX export)
     info    versions, devices, the extension's build and the usable backends (for bug reports)
 
 Adding a command is one function that registers its parser and one entry in ``COMMANDS``::
@@ -17,6 +18,7 @@ Adding a command is one function that registers its parser and one entry in ``CO
 torchvision, the model and the timing helpers are imported inside the commands.
 """
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -25,6 +27,7 @@ from typing import List, Optional
 from .errors import CommandError
 
 PROG = "googlenet-fast"
+ENGINE_CHOICES = ("onnxruntime", "openvino")  # googlenet_fast.engines.ENGINES (imported lazily)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -51,7 +54,8 @@ def add_bench_parser(subparsers):
         description="Build GoogLeNet with seeded weights, check the fused model's logits against "
                     "torchvision's googlenet with the same weights on real photos, then time the "
                     "providers (fused, fused=False, torchvision eager channels_last, optionally "
-                    "torch.compile with inductor freezing) in one process: eval, no_grad, "
+                    "torch.compile with inductor freezing; opt-in: ONNX Runtime and OpenVINO on the "
+                    "ONNX export, each in a worker process) in interleaved rounds: eval, no_grad, "
                     "channels_last inputs. --mode train times a training step instead.")
     p.add_argument("--mode", choices=("eval", "train"), default="eval",
                    help="eval (default): inference; train: one training step per call (train-mode "
@@ -76,8 +80,12 @@ def add_bench_parser(subparsers):
                         "baseline's train step (inductor, no freezing; compiles for minutes)")
     p.add_argument("--cuda-graphs", action="store_true",
                    help="CUDA only: also time fused and the baseline replayed from CUDA graphs")
-    p.add_argument("--providers", nargs="+", choices=("fused", "unfused", "torchvision"), default=None,
-                   help="eager providers to time (default: all; the baseline is always timed)")
+    p.add_argument("--providers", nargs="+", choices=("fused", "unfused", "torchvision") + ENGINE_CHOICES,
+                   default=None,
+                   help="providers to time (default: fused, unfused, torchvision; the baseline is always "
+                        "timed). onnxruntime, openvino: the CPU inference engines on the ONNX export of the "
+                        "same network, each in a process of its own, with the same thread count (eval, CPU, "
+                        "float32 or bfloat16 only; needs: pip install onnxruntime openvino onnx onnxscript)")
     p.add_argument("--min-run-time", type=_positive_float, default=2.0, metavar="SECONDS",
                    help="timed seconds per provider and batch size, split over --rounds (default 2)")
     p.add_argument("--rounds", type=_positive_int, default=3,
@@ -133,6 +141,10 @@ def run_bench(args) -> int:
         raise CommandError("--amp: only with --mode train (for bfloat16 inference use --dtype bfloat16)")
     if train and args.cuda_graphs:
         raise CommandError("--cuda-graphs: only with --mode eval")
+    engine_names = [p for p in (args.providers or ()) if p in ENGINE_CHOICES]
+    torch_keys = None if args.providers is None else [p for p in args.providers if p not in ENGINE_CHOICES]
+    if engine_names:
+        _check_engine_args(engine_names, args, device)
     images = _load_photos(args)
     photos = data.preprocess(images)
     if args.image_size is not None:
@@ -150,19 +162,35 @@ def run_bench(args) -> int:
     report = {"args": {k: v for k, v in vars(args).items() if k != "func"},
               "environment": {k: str(v) for k, v in bench.environment_info().items()}}
     failed = False
-    with bench.no_tf32(), (torch.enable_grad() if train else torch.no_grad()):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(bench.no_tf32())
+        stack.enter_context(torch.enable_grad() if train else torch.no_grad())
+        engine_set = None
+        if engine_names:
+            from . import engines
+            # the workers start (and import) while the networks are built and exported
+            engine_set = stack.enter_context(engines.EngineSet(engine_names, dtype, torch.get_num_threads()))
         if train:
             nets = bench.build_train_networks(seed=args.seed, variant=args.variant, device=device)
             failed |= _check_train(nets, photos, device, args, report)
-            providers = bench.train_providers(nets, compile=args.compile, only=args.providers, amp=args.amp)
+            providers = bench.train_providers(nets, compile=args.compile, only=torch_keys, amp=args.amp)
         else:
             nets = bench.build_networks(seed=args.seed, variant=args.variant, device=device, dtype=dtype,
                                         calibration=photos)
-            failed |= _check(nets, photos, device, dtype, args, report)
+            engine_outputs = {}
+            if engine_set is not None:
+                # the float32 network the torch providers run, exported with torch.onnx's default exporter
+                model = nets.fused if dtype == torch.float32 else _float32_copy(nets.fused)
+                engine_set.load(model, photos)
+                engine_outputs = engine_set.outputs(photos)
+            failed |= _check(nets, photos, device, dtype, args, report, engine_outputs,
+                             engine_set.errors if engine_set is not None else {})
             providers = bench.network_providers(nets, compile=args.compile, cuda_graphs=args.cuda_graphs,
-                                                only=args.providers)
+                                                only=torch_keys)
+            if engine_set is not None:
+                providers += engine_set.providers()
         load_before = bench.load_average()
-        meter = bench.OtherCpuMeter()
+        meter = bench.OtherCpuMeter(engine_set.pids() if engine_set is not None else ())
         results = []
         for b in args.batch_sizes:
             x = data.fill_batch(photos, b).to(device=device, dtype=dtype).contiguous(
@@ -189,12 +217,12 @@ def run_bench(args) -> int:
             if last is not None and not torch.isfinite(last).all():
                 print(f"warning: {p.name}: the loss became {last.item()} during timing")
     noisy_rows = [f"b={r['batch_size']} {r['provider']}" for r in rows
-                  if "error" not in r and r["iqr_ms"] > 0.1 * r["median_ms"]]
+                  if "median_ms" in r and r["iqr_ms"] > 0.1 * r["median_ms"]]
     if noisy_rows:
         print(f"noisy (IQR over 10% of the median): {', '.join(noisy_rows)}; rerun with a larger "
               "--min-run-time / --rounds, or on a quieter machine")
     few = [f"b={r['batch_size']} {r['provider']} ({r['runs']})" for r in rows
-           if "error" not in r and r["runs"] < bench.MIN_RUNS_FOR_SPREAD]
+           if "median_ms" in r and r["runs"] < bench.MIN_RUNS_FOR_SPREAD]
     if few:
         print(f"spread unknown: {', '.join(few)} timed fewer than {bench.MIN_RUNS_FOR_SPREAD} times (runs in "
               "parentheses): their IQR is not a measurement (0.00 for a single run) and their speedups rest on "
@@ -255,8 +283,26 @@ def _print_cpu_contention(meter, load_before, load_after, threads: int, report) 
         report["load_average"] = {"before": load_before, "after": load_after, "cores": cores}
 
 
-def _check(nets, photos, device, dtype, args, report) -> bool:
-    """Print fused vs the reference network on all photos; return True when it fails."""
+def _check_engine_args(engine_names, args, device) -> None:
+    """CommandError for an engine provider the run cannot have (train mode, a GPU, float16) or
+    whose package is missing (one line that says what to install)."""
+    from . import engines
+    asked = ", ".join(engine_names)
+    if args.mode != "eval":
+        raise CommandError(f"--providers {asked}: the engines run inference only (--mode eval), got --mode {args.mode}")
+    if device.type != "cpu":
+        raise CommandError(f"--providers {asked}: the engines run on the CPU (--device cpu), got --device {device.type}")
+    if args.dtype not in ("float32", "bfloat16"):
+        raise CommandError(f"--providers {asked}: the engines run --dtype float32 or bfloat16, got {args.dtype}")
+    try:
+        engines.require(engine_names)
+    except engines.EngineUnavailableError as e:
+        raise CommandError(f"--providers: {e}") from None
+
+
+def _check(nets, photos, device, dtype, args, report, engine_outputs=None, engine_errors=None) -> bool:
+    """Print fused (and the engines' ``engine_outputs``, {name: logits}) vs the reference network
+    on all photos; return True when one fails (``engine_errors``: {name: why it has no output})."""
     import torch
     from . import bench
     ref_name = nets.baseline_name
@@ -274,16 +320,23 @@ def _check(nets, photos, device, dtype, args, report) -> bool:
         return True
     if dtype != torch.float32:  # the tolerance is relative to the baseline's own error in dtype
         checks[ref_name] = bench.compare_logits(nets.baseline(xd), ref)
-    fused = checks[bench.FUSED]
+    checked = [bench.FUSED]
+    for name, out in (engine_outputs or {}).items():
+        checks[name] = bench.compare_logits(out, ref)
+        checked.append(name)
     if dtype == torch.float32:
         limit = 1e-4
-        verdict = fused["max_rel_err"] <= limit
         rule = f"max rel err <= {limit:g}"
     else:
         own = checks[ref_name]["max_rel_err"]
         limit = 2 * own
-        verdict = fused["max_rel_err"] <= limit
         rule = f"max rel err <= 2x {ref_name}'s own {args.dtype} error ({own:.3g})"
+    verdict = all(checks[n]["max_rel_err"] <= limit for n in checked)
+    if len(checked) > 1:
+        rule += f" for {', '.join(checked)}"
+    for name, why in (engine_errors or {}).items():
+        print(f"check: {name} failed: {why}")
+        verdict = False
     for name, c in checks.items():
         print(f"check: {name} ({args.dtype}) vs {ref_name} (float32) on {c['n']} photos: "
               f"max abs err {c['max_abs_err']:.3g}, max rel err {c['max_rel_err']:.3g} "
@@ -294,6 +347,8 @@ def _check(nets, photos, device, dtype, args, report) -> bool:
     print(f"check: {'OK' if verdict else 'FAILED'} ({rule})")
     report["check"] = {"reference": f"{ref_name} float32", "rule": rule, "ok": verdict, **{
         k: v for k, v in checks.items()}}
+    if engine_errors:
+        report["check"]["engine_errors"] = dict(engine_errors)
     return not verdict
 
 

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bn_train, ops
+from . import bn_train, cpu_program, ops
 from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
@@ -46,8 +46,12 @@ __all__ = ["GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "PaperI
 VARIANTS = ("torchvision", "paper")
 
 
-from .fold_cache import (_FoldedWeightsCache, _block_sources, _fold_conv_block, _has_global_hooks,
-                         _has_module_hooks)
+from .fold_cache import (PROGRAMS_ATTR, _FoldedWeightsCache, _block_sources, _fold_conv_block,
+                         _has_global_hooks, _has_module_hooks)
+
+# GoogLeNet.__dict__ keys of its recorded programs: the CUDA launch programs
+# (backends/triton/program.py) and the CPU op programs (cpu_program.py).
+_PROGRAM_ATTRS = (PROGRAMS_ATTR, cpu_program.PROGRAMS_ATTR)
 
 
 def _below_autograd_without_grad():
@@ -58,6 +62,21 @@ def _below_autograd_without_grad():
     if torch.is_grad_enabled() or torch.compiler.is_compiling():
         return contextlib.nullcontext()
     return torch._C._AutoDispatchBelowAutograd()
+
+
+def _exporting_to_onnx() -> bool:
+    """True while ``torch.onnx.export`` traces the model, with either exporter: the TorchScript
+    one (``dynamo=False``: torch.jit tracing) and the torch.export-based one (``dynamo=True``);
+    ``torch.onnx.is_in_onnx_export()`` is set by both (torch 2.11 and 2.14 alike).  The fused
+    paths then step aside and the plain modules run, so the ONNX graph holds standard operators
+    only (Conv, Relu, MaxPool, Concat, Gemm, ...; the exporters fold BatchNorm into Conv): the
+    graph torchvision's googlenet exports.
+    Asked only while tracing (torch.jit) or compiling (torch.export sets is_compiling in every
+    torch version, is_exporting only in recent ones): is_in_onnx_export costs ~1 us a call, eager
+    calls pay ~0.2 us; torch.compile's dynamo folds is_in_onnx_export to False (no graph break).
+    A plain ``torch.export.export`` (not from ONNX) keeps the fused ops."""
+    return ((torch.jit.is_tracing() or torch.compiler.is_compiling())
+            and torch.onnx.is_in_onnx_export())
 
 
 def _foldable_block(block: nn.Module, kernel: int) -> bool:
@@ -80,14 +99,21 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
     return _block_sources(block) is not None
 
 
+def _eval_dtype(x: Tensor, weight_dtype: torch.dtype) -> torch.dtype:
+    """The compute dtype of a fused eval call: the autocast dtype where autocast is on for x's
+    device (as nn.Conv2d would compute under it), else the weights' dtype."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight_dtype
+
+
 def _cpu_conv_op_applies(x: Tensor, w: Tensor, conv: nn.Conv2d) -> bool:
     """True when googlenet_fast::conv2d_relu computes ``relu(conv(x))`` for this folded conv: a
-    float32 CPU input of the weight's dtype, autocast off, square odd kernel, one stride and
-    padding for both dims, dilation 1, groups 1, not under torch.compile (which packs the weights
-    itself), and the extension built."""
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and w.dtype == torch.float32
-            and x.dim() == 4 and not torch.is_autocast_enabled("cpu")
-            and not torch.compiler.is_compiling() and ops.native.available()
+    float32 or bfloat16 CPU input of the weight's dtype (oneDNN with a prepacked weight in both),
+    square odd kernel, one stride and padding for both dims, dilation 1, groups 1, not under
+    torch.compile (which packs the weights itself), and the extension built."""
+    return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and w.dtype == x.dtype
+            and x.dim() == 4 and not torch.compiler.is_compiling() and ops.native.available()
             and conv.groups == 1 and conv.dilation == (1, 1) and isinstance(conv.padding, tuple)
             and conv.padding[0] == conv.padding[1] and conv.stride[0] == conv.stride[1]
             and w.shape[-1] == w.shape[-2] and w.shape[-1] % 2 == 1)
@@ -161,12 +187,15 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
     def _eval_conv(self, x: Tensor, relu: bool = True) -> Optional[Tensor]:
         """The fused eval path: ``relu(conv(x))`` (``relu=False``: ``conv(x)``) with the folded
         weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm)."""
-        if not (self.fused and not self.training and self._can_fold()):
+        if not (self.fused and not self.training and self._can_fold()) or _exporting_to_onnx():
             return None
-        folded = self._cached_fold(self.conv.weight.dtype)
+        dtype = _eval_dtype(x, self.conv.weight.dtype)
+        folded = self._cached_fold(dtype)
         if folded is None:
             return None
         w, b = folded
+        if x.dtype != dtype:
+            x = x.to(dtype)  # autocast: the conv computes in its dtype (as nn.Conv2d's would)
         c = self.conv
         if c.padding_mode != "zeros":
             y = c._conv_forward(x, w, b)
@@ -452,7 +481,16 @@ class Inception(_FoldedWeightsCache, nn.Module):
         return None if w is None else w.dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and self.training and self._weight_dtype() is not None:
+        if self.fused and not _exporting_to_onnx():
+            y = self._forward_fused(x)
+            if y is not None:
+                return y
+        return torch.cat(self._forward(x), 1)
+
+    def _forward_fused(self, x: Tensor) -> Optional[Tensor]:
+        """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
+        weights), or None where they do not apply (the plain branches then run)."""
+        if self.training and self._weight_dtype() is not None:
             dtype = self._weight_dtype()
             if torch.is_autocast_enabled(x.device.type):
                 dtype = torch.get_autocast_dtype(x.device.type)
@@ -460,10 +498,8 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 y = self._forward_train_fused(x, dtype)
                 if y is not None:
                     return y
-        if self.fused and not self.training and self._weight_dtype() is not None:
-            dtype = self._weight_dtype()
-            if torch.is_autocast_enabled(x.device.type):
-                dtype = torch.get_autocast_dtype(x.device.type)
+        if not self.training and self._weight_dtype() is not None:
+            dtype = _eval_dtype(x, self._weight_dtype())
             # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 folded = self._cached_fold(dtype)  # None: not a module the fused op computes
@@ -474,7 +510,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
                     # The weights are ours and well-formed; the kernels still check x.
                     with self._prepacking(folded), _below_autograd_without_grad():
                         return ops.inception(x, *folded, relu=True, validate=False)
-        return torch.cat(self._forward(x), 1)
+        return None
 
 
 class InceptionAux(nn.Module):
@@ -745,10 +781,27 @@ class GoogLeNet(nn.Module):
         return self
 
     def clear_folded_cache(self) -> None:
-        """Drop every module's cached folded weights (rebuilt on the next fused eval call)."""
+        """Drop every module's cached folded weights (rebuilt on the next fused eval call) and the
+        programs recorded from them (the CPU op programs of googlenet_fast/cpu_program.py, the
+        CUDA launch programs of googlenet_fast/backends/triton/program.py; recorded again)."""
+        self._drop_programs()
         for m in self.modules():
             if isinstance(m, _FoldedWeightsCache):
                 m.clear_folded_cache()
+
+    def _drop_programs(self) -> None:
+        for attr in _PROGRAM_ATTRS:
+            self.__dict__.pop(attr, None)
+
+    def _apply(self, *args, **kwargs):
+        self._drop_programs()  # .to() / .double() / .cuda(): the programs' constants are stale
+        return super()._apply(*args, **kwargs)
+
+    def __getstate__(self):
+        state = dict(super().__getstate__())
+        for attr in _PROGRAM_ATTRS:  # kernels and launchers: not picklable, not worth copying
+            state.pop(attr, None)
+        return state
 
     # -- forward ---------------------------------------------------------------------------------
     @property
@@ -789,11 +842,13 @@ class GoogLeNet(nn.Module):
 
     def _cpu_eval_ops(self, x: Tensor) -> bool:
         """Whether the fused eval path on the CPU runs the stem and the transitions through the
-        extension's ops (googlenet_fast::max_pool_nhwc, conv2d_relu): fused, eval, a CPU x,
-        autocast off, not under torch.compile (inductor then sees the plain modules)."""
+        extension's ops (googlenet_fast::max_pool_nhwc, conv2d_relu): fused, eval, a CPU x, not
+        under torch.compile (inductor then sees the plain modules) nor while exporting to ONNX.
+        Under ``torch.autocast("cpu", torch.bfloat16)`` too: the convolutions then compute in
+        bfloat16 (BasicConv2d._eval_conv, Inception.forward), as torchvision's would under autocast."""
         return (self._fused and not self.training and x.device.type == "cpu"
-                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
-                and ops.native.available())
+                and not torch.compiler.is_compiling() and ops.native.available()
+                and not _exporting_to_onnx())
 
     @staticmethod
     def _pool(pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
@@ -855,18 +910,29 @@ class GoogLeNet(nn.Module):
         return x, aux2, aux1
 
     def forward(self, x: Tensor):
-        """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux."""
+        """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux.
+
+        Under ``torch.onnx.export`` (either exporter) the plain modules run, whatever ``fused``
+        says: the exported graph is made of standard ONNX operators, the one torchvision's
+        googlenet exports for the same weights (see :func:`_exporting_to_onnx`)."""
         self._check_input(x)
+        if self._fused and _exporting_to_onnx():
+            return self._forward_modules(x, channels_last=False)
         if self._fused and not self.training and x.device.type == "cuda":
             y = ops.fused_network_forward(self, x)  # the whole network in Triton kernels, or None
             if y is not None:
                 return y
+        if self._fused and not self.training and x.device.type == "cpu":
+            y = cpu_program.forward(self, x)  # the modules' ops replayed from a list, or None
+            if y is not None:
+                return y
         return self._forward_modules(x)
 
-    def _forward_modules(self, x: Tensor):
-        """The forward through the modules (the fused Inception op per module when fused)."""
+    def _forward_modules(self, x: Tensor, channels_last: Optional[bool] = None):
+        """The forward through the modules (the fused Inception op per module when fused).
+        ``channels_last`` (default: ``fused``): convert x to channels_last at the entry."""
         x = self._transform_input(x)
-        if self._fused:
+        if self._fused if channels_last is None else channels_last:
             # NHWC is the fused kernels' native layout: convert once here, not per module.
             x = x.contiguous(memory_format=torch.channels_last)
         x, aux2, aux1 = self._forward(x)

@@ -307,7 +307,9 @@ def fused_network_forward(model, x: Tensor) -> Optional[Tensor]:
     the network path or the module path, whichever measured faster by wall clock for this
     variant, input size, dtype and batch-size bucket (googlenet_fast.autotune_table
     .pick_network_path: one measurement on the first eager call, cached; while tracing or
-    capturing a CUDA graph, the network path unless a measurement chose the modules).
+    capturing a CUDA graph, the network path unless a measurement chose the modules).  Later eager
+    forwards replay the first one's launches (a launch program per input signature, checked
+    against the model's state on each call: googlenet_fast/backends/triton/program.py).
     """
     env = os.environ.get(BACKEND_ENV, "auto")
     if x.device.type != "cuda" or env not in ("", "auto", "triton"):
@@ -316,23 +318,7 @@ def fused_network_forward(model, x: Tensor) -> Optional[Tensor]:
         from .backends.triton import network
     except ImportError:
         return None
-    if network.fused_forward_supported(model, x) is not None:
-        return None
-    if env == "triton":
-        return network.fused_forward_triton(model, x)
-    from . import autotune_table
-    n, _, h, w = x.shape
-    key = autotune_table.network_key(model.variant, n, h, w, model.conv1.conv.weight.dtype,
-                                     torch.cuda.get_device_name(x.device))
-    def run(path):
-        if path == "network":
-            network.fused_forward_triton(model, x)
-        else:
-            model._forward_modules(x)
-
-    if autotune_table.pick_network_path(key, run, can_measure=network.can_measure(x)) == "modules":
-        return None
-    return network.fused_forward_triton(model, x)
+    return network.forward_or_none(model, x, forced=env == "triton")
 
 
 def _fake_output(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
@@ -507,8 +493,8 @@ _register_autograd()
 
 @contextlib.contextmanager
 def weight_prepacking(enabled: bool = True):
-    """Within this context, this thread's CPU calls of the float32 ops (:func:`inception`,
-    :func:`conv2d_relu`) keep the weights they hand to oneDNN in its blocked layout and reuse them
+    """Within this context, this thread's CPU calls of the float32 and bfloat16 ops
+    (:func:`inception`, :func:`conv2d_relu`) keep the weights they hand to oneDNN in its blocked layout and reuse them
     in later calls, as torch.compile's CPU freezing does at compile time: a convolution's weight
     reorder costs up to 20% of a small-map convolution (5b's 3x3 at batch 1, 2-core EPYC).
 

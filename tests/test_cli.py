@@ -9,7 +9,7 @@ from googlenet_fast import roofline
 
 from googlenet_fast import cli, data
 from googlenet_fast.backends import native
-from cli_helpers import table_rows
+from cli_helpers import check_lines as _check_lines, table_rows
 
 # Tiny timing config: the tests check the plumbing and the numerical check, not the speed.
 TIMING = ["--device", "cpu", "--min-run-time", "0.05", "--rounds", "1", "--warmup", "1", "--quiet"]
@@ -20,16 +20,6 @@ def _run(capsys, *argv):
     rc = cli.main(list(argv))
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def _check_lines(out):
-    """{provider: (max abs err, max rel err, top-1 agreed, n)} from the bench's check lines."""
-    found = {}
-    for m in re.finditer(r"check: (.+?) \((\w+)\) vs .+? on (\d+) photos: max abs err (\S+), "
-                         r"max rel err (\S+) \(of max \|logit\| (\S+)\), top-1 agreement (\d+)/(\d+)", out):
-        found[m.group(1)] = dict(n=int(m.group(3)), abs=float(m.group(4)), rel=float(m.group(5).rstrip(",")),
-                                 scale=float(m.group(6)), agree=int(m.group(7)), total=int(m.group(8)))
-    return found
 
 
 def test_bench_default_photos(capsys, tmp_path):
@@ -222,7 +212,7 @@ def _fake_cpu(other_cores):
     import os
     import time
 
-    def cpu_seconds():
+    def cpu_seconds(helper_pids=()):
         t = os.times()
         own = t.user + t.system
         return own + other_cores * time.perf_counter(), own

@@ -13,9 +13,10 @@
 // stage 2 (a second pass, after every reduce output exists):
 //   - the KxK convolutions of both reduce branches as im2col GEMMs, one pixel block at a time
 //     (the im2col block stays in cache), writing their channel slices with bias + ReLU.
-// GEMMs on views of the buffers: float32 through oneDNN's inner product (mkldnn::_linear_pointwise),
-// float64 through at::mm (MKL/OpenBLAS), bfloat16 through at::mm (oneDNN, fp32 accumulation);
-// bias and ReLU are applied in fp32 by the epilogue.
+// GEMMs on views of the buffers: float32 and bfloat16 through oneDNN's inner product
+// (mkldnn::_linear_pointwise, weights prepacked; bfloat16 accumulates in fp32), float64 through
+// at::mm (MKL/OpenBLAS); bias and ReLU are applied in fp32 by the epilogue.  Stage 2 in float32
+// and bfloat16 runs oneDNN's direct convolution instead of im2col (stage2_onednn).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
@@ -28,6 +29,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -137,7 +139,7 @@ c10::optional<c10::OperatorHandle> mkldnn_op(const char* name) {
 }
 
 // y = conv2d(x, w, b) (no activation: oneDNN's ReLU post-op maps NaN to 0, torch.relu keeps it)
-// through oneDNN with the weight prepacked for x's shape; x float32 on the CPU, any layout
+// through oneDNN with the weight prepacked for x's shape; x float32 or bfloat16 on the CPU, any layout
 // (channels_last is oneDNN's native one); y channels_last.  Falls back to at::mkldnn_convolution
 // (which reorders the weight per call) where the pointwise ops are missing.
 at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
@@ -165,17 +167,17 @@ at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
 
 // A[rows, k] (row stride lda) x W^T, W the row-major [n, k] weight matrix (one row per output
 // channel): a fresh dense [rows, n] result (the callers' epilogues read it once and write the
-// output slices).  float32 through oneDNN's inner product (mkldnn::_linear_pointwise, the op
-// torch.compile's CPU freezing path runs; on the 2-core AMD EPYC CI machine 2-30% faster than
-// MKL's sgemm behind at::mm on the modules' shapes, single-threaded, 2026-11-30) with W
-// prepacked for `rows_hint` rows; other dtypes through at::mm (MKL/OpenBLAS for float64,
-// oneDNN for bfloat16, which accumulates in fp32).
+// output slices).  float32 and bfloat16 through oneDNN's inner product (mkldnn::_linear_pointwise,
+// the op torch.compile's CPU freezing path runs; on the 2-core AMD EPYC CI machine 2-30% faster
+// than MKL's sgemm behind at::mm on the modules' shapes, single-threaded, 2026-11-30; bfloat16
+// 4-12% faster than at::mm's oneDNN matmul, 2 threads, 2026-12-04) with W prepacked for
+// `rows_hint` rows; float64 through at::mm (MKL/OpenBLAS).
 template <typename scalar_t>
 at::Tensor gemm_rows(int64_t rows, int64_t k, const scalar_t* a, int64_t lda, const at::Tensor& W,
                      int64_t rows_hint, bool cache, std::initializer_list<const at::Tensor*> sources) {
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   at::Tensor A = at::from_blob(const_cast<scalar_t*>(a), {rows, k}, {lda, 1}, opts);
-  if constexpr (std::is_same_v<scalar_t, float>) {
+  if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
     static const c10::optional<c10::OperatorHandle> linear = mkldnn_op("mkldnn::_linear_pointwise");
     static const c10::optional<c10::OperatorHandle> reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
     if (linear.has_value() && reorder.has_value() && lda == k) {
@@ -236,14 +238,41 @@ std::vector<acc_t> bias_vector(std::initializer_list<std::pair<const c10::option
 }
 
 // The element loops every stage runs between its GEMMs (epilogues, pooling), written branch-free
-// (bitwise |, not ||) so that they vectorize.  float32 versions are also compiled for AVX2 and
-// AVX-512 (the extension's baseline is x86-64's SSE2; GCC picks the clone for the running CPU at
-// load time); other dtypes use the templates.
+// (bitwise |, not ||) so that they vectorize.  float32 and bfloat16 versions are also compiled for
+// AVX2 and AVX-512 (the extension's baseline is x86-64's SSE2; GCC picks the clone for the running
+// CPU at load time); other dtypes use the templates.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define GF_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define GF_CPU_CLONES
 #endif
+
+// Element conversions for the loops below.  bfloat16 <-> float32 by bit arithmetic (a shift; round
+// to nearest even, NaN -> canonical quiet NaN, as c10::BFloat16's constructor does) written
+// branch-free, so that the AVX-512 clones vectorize them (c10::BFloat16's own conversion has a
+// branch on isnan and stays scalar).
+template <typename acc_t, typename scalar_t>
+inline __attribute__((always_inline)) acc_t to_acc(scalar_t v) {
+  return static_cast<acc_t>(v);
+}
+template <>
+inline __attribute__((always_inline)) float to_acc<float, c10::BFloat16>(c10::BFloat16 v) {
+  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) scalar_t from_acc(acc_t v) {
+  return static_cast<scalar_t>(v);
+}
+template <>
+inline __attribute__((always_inline)) c10::BFloat16 from_acc<c10::BFloat16, float>(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+  return c10::BFloat16((f != f) ? uint16_t(0x7FC0) : rounded, c10::BFloat16::from_bits());
+}
 
 // dst[i] = act(acc[i] + bias[i]) with an accumulator-typed bias (nullptr: none); act = ReLU
 // keeping NaN (torch.relu) when `relu`.
@@ -252,13 +281,13 @@ inline __attribute__((always_inline)) void store_row_impl(const scalar_t* __rest
                                                           bool relu, scalar_t* __restrict__ dst, int64_t n) {
   if (bias != nullptr) {
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t v = static_cast<acc_t>(acc[i]) + bias[i];
-      dst[i] = static_cast<scalar_t>((!relu | (v > acc_t(0)) | (v != v)) ? v : acc_t(0));
+      const acc_t v = to_acc<acc_t>(acc[i]) + bias[i];
+      dst[i] = from_acc<scalar_t, acc_t>((!relu | (v > acc_t(0)) | (v != v)) ? v : acc_t(0));
     }
   } else {
     for (int64_t i = 0; i < n; ++i) {
-      const acc_t v = static_cast<acc_t>(acc[i]);
-      dst[i] = static_cast<scalar_t>((!relu | (v > acc_t(0)) | (v != v)) ? v : acc_t(0));
+      const acc_t v = to_acc<acc_t>(acc[i]);
+      dst[i] = from_acc<scalar_t, acc_t>((!relu | (v > acc_t(0)) | (v != v)) ? v : acc_t(0));
     }
   }
 }
@@ -270,6 +299,10 @@ void store_row(const scalar_t* acc, const acc_t* bias, bool relu, scalar_t* dst,
 
 GF_CPU_CLONES void store_row(const float* acc, const float* bias, bool relu, float* dst, int64_t n) {
   store_row_impl<float, float>(acc, bias, relu, dst, n);
+}
+
+GF_CPU_CLONES void store_row(const c10::BFloat16* acc, const float* bias, bool relu, c10::BFloat16* dst, int64_t n) {
+  store_row_impl<c10::BFloat16, float>(acc, bias, relu, dst, n);
 }
 
 
@@ -288,7 +321,7 @@ inline __attribute__((always_inline)) void max_pool_chunk(const scalar_t* X, sca
     for (int64_t j = 0; j < kw; ++j) {
       const scalar_t* __restrict__ src = base + (i * W + j) * C;
       for (int64_t c = 0; c < CN; ++c) {
-        const acc_t v = static_cast<acc_t>(src[c]);
+        const acc_t v = to_acc<acc_t>(src[c]);
         m[c] = ((v > m[c]) | (v != v)) ? v : m[c];
       }
     }
@@ -297,7 +330,7 @@ inline __attribute__((always_inline)) void max_pool_chunk(const scalar_t* X, sca
     for (int64_t c = 0; c < CN; ++c) m[c] = ((m[c] > acc_t(0)) | (m[c] != m[c])) ? m[c] : acc_t(0);
   }
   scalar_t* __restrict__ dst = O + opix * C + c0;
-  for (int64_t c = 0; c < CN; ++c) dst[c] = static_cast<scalar_t>(m[c]);
+  for (int64_t c = 0; c < CN; ++c) dst[c] = from_acc<scalar_t, acc_t>(m[c]);
 }
 
 // One output pixel of the NHWC max pool: the max over rows [h0, h1) x columns [w0, w1) of image n,
@@ -329,7 +362,7 @@ inline __attribute__((always_inline)) void max_pool_window(const scalar_t* X, sc
     for (int64_t w = w0; w < w1; ++w) {
       const scalar_t* __restrict__ src = X + ((n * H + h) * W + w) * C + c0;
       for (int64_t c = 0; c < cn; ++c) {  // NaN wins, as in torch.max_pool2d
-        const acc_t v = static_cast<acc_t>(src[c]);
+        const acc_t v = to_acc<acc_t>(src[c]);
         m[c] = ((v > m[c]) | (v != v)) ? v : m[c];
       }
     }
@@ -339,7 +372,7 @@ inline __attribute__((always_inline)) void max_pool_window(const scalar_t* X, sc
       m[c] = ((m[c] > acc_t(0)) | (m[c] != m[c])) ? m[c] : acc_t(0);
   }
   scalar_t* __restrict__ dst = O + opix * C + c0;
-  for (int64_t c = 0; c < cn; ++c) dst[c] = static_cast<scalar_t>(m[c]);
+  for (int64_t c = 0; c < cn; ++c) dst[c] = from_acc<scalar_t, acc_t>(m[c]);
 }
 
 // One output row (n, oh) of the NHWC ceil-mode max pool (kernel x kernel / stride, no padding).
@@ -380,12 +413,24 @@ GF_CPU_CLONES void pool3x3_block(const float* X, float* dst, int64_t p0, int64_t
   pool3x3_block_impl<float, float>(X, dst, p0, rows, H, W, C);
 }
 
+GF_CPU_CLONES void pool3x3_block(const c10::BFloat16* X, c10::BFloat16* dst, int64_t p0, int64_t rows, int64_t H,
+                                 int64_t W, int64_t C) {
+  pool3x3_block_impl<c10::BFloat16, float>(X, dst, p0, rows, H, W, C);
+}
+
 // float32 rows, also compiled for AVX2 and AVX-512 (GF_CPU_CLONES): 2x faster than the SSE2
 // build on the CI machine's EPYC.
 GF_CPU_CLONES void max_pool_rows(const float* X, float* O, int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
                    int64_t OH, int64_t OW, int64_t kernel, int64_t stride, bool relu) {
   for (int64_t row = begin; row < end; ++row)
     max_pool_row<float, float>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
+}
+
+GF_CPU_CLONES void max_pool_rows(const c10::BFloat16* X, c10::BFloat16* O, int64_t begin, int64_t end, int64_t H,
+                                 int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t kernel, int64_t stride,
+                                 bool relu) {
+  for (int64_t row = begin; row < end; ++row)
+    max_pool_row<c10::BFloat16, float>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
 }
 
 // Other dtypes: the baseline build (float accumulation for the half types, exact for a max).
@@ -559,9 +604,10 @@ void stage2_cpu(const InceptionArgs& a, const InceptionShape& s, ReduceBuffers<s
   run_blocks(b2.count, stage2);
 }
 
-// Stage 2 through oneDNN's direct convolution (float32): each reduce branch is a dense NHWC
-// tensor, convolved with bias by onednn_conv2d (prepacked weight; 115-129 GFLOP/s on one core of
-// the CI machine against ~100 for im2col + GEMM, measured 2026-11-30 on the modules' shapes), then one
+// Stage 2 through oneDNN's direct convolution (float32, bfloat16): each reduce branch is a dense NHWC
+// tensor, convolved with bias by onednn_conv2d (prepacked weight; float32: 115-129 GFLOP/s on one core of
+// the CI machine against ~100 for im2col + GEMM, measured 2026-11-30 on the modules' shapes;
+// bfloat16: 440-500 GFLOP/s on one core for the 3x3 convolutions of 3a-5b, 2026-12-04), then one
 // parallel pass applies ReLU while writing the branch's channel slice of `out`.
 template <typename scalar_t>
 void stage2_onednn(const InceptionArgs& a, const InceptionShape& s, ReduceBuffers<scalar_t> R, scalar_t* out,
@@ -596,7 +642,7 @@ void inception_cpu_impl(const InceptionArgs& a, const InceptionShape& s, scalar_
   const ReduceBuffers<scalar_t> R{red.get(), s.ch3x3red, red.get() + P * s.ch3x3red, s.ch5x5red};
   const bool cache = weight_prepacking_enabled();
   stage1_cpu<scalar_t>(a, s, xc.const_data_ptr<scalar_t>(), out, ldo, R, cache);
-  if (std::is_same_v<scalar_t, float> && at::hasMKLDNN()) {
+  if ((std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) && at::hasMKLDNN()) {
     stage2_onednn<scalar_t>(a, s, R, out, ldo, cache);
   } else {
     stage2_cpu<scalar_t>(a, s, R, out, ldo, {});
@@ -661,7 +707,7 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const 
                            int64_t stride, int64_t padding, bool relu) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   at::Tensor y;
-  if (x.scalar_type() == at::kFloat && at::hasMKLDNN()) {
+  if ((x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && at::hasMKLDNN()) {
     y = onednn_conv2d(x, weight, bias, stride, padding, weight_prepacking_enabled());
   } else {
     y = at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);

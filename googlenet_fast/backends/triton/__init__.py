@@ -63,7 +63,8 @@ kernels).
 Files: modes.py (the kernel modules per interpreter mode, the autotuned kernels), checks.py
 (argument checks), plan.py (launch plans; the FORCE_INT64 / FORCE_TILE test flags), forward_op.py
 (the forward launcher, the registered forward ops, precompile), backward_op.py (the backward
-launches, its op, the autograd registration), network.py (the rest of the network); the kernels in
+launches, its op, the autograd registration), network.py (the rest of the network), program.py
+(the eager network path's launch programs: recorded once per input signature, replayed); the kernels in
 stage1.py, stage2.py, backward.py, network_kernels.py, bn_train.py.
 """
 try:

@@ -7,10 +7,10 @@ from typing import NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor
 
-from . import configs, plan as _plan
+from . import configs, plan as _plan, program
 from .checks import _check, _check_pooled
 from .modes import autotuning, interpreting, kernels
-from .plan import LaunchPlan, _out_memory_format, _single_threaded_blas, _tracing, plan_launch
+from .plan import LaunchPlan, _out_memory_format, _tracing, plan_launch
 
 OP_NAME = "googlenet_fast::inception_triton"
 OUT_OP_NAME = "googlenet_fast::inception_triton_out"
@@ -48,13 +48,13 @@ def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5re
             pool: Tuple[int, int] = (0, 0)) -> None:
     """Run both stages, writing the module's output into ``out`` (any strides); ``pool``: see
     :func:`plan_launch`."""
-    from torch.library import wrap_triton
-
     n, _, h, w = x.shape
     if n * h * w == 0 or out.numel() == 0:
+        program.unrecordable("an empty Inception call")
         return
     plan = plan_launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red,
                        w_5x5, b_5x5, w_pool_proj, b_pool_proj, relu, out, interpret, pool)
+    program.register(plan.args1["red_ptr"])  # the scratch matrix: a buffer of the forward
     pooled = bool(pool[0])
     k = kernels(interpret)
     g1 = k.stage1.grid(plan.P, plan.NM, plan.CP)
@@ -62,9 +62,8 @@ def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5re
     if interpret:
         t1 = configs.interpret_tile(1, plan.P, plan.R3, plan.R5)
         t2 = configs.interpret_tile(2, plan.P, plan.R3, plan.R5)
-        with _single_threaded_blas():
-            k.stage1.inception_stage1_kernel[g1](**plan.args1, **t1.meta(1))
-            k.stage2.inception_stage2_kernel[g2](**plan.args2, **t2.meta(2))
+        program.launch(k.stage1.inception_stage1_kernel, g1, dict(plan.args1, **t1.meta(1)), True)
+        program.launch(k.stage2.inception_stage2_kernel, g2, dict(plan.args2, **t2.meta(2)), True)
         return
     if autotuning():
         if pooled:
@@ -72,15 +71,15 @@ def _launch(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5re
         else:
             kernel1 = k.stage1_half if plan.half else k.stage1_fp32
         kernel2 = k.stage2_half if plan.half else k.stage2_fp32
-        wrap_triton(kernel1)[g1](**plan.args1)
-        wrap_triton(kernel2)[g2](**plan.args2)
+        program.launch(kernel1, g1, plan.args1, False)
+        program.launch(kernel2, g2, plan.args2, False)
         return
     t1 = _plan.FORCE_TILE[0] if _plan.FORCE_TILE else configs.heuristic_tile(1, plan.P, plan.half, pooled)
     t2 = _plan.FORCE_TILE[1] if _plan.FORCE_TILE else configs.heuristic_tile(2, plan.P, plan.half)
-    wrap_triton(k.stage1.inception_stage1_kernel)[g1](
-        **plan.args1, **t1.meta(1), num_warps=t1.num_warps, num_stages=t1.num_stages)
-    wrap_triton(k.stage2.inception_stage2_kernel)[g2](
-        **plan.args2, **t2.meta(2), num_warps=t2.num_warps, num_stages=t2.num_stages)
+    program.launch(k.stage1.inception_stage1_kernel, g1,
+                   dict(plan.args1, **t1.meta(1), num_warps=t1.num_warps, num_stages=t1.num_stages), False)
+    program.launch(k.stage2.inception_stage2_kernel, g2,
+                   dict(plan.args2, **t2.meta(2), num_warps=t2.num_warps, num_stages=t2.num_stages), False)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -110,8 +109,8 @@ def eager_direct(x: Tensor) -> bool:
 def _new_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj):
     n, _, h, w = x.shape
     c = w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0]
-    return torch.empty((n, c, h, w), dtype=x.dtype, device=x.device,
-                       memory_format=_out_memory_format(x))
+    return program.register(torch.empty((n, c, h, w), dtype=x.dtype, device=x.device,
+                                        memory_format=_out_memory_format(x)))
 
 
 def _run(x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red, w_5x5, b_5x5,
@@ -182,8 +181,8 @@ POOLED_OP_NAME = "googlenet_fast::inception_pooled_triton"
 
 def _new_pooled_output(x, w_1x1, w_3x3, w_5x5, w_pool_proj, ph, pw):
     c = w_1x1.shape[0] + w_3x3.shape[0] + w_5x5.shape[0] + w_pool_proj.shape[0]
-    return torch.empty((x.shape[0], c, ph, pw), dtype=x.dtype, device=x.device,
-                       memory_format=torch.channels_last)
+    return program.register(torch.empty((x.shape[0], c, ph, pw), dtype=x.dtype, device=x.device,
+                                        memory_format=torch.channels_last))
 
 
 @_triton_op(POOLED_OP_NAME, mutates_args=())

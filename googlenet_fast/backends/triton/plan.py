@@ -61,9 +61,18 @@ def _tracing(*tensors) -> bool:
     from torch._subclasses.functional_tensor import FunctionalTensor
     if any(isinstance(t, (FakeTensor, FunctionalTensor)) for t in tensors):
         return True
-    keys = torch._C._TorchDispatchModeKey
-    return any(torch._C._get_dispatch_mode(getattr(keys, k)) is not None
-               for k in ("PROXY", "FAKE", "FUNCTIONAL") if hasattr(keys, k))
+    return _tracing_mode()
+
+
+_TRACING_MODE_KEYS = tuple(getattr(torch._C._TorchDispatchModeKey, k) for k in ("PROXY", "FAKE", "FUNCTIONAL")
+                           if hasattr(torch._C._TorchDispatchModeKey, k))
+
+
+def _tracing_mode() -> bool:
+    """True while a proxy, fake or functional dispatch mode is active (make_fx, torch.export,
+    AOTAutograd)."""
+    get = torch._C._get_dispatch_mode
+    return any(get(k) is not None for k in _TRACING_MODE_KEYS)
 
 
 def _merged_1x1(w1: Tensor, w3r: Tensor, w5r: Tensor) -> Tensor:

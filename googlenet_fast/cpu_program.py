@@ -1,0 +1,225 @@
+"""CPU op programs: GoogLeNet(fused=True)'s eval forward on the CPU, recorded once per input
+signature at the dispatcher and replayed without the modules' Python.
+
+Why: at batch 1 the fused CPU forward's ops take ~4-8 ms on 2 cores, and the Python around them
+(module calls, folded-weight cache keys, prepacking contexts, argument checks: ~40-80 us a module)
+added ~0.8-1.5 ms more (thread CPU time, 1 thread, 2026-12-04, /tmp measurement in the issue #14
+note).  A program runs the same ops (googlenet_fast::conv2d_relu / max_pool_nhwc / inception and
+ATen's head) with the same arguments, straight from a list.
+
+Recording: the first eager eval forward with warm folded-weight caches for an input signature
+(shape, strides, dtype, device) runs under a TorchDispatchMode that notes each op it dispatches
+(the OpOverload, its arguments: each tensor either a slot, i.e. the input or a tensor an earlier op
+of this forward returned, or a constant: a folded weight, a parameter, anything else, kept alive
+by the program), and the weight-prepacking setting of each of our ops' calls.  A forward that
+folded weights (cold caches: the folding ops would become steps), returned something other than
+tensors from an op (``.item()``: data-dependent Python), or ran under another dispatch mode gives no
+program; nor does a model with forward hooks (they must fire: the modules run) or with
+``verify_folded_cache`` set.
+
+Replay: only while :class:`googlenet_fast.model_state.ModelState` (taken before the recorded
+forward) is the same (module tree, parameters' and buffers' versions and pointers, folded-weight
+cache entries, hooks, train/eval and fused flags, the attributes the forward reads, optimizer
+steps), with the same process flags (autocast state, GOOGLENET_FAST_BACKEND), no autograd history
+needed (grad off, or nothing requires grad), not compiling, exporting or tracing, a plain tensor
+input, no active dispatch mode.  Otherwise the modules run as before (and record anew).  Each op
+is called below the Autograd key (no history is needed), as the modules' own eval calls do.
+"""
+import os
+from typing import List, Optional
+
+import torch
+from torch import Tensor
+from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
+
+from . import ops
+from .backends import native
+from .model_state import ModelState, needs_grad
+
+PROGRAMS_ATTR = "_cpu_programs"
+MAX_PROGRAMS = 16  # input signatures per model (more: start over)
+
+
+def signature(x: Tensor) -> tuple:
+    """What a program is recorded for: the input's shape, strides, dtype and device."""
+    return (x.shape, x.stride(), x.dtype, x.device)
+
+
+def _flags() -> tuple:
+    """Process state that changes which ops the forward runs."""
+    return (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+            os.environ.get(ops.BACKEND_ENV, ""))
+
+
+def _prepacking() -> bool:
+    previous = native._C._set_weight_prepacking(False)
+    native._C._set_weight_prepacking(previous)
+    return previous
+
+
+class Program:
+    """One recorded forward: ``steps`` of (op, argument template, tensor slots, kwargs, output
+    slots, prepacking) and the slot of the result; :meth:`run` replays it on a new input."""
+
+    __slots__ = ("nslots", "steps", "out", "flags")
+
+    def __init__(self, nslots: int, steps: tuple, out: int, flags: tuple):
+        self.nslots, self.steps, self.out, self.flags = nslots, steps, out, flags
+
+    def run(self, x: Tensor) -> Tensor:
+        env: List[Optional[Tensor]] = [None] * self.nslots
+        env[0] = x
+        set_prepacking = native._C._set_weight_prepacking
+        previous = set_prepacking(False)
+        try:
+            with torch._C._AutoDispatchBelowAutograd():
+                for op, template, slots, lists, kwargs, outs, prepack in self.steps:
+                    args = list(template)
+                    for i, s in slots:
+                        args[i] = env[s]
+                    for i, items in lists:
+                        args[i] = [c if s is None else env[s] for c, s in items]
+                    set_prepacking(prepack)
+                    y = op(*args, **kwargs)
+                    if len(outs) == 1:
+                        env[outs[0]] = y
+                    else:
+                        for s, t in zip(outs, y):
+                            env[s] = t
+        finally:
+            set_prepacking(previous)
+        return env[self.out]
+
+
+class _Recorder(TorchDispatchMode):
+    """Notes every op dispatched inside (see the module docstring)."""
+
+    def __init__(self, x: Tensor):
+        super().__init__()
+        self.slot_of = {id(x): 0}
+        self.keep: List[Tensor] = [x]   # every slot's tensor alive while recording (ids stay unique)
+        self.steps: List[tuple] = []
+        self.failed: Optional[str] = None
+
+    def _slot(self, t: Tensor) -> int:
+        s = self.slot_of.get(id(t))
+        if s is None:
+            s = len(self.keep)
+            self.slot_of[id(t)] = s
+            self.keep.append(t)
+        return s
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        prepack = _prepacking() if func.namespace == "googlenet_fast" else False
+        out = func(*args, **kwargs)
+        if self.failed is not None:
+            return out
+        if any(isinstance(v, Tensor) for v in kwargs.values()):
+            self.failed = f"{func}: tensor keyword arguments"
+            return out
+        template, slots, lists = list(args), [], []
+        for i, a in enumerate(args):
+            if isinstance(a, Tensor):
+                s = self.slot_of.get(id(a))
+                if s is not None:
+                    slots.append((i, s))
+                    template[i] = None
+            elif isinstance(a, (list, tuple)) and any(isinstance(v, Tensor) for v in a):
+                items = [(None, self.slot_of[id(v)]) if isinstance(v, Tensor) and id(v) in self.slot_of
+                         else (v, None) for v in a]
+                lists.append((i, tuple(items)))
+                template[i] = None
+        if isinstance(out, Tensor):
+            outs = (self._slot(out),)
+        elif isinstance(out, (tuple, list)) and out and all(isinstance(t, Tensor) for t in out):
+            outs = tuple(self._slot(t) for t in out)
+        else:
+            self.failed = f"{func} returned {type(out).__name__}"
+            return out
+        self.steps.append((func, tuple(template), tuple(slots), tuple(lists), dict(kwargs), outs, prepack))
+        return out
+
+
+class _Programs:
+    """A model's programs by input signature, and the model state they were recorded against."""
+
+    __slots__ = ("state", "by_sig")
+
+    def __init__(self, state: ModelState):
+        self.state = state
+        self.by_sig = {}
+
+
+def _replayable(x: Tensor) -> bool:
+    return (type(x) is Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
+            and not torch.compiler.is_exporting() and _get_current_dispatch_mode() is None
+            and native.available())
+
+
+def forward(model, x: Tensor) -> Optional[Tensor]:
+    """The eval forward of ``model`` (GoogLeNet, fused, eval) on the CPU input ``x`` through its
+    program for ``x``'s signature: replayed when valid, else recorded while the modules run (when
+    the folded-weight caches are warm).  None where programs do not apply (see the module
+    docstring): the caller then runs the modules.
+
+    x: the model's input, (N, 3, H, W) on the CPU, already checked by the caller.
+    """
+    if not _replayable(x):
+        return None
+    progs = model.__dict__.get(PROGRAMS_ATTR)
+    if progs is not None:
+        sig = signature(x)
+        if sig in progs.by_sig:
+            if not progs.state.same():
+                model.__dict__.pop(PROGRAMS_ATTR, None)
+            else:
+                prog = progs.by_sig[sig]
+                if prog is None:  # this forward cannot be recorded (until the model changes)
+                    return None
+                if prog.flags == _flags() and not needs_grad(progs.state, x):
+                    return prog.run(x)
+    return _record(model, x)
+
+
+def _record(model, x: Tensor) -> Optional[Tensor]:
+    state = ModelState(model)
+    if state.verifying() or needs_grad(state, x) or state.has_hooks():
+        return None  # content checks, autograd history or hooks: each call runs the modules
+    flags = _flags()
+    rec = _Recorder(x)
+    with rec:
+        y = model._forward_modules(x)
+    if not state.same():  # the forward folded (cold caches) or changed the model: record later
+        return y
+    if rec.failed is not None or not isinstance(y, Tensor) or id(y) not in rec.slot_of:
+        _programs(model, state).by_sig[signature(x)] = None
+        return y
+    # A constant sharing memory with the input would be this forward's data taken for a weight:
+    # no program rather than a replay of stale data.  (Intermediates cached for later use would
+    # have changed the model state: folded-weight cache entries are part of it.)
+    mine = x.untyped_storage().data_ptr()
+    for step in rec.steps:
+        template, lists = step[1], step[3]
+        consts = [a for a in template if isinstance(a, Tensor)]
+        consts += [c for _, items in lists for c, s in items if isinstance(c, Tensor)]
+        if any(c.untyped_storage().data_ptr() == mine for c in consts):
+            _programs(model, state).by_sig[signature(x)] = None
+            return y
+    _programs(model, state).by_sig[signature(x)] = Program(len(rec.keep), tuple(rec.steps), rec.slot_of[id(y)],
+                                                           flags)
+    return y
+
+
+def _programs(model, state: ModelState) -> _Programs:
+    """The model's programs, started over when recorded against another state (or too many)."""
+    progs = model.__dict__.get(PROGRAMS_ATTR)
+    if progs is None or not progs.state.same() or len(progs.by_sig) >= MAX_PROGRAMS:
+        progs = _Programs(state)
+        model.__dict__[PROGRAMS_ATTR] = progs
+    return progs
+
+
+def drop(model) -> None:
+    """Forget the model's programs (the next forward records again)."""
+    model.__dict__.pop(PROGRAMS_ATTR, None)

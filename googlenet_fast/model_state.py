@@ -1,0 +1,135 @@
+"""The state of a model that a recorded forward depends on, compared in one pass.
+
+A :class:`ModelState` is taken when a forward is recorded (the CPU op programs of
+googlenet_fast/cpu_program.py, the CUDA launch programs of googlenet_fast/backends/triton/program.py);
+:meth:`ModelState.same` says whether anything that forward read may have changed since:
+
+* the module tree: every ``_modules`` / ``_parameters`` / ``_buffers`` entry of every module still
+  the same object (a swapped module, ``load_state_dict(assign=True)``, a replaced parameter), no
+  module added or removed anywhere, every folded-weight cache entry still the one recorded
+  (``clear_folded_cache()``, a refold, googlenet_fast.graph_folds' refresh);
+* every parameter and buffer: version counter (in-place updates, ``load_state_dict``) and data
+  pointer (``.data = ...``, ``.to()``);
+* forward (pre-)hooks: how many each module has, and whether global ones exist;
+* every module's train/eval flag and its ``fused`` switch (GoogLeNet's, the Inception modules',
+  the stem's BasicConv2d);
+* the attributes the forward reads: the model's variant and transform_input, each
+  convolution's geometry, each max pool's, each LRN's constants, each BatchNorm's eps, the average
+  pool's output size;
+* the optimizer-step count of googlenet_fast.fold_cache (fused optimizers bump no version counter);
+* any module with ``verify_folded_cache`` set (``verify``: its content checks must run, no replay).
+
+Not seen, as by the folded-weight caches: writes through ``param.data`` (``p.data.mul_(2)``), which
+bump no version counter; call ``model.clear_folded_cache()`` after them.
+"""
+from operator import attrgetter, is_
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from . import fold_cache
+
+_VERSION = attrgetter("_version")
+_REQUIRES_GRAD = attrgetter("requires_grad")
+_DATA_PTR = Tensor.data_ptr
+_GET = dict.get
+
+# The attributes of each module type that the recorded forwards read (the structure checks, the
+# folds, the pool and LRN arguments), compared through the modules' __dict__.
+_ATTRS = {
+    nn.Conv2d: ("kernel_size", "stride", "padding", "dilation", "groups", "padding_mode"),
+    nn.MaxPool2d: ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices"),
+    nn.LocalResponseNorm: ("size", "alpha", "beta", "k"),
+    nn.BatchNorm2d: ("eps",),
+    nn.AdaptiveAvgPool2d: ("output_size",),
+}
+_MODEL_ATTRS = ("variant", "transform_input")
+# Every module's train/eval flag, and the fused switches of the model's own modules (GoogLeNet's
+# ``_fused``, Inception's and BasicConv2d's ``fused``) where a module has them.
+_FLAGS = ("fused", "_fused")
+
+
+class ModelState:
+    """The model state a set of programs was recorded against (see the module docstring);
+    :meth:`same` compares it with the model's current state in one pass of flat comparisons."""
+
+    def __init__(self, model: nn.Module):
+        mods = list(model.modules())
+        dicts, keys, objs = [], [], []
+        tensors, seen = [], set()
+        sized = [m._modules for m in mods]  # a module added anywhere
+        attr_dicts, attr_names = [model.__dict__] * len(_MODEL_ATTRS), list(_MODEL_ATTRS)
+        fold_mods, hook_dicts = [], []
+        for m in mods:
+            for d in (m._modules, m._parameters, m._buffers):
+                for k, v in d.items():
+                    dicts.append(d)
+                    keys.append(k)
+                    objs.append(v)
+                    if isinstance(v, Tensor) and id(v) not in seen:
+                        seen.add(id(v))
+                        tensors.append(v)
+            if isinstance(m, fold_cache._FoldedWeightsCache):
+                fold_mods.append(m)
+                dicts.append(m.__dict__)
+                keys.append("_fold_cache")
+                objs.append(m.__dict__.get("_fold_cache"))
+            sized += (m._forward_hooks, m._forward_pre_hooks)
+            hook_dicts += (m._forward_hooks, m._forward_pre_hooks)
+            names = ("training",) + _ATTRS.get(type(m), ()) + tuple(f for f in _FLAGS if f in m.__dict__)
+            attr_dicts += [m.__dict__] * len(names)
+            attr_names += names
+        self.dicts, self.keys, self.objs = tuple(dicts), tuple(keys), tuple(objs)
+        self.tensors = tuple(tensors)
+        self.versions = _versions(self.tensors)
+        self.ptrs = tuple(map(_DATA_PTR, self.tensors))
+        self.sized = tuple(sized)
+        self.sizes = tuple(map(len, self.sized))
+        self.attr_dicts, self.attr_names = tuple(attr_dicts), tuple(attr_names)
+        self.attrs = list(map(_GET, self.attr_dicts, self.attr_names))
+        self.fold_modules = tuple(fold_mods)
+        self.hook_dicts = tuple(hook_dicts)
+        self.global_hooks = fold_cache._has_global_hooks()
+        self._steps = fold_cache._OPTIMIZER_STEPS
+        self.optimizer_steps = self._steps[0]
+
+    def same(self) -> bool:
+        """True when nothing a program depends on changed in the model (one pass, no keys)."""
+        return (self._steps[0] == self.optimizer_steps
+                and list(map(_GET, self.attr_dicts, self.attr_names)) == self.attrs
+                and all(map(is_, map(_GET, self.dicts, self.keys), self.objs))
+                and _versions(self.tensors) == self.versions
+                and tuple(map(_DATA_PTR, self.tensors)) == self.ptrs
+                and tuple(map(len, self.sized)) == self.sizes
+                and fold_cache._has_global_hooks() == self.global_hooks)
+
+    def has_hooks(self) -> bool:
+        """Whether any module of the model has forward (pre-)hooks, or global ones exist: they
+        must fire, so the modules run (no program)."""
+        return self.global_hooks or any(map(len, self.hook_dicts))
+
+    def verifying(self) -> bool:
+        """Whether a folded-weight cache of the model checks its sources' contents on every hit
+        (``verify_folded_cache``, CPU only): the program must not bypass that."""
+        return any(getattr(m, "verify_folded_cache", False) for m in self.fold_modules)
+
+
+def _safe_version(t: Tensor):
+    try:
+        return t._version
+    except RuntimeError:  # an inference tensor: no version counter (as fold_cache._tensor_key)
+        return None
+
+
+def _versions(tensors) -> tuple:
+    try:
+        return tuple(map(_VERSION, tensors))
+    except RuntimeError:
+        return tuple(map(_safe_version, tensors))
+
+
+def needs_grad(state: ModelState, x: Tensor) -> bool:
+    """Whether a forward of the model on ``x`` would record autograd history (grad mode on and
+    the input or a parameter requires grad): recorded forwards replay without it."""
+    return torch.is_grad_enabled() and (x.requires_grad or any(map(_REQUIRES_GRAD, state.tensors)))

@@ -1,0 +1,151 @@
+"""bfloat16 CPU inference (issue #14): the fused model in bfloat16 and under
+torch.autocast("cpu", bfloat16) runs the extension's bfloat16 path (oneDNN convolutions and inner
+products with prepacked weights, vectorized bfloat16 element loops), with an error against
+float32 at most twice torchvision's own bfloat16 error, and exact bfloat16 rounding in the loops."""
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from googlenet_fast import GoogLeNet, ops
+from googlenet_fast.backends import native
+from googlenet_fast.bench import calibrate_batchnorm
+from googlenet_fast.data import fill_batch, preprocess, sample_photos
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
+
+BF16 = torch.bfloat16
+
+
+def rel_err(out, ref):
+    out, ref = out.detach().double(), ref.detach().double()
+    scale = ref.abs().max().item()
+    assert scale > 1e-3, "reference is ~zero: the comparison would prove nothing"
+    return (out - ref).abs().max().item() / scale
+
+
+@pytest.fixture(scope="module")
+def photo_models():
+    """torchvision's googlenet (seeded weights, BatchNorm statistics from real photos) and the
+    fused model with the same state_dict, float32, eval; 2 photos at 224 x 224."""
+    photos = preprocess(sample_photos())
+    torch.manual_seed(0)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    calibrate_batchnorm(tv, photos)
+    ours = GoogLeNet(aux_logits=False, init_weights=False, fused=True)
+    ours.load_state_dict(tv.state_dict())
+    ours.eval()
+    x = fill_batch(photos, 2).contiguous()
+    with torch.no_grad():
+        ref = tv(x)
+    # the logits depend on the image (not only fc's bias): the comparison means something
+    assert (ref[0] - ref[1]).abs().max() > 1e-2 * ref.abs().max()
+    return tv, ours, x, ref
+
+
+class OpDtypes(TorchDispatchMode):
+    """Records (op name, dtype of its first tensor argument) of every op dispatched."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        self.calls.append((str(func.overloadpacket), None if first is None else first.dtype))
+        return func(*args, **(kwargs or {}))
+
+    def count(self, name, dtype=None):
+        return sum(n == name and (dtype is None or d == dtype) for n, d in self.calls)
+
+
+def test_bf16_model_error_within_twice_torchvision(photo_models):
+    tv, ours, x, ref = photo_models
+    tv16 = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
+    tv16.load_state_dict(tv.state_dict())
+    tv16 = tv16.eval().to(BF16)
+    ours16 = GoogLeNet(aux_logits=False, init_weights=False, fused=True)
+    ours16.load_state_dict(tv.state_dict())
+    ours16 = ours16.eval().to(BF16)
+    x16 = x.to(BF16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), OpDtypes() as mode:
+        y = ours16(x16)
+    with torch.no_grad():
+        y_tv = tv16(x16)
+    assert y.dtype == BF16
+    e_ours, e_tv = rel_err(y, ref), rel_err(y_tv, ref)
+    assert e_tv > 0
+    assert e_ours <= 2 * e_tv, (e_ours, e_tv)
+    assert (y.float().argmax(1) == ref.argmax(1)).all()
+    # the whole network ran through the extension's bfloat16 ops
+    assert mode.count("googlenet_fast.inception", BF16) == 9
+    assert mode.count("googlenet_fast.conv2d_relu", BF16) == 3
+    assert mode.count("googlenet_fast.max_pool_nhwc", BF16) == 4
+    assert mode.count("aten.convolution") == 0
+
+
+def test_autocast_bf16_takes_the_bf16_path(photo_models):
+    tv, ours, x, ref = photo_models
+    with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
+        with OpDtypes() as mode:
+            y = ours(x)
+        y_tv = tv(x)
+    assert y.dtype == y_tv.dtype == BF16
+    e_ours, e_tv = rel_err(y, ref), rel_err(y_tv, ref)
+    assert e_ours <= 2 * e_tv, (e_ours, e_tv)
+    assert mode.count("googlenet_fast.inception", BF16) == 9
+    assert mode.count("googlenet_fast.conv2d_relu", BF16) == 3
+    assert mode.count("googlenet_fast.max_pool_nhwc", BF16) == 4
+    assert mode.count("googlenet_fast.inception", torch.float32) == 0
+    assert mode.count("aten.convolution") == 0
+    # the float32 weights stay what they were: autocast does not convert the model
+    assert ours.inception3a.branch1.conv.weight.dtype == torch.float32
+    with torch.no_grad():
+        assert rel_err(ours(x), ref) <= 1e-4  # and float32 afterwards is float32 again
+
+
+def test_bf16_epilogue_rounds_to_nearest_even_and_keeps_nan():
+    """The bfloat16 epilogue (GEMM result + float32 bias, rounded to bfloat16) against torch's own
+    rounding, bit for bit: identity 1x1 weights make each output channel x + b exactly before
+    rounding, with bias values that put many sums on rounding ties; NaN inputs stay NaN and the
+    max pool branch keeps -inf padding."""
+    c, h, w = 16, 5, 6
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(1, c, h, w, generator=g).to(BF16)
+    x[0, 3, 2, 2] = float("nan")
+    x[0, 5, 0, 0] = float("inf")
+    # b = x-scaled half-ulps: x + b lands on a tie between two bfloat16 values
+    # b: odd multiples of half an ulp of x at pixel (1, 1): x + b lands on rounding ties there
+    ulp = torch.ldexp(torch.ones(c), torch.frexp(x[0, :, 1, 1].float())[1] - 8)
+    b = (ulp * (2 * torch.randint(-3, 3, (c,), generator=g) + 1) / 2).to(BF16)
+    eye = torch.eye(c, dtype=BF16).reshape(c, c, 1, 1)
+    z = torch.zeros(1, c, 1, 1, dtype=BF16)
+    zk = torch.zeros(1, 1, 3, 3, dtype=BF16)
+    xc = x.contiguous(memory_format=torch.channels_last)
+    y = ops.inception(xc, eye, b, z, None, zk, None, z, None, zk, None, eye, b, relu=False, backend="cpu")
+    # float32 references, exact before the one rounding: a one-hot 1x1 conv is x itself (NaN
+    # and inf spread over the pixel's channels as in any convolution: inf * 0 is NaN), + b
+    want1 = F.conv2d(x.float(), eye.float(), b.float()).to(BF16)
+    want4 = F.conv2d(F.max_pool2d(x.float(), 3, 1, 1), eye.float(), b.float()).to(BF16)
+    got1, got4 = y[:, :c], y[:, c + 2:]
+    assert torch.equal(got1.isnan(), want1.isnan()) and got1.isnan().any()
+    assert torch.equal(got1.nan_to_num(), want1.nan_to_num())
+    assert torch.equal(got4.isnan(), want4.isnan())
+    assert torch.equal(got4.nan_to_num(), want4.nan_to_num())
+    exact = F.conv2d(x.double(), eye.double(), b.double())
+    rounded = (exact - want1.double()).abs()
+    assert (rounded[torch.isfinite(rounded)] > 0).sum() > 10  # rounding really happened
+
+
+@pytest.mark.parametrize("relu", [False, True])
+def test_bf16_max_pool_bitwise(relu):
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 72, 9, 11, generator=g).to(BF16)
+    x[0, 7, 4, 4] = float("nan")
+    x[1, 70, 0, 0] = float("-inf")
+    y = ops.max_pool_nhwc(x.contiguous(memory_format=torch.channels_last), 3, 2, relu=relu)
+    ref = F.max_pool2d(x.float(), 3, 2, ceil_mode=True)
+    ref = (torch.relu(ref) if relu else ref).to(BF16)
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().any()
+    assert torch.equal(y.nan_to_num(), ref.nan_to_num())

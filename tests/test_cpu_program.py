@@ -1,0 +1,246 @@
+"""CPU op programs (googlenet_fast/cpu_program.py): the fused model's CPU eval forward replayed
+from a recorded list of ops, bit-identical to the module path, and never stale: every change the
+module path would see makes the next forward take the modules again."""
+import copy
+import pickle
+
+import pytest
+import torch
+import torch.nn as nn
+
+from googlenet_fast import GoogLeNet, cpu_program
+from googlenet_fast.backends import native
+from googlenet_fast.model import Inception
+from model_helpers import make_input, ours_from, rel_err, tv_model
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
+
+SIZE = 40  # smallest sizes keep this file fast; the structure is that of 224 x 224
+
+
+class Runs:
+    """Counts program replays and module-path forwards of a model."""
+
+    def __init__(self, monkeypatch):
+        self.replays = 0
+        self.modules = 0
+        real_run, real_fwd = cpu_program.Program.run, GoogLeNet._forward_modules
+
+        def run(prog, x):
+            self.replays += 1
+            return real_run(prog, x)
+
+        def fwd(model, x):
+            self.modules += 1
+            return real_fwd(model, x)
+
+        monkeypatch.setattr(cpu_program.Program, "run", run)
+        monkeypatch.setattr(GoogLeNet, "_forward_modules", fwd)
+
+    def take(self):
+        r = (self.replays, self.modules)
+        self.replays = self.modules = 0
+        return r
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    return Runs(monkeypatch)
+
+
+def fresh(seed=0, **kw):
+    tv = tv_model(seed=seed, **kw)
+    return tv, ours_from(tv)
+
+
+def reference(model, x):
+    """The module path of the same model, now (no program)."""
+    with torch.no_grad():
+        return GoogLeNet._forward_modules(model, x)
+
+
+def call(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def test_replay_is_bit_identical_to_the_modules(runs):
+    tv, ours = fresh()
+    x = make_input(2, 3, SIZE, SIZE, seed=1)
+    y0 = call(ours, x)  # cold caches: folds, no program
+    y1 = call(ours, x)  # warm: records
+    assert runs.take() == (0, 2)
+    ys = [call(ours, x) for _ in range(3)]
+    assert runs.take() == (3, 0)
+    for y in [y1] + ys:
+        assert torch.equal(y, y0)
+    with torch.no_grad():
+        assert rel_err(y0, tv(x)) <= 1e-4
+    # another input of the same signature: the replay computes on it
+    x2 = make_input(2, 3, SIZE, SIZE, seed=2)
+    y2 = call(ours, x2)
+    assert runs.take() == (1, 0)
+    assert torch.equal(y2, reference(ours, x2))
+    with torch.no_grad():
+        assert rel_err(y2, tv(x2)) <= 1e-4 and not torch.equal(y2, y0)
+
+
+def test_signatures_shapes_layouts_dtypes(runs):
+    _, ours = fresh()
+    xs = [make_input(1, 3, SIZE, SIZE, seed=3), make_input(3, 3, SIZE + 8, SIZE, seed=4),
+          make_input(1, 3, SIZE, SIZE, seed=5).contiguous(memory_format=torch.channels_last)]
+    for x in xs:
+        for _ in range(3):
+            call(ours, x)
+    runs.take()
+    for x in xs:
+        assert torch.equal(call(ours, x), reference(ours, x))
+    assert runs.take() == (3, 3)  # each replayed (the references ran the modules)
+    assert len(ours.__dict__[cpu_program.PROGRAMS_ATTR].by_sig) == 3
+    ours64 = copy.deepcopy(ours).double()
+    x64 = xs[0].double()
+    for _ in range(3):
+        y = call(ours64, x64)
+    assert y.dtype == torch.float64 and torch.equal(y, reference(ours64, x64))
+
+
+def warm(model, x):
+    for _ in range(3):
+        call(model, x)
+
+
+CHANGES = {
+    "bn running_var in place": lambda m: m.inception4b.branch2[1].bn.running_var.mul_(1.5),
+    "conv weight in place": lambda m: m.conv2.conv.weight.mul_(-1),
+    "fc bias in place": lambda m: m.fc.bias.add_(1.0),
+    "load_state_dict": lambda m: m.load_state_dict(tv_model(seed=7).state_dict()),
+    "param replaced": lambda m: setattr(m.inception3a.branch1.conv, "weight",
+                                        nn.Parameter(m.inception3a.branch1.conv.weight.detach() * 2)),
+    "module swapped": lambda m: setattr(m, "inception5b", ours_from(tv_model(seed=8)).inception5b),
+    "bn eps": lambda m: setattr(m.conv3.bn, "eps", 0.5),
+    "pool geometry": lambda m: setattr(m.maxpool3, "kernel_size", 2),
+    "transform_input": lambda m: setattr(m, "transform_input", True),
+    "clear_folded_cache": lambda m: m.clear_folded_cache(),
+}
+
+
+@pytest.mark.parametrize("name", list(CHANGES))
+def test_changes_are_never_stale(name, runs):
+    _, ours = fresh()
+    x = make_input(2, 3, SIZE, SIZE, seed=9)
+    warm(ours, x)
+    runs.take()
+    before = call(ours, x)
+    assert runs.take() == (1, 0)
+    with torch.no_grad():
+        CHANGES[name](ours)
+    ref = reference(ours, x)  # what the modules compute now (folds afresh where needed)
+    y = call(ours, x)
+    assert torch.equal(y, ref)
+    if name != "clear_folded_cache":
+        assert not torch.equal(y, before), "the change must matter for this test to mean anything"
+    # and it records again: later calls replay the new state
+    warm(ours, x)
+    runs.take()
+    assert torch.equal(call(ours, x), ref)
+    assert runs.take() == (1, 0)
+
+
+def test_hooks_fire_and_modes_are_honoured(runs):
+    _, ours = fresh()
+    x = make_input(1, 3, SIZE, SIZE, seed=10)
+    warm(ours, x)
+    runs.take()
+    seen = []
+    h = ours.inception4a.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+    call(ours, x)
+    assert len(seen) == 1 and runs.take()[0] == 0
+    h.remove()
+    g = nn.modules.module.register_module_forward_hook(lambda m, i, o: seen.append(type(m)))
+    try:
+        call(ours, x)
+        assert len(seen) > 10 and runs.take()[0] == 0
+    finally:
+        g.remove()
+    # one submodule in train mode: the module path (its BatchNorm updates running statistics)
+    ours.inception3b.train()
+    before = ours.inception3b.branch1.bn.running_mean.clone()
+    call(ours, x)
+    assert runs.take()[0] == 0
+    assert not torch.equal(before, ours.inception3b.branch1.bn.running_mean)
+    ours.inception3b.eval()
+    # fused switched off: the plain modules
+    ours.fused = False
+    call(ours, x)
+    assert runs.take()[0] == 0
+    ours.fused = True
+
+
+def test_grad_autocast_and_dispatch_modes(runs):
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    _, ours = fresh()
+    x = make_input(1, 3, SIZE, SIZE, seed=11)
+    warm(ours, x)
+    runs.take()
+    # grad enabled with parameters requiring grad: gradients must reach them (no replay)
+    y = ours(x)
+    assert runs.take()[0] == 0 and y.requires_grad
+    y.sum().backward()
+    assert ours.inception4c.branch3[1].conv.weight.grad is not None
+    # autocast: another program (bfloat16), not the float32 one
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for _ in range(3):
+            yb = ours(x)
+    assert yb.dtype == torch.bfloat16
+    assert runs.take()[0] == 1
+    assert call(ours, x).dtype == torch.float32
+
+    class Names(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.names = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.names.append(str(func.overloadpacket))
+            return func(*args, **(kwargs or {}))
+
+    runs.take()
+    with torch.no_grad(), Names() as mode:
+        ours(x)
+    assert runs.take()[0] == 0  # an active mode sees the modules' ops
+    assert mode.names.count("googlenet_fast.inception") == 9
+
+
+def test_copies_and_pickles_leave_the_programs_behind(runs):
+    _, ours = fresh()
+    x = make_input(1, 3, SIZE, SIZE, seed=12)
+    warm(ours, x)
+    assert cpu_program.PROGRAMS_ATTR in ours.__dict__
+    for clone in (copy.deepcopy(ours), pickle.loads(pickle.dumps(ours))):
+        assert cpu_program.PROGRAMS_ATTR not in clone.__dict__
+        assert torch.equal(call(clone, x), call(ours, x))
+    ours.double()
+    assert cpu_program.PROGRAMS_ATTR not in ours.__dict__
+
+
+def test_unrecordable_forward_is_not_retried(runs, monkeypatch):
+    """A forward that calls .item() (data-dependent Python) gives no program, and later calls do
+    not pay for recording again."""
+    _, ours = fresh()
+    x = make_input(1, 3, SIZE, SIZE, seed=13)
+    real = Inception.forward
+
+    def forward(self, t):
+        if self is ours.inception4d:
+            float(t.abs().max())  # a data-dependent read (aten._local_scalar_dense)
+        return real(self, t)
+
+    monkeypatch.setattr(Inception, "forward", forward)
+    warm(ours, x)
+    progs = ours.__dict__[cpu_program.PROGRAMS_ATTR]
+    assert list(progs.by_sig.values()) == [None]
+    recorded = []
+    monkeypatch.setattr(cpu_program, "_Recorder", lambda x: recorded.append(1))
+    call(ours, x)
+    assert recorded == [] and runs.take()[0] == 0
