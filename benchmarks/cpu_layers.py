@@ -99,24 +99,23 @@ def run_ours(args):
         for name, f in steps.items():
             inputs.append(t)
             t = f(t)
-        clock = _clock(args)
         for (name, f), inp in zip(steps.items(), inputs):
-            for _ in range(3):
-                f(inp)
-            ts = []
-            for _ in range(args.reps):
-                t0 = clock()
-                f(inp)
-                ts.append(clock() - t0)
-            out[name] = statistics.median(ts) * 1e3
-        for _ in range(3):
-            m(x)
-        ts = []
-        for _ in range(args.reps):
-            t0 = clock()
-            m(x)
-            ts.append(clock() - t0)
-    return {"layers": out, "total_ms": statistics.median(ts) * 1e3}
+            out[name] = _median_ms(f, inp, args)
+        total = _median_ms(m, x, args)
+    return {"layers": out, "total_ms": total}
+
+
+def _median_ms(f, x, args) -> float:
+    """Median over ``args.reps`` calls of ``f(x)`` after 3 warm-up calls, in ms (args.clock)."""
+    clock = _clock(args)
+    for _ in range(3):
+        f(x)
+    ts = []
+    for _ in range(args.reps):
+        t0 = clock()
+        f(x)
+        ts.append(clock() - t0)
+    return statistics.median(ts) * 1e3
 
 
 def _export(path, batch, threads):
@@ -182,18 +181,13 @@ def run_onnxruntime(args, onnx_path, x):
         psess.run(None, xin)
     with open(psess.end_profiling()) as f:
         events = json.load(f)
-    per_run, run = [], None
+    summed = {}  # per layer, the node durations (us) summed over all profiled runs
     for e in events:
-        if e.get("cat") == "Session" and e.get("name") == "model_run":
-            continue
         if e.get("cat") == "Node" and e.get("name", "").endswith("_kernel_time"):
-            node = e["name"][: -len("_kernel_time")]
-            run = run if run is not None else {}
-            layer = layer_of(node)
-            run[layer] = run.get(layer, 0.0) + e["dur"]
-    # durations summed over all runs: divide by the run count
+            layer = layer_of(e["name"][: -len("_kernel_time")])
+            summed[layer] = summed.get(layer, 0.0) + e["dur"]
     runs = 5 + args.reps
-    layers = {k: v / runs / 1e3 for k, v in (run or {}).items()}
+    layers = {k: v / runs / 1e3 for k, v in summed.items()}
     return {"layers": layers, "total_ms": statistics.median(totals) * 1e3}
 
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from googlenet_fast.model import GoogLeNet
 
@@ -77,3 +78,23 @@ def ours_from(tv, **kwargs):
 def pair():
     tv = tv_model(aux_logits=False)
     return tv, ours_from(tv)
+
+
+class OpLog(TorchDispatchMode):
+    """Records (op name, dtype of its first tensor argument) of every op dispatched inside."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
+        self.calls.append((str(func.overloadpacket), None if first is None else first.dtype))
+        return func(*args, **(kwargs or {}))
+
+    @property
+    def names(self):
+        return [n for n, _ in self.calls]
+
+    def count(self, name, dtype=None):
+        return sum(n == name and (dtype is None or d == dtype) for n, d in self.calls)

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 import torchvision
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from googlenet_fast import GoogLeNet, ops
 from googlenet_fast.backends import native
 from googlenet_fast.bench import calibrate_batchnorm
 from googlenet_fast.data import fill_batch, preprocess, sample_photos
+from model_helpers import OpLog
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
 
@@ -44,22 +44,6 @@ def photo_models():
     return tv, ours, x, ref
 
 
-class OpDtypes(TorchDispatchMode):
-    """Records (op name, dtype of its first tensor argument) of every op dispatched."""
-
-    def __init__(self):
-        super().__init__()
-        self.calls = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        first = next((a for a in args if isinstance(a, torch.Tensor)), None)
-        self.calls.append((str(func.overloadpacket), None if first is None else first.dtype))
-        return func(*args, **(kwargs or {}))
-
-    def count(self, name, dtype=None):
-        return sum(n == name and (dtype is None or d == dtype) for n, d in self.calls)
-
-
 def test_bf16_model_error_within_twice_torchvision(photo_models):
     tv, ours, x, ref = photo_models
     tv16 = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False)
@@ -69,7 +53,7 @@ def test_bf16_model_error_within_twice_torchvision(photo_models):
     ours16.load_state_dict(tv.state_dict())
     ours16 = ours16.eval().to(BF16)
     x16 = x.to(BF16).contiguous(memory_format=torch.channels_last)
-    with torch.no_grad(), OpDtypes() as mode:
+    with torch.no_grad(), OpLog() as mode:
         y = ours16(x16)
     with torch.no_grad():
         y_tv = tv16(x16)
@@ -88,7 +72,7 @@ def test_bf16_model_error_within_twice_torchvision(photo_models):
 def test_autocast_bf16_takes_the_bf16_path(photo_models):
     tv, ours, x, ref = photo_models
     with torch.no_grad(), torch.autocast("cpu", dtype=BF16):
-        with OpDtypes() as mode:
+        with OpLog() as mode:
             y = ours(x)
         y_tv = tv(x)
     assert y.dtype == y_tv.dtype == BF16

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from googlenet_fast import GoogLeNet, ops
 from googlenet_fast.backends import native
-from model_helpers import make_input, ours_from, rel_err, tv_model
+from model_helpers import OpLog, make_input, ours_from, rel_err, tv_model
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
 
@@ -305,16 +305,6 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
     (what each op's autograd kernel would do itself): same logits as with grad enabled and under inference_mode,
     an ordinary output tensor usable in later autograd code, and dispatch modes still see the
     extension's ops."""
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Names(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
 
     tv = tv_model()
     ours = ours_from(tv)
@@ -332,7 +322,7 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
     w = torch.ones_like(y, requires_grad=True)
     (y * w).sum().backward()  # an ordinary tensor: usable (and saved) in autograd afterwards
     assert torch.equal(w.grad, y)
-    with torch.no_grad(), Names() as mode:
+    with torch.no_grad(), OpLog() as mode:
         y_mode = ours(x)
     assert torch.equal(y_mode, y)
     assert mode.names.count("googlenet_fast.inception") == 9

@@ -11,7 +11,7 @@ import torch.nn as nn
 from googlenet_fast import GoogLeNet, cpu_program
 from googlenet_fast.backends import native
 from googlenet_fast.model import Inception
-from model_helpers import make_input, ours_from, rel_err, tv_model
+from model_helpers import OpLog, make_input, ours_from, rel_err, tv_model
 
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
 
@@ -177,8 +177,6 @@ def test_hooks_fire_and_modes_are_honoured(runs):
 
 
 def test_grad_autocast_and_dispatch_modes(runs):
-    from torch.utils._python_dispatch import TorchDispatchMode
-
     _, ours = fresh()
     x = make_input(1, 3, SIZE, SIZE, seed=11)
     warm(ours, x)
@@ -196,17 +194,9 @@ def test_grad_autocast_and_dispatch_modes(runs):
     assert runs.take()[0] == 1
     assert call(ours, x).dtype == torch.float32
 
-    class Names(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.names = []
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.names.append(str(func.overloadpacket))
-            return func(*args, **(kwargs or {}))
 
     runs.take()
-    with torch.no_grad(), Names() as mode:
+    with torch.no_grad(), OpLog() as mode:
         ours(x)
     assert runs.take()[0] == 0  # an active mode sees the modules' ops
     assert mode.names.count("googlenet_fast.inception") == 9
