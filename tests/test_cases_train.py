@@ -18,15 +18,18 @@ TOL = 1e-4
 
 @pytest.fixture
 def bn_train_calls(monkeypatch):
-    """Count the fused train-mode stage calls made through googlenet_fast.bn_train."""
+    """Count the fused train-mode Inception calls made through googlenet_fast.bn_train: the
+    inception_bn_train op (torch.compile, CUDA, the composition) or, in eager on the CPU, the
+    one-autograd-node module (inception_bn_relu_train)."""
     calls = []
-    real = bn_train.inception_bn_train
+    for name in ("inception_bn_train", "inception_bn_relu_train"):
+        real = getattr(bn_train, name)
 
-    def counting(*args, **kwargs):
-        calls.append(args[0].shape)
-        return real(*args, **kwargs)
+        def counting(*args, real=real, **kwargs):
+            calls.append(args[0].shape)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(bn_train, "inception_bn_train", counting)
+        monkeypatch.setattr(bn_train, name, counting)
     return calls
 
 
