@@ -58,13 +58,32 @@ def _prepacking() -> bool:
 
 
 class Program:
-    """One recorded forward: ``steps`` of (op, argument template, tensor slots, kwargs, output
-    slots, prepacking) and the slot of the result; :meth:`run` replays it on a new input."""
+    """One recorded forward: ``steps`` of (op, argument template, tensor slots, tensor-list
+    arguments, kwargs, output slots, prepacking, slots released after the step) and the slot of
+    the result; :meth:`run` replays it on a new input."""
 
     __slots__ = ("nslots", "steps", "out", "flags")
 
     def __init__(self, nslots: int, steps: tuple, out: int, flags: tuple):
-        self.nslots, self.steps, self.out, self.flags = nslots, steps, out, flags
+        self.nslots, self.out, self.flags = nslots, out, flags
+        # Release each intermediate after its last use (as the modules' Python does by rebinding
+        # x): the allocator then hands the next layer memory that is still in cache, instead of
+        # every activation of the forward staying alive to its end.
+        last = {}
+        for i, (_, _, slots, lists, _, outs, _) in enumerate(steps):
+            for s in outs:
+                last[s] = i  # an output nothing reads is released right away
+            for _, s in slots:
+                last[s] = i
+            for _, items in lists:
+                for _, s in items:
+                    if s is not None:
+                        last[s] = i
+        frees = [[] for _ in steps]
+        for s, i in last.items():
+            if s not in (0, out):
+                frees[i].append(s)
+        self.steps = tuple(step + (tuple(f),) for step, f in zip(steps, frees))
 
     def run(self, x: Tensor) -> Tensor:
         env: List[Optional[Tensor]] = [None] * self.nslots
@@ -73,7 +92,7 @@ class Program:
         previous = set_prepacking(False)
         try:
             with torch._C._AutoDispatchBelowAutograd():
-                for op, template, slots, lists, kwargs, outs, prepack in self.steps:
+                for op, template, slots, lists, kwargs, outs, prepack, frees in self.steps:
                     args = list(template)
                     for i, s in slots:
                         args[i] = env[s]
@@ -86,6 +105,9 @@ class Program:
                     else:
                         for s, t in zip(outs, y):
                             env[s] = t
+                    y = None
+                    for s in frees:
+                        env[s] = None
         finally:
             set_prepacking(previous)
         return env[self.out]
