@@ -20,7 +20,8 @@ program; nor does a model with forward hooks (they must fire: the modules run) o
 Replay: only while :class:`googlenet_fast.model_state.ModelState` (taken before the recorded
 forward) is the same (module tree, parameters' and buffers' versions and pointers, folded-weight
 cache entries, hooks, train/eval and fused flags, the attributes the forward reads, optimizer
-steps), with the same process flags (autocast state, GOOGLENET_FAST_BACKEND), no autograd history
+steps; one program per input signature and process flags: autocast state,
+GOOGLENET_FAST_BACKEND), no autograd history
 needed (grad off, or nothing requires grad), not compiling, exporting or tracing, a plain tensor
 input, no active dispatch mode.  Otherwise the modules run as before (and record anew).  Each op
 is called below the Autograd key (no history is needed), as the modules' own eval calls do.
@@ -34,21 +35,16 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from . import ops
 from .backends import native
-from .model_state import ModelState, needs_grad
+from .model_state import ModelState, needs_grad, programs_for, signature
 
 PROGRAMS_ATTR = "_cpu_programs"
-MAX_PROGRAMS = 16  # input signatures per model (more: start over)
 
 
-def signature(x: Tensor) -> tuple:
-    """What a program is recorded for: the input's shape, strides, dtype and device."""
-    return (x.shape, x.stride(), x.dtype, x.device)
-
-
-def _flags() -> tuple:
-    """Process state that changes which ops the forward runs."""
-    return (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
-            os.environ.get(ops.BACKEND_ENV, ""))
+def _key(x: Tensor) -> tuple:
+    """What a program is recorded for: the input's signature and the process state that changes
+    which ops the forward runs (autocast, GOOGLENET_FAST_BACKEND)."""
+    return signature(x) + (torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"),
+                           os.environ.get(ops.BACKEND_ENV, ""))
 
 
 def _prepacking() -> bool:
@@ -62,10 +58,10 @@ class Program:
     arguments, kwargs, output slots, prepacking, slots released after the step) and the slot of
     the result; :meth:`run` replays it on a new input."""
 
-    __slots__ = ("nslots", "steps", "out", "flags")
+    __slots__ = ("nslots", "steps", "out")
 
-    def __init__(self, nslots: int, steps: tuple, out: int, flags: tuple):
-        self.nslots, self.out, self.flags = nslots, out, flags
+    def __init__(self, nslots: int, steps: tuple, out: int):
+        self.nslots, self.out = nslots, out
         # Release each intermediate after its last use (as the modules' Python does by rebinding
         # x): the allocator then hands the next layer memory that is still in cache, instead of
         # every activation of the forward staying alive to its end.
@@ -163,16 +159,6 @@ class _Recorder(TorchDispatchMode):
         return out
 
 
-class _Programs:
-    """A model's programs by input signature, and the model state they were recorded against."""
-
-    __slots__ = ("state", "by_sig")
-
-    def __init__(self, state: ModelState):
-        self.state = state
-        self.by_sig = {}
-
-
 def _replayable(x: Tensor) -> bool:
     return (type(x) is Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and not torch.compiler.is_exporting() and _get_current_dispatch_mode() is None
@@ -190,32 +176,30 @@ def forward(model, x: Tensor) -> Optional[Tensor]:
     if not _replayable(x):
         return None
     progs = model.__dict__.get(PROGRAMS_ATTR)
-    if progs is not None:
-        sig = signature(x)
-        if sig in progs.by_sig:
-            if not progs.state.same():
-                model.__dict__.pop(PROGRAMS_ATTR, None)
-            else:
-                prog = progs.by_sig[sig]
-                if prog is None:  # this forward cannot be recorded (until the model changes)
-                    return None
-                if prog.flags == _flags() and not needs_grad(progs.state, x):
-                    return prog.run(x)
-    return _record(model, x)
+    key = _key(x)
+    if progs is not None and key in progs.by_sig:
+        if not progs.state.same():
+            model.__dict__.pop(PROGRAMS_ATTR, None)
+        else:
+            prog = progs.by_sig[key]
+            if prog is None:  # this forward cannot be recorded (until the model changes)
+                return None
+            if not needs_grad(progs.state, x):
+                return prog.run(x)
+    return _record(model, x, key)
 
 
-def _record(model, x: Tensor) -> Optional[Tensor]:
+def _record(model, x: Tensor, key: tuple) -> Optional[Tensor]:
     state = ModelState(model)
     if state.verifying() or needs_grad(state, x) or state.has_hooks():
         return None  # content checks, autograd history or hooks: each call runs the modules
-    flags = _flags()
     rec = _Recorder(x)
     with rec:
         y = model._forward_modules(x)
     if not state.same():  # the forward folded (cold caches) or changed the model: record later
         return y
     if rec.failed is not None or not isinstance(y, Tensor) or id(y) not in rec.slot_of:
-        _programs(model, state).by_sig[signature(x)] = None
+        programs_for(model, PROGRAMS_ATTR, lambda: state).by_sig[key] = None
         return y
     # A constant sharing memory with the input would be this forward's data taken for a weight:
     # no program rather than a replay of stale data.  (Intermediates cached for later use would
@@ -226,20 +210,11 @@ def _record(model, x: Tensor) -> Optional[Tensor]:
         consts = [a for a in template if isinstance(a, Tensor)]
         consts += [c for _, items in lists for c, s in items if isinstance(c, Tensor)]
         if any(c.untyped_storage().data_ptr() == mine for c in consts):
-            _programs(model, state).by_sig[signature(x)] = None
+            programs_for(model, PROGRAMS_ATTR, lambda: state).by_sig[key] = None
             return y
-    _programs(model, state).by_sig[signature(x)] = Program(len(rec.keep), tuple(rec.steps), rec.slot_of[id(y)],
-                                                           flags)
+    programs_for(model, PROGRAMS_ATTR, lambda: state).by_sig[key] = Program(len(rec.keep), tuple(rec.steps),
+                                                                            rec.slot_of[id(y)])
     return y
-
-
-def _programs(model, state: ModelState) -> _Programs:
-    """The model's programs, started over when recorded against another state (or too many)."""
-    progs = model.__dict__.get(PROGRAMS_ATTR)
-    if progs is None or not progs.state.same() or len(progs.by_sig) >= MAX_PROGRAMS:
-        progs = _Programs(state)
-        model.__dict__[PROGRAMS_ATTR] = progs
-    return progs
 
 
 def drop(model) -> None:

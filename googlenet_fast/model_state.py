@@ -133,3 +133,35 @@ def needs_grad(state: ModelState, x: Tensor) -> bool:
     """Whether a forward of the model on ``x`` would record autograd history (grad mode on and
     the input or a parameter requires grad): recorded forwards replay without it."""
     return torch.is_grad_enabled() and (x.requires_grad or any(map(_REQUIRES_GRAD, state.tensors)))
+
+
+# ----------------------------------------------------------------------------------------------
+# A model's programs (the CPU op programs and the CUDA launch programs keep theirs alike)
+
+MAX_PROGRAMS = 16  # keys (input signatures) per model and kind of program; more: start over
+
+
+def signature(x: Tensor) -> tuple:
+    """What a program is recorded for: the input's shape, strides, dtype and device."""
+    return (x.shape, x.stride(), x.dtype, x.device)
+
+
+class Programs:
+    """A model's programs by key (the input's :func:`signature`, and whatever else the kind of
+    program depends on) and the :class:`ModelState` they were recorded against."""
+
+    __slots__ = ("state", "by_sig")
+
+    def __init__(self, state: ModelState):
+        self.state = state
+        self.by_sig = {}
+
+
+def programs_for(model: nn.Module, attr: str, state) -> Programs:
+    """``model.__dict__[attr]``, the model's programs of one kind, started over (with the
+    ModelState ``state()`` returns) when they were recorded against another state or are full."""
+    progs = model.__dict__.get(attr)
+    if progs is None or not progs.state.same() or len(progs.by_sig) >= MAX_PROGRAMS:
+        progs = Programs(state())
+        model.__dict__[attr] = progs
+    return progs

@@ -44,7 +44,6 @@ weights it launches with) until it is replaced or dropped.
 """
 import threading
 from contextlib import contextmanager, nullcontext
-from operator import attrgetter
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -53,14 +52,10 @@ from torch import Tensor
 
 from ... import autotune_table, fold_cache
 from ...fold_cache import PROGRAMS_ATTR
-from ...model_state import ModelState, _safe_version
+from ...model_state import ModelState, _safe_version, needs_grad, programs_for, signature
 from . import plan as _plan
 
 _STATE = threading.local()
-MAX_PROGRAMS = 16                   # input signatures per model (more: start over)
-
-_REQUIRES_GRAD = attrgetter("requires_grad")
-
 
 def _launcher(fn, grid):
     """The callable that launches ``fn`` over ``grid``: Triton's ``kernel[grid]`` (a JITFunction,
@@ -310,21 +305,6 @@ class Program:
 # ----------------------------------------------------------------------------------------------
 # What a program depends on
 
-class _Programs:
-    """A model's programs by input signature, and the model state they were recorded against."""
-
-    __slots__ = ("state", "by_sig")
-
-    def __init__(self, state: ModelState):
-        self.state = state
-        self.by_sig: Dict[tuple, Program] = {}
-
-
-def signature(x: Tensor) -> tuple:
-    """What a program is recorded for: the input's shape, strides, dtype and device."""
-    return (x.shape, x.stride(), x.dtype, x.device)
-
-
 def replayable(x: Tensor) -> bool:
     """Whether this call may replay (or record) a program: not compiling, not tracing (a plain
     tensor, no tracing dispatch mode, not torch.jit.trace), no autocast, not capturing a CUDA graph."""
@@ -355,7 +335,7 @@ def lookup(model: nn.Module, x: Tensor, flags: Callable[[], tuple]) -> Optional[
     prog = progs.by_sig.get(signature(x))
     if prog is None or not replayable(x):
         return None
-    if torch.is_grad_enabled() and (x.requires_grad or any(map(_REQUIRES_GRAD, progs.state.tensors))):
+    if needs_grad(progs.state, x):
         return None
     if not progs.state.same():
         model.__dict__.pop(PROGRAMS_ATTR, None)
@@ -371,11 +351,7 @@ def lookup(model: nn.Module, x: Tensor, flags: Callable[[], tuple]) -> Optional[
 def store(model: nn.Module, x: Tensor, prog: Program) -> None:
     """Keep ``prog`` as the model's program for ``x``'s signature (the model state is taken
     now: after the recorded forward, whose folded-weight caches it read)."""
-    progs = model.__dict__.get(PROGRAMS_ATTR)
-    if progs is None or not progs.state.same() or len(progs.by_sig) >= MAX_PROGRAMS:
-        progs = _Programs(ModelState(model))
-    model.__dict__[PROGRAMS_ATTR] = progs
-    progs.by_sig[signature(x)] = prog
+    programs_for(model, PROGRAMS_ATTR, lambda: ModelState(model)).by_sig[signature(x)] = prog
 
 
 def drop(model: nn.Module) -> None:
