@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .arg_checks import check_4d_tensor
-from .backends import native
+from .backends import autograd_ctx, native
 from .backends.reference import inception_reference, pool_output_size
 
 BACKENDS = ("auto", "cpu", "cuda", "triton", "reference")
@@ -364,7 +364,7 @@ def _is_channels_last(x: Tensor) -> bool:
 # through the backward raises (see _not_twice_differentiable).
 
 BACKWARD_OP = "googlenet_fast::inception_backward"
-_NUM_GRADS = 13  # x and the twelve weights/biases, in the op's argument order
+_NUM_GRADS = autograd_ctx.NUM_GRADS  # x and the twelve weights/biases, in the op's argument order
 (_GX, _GW1, _GB1, _GW3R, _GB3R, _GW3, _GB3, _GW5R, _GB5R, _GW5, _GB5, _GWP, _GBP) = range(_NUM_GRADS)
 
 
@@ -385,21 +385,8 @@ def _has_fused_backward(device: torch.device) -> bool:
 
 
 def _setup_context(ctx, inputs, output):
-    tensors, relu = inputs[:_NUM_GRADS], bool(inputs[_NUM_GRADS])
-    x = tensors[0]
-    # Gradients to compute: requested and (for a bias) present.  needs_input_grad may carry
-    # trailing entries for the autograd wrapper's own arguments.
-    mask = tuple(bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:_NUM_GRADS], tensors))
-    ctx.relu = relu
-    ctx.mask = mask
-    ctx.fused = _has_fused_backward(x.device)
-    if ctx.fused:
-        need_x = _backward_needs_x(mask, relu)
-    else:
-        need_x = any(mask)  # the reference recompute reads x
-    ctx.x_meta = (tuple(x.shape), x.dtype, x.device)
-    saved_out = output if (relu and ctx.fused and any(mask)) else None
-    ctx.save_for_backward(x if need_x else None, *tensors[1:], saved_out)
+    ctx.fused = _has_fused_backward(inputs[0].device)
+    autograd_ctx.save_inputs(ctx, inputs, output, _backward_needs_x if ctx.fused else None)
 
 
 def _fake_backward(grad_out, x, w_1x1, b_1x1, w_3x3red, b_3x3red, w_3x3, b_3x3, w_5x5red, b_5x5red,

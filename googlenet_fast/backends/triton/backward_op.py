@@ -8,6 +8,7 @@ from torch import Tensor
 
 from . import configs, plan as _plan
 from ...arg_checks import check_like_x
+from ..autograd_ctx import NUM_GRADS, save_inputs
 from .checks import SUPPORTED_DTYPES, _WEIGHT_NAMES, _shape
 from .forward_op import OP_NAME
 from .modes import _mode_module, interpreting
@@ -17,7 +18,6 @@ from .plan import RED_ALIGN, _allow_tf32, _merged_1x1, _out_memory_format, _sing
 # Backward (backward.py's kernels): googlenet_fast::inception_backward_triton
 
 BWD_OP_NAME = "googlenet_fast::inception_backward_triton"
-NUM_GRADS = 13  # x and the twelve weights/biases, in argument order
 (_GX, _GW1, _GB1, _GW3R, _GB3R, _GW3, _GB3, _GW5R, _GB5R, _GW5, _GB5, _GWP, _GBP) = range(NUM_GRADS)
 BWD_DTYPES = SUPPORTED_DTYPES + (torch.float64,)  # float64: under the interpreter only
 _BWD_MODULES = {}
@@ -359,15 +359,7 @@ torch.library.register_autograd(BWD_OP_NAME, _bwd_not_twice_differentiable,
 # Autograd of inception_triton: the fused backward above.
 
 def _setup_context(ctx, inputs, output):
-    tensors, relu = inputs[:NUM_GRADS], bool(inputs[NUM_GRADS])
-    x = tensors[0]
-    mask = tuple(bool(n) and t is not None for n, t in zip(ctx.needs_input_grad[:NUM_GRADS], tensors))
-    ctx.relu = relu
-    ctx.mask = mask
-    ctx.x_meta = (tuple(x.shape), x.dtype, x.device)
-    need_x = backward_needs_x(mask, relu)
-    saved_out = output if (relu and any(mask)) else None
-    ctx.save_for_backward(x if need_x else None, *tensors[1:], saved_out)
+    save_inputs(ctx, inputs, output, backward_needs_x)
 
 
 def _backward(ctx, grad):
