@@ -35,9 +35,8 @@ from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatc
 
 from . import ops
 from .backends import native
+from .model_state import CPU_PROGRAMS_ATTR as PROGRAMS_ATTR
 from .model_state import ModelState, needs_grad, programs_for, signature
-
-PROGRAMS_ATTR = "_cpu_programs"
 
 
 def _key(x: Tensor) -> tuple:

@@ -23,11 +23,6 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 from . import graph_folds, ops
 
 
-# The GoogLeNet.__dict__ key of its launch programs (googlenet_fast/backends/triton/program.py),
-# which clear_folded_cache(), .to() and pickling drop.
-PROGRAMS_ATTR = "_launch_programs"
-
-
 def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
     """Precision the folding is computed in: float64 for float32/float64 parameters, else float32."""
     return torch.float64 if dtype in (torch.float32, torch.float64) else torch.float32

@@ -46,12 +46,9 @@ __all__ = ["GoogLeNet", "GoogLeNetOutputs", "Inception", "InceptionAux", "PaperI
 VARIANTS = ("torchvision", "paper")
 
 
-from .fold_cache import (PROGRAMS_ATTR, _FoldedWeightsCache, _block_sources, _fold_conv_block,
-                         _has_global_hooks, _has_module_hooks)
-
-# GoogLeNet.__dict__ keys of its recorded programs: the CUDA launch programs
-# (backends/triton/program.py) and the CPU op programs (cpu_program.py).
-_PROGRAM_ATTRS = (PROGRAMS_ATTR, cpu_program.PROGRAMS_ATTR)
+from .fold_cache import (_FoldedWeightsCache, _block_sources, _fold_conv_block, _has_global_hooks,
+                         _has_module_hooks)
+from .model_state import PROGRAM_ATTRS
 
 
 def _below_autograd_without_grad():
@@ -790,7 +787,7 @@ class GoogLeNet(nn.Module):
                 m.clear_folded_cache()
 
     def _drop_programs(self) -> None:
-        for attr in _PROGRAM_ATTRS:
+        for attr in PROGRAM_ATTRS:
             self.__dict__.pop(attr, None)
 
     def _apply(self, *args, **kwargs):
@@ -799,7 +796,7 @@ class GoogLeNet(nn.Module):
 
     def __getstate__(self):
         state = dict(super().__getstate__())
-        for attr in _PROGRAM_ATTRS:  # kernels and launchers: not picklable, not worth copying
+        for attr in PROGRAM_ATTRS:  # kernels and launchers: not picklable, not worth copying
             state.pop(attr, None)
         return state
 

@@ -140,6 +140,12 @@ def needs_grad(state: ModelState, x: Tensor) -> bool:
 
 MAX_PROGRAMS = 16  # keys (input signatures) per model and kind of program; more: start over
 
+# GoogLeNet.__dict__ keys of its programs: the CUDA launch programs (backends/triton/program.py)
+# and the CPU op programs (cpu_program.py).  clear_folded_cache(), .to() and pickling drop both.
+LAUNCH_PROGRAMS_ATTR = "_launch_programs"
+CPU_PROGRAMS_ATTR = "_cpu_programs"
+PROGRAM_ATTRS = (LAUNCH_PROGRAMS_ATTR, CPU_PROGRAMS_ATTR)
+
 
 def signature(x: Tensor) -> tuple:
     """What a program is recorded for: the input's shape, strides, dtype and device."""

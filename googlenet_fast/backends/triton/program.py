@@ -51,7 +51,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ... import autotune_table, fold_cache
-from ...fold_cache import PROGRAMS_ATTR
+from ...model_state import LAUNCH_PROGRAMS_ATTR as PROGRAMS_ATTR
 from ...model_state import ModelState, _safe_version, needs_grad, programs_for, signature
 from . import plan as _plan
 
