@@ -258,9 +258,7 @@ class _InceptionBnReluTrain(torch.autograd.Function):
     def forward(ctx, x, w1, w3r, w3, w5r, w5, wp, gammas, betas, bns, eps, momentum):
         # gammas / betas: the six BatchNorms' weights and biases concatenated in block order
         # (branch1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection).
-        gf = torch.ops.googlenet_fast
         c1, r3, c3, r5, c5, cp = sizes = [w.shape[0] for w in (w1, w3r, w3, w5r, w5, wp)]
-        n, _, h, w = x.shape
         g, b = gammas.split(sizes), betas.split(sizes)
         cl = torch.channels_last
         wm = torch.cat([w1, w3r, w5r])
