@@ -86,17 +86,23 @@ def test_replay_is_bit_identical_to_the_modules(runs):
 
 
 def test_signatures_shapes_layouts_dtypes(runs):
-    _, ours = fresh()
+    tv, ours = fresh()
+    # cases.md strided-input: channels_last, every other row and column, a sliced last dim
     xs = [make_input(1, 3, SIZE, SIZE, seed=3), make_input(3, 3, SIZE + 8, SIZE, seed=4),
-          make_input(1, 3, SIZE, SIZE, seed=5).contiguous(memory_format=torch.channels_last)]
+          make_input(1, 3, SIZE, SIZE, seed=5).contiguous(memory_format=torch.channels_last),
+          make_input(1, 3, 2 * SIZE, 2 * SIZE, seed=6)[:, :, ::2, ::2],
+          make_input(1, 3, SIZE, SIZE + 1, seed=7)[..., 1:]]
     for x in xs:
         for _ in range(3):
             call(ours, x)
     runs.take()
     for x in xs:
-        assert torch.equal(call(ours, x), reference(ours, x))
-    assert runs.take() == (3, 3)  # each replayed (the references ran the modules)
-    assert len(ours.__dict__[cpu_program.PROGRAMS_ATTR].by_sig) == 3
+        y = call(ours, x)
+        assert torch.equal(y, reference(ours, x))
+        with torch.no_grad():
+            assert rel_err(y, tv(x)) <= 1e-4
+    assert runs.take() == (5, 5)  # each replayed (the references ran the modules)
+    assert len(ours.__dict__[cpu_program.PROGRAMS_ATTR].by_sig) == 5
     ours64 = copy.deepcopy(ours).double()
     x64 = xs[0].double()
     for _ in range(3):
