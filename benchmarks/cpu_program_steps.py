@@ -5,6 +5,7 @@ caches), and the whole replay: where the time between a layer timed alone and th
 goes (benchmarks/results/cpu-layers-2026-12-04.md).
 
 Usage: python benchmarks/cpu_program_steps.py [--batch 1] [--threads 2] [--forwards 20]
+       [--dtype float32|bfloat16]
 (OMP_WAIT_POLICY=ACTIVE|PASSIVE in the environment to test OpenMP's thread wake-ups.)
 """
 import argparse
@@ -57,11 +58,13 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--forwards", type=int, default=20)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     photos = preprocess(sample_photos())
-    model = build_networks(calibration=photos).fused
-    x = fill_batch(photos, args.batch).contiguous(memory_format=torch.channels_last)
+    dtype = getattr(torch, args.dtype)
+    model = build_networks(calibration=photos, dtype=dtype).fused
+    x = fill_batch(photos, args.batch).to(dtype).contiguous(memory_format=torch.channels_last)
     with torch.no_grad():
         for _ in range(3):
             model(x)  # fold, record, replay
@@ -73,7 +76,7 @@ def main(argv=None):
             t0 = time.perf_counter()
             prog.run(x)
             runs.append((time.perf_counter() - t0) * 1e3)
-    print(f"# batch {args.batch}, {args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "
+    print(f"# {args.dtype}, batch {args.batch}, {args.threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')}, "
           f"load {os.getloadavg()[0]:.2f}; ms, medians")
     total_s = total_h = 0.0
     for i, step in enumerate(prog.steps):

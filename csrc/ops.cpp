@@ -265,7 +265,16 @@ static PyObject* gf_prepacked_weight_count(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::prepacked_weight_count());
 }
 
+namespace googlenet_fast {
+// csrc/state_check.cpp
+PyObject* py_model_state_same(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+}  // namespace googlenet_fast
+
 static PyMethodDef gf_methods[] = {
+    {"_model_state_same", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(
+                              &googlenet_fast::py_model_state_same)),
+     METH_FASTCALL,
+     "ModelState.same()'s comparisons in one pass (googlenet_fast/model_state.py, csrc/state_check.cpp)."},
     {"_set_weight_prepacking", gf_set_weight_prepacking, METH_O,
      "Let this thread's CPU op calls reuse oneDNN weights prepacked in earlier calls (see "
      "googlenet_fast.ops.weight_prepacking); returns the previous setting."},
