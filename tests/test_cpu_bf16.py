@@ -133,3 +133,79 @@ def test_bf16_max_pool_bitwise(relu):
     ref = (torch.relu(ref) if relu else ref).to(BF16)
     assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().any()
     assert torch.equal(y.nan_to_num(), ref.nan_to_num())
+
+
+# Every kind of bfloat16 value the integer-key max pool must order as float32 does: negative and
+# positive NaNs with payloads, both infinities, both zeros, subnormals, the extreme finite values.
+SPECIAL_BF16_BITS = [0xFFC1, 0x7F81, 0x7FC0, 0xFF80, 0x7F80, 0x8000, 0x0000, 0x0001, 0x8001,
+                     0x7F7F, 0xFF7F, 0x3F80, 0xBF80, 0x007F, 0x807F]
+
+
+def _special_bf16_input(c, h, w, seed, bits=SPECIAL_BF16_BITS):
+    """Random bfloat16 values with the special bit patterns scattered in, and one all-negative
+    image (every window's max negative: ReLU must give +0 there)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(3, c, h, w, generator=g).to(BF16)
+    flat = x.view(torch.int16).view(-1)
+    where = torch.randperm(flat.numel() // 3, generator=g)[:4 * len(bits)]
+    pattern = torch.tensor(bits * 4, dtype=torch.int32).to(torch.int16)
+    flat[where] = pattern
+    x[2] = -x[2].abs() - 0.5
+    return x
+
+
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("k,s,c", [(3, 2, 72), (3, 2, 136), (2, 2, 40), (3, 1, 16)])
+def test_bf16_max_pool_special_values(relu, k, s, c):
+    x = _special_bf16_input(c, 9, 11, seed=k * 100 + c)
+    y = ops.max_pool_nhwc(x.contiguous(memory_format=torch.channels_last), k, s, relu=relu)
+    ref = F.max_pool2d(x.float(), k, s, ceil_mode=True)
+    ref = (torch.relu(ref) if relu else ref).to(BF16)
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().any()
+    assert torch.equal(y.nan_to_num(), ref.nan_to_num())  # -0 == +0: the one liberty taken
+    if relu:
+        assert (y[2] == 0).all() and not y[2].signbit().any()
+
+
+def test_bf16_pool_branch_special_values():
+    """The Inception pool branch's 3x3/s1 max (padding -inf) on the same values: one-hot pool_proj
+    weights make the branch output the pooled input plus zero bias, exactly.  No subnormals:
+    oneDNN's bfloat16 GEMM flushes them to zero (as torch's own bfloat16 convolution does)."""
+    c = 24
+    normal = [b for b in SPECIAL_BF16_BITS if (b & 0x7F80) != 0 or (b & 0x7F) == 0]
+    x = _special_bf16_input(c, 6, 7, seed=5, bits=normal)
+    eye = torch.eye(c, dtype=BF16).reshape(c, c, 1, 1)
+    z = torch.zeros(1, c, 1, 1, dtype=BF16)
+    zk = torch.zeros(1, 1, 3, 3, dtype=BF16)
+    y = ops.inception(x.contiguous(memory_format=torch.channels_last), z, None, z, None, zk, None, z, None, zk,
+                      None, eye, torch.zeros(c, dtype=BF16), relu=False, backend="cpu")
+    want = F.conv2d(F.max_pool2d(x.float(), 3, 1, 1), eye.float()).to(BF16)
+    got = y[:, -c:]
+    # NaN and inf spread over the pixel's channels through the one-hot GEMM (inf * 0 is NaN)
+    assert torch.equal(got.isnan(), want.isnan()) and got.isnan().any()
+    assert torch.equal(got.nan_to_num(), want.nan_to_num())
+
+
+def test_bf16_element_loops_are_avx512bw_vectorized():
+    """The x86-64-v4 clones of the bfloat16 pooling and ReLU loops work on 32 16-bit lanes per
+    instruction (vpmaxsw / 16-bit compares on zmm registers), the point of their integer keys."""
+    import re
+    import shutil
+    import subprocess
+    from googlenet_fast import _C
+    tool = shutil.which("objdump")
+    assert tool, "objdump (binutils) is needed to read the extension's machine code"
+    asm = subprocess.run([tool, "-d", "-C", "--no-show-raw-insn", _C.__file__], check=True,
+                         capture_output=True, text=True).stdout
+    bodies = {}
+    for m in re.finditer(r"^[0-9a-f]+ <(.*?)>:\n(.*?)(?=\n\n)", asm, re.S | re.M):
+        bodies[m.group(1)] = m.group(2)
+
+    def clone(name):
+        hits = [b for k, b in bodies.items() if name in k and "BFloat16" in k and "arch_x86_64_v4" in k]
+        assert hits, f"no x86-64-v4 clone of {name}(BFloat16) in {_C.__file__}"
+        return hits[0]
+
+    for name in ("max_pool_rows", "pool3x3_block"):
+        assert re.search(r"vpmaxsw\s.*zmm", clone(name)), name
+    assert re.search(r"vpcmp\w*w\s.*zmm|vpblendmw\s.*zmm|vpandn?\w*\s.*zmm", clone("relu_inplace"))

@@ -165,7 +165,8 @@ at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
   return st[0].toTensor();
 }
 
-// A[rows, k] (row stride lda) x W^T, W the row-major [n, k] weight matrix (one row per output
+// A[rows, k] (row stride lda) x W^T (+ bias[n], float32 for bfloat16 A: added to the float32
+// accumulator, one rounding), W the row-major [n, k] weight matrix (one row per output
 // channel): a fresh dense [rows, n] result (the callers' epilogues read it once and write the
 // output slices).  float32 and bfloat16 through oneDNN's inner product (mkldnn::_linear_pointwise,
 // the op torch.compile's CPU freezing path runs; on the 2-core AMD EPYC CI machine 2-30% faster
@@ -174,7 +175,8 @@ at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
 // `rows_hint` rows; float64 through at::mm (MKL/OpenBLAS).
 template <typename scalar_t>
 at::Tensor gemm_rows(int64_t rows, int64_t k, const scalar_t* a, int64_t lda, const at::Tensor& W,
-                     int64_t rows_hint, bool cache, std::initializer_list<const at::Tensor*> sources) {
+                     int64_t rows_hint, bool cache, std::initializer_list<const at::Tensor*> sources,
+                     const at::Tensor* bias = nullptr) {
   const auto opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<scalar_t>::value);
   at::Tensor A = at::from_blob(const_cast<scalar_t*>(a), {rows, k}, {lda, 1}, opts);
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
@@ -186,12 +188,13 @@ at::Tensor gemm_rows(int64_t rows, int64_t k, const scalar_t* a, int64_t lda, co
         reorder->callBoxed(&st);
         return st[0].toTensor();
       }, cache, sources);
-      torch::jit::Stack st{A, packed, c10::IValue(), std::string("none"),
+      torch::jit::Stack st{A, packed, bias != nullptr ? c10::IValue(*bias) : c10::IValue(), std::string("none"),
                            c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
       linear->callBoxed(&st);
       return st[0].toTensor();
     }
   }
+  if (bias != nullptr) return at::addmm(bias->to(A.scalar_type()), A, W.t());
   return at::mm(A, W.t());
 }
 
@@ -243,8 +246,11 @@ std::vector<acc_t> bias_vector(std::initializer_list<std::pair<const c10::option
 // CPU at load time); other dtypes use the templates.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define GF_CPU_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+// bfloat16 pooling works on 16-bit integers: AVX-512BW (x86-64-v4) has them in 512-bit registers.
+#define GF_CPU_CLONES_BW __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define GF_CPU_CLONES
+#define GF_CPU_CLONES_BW
 #endif
 
 // Element conversions for the loops below.  bfloat16 <-> float32 by bit arithmetic (a shift; round
@@ -274,6 +280,21 @@ inline __attribute__((always_inline)) c10::BFloat16 from_acc<c10::BFloat16, floa
   return c10::BFloat16((f != f) ? uint16_t(0x7FC0) : rounded, c10::BFloat16::from_bits());
 }
 
+// bfloat16 max pooling on 16-bit integer keys (no conversion to float32, 32 lanes per AVX-512
+// register instead of 16): key(v) orders as v does (negative values: the magnitude bits flipped),
+// every NaN maps to the largest key (NaN wins, as in torch.max_pool2d, read back as the canonical
+// quiet NaN), ReLU is max(key, 0) (+0 is key 0, negative values and -0 are below, NaN above).
+// The one difference from comparing floats: +0 beats -0 (both compare equal in float).
+inline __attribute__((always_inline)) int16_t bf16_key(uint16_t b) {
+  const uint16_t flip = static_cast<uint16_t>(static_cast<int16_t>(b) >> 15) & uint16_t(0x7FFF);
+  const int16_t k = static_cast<int16_t>(b ^ flip);
+  return ((b & 0x7FFF) > 0x7F80) ? int16_t(0x7FFF) : k;
+}
+inline __attribute__((always_inline)) uint16_t bf16_from_key(int16_t k) {
+  const uint16_t flip = static_cast<uint16_t>(k >> 15) & uint16_t(0x7FFF);
+  return k == int16_t(0x7FFF) ? uint16_t(0x7FC0) : static_cast<uint16_t>(static_cast<uint16_t>(k) ^ flip);
+}
+
 // dst[i] = act(acc[i] + bias[i]) with an accumulator-typed bias (nullptr: none); act = ReLU
 // keeping NaN (torch.relu) when `relu`.
 template <typename scalar_t, typename acc_t>
@@ -301,10 +322,37 @@ GF_CPU_CLONES void store_row(const float* acc, const float* bias, bool relu, flo
   store_row_impl<float, float>(acc, bias, relu, dst, n);
 }
 
-GF_CPU_CLONES void store_row(const c10::BFloat16* acc, const float* bias, bool relu, c10::BFloat16* dst, int64_t n) {
+// Without a bias, bfloat16 is copied on its bits (a negative non-NaN value -> +0 under ReLU): no
+// conversion to float32 and back, 32 lanes per AVX-512 register.
+GF_CPU_CLONES_BW void store_row(const c10::BFloat16* acc, const float* bias, bool relu, c10::BFloat16* dst,
+                                int64_t n) {
+  if (bias == nullptr) {
+    const uint16_t* __restrict__ src = reinterpret_cast<const uint16_t*>(acc);
+    uint16_t* __restrict__ out = reinterpret_cast<uint16_t*>(dst);
+    for (int64_t i = 0; i < n; ++i) {
+      const uint16_t b = src[i];
+      out[i] = (relu & ((b & 0x8000) != 0) & ((b & 0x7FFF) <= 0x7F80)) ? uint16_t(0) : b;
+    }
+    return;
+  }
   store_row_impl<c10::BFloat16, float>(acc, bias, relu, dst, n);
 }
 
+
+// In-place ReLU of n contiguous values, NaN kept (torch.relu), -0 -> +0 (as store_row).
+// bfloat16 on the bits (a negative non-NaN value becomes +0): no conversion, 32 lanes per
+// AVX-512 register; ATen's relu_ converts every bfloat16 value to float32 and back (2.5x slower
+// than its float32 relu_ on the EPYC CI machine, 2026-12-05).
+GF_CPU_CLONES void relu_inplace(float* p, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) p[i] = ((p[i] > 0.f) | (p[i] != p[i])) ? p[i] : 0.f;
+}
+GF_CPU_CLONES_BW void relu_inplace(c10::BFloat16* q, int64_t n) {
+  uint16_t* __restrict__ p = reinterpret_cast<uint16_t*>(q);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint16_t b = p[i];
+    p[i] = ((b & 0x8000) != 0 && (b & 0x7FFF) <= 0x7F80) ? uint16_t(0) : b;
+  }
+}
 
 // One output pixel's channels [c0, c0 + CN) of the NHWC ceil-mode max pool (window rows [h0, h1),
 // columns [w0, w1)); NaN wins (torch.max_pool2d), then ReLU (NaN kept, torch.relu).
@@ -315,6 +363,22 @@ inline __attribute__((always_inline)) void max_pool_chunk(const scalar_t* X, sca
   // K > 0: a full K x K window (constant trip counts: the taps unroll, m stays in registers)
   const int64_t kh = K > 0 ? K : h1 - h0, kw = K > 0 ? K : w1 - w0;
   const scalar_t* base = X + ((n * H + h0) * W + w0) * C + c0;
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    int16_t k[CN];
+    for (int64_t c = 0; c < CN; ++c) k[c] = std::numeric_limits<int16_t>::min();
+    for (int64_t i = 0; i < kh; ++i) {
+      for (int64_t j = 0; j < kw; ++j) {
+        const uint16_t* __restrict__ src = reinterpret_cast<const uint16_t*>(base + (i * W + j) * C);
+        for (int64_t c = 0; c < CN; ++c) k[c] = std::max(k[c], bf16_key(src[c]));
+      }
+    }
+    if (relu) {
+      for (int64_t c = 0; c < CN; ++c) k[c] = std::max(k[c], int16_t(0));
+    }
+    uint16_t* __restrict__ dst = reinterpret_cast<uint16_t*>(O + opix * C + c0);
+    for (int64_t c = 0; c < CN; ++c) dst[c] = bf16_from_key(k[c]);
+    return;
+  }
   acc_t m[CN];
   for (int64_t c = 0; c < CN; ++c) m[c] = -std::numeric_limits<acc_t>::infinity();
   for (int64_t i = 0; i < kh; ++i) {
@@ -356,6 +420,22 @@ inline __attribute__((always_inline)) void max_pool_window(const scalar_t* X, sc
   }
   if (c0 == C) return;
   const int64_t cn = C - c0;  // the last, partial chunk
+  if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    int16_t k[kChunk];
+    for (int64_t c = 0; c < cn; ++c) k[c] = std::numeric_limits<int16_t>::min();
+    for (int64_t h = h0; h < h1; ++h) {
+      for (int64_t w = w0; w < w1; ++w) {
+        const uint16_t* __restrict__ src = reinterpret_cast<const uint16_t*>(X + ((n * H + h) * W + w) * C + c0);
+        for (int64_t c = 0; c < cn; ++c) k[c] = std::max(k[c], bf16_key(src[c]));
+      }
+    }
+    if (relu) {
+      for (int64_t c = 0; c < cn; ++c) k[c] = std::max(k[c], int16_t(0));
+    }
+    uint16_t* __restrict__ dst = reinterpret_cast<uint16_t*>(O + opix * C + c0);
+    for (int64_t c = 0; c < cn; ++c) dst[c] = bf16_from_key(k[c]);
+    return;
+  }
   acc_t m[kChunk];
   for (int64_t c = 0; c < cn; ++c) m[c] = -std::numeric_limits<acc_t>::infinity();
   for (int64_t h = h0; h < h1; ++h) {
@@ -413,7 +493,7 @@ GF_CPU_CLONES void pool3x3_block(const float* X, float* dst, int64_t p0, int64_t
   pool3x3_block_impl<float, float>(X, dst, p0, rows, H, W, C);
 }
 
-GF_CPU_CLONES void pool3x3_block(const c10::BFloat16* X, c10::BFloat16* dst, int64_t p0, int64_t rows, int64_t H,
+GF_CPU_CLONES_BW void pool3x3_block(const c10::BFloat16* X, c10::BFloat16* dst, int64_t p0, int64_t rows, int64_t H,
                                  int64_t W, int64_t C) {
   pool3x3_block_impl<c10::BFloat16, float>(X, dst, p0, rows, H, W, C);
 }
@@ -426,7 +506,7 @@ GF_CPU_CLONES void max_pool_rows(const float* X, float* O, int64_t begin, int64_
     max_pool_row<float, float>(X, O, row, H, W, C, OH, OW, kernel, stride, relu);
 }
 
-GF_CPU_CLONES void max_pool_rows(const c10::BFloat16* X, c10::BFloat16* O, int64_t begin, int64_t end, int64_t H,
+GF_CPU_CLONES_BW void max_pool_rows(const c10::BFloat16* X, c10::BFloat16* O, int64_t begin, int64_t end, int64_t H,
                                  int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t kernel, int64_t stride,
                                  bool relu) {
   for (int64_t row = begin; row < end; ++row)
@@ -511,6 +591,12 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
   const std::vector<acc_t> bm = bias_vector<acc_t>({{&a.b_1x1, c1}, {&a.b_3x3red, r3}, {&a.b_5x5red, r5}}, &has_bm);
   const std::vector<acc_t> bp = bias_vector<acc_t>({{&a.b_pool_proj, cp}}, &has_bp);
   const int64_t off_b4 = c1 + s.ch3x3 + s.ch5x5;
+  // The biases ride in the GEMMs (oneDNN adds them to the float32 accumulator: one rounding in
+  // bfloat16, and the epilogue below is a plain ReLU copy).
+  const auto acc_opts = at::TensorOptions().dtype(c10::CppTypeToScalarType<acc_t>::value);
+  const at::Tensor bmt = has_bm ? at::from_blob(const_cast<acc_t*>(bm.data()), {nm}, acc_opts) : at::Tensor();
+  const at::Tensor bpt = has_bp ? at::from_blob(const_cast<acc_t*>(bp.data()), {cp}, acc_opts) : at::Tensor();
+  const acc_t* no_bias = nullptr;
 
   const Blocks b1 = make_blocks(P, 512);
   auto stage1 = [&](int64_t begin, int64_t end) {
@@ -519,19 +605,20 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
       const int64_t p0 = blk * b1.size, rows = std::min(b1.size, P - p0);
       // merged 1x1: x read once for ch1x1, ch3x3red and ch5x5red.
       const at::Tensor acc = gemm_rows<scalar_t>(rows, Cin, X + p0 * Cin, Cin, wm, b1.size, cache,
-                                                    {&a.w_1x1, &a.w_3x3red, &a.w_5x5red});
+                                                    {&a.w_1x1, &a.w_3x3red, &a.w_5x5red}, has_bm ? &bmt : nullptr);
       for (int64_t r = 0; r < rows; ++r) {
         const scalar_t* ar = acc.const_data_ptr<scalar_t>() + r * nm;
-        store_row(ar, has_bm ? bm.data() : nullptr, relu, out + (p0 + r) * ldo, c1);
-        store_row(ar + c1, has_bm ? bm.data() + c1 : nullptr, relu, R.r3 + (p0 + r) * R.ld3, r3);
-        store_row(ar + c1 + r3, has_bm ? bm.data() + c1 + r3 : nullptr, relu, R.r5 + (p0 + r) * R.ld5, r5);
+        store_row(ar, no_bias, relu, out + (p0 + r) * ldo, c1);
+        store_row(ar + c1, no_bias, relu, R.r3 + (p0 + r) * R.ld3, r3);
+        store_row(ar + c1 + r3, no_bias, relu, R.r5 + (p0 + r) * R.ld5, r5);
       }
       // 3x3/s1/p1 max pool of this block's pixels, padding -inf (out-of-bounds taps skipped; the
       // centre tap is always in bounds).  NaN propagates as in torch.max_pool2d.
       pool3x3_block(X, pooled.get(), p0, rows, H, W, Cin);
-      const at::Tensor accp = gemm_rows<scalar_t>(rows, Cin, pooled.get(), Cin, wp, b1.size, cache, {&a.w_pool_proj});
+      const at::Tensor accp = gemm_rows<scalar_t>(rows, Cin, pooled.get(), Cin, wp, b1.size, cache, {&a.w_pool_proj},
+                                                     has_bp ? &bpt : nullptr);
       for (int64_t r = 0; r < rows; ++r)
-        store_row(accp.const_data_ptr<scalar_t>() + r * cp, has_bp ? bp.data() : nullptr, relu, out + (p0 + r) * ldo + off_b4, cp);
+        store_row(accp.const_data_ptr<scalar_t>() + r * cp, no_bias, relu, out + (p0 + r) * ldo + off_b4, cp);
     }
   };
   run_blocks(b1.count, stage1);
@@ -713,7 +800,19 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     y = at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);
   }
   y = y.contiguous(at::MemoryFormat::ChannelsLast);
-  if (relu) y.relu_();  // torch.relu: NaN stays NaN (oneDNN's ReLU post-op would make it 0)
+  // torch.relu's NaN (oneDNN's ReLU post-op would make NaN 0)
+  if (relu && y.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+      (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16)) {
+    if (y.scalar_type() == at::kFloat) {
+      float* p = y.data_ptr<float>();
+      at::parallel_for(0, y.numel(), 65536, [&](int64_t begin, int64_t end) { relu_inplace(p + begin, end - begin); });
+    } else {
+      c10::BFloat16* p = y.data_ptr<c10::BFloat16>();
+      at::parallel_for(0, y.numel(), 65536, [&](int64_t begin, int64_t end) { relu_inplace(p + begin, end - begin); });
+    }
+  } else if (relu) {
+    y.relu_();
+  }
   return y;
 }
 
