@@ -230,9 +230,20 @@ std::vector<acc_t> bias_vector(std::initializer_list<std::pair<const c10::option
   for (const auto& [b, n] : parts) {
     if (b->has_value() && (*b)->defined()) {
       *any = true;
-      at::Tensor bc = (*b)->to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-      const acc_t* p = bc.const_data_ptr<acc_t>();
-      out.insert(out.end(), p, p + n);
+      const at::Tensor& t = **b;
+      // Read in place where possible: a converting .to() per bias and call was ~39 small ATen
+      // ops (allocations) per batch-1 forward.
+      if (t.device().is_cpu() && t.dim() == 1 && t.numel() == n && t.is_contiguous() &&
+          (t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16 || t.scalar_type() == at::kDouble)) {
+        AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, t.scalar_type(), "bias_vector", [&] {
+          const scalar_t* p = t.const_data_ptr<scalar_t>();
+          for (int64_t i = 0; i < n; ++i) out.push_back(static_cast<acc_t>(static_cast<at::opmath_type<scalar_t>>(p[i])));
+        });
+      } else {
+        at::Tensor bc = t.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+        const acc_t* p = bc.const_data_ptr<acc_t>();
+        out.insert(out.end(), p, p + n);
+      }
     } else {
       out.insert(out.end(), n, acc_t(0));
     }
@@ -701,21 +712,28 @@ void stage2_onednn(const InceptionArgs& a, const InceptionShape& s, ReduceBuffer
                    int64_t ldo, bool cache) {
   const int64_t P = s.n * s.h * s.w;
   const auto opts = a.x.options();
+  at::Tensor y[2];
   for (int branch = 0; branch < 2; ++branch) {
-    const int64_t rc = branch == 0 ? s.ch3x3red : s.ch5x5red, cout = branch == 0 ? s.ch3x3 : s.ch5x5;
-    const int64_t K = branch == 0 ? s.k3 : s.k5, ooff = branch == 0 ? s.ch1x1 : s.ch1x1 + s.ch3x3;
+    const int64_t rc = branch == 0 ? s.ch3x3red : s.ch5x5red;
+    const int64_t K = branch == 0 ? s.k3 : s.k5;
     const at::Tensor in = at::from_blob(branch == 0 ? R.r3 : R.r5, {s.n, rc, s.h, s.w},
                                         {s.h * s.w * rc, 1, s.w * rc, rc}, opts);
     const at::Tensor& w = branch == 0 ? a.w_3x3 : a.w_5x5;
     const c10::optional<at::Tensor>& b = branch == 0 ? a.b_3x3 : a.b_5x5;
-    const at::Tensor y = onednn_conv2d(in, w, b, 1, K / 2, cache).contiguous(at::MemoryFormat::ChannelsLast);
-    const scalar_t* Y = y.const_data_ptr<scalar_t>();
-    const bool relu = a.relu;
-    at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t p = begin; p < end; ++p)
-        store_row(Y + p * cout, static_cast<const at::opmath_type<scalar_t>*>(nullptr), relu, out + p * ldo + ooff, cout);
-    });
+    y[branch] = onednn_conv2d(in, w, b, 1, K / 2, cache).contiguous(at::MemoryFormat::ChannelsLast);
   }
+  // Both branches' channel slices in one parallel pass (one fork/join, not one per branch).
+  const scalar_t* Y3 = y[0].const_data_ptr<scalar_t>();
+  const scalar_t* Y5 = y[1].const_data_ptr<scalar_t>();
+  const int64_t c3 = s.ch3x3, c5 = s.ch5x5, o3 = s.ch1x1, o5 = s.ch1x1 + s.ch3x3;
+  const bool relu = a.relu;
+  const at::opmath_type<scalar_t>* no_bias = nullptr;
+  at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      store_row(Y3 + p * c3, no_bias, relu, out + p * ldo + o3, c3);
+      store_row(Y5 + p * c5, no_bias, relu, out + p * ldo + o5, c5);
+    }
+  });
 }
 
 template <typename scalar_t>
