@@ -115,6 +115,10 @@ at::Tensor max_pool_nhwc_cpu(const at::Tensor& x, int64_t kernel, int64_t stride
 at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            int64_t stride, int64_t padding, bool relu);
 
+// googlenet_fast::avgpool_linear on the CPU (csrc/cpu/inception_cpu.cpp): the classifier head
+// fc(flatten(adaptive_avg_pool2d(x, 1))) -> (N, out).  Arguments checked by the caller.
+at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);
+
 // ---- backward (csrc/cpu/inception_backward_cpu.cpp) -------------------------------------------
 // googlenet_fast::inception_backward(grad_out, x, <the 12 weights/biases>, relu, out, output_mask)
 // returns the 13 gradients in argument order (x, w_1x1, b_1x1, ..., w_pool_proj, b_pool_proj);

@@ -191,6 +191,23 @@ at::Tensor max_pool_nhwc(const at::Tensor& x, int64_t kernel, int64_t stride, bo
   return max_pool_nhwc_cpu(x, kernel, stride, relu);
 }
 
+// googlenet_fast::avgpool_linear: the checks, then the CPU kernel.
+at::Tensor avgpool_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
+                   dtype_str(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.size(2) >= 1 && x.size(3) >= 1, "x: expected a non-empty spatial size, got shape ",
+                    shape_str(x));
+  TORCH_CHECK_VALUE(weight.dim() == 2 && weight.size(1) == x.size(1), "weight: expected shape [out_features, ",
+                    x.size(1), "] (the channels of x), got ", shape_str(weight));
+  TORCH_CHECK_TYPE(weight.scalar_type() == x.scalar_type(), "weight: expected dtype ", dtype_str(x.scalar_type()),
+                   " (the dtype of x), got ", dtype_str(weight.scalar_type()));
+  TORCH_CHECK_VALUE(weight.device() == x.device(), "weight: expected a tensor on ", x.device(),
+                    " (the device of x), got ", weight.device());
+  check_bias("bias", bias, weight.size(0), x);
+  return avgpool_linear_cpu(x, weight, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(googlenet_fast, m) {
@@ -231,6 +248,7 @@ TORCH_LIBRARY(googlenet_fast, m) {
   // channels_last.  Autograd and fake kernel: googlenet_fast/ops.py.
   m.def("max_pool_nhwc(Tensor x, int kernel, int stride, bool relu=False) -> Tensor");
   m.def("conv2d_relu(Tensor x, Tensor weight, Tensor? bias, int stride=1, int padding=0, bool relu=True) -> Tensor");
+  m.def("avgpool_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
 }
 
 // The fake (meta) kernels of these ops are Python (googlenet_fast/ops.py, torch.library.register_fake):
@@ -242,6 +260,7 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("inception_backward", &inception_backward_cpu);
   m.impl("inception_bn_train", &inception_bn_train<inception_bn_train_cpu>);
   m.impl("conv2d_relu", &conv2d_relu);
+  m.impl("avgpool_linear", &avgpool_linear);
   m.impl("max_pool_nhwc", &max_pool_nhwc);
 }
 

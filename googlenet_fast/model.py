@@ -900,11 +900,24 @@ class GoogLeNet(nn.Module):
         x = self.inception5a(x)
         x = self.inception5b(x)
 
-        x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        x = self.dropout(x)
-        x = self.fc(x)
+        x = self._head(x, cpu_ops)
         return x, aux2, aux1
+
+    def _head(self, x: Tensor, cpu_ops: bool) -> Tensor:
+        """avgpool, flatten, dropout, fc; with the CPU ops one googlenet_fast::avgpool_linear call
+        (eval: the dropout is the identity) where the modules are the plain ones, without hooks,
+        and fc's weight has x's dtype (under autocast nn.Linear would cast it: the modules run)."""
+        avgpool, dropout, fc = self.avgpool, self.dropout, self.fc
+        if (cpu_ops and type(avgpool) is nn.AdaptiveAvgPool2d and avgpool.output_size in (1, (1, 1))
+                and type(dropout) is nn.Dropout and not dropout.training and type(fc) is nn.Linear
+                and fc.weight.dtype == x.dtype and x.dtype in (torch.float32, torch.bfloat16, torch.float64)
+                and not torch.is_autocast_enabled("cpu") and not _has_hooks(avgpool, dropout, fc)):
+            with _below_autograd_without_grad():
+                return ops.avgpool_linear(x, fc.weight, fc.bias)
+        x = avgpool(x)
+        x = torch.flatten(x, 1)
+        x = dropout(x)
+        return fc(x)
 
     def forward(self, x: Tensor):
         """(N, 3, H, W) -> logits (N, num_classes), or GoogLeNetOutputs in train mode with aux.

@@ -129,6 +129,97 @@ def test_max_pool_nhwc_strided_input():
     assert torch.equal(ops.max_pool_nhwc(x, 3, 2), F.max_pool2d(x, 3, 2, ceil_mode=True))
 
 
+# ------------------------------------------------------------------------------------------------
+# avgpool_linear (the classifier head)
+
+def head_ref(x, w, b):
+    return F.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1), w, b)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 0.0), (torch.float64, 1e-13)])
+@pytest.mark.parametrize("n,c,h,w,out", [(1, 1024, 7, 7, 1000), (3, 70, 2, 3, 10), (2, 16, 1, 1, 5)])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "strided"])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_avgpool_linear_matches_the_modules(dtype, tol, n, c, h, w, out, layout, with_bias):
+    g = torch.Generator().manual_seed(n * 1000 + c)
+    x = torch.randn(n, c, h, w * (2 if layout == "strided" else 1), generator=g).to(dtype)
+    if layout == "strided":
+        x = x[..., ::2]  # every other column: neither layout's dense strides
+    elif layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(out, c, generator=g) / c ** 0.5).to(dtype)
+    bias = torch.randn(out, generator=g).to(dtype) if with_bias else None
+    y = ops.avgpool_linear(x, weight, bias)
+    ref = head_ref(x, weight, bias)
+    assert y.shape == (n, out) and y.dtype == dtype
+    if tol == 0.0:
+        assert torch.equal(y, ref)  # bfloat16: ATen's mean rounding and the same oneDNN GEMM
+    else:
+        assert rel_err(y, ref) <= tol
+
+
+def test_avgpool_linear_keeps_nan_and_inf():
+    x = make_input(2, 8, 3, 3, seed=31)
+    x[0, 2, 1, 1] = float("nan")
+    x[1, 5, 0, 2] = float("inf")
+    weight, bias = torch.randn(4, 8), torch.randn(4)
+    y, ref = ops.avgpool_linear(x, weight, bias), head_ref(x, weight, bias)
+    assert torch.equal(y.isnan(), ref.isnan()) and y.isnan().any()
+    assert torch.equal(y.isinf(), ref.isinf())
+
+
+def test_avgpool_linear_gradcheck_and_opcheck():
+    x = make_input(2, 6, 3, 4, seed=32, dtype=torch.float64).requires_grad_()
+    w = torch.randn(5, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(ops.avgpool_linear, (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: ops.avgpool_linear(x, w, None), (x, w))
+    y = ops.avgpool_linear(x.detach(), w, None)  # only the weight needs a gradient
+    y.sum().backward()
+    assert torch.allclose(w.grad, F.adaptive_avg_pool2d(x.detach(), 1).flatten(1).sum(0).expand(5, 6))
+    torch.library.opcheck(torch.ops.googlenet_fast.avgpool_linear.default,
+                          (make_input(2, 6, 3, 4, seed=33), torch.randn(5, 6), torch.randn(5)))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: ops.avgpool_linear(torch.randn(3, 5, 5), torch.randn(2, 3)), ValueError, "x: expected a 4-D"),
+    (lambda: ops.avgpool_linear(torch.randn(1, 3, 5, 5).long(), torch.randn(2, 3)), TypeError, "x: expected a floating"),
+    (lambda: ops.avgpool_linear(torch.randn(1, 3, 5, 5), torch.randn(2, 4)), ValueError,
+     r"weight: expected shape \[out_features, 3\]"),
+    (lambda: ops.avgpool_linear(torch.randn(1, 3, 5, 5), torch.randn(2, 3).double()), TypeError, "weight: expected dtype"),
+    (lambda: ops.avgpool_linear(torch.randn(1, 3, 5, 5), torch.randn(2, 3), torch.randn(3)), ValueError,
+     r"bias: expected shape \[2\]"),
+    (lambda: ops.avgpool_linear(torch.randn(1, 3, 0, 5), torch.randn(2, 3)), ValueError, "x: expected a non-empty"),
+])
+def test_avgpool_linear_bad_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_model_head_runs_as_one_op_only_where_the_modules_allow():
+    """GoogLeNet(fused=True)'s eval head on the CPU is one avgpool_linear call; a hook on any of
+    avgpool / dropout / fc, or autocast (fc would compute in bfloat16), runs the modules."""
+    tv = tv_model()
+    ours = ours_from(tv)
+    x = make_input(2, 3, 40, 40, seed=46)
+    with torch.no_grad():
+        ref = tv(x)
+        with OpLog() as mode:
+            y = ours(x)
+        assert mode.names.count("googlenet_fast.avgpool_linear") == 1 and rel_err(y, ref) <= 1e-4
+        for m in (ours.avgpool, ours.dropout, ours.fc):
+            handle = m.register_forward_hook(lambda *a: None)
+            try:
+                with OpLog() as mode:
+                    y_hooked = ours(x)
+            finally:
+                handle.remove()
+            assert "googlenet_fast.avgpool_linear" not in mode.names and rel_err(y_hooked, ref) <= 1e-4
+        with torch.autocast("cpu", torch.bfloat16), OpLog() as mode:
+            y_amp = ours(x)
+        assert "googlenet_fast.avgpool_linear" not in mode.names and y_amp.dtype == torch.bfloat16
+
+
 def test_max_pool_nhwc_gradcheck_and_opcheck():
     x = make_input(1, 3, 7, 7, seed=23, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: ops.max_pool_nhwc(x, 3, 2, True), (x,))
@@ -327,6 +418,7 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
     assert torch.equal(y_mode, y)
     assert mode.names.count("googlenet_fast.inception") == 9
     assert mode.names.count("googlenet_fast.max_pool_nhwc") == 4
+    assert mode.names.count("googlenet_fast.avgpool_linear") == 1 and "aten.addmm" not in mode.names
 
     # Only the extension's op calls skip the Autograd key: a hook that turns grad back on inside
     # a no_grad forward (feature-visualization code does) still records and differentiates.
@@ -344,7 +436,9 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
             y_hooked = ours(x)
     finally:
         handle.remove()
-    assert torch.equal(y_hooked, y)
+    # the hooked avgpool makes the head run as modules (mean + addmm) instead of
+    # googlenet_fast::avgpool_linear: the same values up to float32 rounding, as y_grad above
+    assert rel_err(y_hooked, y) <= 1e-6
     assert len(grads) == 1 and torch.equal(grads[0], torch.full_like(grads[0], 3.0))
 
 
