@@ -115,6 +115,13 @@ at::Tensor max_pool_nhwc_cpu(const at::Tensor& x, int64_t kernel, int64_t stride
 at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                            int64_t stride, int64_t padding, bool relu);
 
+// googlenet_fast::conv2d_relu_max_pool on the CPU (csrc/cpu/inception_cpu.cpp):
+// max_pool(relu(conv2d(x))), ceil-mode pool without padding, a few images at a time; output
+// channels_last.  Arguments checked by the caller.
+at::Tensor conv2d_relu_max_pool_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                    const c10::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                    int64_t pool_kernel, int64_t pool_stride);
+
 // googlenet_fast::avgpool_linear on the CPU (csrc/cpu/inception_cpu.cpp): the classifier head
 // fc(flatten(adaptive_avg_pool2d(x, 1))) -> (N, out).  Arguments checked by the caller.
 at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias);

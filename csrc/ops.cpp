@@ -191,6 +191,29 @@ at::Tensor max_pool_nhwc(const at::Tensor& x, int64_t kernel, int64_t stride, bo
   return max_pool_nhwc_cpu(x, kernel, stride, relu);
 }
 
+// googlenet_fast::conv2d_relu_max_pool: conv2d_relu's and max_pool_nhwc's checks, then the CPU kernel.
+at::Tensor conv2d_relu_max_pool(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                                int64_t stride, int64_t padding, int64_t pool_kernel, int64_t pool_stride) {
+  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
+                   dtype_str(x.scalar_type()));
+  check_weight("weight", weight, x.size(1), -1, x);
+  check_bias("bias", bias, weight.size(0), x);
+  TORCH_CHECK_VALUE(stride >= 1, "stride: expected >= 1, got ", stride);
+  TORCH_CHECK_VALUE(padding >= 0, "padding: expected >= 0, got ", padding);
+  const int64_t k = weight.size(2);
+  TORCH_CHECK_VALUE(x.size(2) + 2 * padding >= k && x.size(3) + 2 * padding >= k,
+                    "x: spatial size ", x.size(2), "x", x.size(3), " is smaller than the ", k, "x", k,
+                    " kernel with padding ", padding);
+  TORCH_CHECK_VALUE(pool_kernel >= 1, "pool_kernel: expected >= 1, got ", pool_kernel);
+  TORCH_CHECK_VALUE(pool_stride >= 1, "pool_stride: expected >= 1, got ", pool_stride);
+  const int64_t oh = (x.size(2) + 2 * padding - k) / stride + 1, ow = (x.size(3) + 2 * padding - k) / stride + 1;
+  TORCH_CHECK_VALUE(pool_out_size(oh, pool_kernel, pool_stride) >= 1 && pool_out_size(ow, pool_kernel, pool_stride) >= 1,
+                    "x: the convolution's output ", oh, "x", ow, " is too small for a ", pool_kernel, "x",
+                    pool_kernel, " / ", pool_stride, " ceil-mode max pool (no output pixel)");
+  return conv2d_relu_max_pool_cpu(x, weight, bias, stride, padding, pool_kernel, pool_stride);
+}
+
 // googlenet_fast::avgpool_linear: the checks, then the CPU kernel.
 at::Tensor avgpool_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
@@ -249,6 +272,8 @@ TORCH_LIBRARY(googlenet_fast, m) {
   m.def("max_pool_nhwc(Tensor x, int kernel, int stride, bool relu=False) -> Tensor");
   m.def("conv2d_relu(Tensor x, Tensor weight, Tensor? bias, int stride=1, int padding=0, bool relu=True) -> Tensor");
   m.def("avgpool_linear(Tensor x, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("conv2d_relu_max_pool(Tensor x, Tensor weight, Tensor? bias, int stride, int padding, int pool_kernel, "
+        "int pool_stride) -> Tensor");
 }
 
 // The fake (meta) kernels of these ops are Python (googlenet_fast/ops.py, torch.library.register_fake):
@@ -261,6 +286,7 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("inception_bn_train", &inception_bn_train<inception_bn_train_cpu>);
   m.impl("conv2d_relu", &conv2d_relu);
   m.impl("avgpool_linear", &avgpool_linear);
+  m.impl("conv2d_relu_max_pool", &conv2d_relu_max_pool);
   m.impl("max_pool_nhwc", &max_pool_nhwc);
 }
 

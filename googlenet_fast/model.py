@@ -181,9 +181,11 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
     def _can_fold(self) -> bool:
         return self._modules.get("bn") is not None and _block_sources(self) is not None
 
-    def _eval_conv(self, x: Tensor, relu: bool = True) -> Optional[Tensor]:
+    def _eval_conv(self, x: Tensor, relu: bool = True, pool: Optional[Tuple[int, int]] = None) -> Optional[Tensor]:
         """The fused eval path: ``relu(conv(x))`` (``relu=False``: ``conv(x)``) with the folded
-        weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm)."""
+        weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm).
+        ``pool`` (kernel, stride): ``max_pool(relu(conv(x)))`` with that ceil-mode pool instead (on
+        the CPU ops: googlenet_fast::conv2d_relu_max_pool, or max_pool_nhwc after the conv)."""
         if not (self.fused and not self.training and self._can_fold()) or _exporting_to_onnx():
             return None
         dtype = _eval_dtype(x, self.conv.weight.dtype)
@@ -199,9 +201,14 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         elif _cpu_conv_op_applies(x, w, c):
             # oneDNN with the weight prepacked once (as torch.compile's freezing does)
             with self._prepacking(folded), _below_autograd_without_grad():
+                if pool is not None:
+                    return ops.conv2d_relu_max_pool(x, w, b, c.stride[0], c.padding[0], *pool)
                 return ops.conv2d_relu(x, w, b, c.stride[0], c.padding[0], relu)
         else:
             y = F.conv2d(x, w, b, c.stride, c.padding, c.dilation, c.groups)
+        if pool is not None:
+            with _below_autograd_without_grad():
+                return ops.max_pool_nhwc(y, *pool, relu=True)
         return torch.relu_(y) if relu else y
 
     def _train_bn_relu_applies(self, x: Tensor) -> bool:
@@ -857,15 +864,14 @@ class GoogLeNet(nn.Module):
 
     @classmethod
     def _conv_pool(cls, conv: nn.Module, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
-        """``pool(conv(x))``; with the CPU ops, a BasicConv2d's ReLU runs after the max pool, in
-        the pool's pass (relu(maxpool(y)) == maxpool(relu(y)), NaN included): one read and write
-        of the convolution's output fewer."""
+        """``pool(conv(x))``; with the CPU ops one googlenet_fast::conv2d_relu_max_pool call (a few
+        images at a time, each group pooled while in cache), the ReLU in the pool's pass
+        (relu(maxpool(y)) == maxpool(relu(y)), NaN included)."""
         window = _ceil_max_pool(pool) if cpu_ops and not _has_hooks(conv, pool) else None
         if window is not None and type(conv).forward is BasicConv2d.forward:
-            y = conv._eval_conv(x, relu=False)
+            y = conv._eval_conv(x, pool=window)
             if y is not None:
-                with _below_autograd_without_grad():
-                    return ops.max_pool_nhwc(y, *window, relu=True)
+                return y
         return cls._pool(pool, conv(x), cpu_ops)
 
     def _forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:

@@ -130,6 +130,80 @@ def test_max_pool_nhwc_strided_input():
 
 
 # ------------------------------------------------------------------------------------------------
+# conv2d_relu_max_pool (the stem's conv -> max pool pairs)
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("n,cin,cout,k,stride,padding,h,pk,ps", [
+    (8, 3, 64, 7, 2, 3, 64, 3, 2),    # conv1 + maxpool1's geometry
+    (3, 16, 24, 3, 1, 1, 23, 3, 2),   # odd sizes: the ceil-mode pool's last window hangs over
+    (2, 8, 16, 1, 1, 0, 9, 2, 2),
+    (40, 64, 64, 3, 1, 1, 28, 3, 2),  # 40 x 28x28x64 fp32 = 8 MB of conv output: more than one group
+])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_conv2d_relu_max_pool_equals_the_two_ops(dtype, n, cin, cout, k, stride, padding, h, pk, ps, layout):
+    x = make_input(n, cin, h, h, seed=n + cin).to(dtype)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    x[0, 0, 1, 1] = float("nan")
+    g = torch.Generator().manual_seed(cout)
+    w = (torch.randn(cout, cin, k, k, generator=g) / (cin * k * k) ** 0.5).to(dtype)
+    b = torch.randn(cout, generator=g).to(dtype)
+    y = ops.conv2d_relu_max_pool(x, w, b, stride, padding, pk, ps)
+    two = ops.max_pool_nhwc(ops.conv2d_relu(x, w, b, stride, padding, relu=False), pk, ps, relu=True)
+    assert y.is_contiguous(memory_format=torch.channels_last) and y.shape == two.shape
+    assert torch.equal(y.isnan(), two.isnan()) and y.isnan().any()
+    assert torch.equal(y.nan_to_num(), two.nan_to_num())  # the same oneDNN convolution per image
+    ref = F.max_pool2d(torch.relu(F.conv2d(x.double(), w.double(), b.double(), stride, padding)), pk, ps,
+                       ceil_mode=True)
+    finite = ~ref.isnan()
+    tol = 2e-2 if dtype == torch.bfloat16 else 1e-5
+    assert ((y.double() - ref).abs()[finite].max() / ref[finite].abs().max()).item() <= tol
+
+
+def test_conv2d_relu_max_pool_without_bias_and_with_prepacking():
+    x = make_input(5, 8, 20, 20, seed=60).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(12, 8, 3, 3) * 0.2
+    with ops.weight_prepacking():
+        y1 = ops.conv2d_relu_max_pool(x, w, None, 1, 1, 3, 2)
+        y2 = ops.conv2d_relu_max_pool(x, w, None, 1, 1, 3, 2)  # the packed copy reused
+    ref = F.max_pool2d(torch.relu(F.conv2d(x, w, None, 1, 1)), 3, 2, ceil_mode=True)
+    assert torch.equal(y1, y2) and rel_err(y1, ref) <= 1e-5
+
+
+def test_conv2d_relu_max_pool_gradcheck_and_opcheck():
+    x = make_input(2, 3, 9, 9, seed=61, dtype=torch.float64).requires_grad_()
+    w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w, b: ops.conv2d_relu_max_pool(x, w, b, 2, 1, 3, 2), (x, w, b))
+    assert torch.autograd.gradcheck(lambda x, w: ops.conv2d_relu_max_pool(x, w, None, 1, 1, 2, 2), (x, w))
+    torch.library.opcheck(torch.ops.googlenet_fast.conv2d_relu_max_pool.default,
+                          (make_input(2, 3, 9, 9, seed=62), torch.randn(4, 3, 3, 3), torch.randn(4), 1, 1, 3, 2))
+
+
+@pytest.mark.parametrize("call,exc,match", [
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(3, 5, 5), torch.randn(2, 3, 3, 3), None, 1, 1, 3, 2),
+     ValueError, "x: expected a 4-D"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 5, 5), torch.randn(2, 4, 3, 3), None, 1, 1, 3, 2),
+     ValueError, "weight: expected 3 input channels"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), torch.randn(3), 1, 1, 3, 2),
+     ValueError, r"bias: expected shape \[2\]"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), None, 0, 1, 3, 2),
+     ValueError, "stride: expected >= 1"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), None, 1, 1, 0, 2),
+     ValueError, "pool_kernel: expected >= 1"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 5, 5), torch.randn(2, 3, 3, 3), None, 1, 1, 3, 0),
+     ValueError, "pool_stride: expected >= 1"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 2, 2), torch.randn(2, 3, 3, 3), None, 1, 0, 3, 2),
+     ValueError, "x: spatial size 2x2 is smaller than the 3x3 kernel"),
+    (lambda: ops.conv2d_relu_max_pool(torch.randn(1, 3, 3, 3), torch.randn(2, 3, 3, 3), None, 1, 0, 3, 2),
+     ValueError, r"the convolution's output 1x1 is too small for a 3x3 / 2 ceil-mode max pool"),
+])
+def test_conv2d_relu_max_pool_bad_arguments(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ------------------------------------------------------------------------------------------------
 # avgpool_linear (the classifier head)
 
 def head_ref(x, w, b):
@@ -320,7 +394,8 @@ def count_ops(model, x):
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         y = model(x)
     names = [e.name for e in prof.events()]
-    return y, {k: sum(n == f"googlenet_fast::{k}" for n in names) for k in ("conv2d_relu", "max_pool_nhwc")}, names
+    kinds = ("conv2d_relu", "conv2d_relu_max_pool", "max_pool_nhwc", "avgpool_linear")
+    return y, {k: sum(n == f"googlenet_fast::{k}" for n in names) for k in kinds}, names
 
 
 def test_model_cpu_eval_runs_stem_and_pools_through_the_ops():
@@ -331,11 +406,12 @@ def test_model_cpu_eval_runs_stem_and_pools_through_the_ops():
     with torch.no_grad():
         ref = tv(x)
     assert rel_err(y, ref) <= 1e-4
-    assert counts == {"conv2d_relu": 3, "max_pool_nhwc": 4}
-    assert not any(n == "aten::max_pool2d_with_indices" for n in names)
+    # conv2; conv1 + maxpool1 and conv3 + maxpool2; maxpool3 and maxpool4; the head
+    assert counts == {"conv2d_relu": 1, "conv2d_relu_max_pool": 2, "max_pool_nhwc": 2, "avgpool_linear": 1}
+    assert not any(n in ("aten::max_pool2d_with_indices", "aten::addmm", "aten::mean") for n in names)
     unfused = ours_from(tv, fused=False)
     _, counts, _ = count_ops(unfused, x)
-    assert counts == {"conv2d_relu": 0, "max_pool_nhwc": 0}
+    assert counts == {"conv2d_relu": 0, "conv2d_relu_max_pool": 0, "max_pool_nhwc": 0, "avgpool_linear": 0}
 
 
 def test_model_paper_variant_pools_through_the_op():
@@ -346,7 +422,8 @@ def test_model_paper_variant_pools_through_the_op():
     y, counts, _ = count_ops(fused, x)
     with torch.no_grad():
         assert rel_err(y, plain(x)) <= 1e-4
-    assert counts == {"conv2d_relu": 0, "max_pool_nhwc": 4}  # ConvReLU stem: plain convolutions
+    # ConvReLU stem: plain convolutions; the paper's head: fc on the pooled features
+    assert counts == {"conv2d_relu": 0, "conv2d_relu_max_pool": 0, "max_pool_nhwc": 4, "avgpool_linear": 1}
 
 
 def test_model_hooks_still_fire():
@@ -359,8 +436,9 @@ def test_model_hooks_still_fire():
                ours.maxpool3.register_forward_pre_hook(lambda m, a: seen.append(("maxpool3", a[0].shape)))]
     y, counts, _ = count_ops(ours, x)
     assert [s[0] for s in seen] == ["conv1", "maxpool3"] * 3  # in each of count_ops' three calls
-    # conv1 runs as a module (its ReLU before the pool), maxpool3 as nn.MaxPool2d; the rest as before
-    assert counts == {"conv2d_relu": 3, "max_pool_nhwc": 3}
+    # conv1 runs as a module (conv2d_relu, its ReLU before the pool; then maxpool1 as max_pool_nhwc),
+    # maxpool3 as nn.MaxPool2d; conv2, conv3 + maxpool2, maxpool4 and the head as before
+    assert counts == {"conv2d_relu": 2, "conv2d_relu_max_pool": 1, "max_pool_nhwc": 2, "avgpool_linear": 1}
     with torch.no_grad():
         assert rel_err(y, tv(x)) <= 1e-4
     for h in handles:
@@ -417,7 +495,8 @@ def test_model_no_grad_eval_runs_below_autograd_with_normal_outputs():
         y_mode = ours(x)
     assert torch.equal(y_mode, y)
     assert mode.names.count("googlenet_fast.inception") == 9
-    assert mode.names.count("googlenet_fast.max_pool_nhwc") == 4
+    assert mode.names.count("googlenet_fast.max_pool_nhwc") == 2
+    assert mode.names.count("googlenet_fast.conv2d_relu_max_pool") == 2
     assert mode.names.count("googlenet_fast.avgpool_linear") == 1 and "aten.addmm" not in mode.names
 
     # Only the extension's op calls skip the Autograd key: a hook that turns grad back on inside

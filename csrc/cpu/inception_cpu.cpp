@@ -834,6 +834,46 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const 
   return y;
 }
 
+// max_pool(relu(conv2d(x))) (the stem's conv1 -> maxpool1, conv3 -> maxpool2), a few images at a
+// time: each group's convolution output (at most kPoolGroupBytes) is pooled while it is still in
+// the caches, instead of the whole batch's output (25 MB for conv1 at batch 8 in float32) being
+// written by oneDNN and read back from memory by the pool.  The ReLU runs in the pool's pass
+// (relu(maxpool(y)) == maxpool(relu(y)), NaN included).  float32 and bfloat16 through oneDNN
+// (weights prepacked per group shape); other dtypes: conv2d_relu_cpu then max_pool_nhwc_cpu.
+constexpr int64_t kPoolGroupBytes = int64_t(4) << 20;
+
+at::Tensor conv2d_relu_max_pool_cpu(const at::Tensor& x, const at::Tensor& weight,
+                                    const c10::optional<at::Tensor>& bias, int64_t stride, int64_t padding,
+                                    int64_t pool_kernel, int64_t pool_stride) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  if (!((x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && at::hasMKLDNN())) {
+    return max_pool_nhwc_cpu(conv2d_relu_cpu(x, weight, bias, stride, padding, false), pool_kernel, pool_stride,
+                             true);
+  }
+  const int64_t N = x.size(0), C = weight.size(0), k = weight.size(2);
+  const int64_t OH = (x.size(2) + 2 * padding - k) / stride + 1, OW = (x.size(3) + 2 * padding - k) / stride + 1;
+  const int64_t PH = pool_out_size(OH, pool_kernel, pool_stride), PW = pool_out_size(OW, pool_kernel, pool_stride);
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor out = at::empty({N, C, PH, PW}, x.options().memory_format(cl));
+  if (out.numel() == 0) return out;
+  const int64_t image_bytes = OH * OW * C * static_cast<int64_t>(x.element_size());
+  const int64_t group = std::max<int64_t>(1, std::min<int64_t>(N, kPoolGroupBytes / std::max<int64_t>(1, image_bytes)));
+  const bool cache = weight_prepacking_enabled();
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, PW * pool_kernel * pool_kernel * C));
+  for (int64_t n0 = 0; n0 < N; n0 += group) {
+    const int64_t nb = std::min(group, N - n0);
+    const at::Tensor y = onednn_conv2d(x.narrow(0, n0, nb), weight, bias, stride, padding, cache).contiguous(cl);
+    AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "conv2d_relu_max_pool_cpu", [&] {
+      const scalar_t* Y = y.const_data_ptr<scalar_t>();
+      scalar_t* O = out.data_ptr<scalar_t>() + n0 * PH * PW * C;
+      at::parallel_for(0, nb * PH, grain, [&](int64_t begin, int64_t end) {
+        max_pool_rows(Y, O, begin, end, OH, OW, C, PH, PW, pool_kernel, pool_stride, /*relu=*/true);
+      });
+    });
+  }
+  return out;
+}
+
 // The classifier head: fc(flatten(adaptive_avg_pool2d(x, 1))).  The channel means of the NHWC
 // input in the accumulator type (rounded once to x's dtype, as ATen's mean), then the fc layer
 // through oneDNN's inner product with the weight as given (no packed copy: fc.weight is a plain
