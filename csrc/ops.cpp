@@ -161,9 +161,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> inception_bn_train(
   return K(a, s, reduce_weight, reduce_bias, eps);
 }
 
-// googlenet_fast::conv2d_relu: the checks, then the CPU kernel.
-at::Tensor conv2d_relu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
-                       int64_t stride, int64_t padding, bool relu) {
+// The arguments of a square convolution (conv2d_relu, conv2d_relu_max_pool); returns its output
+// size (height, width).
+std::pair<int64_t, int64_t> check_conv_args(const at::Tensor& x, const at::Tensor& weight,
+                                            const c10::optional<at::Tensor>& bias, int64_t stride, int64_t padding) {
   TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
                    dtype_str(x.scalar_type()));
@@ -175,6 +176,13 @@ at::Tensor conv2d_relu(const at::Tensor& x, const at::Tensor& weight, const c10:
   TORCH_CHECK_VALUE(x.size(2) + 2 * padding >= k && x.size(3) + 2 * padding >= k,
                     "x: spatial size ", x.size(2), "x", x.size(3), " is smaller than the ", k, "x", k,
                     " kernel with padding ", padding);
+  return {(x.size(2) + 2 * padding - k) / stride + 1, (x.size(3) + 2 * padding - k) / stride + 1};
+}
+
+// googlenet_fast::conv2d_relu: the checks, then the CPU kernel.
+at::Tensor conv2d_relu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                       int64_t stride, int64_t padding, bool relu) {
+  check_conv_args(x, weight, bias, stride, padding);
   return conv2d_relu_cpu(x, weight, bias, stride, padding, relu);
 }
 
@@ -191,23 +199,12 @@ at::Tensor max_pool_nhwc(const at::Tensor& x, int64_t kernel, int64_t stride, bo
   return max_pool_nhwc_cpu(x, kernel, stride, relu);
 }
 
-// googlenet_fast::conv2d_relu_max_pool: conv2d_relu's and max_pool_nhwc's checks, then the CPU kernel.
+// googlenet_fast::conv2d_relu_max_pool: conv2d_relu's and the pool's checks, then the CPU kernel.
 at::Tensor conv2d_relu_max_pool(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
                                 int64_t stride, int64_t padding, int64_t pool_kernel, int64_t pool_stride) {
-  TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
-  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
-                   dtype_str(x.scalar_type()));
-  check_weight("weight", weight, x.size(1), -1, x);
-  check_bias("bias", bias, weight.size(0), x);
-  TORCH_CHECK_VALUE(stride >= 1, "stride: expected >= 1, got ", stride);
-  TORCH_CHECK_VALUE(padding >= 0, "padding: expected >= 0, got ", padding);
-  const int64_t k = weight.size(2);
-  TORCH_CHECK_VALUE(x.size(2) + 2 * padding >= k && x.size(3) + 2 * padding >= k,
-                    "x: spatial size ", x.size(2), "x", x.size(3), " is smaller than the ", k, "x", k,
-                    " kernel with padding ", padding);
+  const auto [oh, ow] = check_conv_args(x, weight, bias, stride, padding);
   TORCH_CHECK_VALUE(pool_kernel >= 1, "pool_kernel: expected >= 1, got ", pool_kernel);
   TORCH_CHECK_VALUE(pool_stride >= 1, "pool_stride: expected >= 1, got ", pool_stride);
-  const int64_t oh = (x.size(2) + 2 * padding - k) / stride + 1, ow = (x.size(3) + 2 * padding - k) / stride + 1;
   TORCH_CHECK_VALUE(pool_out_size(oh, pool_kernel, pool_stride) >= 1 && pool_out_size(ow, pool_kernel, pool_stride) >= 1,
                     "x: the convolution's output ", oh, "x", ow, " is too small for a ", pool_kernel, "x",
                     pool_kernel, " / ", pool_stride, " ceil-mode max pool (no output pixel)");

@@ -475,6 +475,14 @@ def _register_autograd():
 _register_autograd()
 
 
+def _register_cpu_op(name: str, fake, backward, setup_context) -> None:
+    """The fake kernel and the autograd formula of one of the CPU eval path's ops (when the
+    extension that defines it is loaded)."""
+    if native.available():
+        torch.library.register_fake(name, fake)
+        torch.library.register_autograd(name, backward, setup_context=setup_context)
+
+
 # ------------------------------------------------------------------------------------------------
 # Prepacked oneDNN weights (CPU)
 
@@ -567,13 +575,7 @@ def _conv2d_relu_backward(ctx, grad):
     return gx, gw, gb, None, None, None
 
 
-def _register_conv2d_relu():
-    if native.available():
-        torch.library.register_fake(CONV2D_RELU_OP, _conv2d_relu_fake)
-        torch.library.register_autograd(CONV2D_RELU_OP, _conv2d_relu_backward, setup_context=_conv2d_relu_setup)
-
-
-_register_conv2d_relu()
+_register_cpu_op(CONV2D_RELU_OP, _conv2d_relu_fake, _conv2d_relu_backward, _conv2d_relu_setup)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -633,14 +635,7 @@ def _max_pool_nhwc_backward(ctx, grad):
     return gx, None, None, None
 
 
-def _register_max_pool_nhwc():
-    if native.available():
-        torch.library.register_fake(MAX_POOL_NHWC_OP, _max_pool_nhwc_fake)
-        torch.library.register_autograd(MAX_POOL_NHWC_OP, _max_pool_nhwc_backward,
-                                        setup_context=_max_pool_nhwc_setup)
-
-
-_register_max_pool_nhwc()
+_register_cpu_op(MAX_POOL_NHWC_OP, _max_pool_nhwc_fake, _max_pool_nhwc_backward, _max_pool_nhwc_setup)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -683,26 +678,25 @@ def _avgpool_linear_setup(ctx, inputs, output):
     ctx.save_for_backward(x, weight, bias)
 
 
-def _avgpool_linear_backward(ctx, grad):
-    x, weight, bias = ctx.saved_tensors
-    leaves = [t.detach().requires_grad_(need) if t is not None else None
-              for t, need in zip((x, weight, bias), ctx.needs_input_grad)]
-    wanted = [t for t, need in zip(leaves, ctx.needs_input_grad) if t is not None and need]
+def _composition_backward(fn, tensors, needs, grad) -> tuple:
+    """Gradients of ``fn(*tensors)`` (the plain PyTorch composition an op computes) for the
+    tensors whose ``needs`` is set (None for the others and for absent tensors), recomputed."""
+    leaves = [t.detach().requires_grad_(n) if t is not None else None for t, n in zip(tensors, needs)]
+    wanted = [t for t, n in zip(leaves, needs) if t is not None and n]
     with torch.enable_grad():
-        y = torch.nn.functional.linear(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(leaves[0], 1), 1),
-                                       leaves[1], leaves[2])
+        y = fn(*leaves)
         grads = iter(torch.autograd.grad(y, wanted, grad)) if wanted else iter(())
-    return tuple(next(grads) if t is not None and need else None for t, need in zip(leaves, ctx.needs_input_grad))
+    return tuple(next(grads) if t is not None and n else None for t, n in zip(leaves, needs))
 
 
-def _register_avgpool_linear():
-    if native.available():
-        torch.library.register_fake(AVGPOOL_LINEAR_OP, _avgpool_linear_fake)
-        torch.library.register_autograd(AVGPOOL_LINEAR_OP, _avgpool_linear_backward,
-                                        setup_context=_avgpool_linear_setup)
+def _avgpool_linear_backward(ctx, grad):
+    def head(x, weight, bias):
+        return torch.nn.functional.linear(torch.flatten(torch.nn.functional.adaptive_avg_pool2d(x, 1), 1),
+                                          weight, bias)
+    return _composition_backward(head, ctx.saved_tensors, ctx.needs_input_grad, grad)
 
 
-_register_avgpool_linear()
+_register_cpu_op(AVGPOOL_LINEAR_OP, _avgpool_linear_fake, _avgpool_linear_backward, _avgpool_linear_setup)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -752,24 +746,14 @@ def _conv2d_relu_max_pool_setup(ctx, inputs, output):
 
 
 def _conv2d_relu_max_pool_backward(ctx, grad):
-    x, weight, bias = ctx.saved_tensors
     stride, padding, pool_kernel, pool_stride = ctx.conf
-    need = ctx.needs_input_grad[:3]
-    leaves = [t.detach().requires_grad_(n) if t is not None else None for t, n in zip((x, weight, bias), need)]
-    wanted = [t for t, n in zip(leaves, need) if t is not None and n]
-    with torch.enable_grad():
-        F = torch.nn.functional
-        y = F.max_pool2d(torch.relu(F.conv2d(leaves[0], leaves[1], leaves[2], stride, padding)), pool_kernel,
-                         pool_stride, ceil_mode=True)
-        grads = iter(torch.autograd.grad(y, wanted, grad)) if wanted else iter(())
-    return tuple(next(grads) if t is not None and n else None for t, n in zip(leaves, need)) + (None,) * 4
+    F = torch.nn.functional
+
+    def composition(x, weight, bias):
+        return F.max_pool2d(torch.relu(F.conv2d(x, weight, bias, stride, padding)), pool_kernel, pool_stride,
+                            ceil_mode=True)
+    return _composition_backward(composition, ctx.saved_tensors, ctx.needs_input_grad[:3], grad) + (None,) * 4
 
 
-def _register_conv2d_relu_max_pool():
-    if native.available():
-        torch.library.register_fake(CONV2D_RELU_MAX_POOL_OP, _conv2d_relu_max_pool_fake)
-        torch.library.register_autograd(CONV2D_RELU_MAX_POOL_OP, _conv2d_relu_max_pool_backward,
-                                        setup_context=_conv2d_relu_max_pool_setup)
-
-
-_register_conv2d_relu_max_pool()
+_register_cpu_op(CONV2D_RELU_MAX_POOL_OP, _conv2d_relu_max_pool_fake, _conv2d_relu_max_pool_backward,
+                 _conv2d_relu_max_pool_setup)
