@@ -168,6 +168,7 @@ std::pair<int64_t, int64_t> check_conv_args(const at::Tensor& x, const at::Tenso
   TORCH_CHECK_VALUE(x.dim() == 4, "x: expected a 4-D tensor (N, C, H, W), got shape ", shape_str(x));
   TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()), "x: expected a floating dtype, got ",
                    dtype_str(x.scalar_type()));
+  TORCH_CHECK_VALUE(x.size(1) >= 1, "x: expected at least one input channel, got shape ", shape_str(x));
   check_weight("weight", weight, x.size(1), -1, x);
   check_bias("bias", bias, weight.size(0), x);
   TORCH_CHECK_VALUE(stride >= 1, "stride: expected >= 1, got ", stride);

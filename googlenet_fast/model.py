@@ -829,12 +829,23 @@ class GoogLeNet(nn.Module):
         if not x.is_floating_point():
             raise InputTypeError(f"x: expected a floating-point tensor, got {x.dtype}; integer images must be "
                             "converted first, e.g. x.float() / 255, then normalized")
+        wdt = self._param_dtype()
+        if wdt is not None and x.dtype != wdt and not torch.is_autocast_enabled(x.device.type):
+            # as torchvision's model (its first conv raises "expected scalar type ..."), not a silent cast
+            raise InputTypeError(f"x: expected dtype {wdt} (the model's parameters), got {x.dtype}; convert the "
+                                 f"input (x.to({wdt})) or the model (e.g. model.to({x.dtype})), or run under torch.autocast")
         h, w = x.shape[2], x.shape[3]
         if _trunk_sizes(h, self.variant) is None or _trunk_sizes(w, self.variant) is None:
             m = self.min_input_size
             raise InputTooSmallError(
                 f"x: expected a spatial size of at least {m}x{m} for GoogLeNet (variant={self.variant!r}), "
                 f"got {h}x{w}: a max pool's output would be empty (output size is too small)")
+
+    def _param_dtype(self) -> Optional[torch.dtype]:
+        """The dtype of the model's first parameter (None without parameters)."""
+        for p in self.parameters():
+            return p.dtype
+        return None
 
     def _transform_input(self, x: Tensor) -> Tensor:
         if self.transform_input:

@@ -557,3 +557,62 @@ def test_standalone_modules_prepack_their_own_folded_weights():
         assert packed == before + copies
         assert torch.equal(y1, y2)
         assert rel_err(y1, ref) <= 1e-5
+
+
+# ------------------------------------------------------------------------------------------------
+# Biases that are not dense vectors (a strided slice, an expanded scalar): oneDNN reads a bias as a
+# dense vector, so the ops hand it a dense copy (found by a fresh-user check, 2026-12-05: values
+# read past an expanded bias's one-element storage)
+
+def _odd_biases(n, dtype):
+    return {"strided": (torch.arange(2.0 * n) / n).to(dtype)[::2],
+            "expanded": torch.tensor([0.75]).to(dtype).expand(n)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("kind", ["strided", "expanded"])
+def test_ops_read_non_dense_biases_as_pytorch_does(dtype, kind):
+    x = make_input(2, 4, 8, 8, seed=70).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (torch.randn(6, 4, 3, 3, generator=torch.Generator().manual_seed(70)) * 0.3).to(dtype)
+    b = _odd_biases(6, dtype)[kind]
+    assert not b.is_contiguous() or b.stride() == (0,)
+    tol = 1e-2 if dtype == torch.bfloat16 else 1e-5
+    dense = b.contiguous()
+    assert rel_err(ops.conv2d_relu(x, w, b, 1, 1), ops.conv2d_relu(x, w, dense, 1, 1)) == 0
+    assert rel_err(ops.conv2d_relu_max_pool(x, w, b, 1, 1, 3, 2), ops.conv2d_relu_max_pool(x, w, dense, 1, 1, 3, 2)) == 0
+    ref = F.max_pool2d(torch.relu(F.conv2d(x.double(), w.double(), dense.double(), 1, 1)), 3, 2, ceil_mode=True)
+    assert rel_err(ops.conv2d_relu_max_pool(x, w, b, 1, 1, 3, 2), ref) <= tol
+    wl = (torch.randn(6, 4, generator=torch.Generator().manual_seed(71))).to(dtype)
+    assert torch.equal(ops.avgpool_linear(x, wl, b), ops.avgpool_linear(x, wl, dense))
+    assert rel_err(ops.avgpool_linear(x, wl, b), head_ref(x.double(), wl.double(), dense.double())) <= tol
+
+
+def test_model_with_a_non_dense_fc_bias_matches_torchvision():
+    tv = tv_model()
+    ours = ours_from(tv)
+    with torch.no_grad():
+        for m in (tv, ours):
+            m.fc.bias = torch.nn.Parameter((torch.arange(2000.0) / 1000)[::2])  # strided
+    assert not ours.fc.bias.is_contiguous()
+    x = make_input(2, 3, 40, 40, seed=72)
+    with torch.no_grad():
+        ours(x)
+        assert rel_err(ours(x), tv(x)) <= 1e-4
+
+
+def test_avgpool_linear_float16_and_no_channels():
+    x, w, b = make_input(2, 3, 4, 4, seed=73).half(), torch.randn(5, 3).half(), torch.randn(5).half()
+    y = ops.avgpool_linear(x, w, b)
+    assert y.dtype == torch.float16 and rel_err(y, head_ref(x.float(), w.float(), b.float())) <= 2e-3
+    # no channels: an empty sum, the bias alone (as F.linear)
+    e = ops.avgpool_linear(torch.randn(2, 0, 4, 4), torch.randn(5, 0), torch.arange(5.0))
+    assert torch.equal(e, torch.arange(5.0).expand(2, 5))
+    assert torch.equal(ops.avgpool_linear(torch.randn(2, 0, 4, 4), torch.randn(5, 0), None), torch.zeros(2, 5))
+
+
+@pytest.mark.parametrize("op", [lambda x, w: ops.conv2d_relu(x, w, None, 1, 1),
+                                lambda x, w: ops.conv2d_relu_max_pool(x, w, None, 1, 1, 3, 2)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_convolutions_without_input_channels_are_refused(op, dtype):
+    with pytest.raises(ValueError, match="x: expected at least one input channel"):
+        op(torch.randn(2, 0, 8, 8, dtype=dtype), torch.randn(4, 0, 3, 3, dtype=dtype))

@@ -606,6 +606,12 @@ def test_bad_input_errors(pair, fused):
                 ours(make_input(1, 3, 64, 9))
             with pytest.raises(TypeError, match="x: expected a Tensor"):
                 ours([[1.0]])
+            for dtype in (torch.float16, torch.float64, torch.bfloat16):  # a float32 model
+                with pytest.raises(TypeError, match=rf"x: expected dtype torch.float32 \(the model's parameters\), "
+                                                    rf"got {dtype}; convert the input"):
+                    ours(make_input(1, 3, 64, 64).to(dtype))
+            with torch.autocast("cpu", torch.bfloat16):  # autocast: a bf16 input on a float32 model is fine
+                assert ours(make_input(1, 3, 64, 64).to(torch.bfloat16)).shape == (1, 1000)
     finally:
         ours.fused = True
 
@@ -671,6 +677,8 @@ def test_gpu_fused_matches_torchvision_fp32_bf16_and_graph_capture():
     (lambda: torch.zeros(1, 3, 64, 64, dtype=torch.uint8), RuntimeError),
     (lambda: torch.zeros(1, 3, 64, 64, dtype=torch.int64), RuntimeError),
     (lambda: make_input(1, 1, 64, 64), RuntimeError),
+    (lambda: make_input(1, 3, 64, 64).double(), RuntimeError),
+    (lambda: make_input(1, 3, 64, 64).half(), RuntimeError),
 ])
 def test_bad_input_is_also_what_torchvision_raises(pair, make, tv_type):
     """Code written for torchvision catches our errors too: torchvision's model raises a

@@ -157,7 +157,8 @@ at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
     reorder->callBoxed(&st);
     return st[0].toTensor();
   }, cache, {&w});
-  torch::jit::Stack st{x, packed, b.has_value() ? c10::IValue(*b) : c10::IValue(),
+  // oneDNN reads the bias as a dense vector: a strided or expanded one is made dense first
+  torch::jit::Stack st{x, packed, b.has_value() && b->defined() ? c10::IValue(b->contiguous()) : c10::IValue(),
                        std::vector<int64_t>{padding, padding}, std::vector<int64_t>{stride, stride},
                        std::vector<int64_t>{1, 1}, int64_t(1), std::string("none"),
                        c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
@@ -883,9 +884,14 @@ at::Tensor conv2d_relu_max_pool_cpu(const at::Tensor& x, const at::Tensor& weigh
 at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
+  if (C == 0 || N == 0) {  // an empty sum: the bias alone, as F.linear gives
+    at::Tensor y = at::zeros({N, weight.size(0)}, x.options());
+    if (bias.has_value() && bias->defined()) y.add_(*bias);
+    return y;
+  }
   const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
   at::Tensor pooled = at::empty({N, C}, x.options());
-  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "avgpool_linear_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(), "avgpool_linear_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* X = xc.const_data_ptr<scalar_t>();
     scalar_t* Pd = pooled.data_ptr<scalar_t>();
@@ -905,7 +911,8 @@ at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, con
   static const c10::optional<c10::OperatorHandle> linear = mkldnn_op("mkldnn::_linear_pointwise");
   if ((x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && linear.has_value() &&
       weight.is_contiguous()) {
-    torch::jit::Stack st{pooled, weight, bias.has_value() ? c10::IValue(*bias) : c10::IValue(), std::string("none"),
+    torch::jit::Stack st{pooled, weight, bias.has_value() && bias->defined() ? c10::IValue(bias->contiguous()) : c10::IValue(),
+                         std::string("none"),
                          c10::List<c10::optional<at::Scalar>>(), c10::IValue()};
     linear->callBoxed(&st);
     return st[0].toTensor();
