@@ -32,11 +32,7 @@ def run_steps(prog, x, hot_repeats=0):
     previous = native._C._set_weight_prepacking(False)
     try:
         for op, template, slots, lists, kwargs, outs, prepack, _frees in prog.steps:
-            args = list(template)
-            for i, s in slots:
-                args[i] = env[s]
-            for i, items in lists:
-                args[i] = [c if s is None else env[s] for c, s in items]
+            args = cpu_program.step_args(template, slots, lists, env)
             native._C._set_weight_prepacking(prepack)
             t0 = time.perf_counter()
             y = op(*args, **kwargs)

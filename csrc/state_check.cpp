@@ -16,7 +16,7 @@
 //   tensors[i].data_ptr() == ptrs[i]
 //   len(sized[i]) == sizes[i]
 // versions: array('q'), ptrs: array('Q') (flat: no int object per tensor to fetch); the others
-// tuples (attrs: a list or tuple), of matching lengths; TypeError otherwise.
+// tuples, of matching lengths; TypeError otherwise.
 #include <Python.h>
 
 #include <torch/csrc/autograd/python_variable.h>
@@ -35,13 +35,8 @@ inline void prefetch_keys(PyObject* d) {
   if (PyDict_Check(d)) prefetch(reinterpret_cast<PyDictObject*>(d)->ma_keys);
 }
 
-// A borrowed item of a tuple or list (checked by the caller).
-inline PyObject* item(PyObject* seq, Py_ssize_t i) {
-  return PyTuple_Check(seq) ? PyTuple_GET_ITEM(seq, i) : PyList_GET_ITEM(seq, i);
-}
-
-bool check_seq(PyObject* seq, const char* name, Py_ssize_t n, bool list_ok = false) {
-  if (!(PyTuple_Check(seq) || (list_ok && PyList_Check(seq)))) {
+bool check_seq(PyObject* seq, const char* name, Py_ssize_t n) {
+  if (!PyTuple_Check(seq)) {
     PyErr_Format(PyExc_TypeError, "_model_state_same: %s: expected a tuple, got %s", name, Py_TYPE(seq)->tp_name);
     return false;
   }
@@ -93,7 +88,7 @@ int same(PyObject* const* a) {
   if (!check_seq(keys, "keys", nd) || !check_seq(objs, "objs", nd) || !check_seq(attr_dicts, "attr_dicts", -1))
     return -1;
   const Py_ssize_t na = PyTuple_GET_SIZE(attr_dicts);
-  if (!check_seq(attr_names, "attr_names", na) || !check_seq(attrs, "attrs", na, true) ||
+  if (!check_seq(attr_names, "attr_names", na) || !check_seq(attrs, "attrs", na) ||
       !check_seq(tensors, "tensors", -1))
     return -1;
   const Py_ssize_t nt = PyTuple_GET_SIZE(tensors);
@@ -154,7 +149,7 @@ int same(PyObject* const* a) {
   for (Py_ssize_t i = 0; i < na; ++i) {
     PyObject* v = dict_get(PyTuple_GET_ITEM(attr_dicts, i), PyTuple_GET_ITEM(attr_names, i));
     if (v == nullptr) return -1;
-    const int eq = PyObject_RichCompareBool(v, item(attrs, i), Py_EQ);  // identity first, as list ==
+    const int eq = PyObject_RichCompareBool(v, PyTuple_GET_ITEM(attrs, i), Py_EQ);  // identity first, as tuple ==
     if (eq <= 0) return eq;
   }
   return 1;

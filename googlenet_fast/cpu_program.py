@@ -88,11 +88,7 @@ class Program:
         try:
             with torch._C._AutoDispatchBelowAutograd():
                 for op, template, slots, lists, kwargs, outs, prepack, frees in self.steps:
-                    args = list(template)
-                    for i, s in slots:
-                        args[i] = env[s]
-                    for i, items in lists:
-                        args[i] = [c if s is None else env[s] for c, s in items]
+                    args = step_args(template, slots, lists, env)
                     set_prepacking(prepack)
                     y = op(*args, **kwargs)
                     if len(outs) == 1:
@@ -106,6 +102,17 @@ class Program:
         finally:
             set_prepacking(previous)
         return env[self.out]
+
+
+def step_args(template: tuple, slots: tuple, lists: tuple, env: list) -> list:
+    """A recorded step's positional arguments: its constants (``template``) with the tensors of
+    this forward filled in from ``env`` (the slots' current tensors), also inside list arguments."""
+    args = list(template)
+    for i, s in slots:
+        args[i] = env[s]
+    for i, items in lists:
+        args[i] = [c if s is None else env[s] for c, s in items]
+    return args
 
 
 class _Recorder(TorchDispatchMode):

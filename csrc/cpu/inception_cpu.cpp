@@ -14,9 +14,10 @@
 //   - the KxK convolutions of both reduce branches as im2col GEMMs, one pixel block at a time
 //     (the im2col block stays in cache), writing their channel slices with bias + ReLU.
 // GEMMs on views of the buffers: float32 and bfloat16 through oneDNN's inner product
-// (mkldnn::_linear_pointwise, weights prepacked; bfloat16 accumulates in fp32), float64 through
-// at::mm (MKL/OpenBLAS); bias and ReLU are applied in fp32 by the epilogue.  Stage 2 in float32
-// and bfloat16 runs oneDNN's direct convolution instead of im2col (stage2_onednn).
+// (mkldnn::_linear_pointwise, weights prepacked; bfloat16 accumulates in fp32, the bias added to
+// the accumulator), float64 through at::mm (MKL/OpenBLAS); the epilogue applies ReLU (and, in the
+// im2col path, the bias) while scattering.  Stage 2 in float32 and bfloat16 runs oneDNN's direct
+// convolution instead of im2col (stage2_onednn).
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
@@ -366,6 +367,28 @@ GF_CPU_CLONES_BW void relu_inplace(c10::BFloat16* q, int64_t n) {
   }
 }
 
+// bfloat16 max over a kh x kw window for channels [0, cn) of one chunk (cn <= CN; base: the
+// window's top-left tap at the chunk's first channel), on integer keys, then ReLU when `relu`.
+// A constant cn (the full chunks) gives the loops constant trip counts: they vectorize whole.
+template <int64_t CN>
+inline __attribute__((always_inline)) void bf16_window_max(const c10::BFloat16* base, int64_t kh, int64_t kw,
+                                                           int64_t W, int64_t C, int64_t cn, bool relu,
+                                                           c10::BFloat16* out) {
+  int16_t k[CN];
+  for (int64_t c = 0; c < cn; ++c) k[c] = std::numeric_limits<int16_t>::min();
+  for (int64_t i = 0; i < kh; ++i) {
+    for (int64_t j = 0; j < kw; ++j) {
+      const uint16_t* __restrict__ src = reinterpret_cast<const uint16_t*>(base + (i * W + j) * C);
+      for (int64_t c = 0; c < cn; ++c) k[c] = std::max(k[c], bf16_key(src[c]));
+    }
+  }
+  if (relu) {
+    for (int64_t c = 0; c < cn; ++c) k[c] = std::max(k[c], int16_t(0));
+  }
+  uint16_t* __restrict__ dst = reinterpret_cast<uint16_t*>(out);
+  for (int64_t c = 0; c < cn; ++c) dst[c] = bf16_from_key(k[c]);
+}
+
 // One output pixel's channels [c0, c0 + CN) of the NHWC ceil-mode max pool (window rows [h0, h1),
 // columns [w0, w1)); NaN wins (torch.max_pool2d), then ReLU (NaN kept, torch.relu).
 template <typename scalar_t, typename acc_t, int64_t CN, int64_t K>
@@ -376,19 +399,7 @@ inline __attribute__((always_inline)) void max_pool_chunk(const scalar_t* X, sca
   const int64_t kh = K > 0 ? K : h1 - h0, kw = K > 0 ? K : w1 - w0;
   const scalar_t* base = X + ((n * H + h0) * W + w0) * C + c0;
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    int16_t k[CN];
-    for (int64_t c = 0; c < CN; ++c) k[c] = std::numeric_limits<int16_t>::min();
-    for (int64_t i = 0; i < kh; ++i) {
-      for (int64_t j = 0; j < kw; ++j) {
-        const uint16_t* __restrict__ src = reinterpret_cast<const uint16_t*>(base + (i * W + j) * C);
-        for (int64_t c = 0; c < CN; ++c) k[c] = std::max(k[c], bf16_key(src[c]));
-      }
-    }
-    if (relu) {
-      for (int64_t c = 0; c < CN; ++c) k[c] = std::max(k[c], int16_t(0));
-    }
-    uint16_t* __restrict__ dst = reinterpret_cast<uint16_t*>(O + opix * C + c0);
-    for (int64_t c = 0; c < CN; ++c) dst[c] = bf16_from_key(k[c]);
+    bf16_window_max<CN>(base, kh, kw, W, C, CN, relu, O + opix * C + c0);
     return;
   }
   acc_t m[CN];
@@ -433,19 +444,8 @@ inline __attribute__((always_inline)) void max_pool_window(const scalar_t* X, sc
   if (c0 == C) return;
   const int64_t cn = C - c0;  // the last, partial chunk
   if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
-    int16_t k[kChunk];
-    for (int64_t c = 0; c < cn; ++c) k[c] = std::numeric_limits<int16_t>::min();
-    for (int64_t h = h0; h < h1; ++h) {
-      for (int64_t w = w0; w < w1; ++w) {
-        const uint16_t* __restrict__ src = reinterpret_cast<const uint16_t*>(X + ((n * H + h) * W + w) * C + c0);
-        for (int64_t c = 0; c < cn; ++c) k[c] = std::max(k[c], bf16_key(src[c]));
-      }
-    }
-    if (relu) {
-      for (int64_t c = 0; c < cn; ++c) k[c] = std::max(k[c], int16_t(0));
-    }
-    uint16_t* __restrict__ dst = reinterpret_cast<uint16_t*>(O + opix * C + c0);
-    for (int64_t c = 0; c < cn; ++c) dst[c] = bf16_from_key(k[c]);
+    bf16_window_max<kChunk>(X + ((n * H + h0) * W + w0) * C + c0, h1 - h0, w1 - w0, W, C, cn, relu,
+                            O + opix * C + c0);
     return;
   }
   acc_t m[kChunk];
@@ -819,17 +819,16 @@ at::Tensor conv2d_relu_cpu(const at::Tensor& x, const at::Tensor& weight, const 
     y = at::convolution(x, weight, bias, {stride, stride}, {padding, padding}, {1, 1}, false, {0, 0}, 1);
   }
   y = y.contiguous(at::MemoryFormat::ChannelsLast);
-  // torch.relu's NaN (oneDNN's ReLU post-op would make NaN 0)
-  if (relu && y.is_contiguous(at::MemoryFormat::ChannelsLast) &&
-      (y.scalar_type() == at::kFloat || y.scalar_type() == at::kBFloat16)) {
-    if (y.scalar_type() == at::kFloat) {
-      float* p = y.data_ptr<float>();
-      at::parallel_for(0, y.numel(), 65536, [&](int64_t begin, int64_t end) { relu_inplace(p + begin, end - begin); });
-    } else {
-      c10::BFloat16* p = y.data_ptr<c10::BFloat16>();
-      at::parallel_for(0, y.numel(), 65536, [&](int64_t begin, int64_t end) { relu_inplace(p + begin, end - begin); });
-    }
-  } else if (relu) {
+  if (!relu) return y;
+  // torch.relu's NaN (oneDNN's ReLU post-op would make NaN 0); y is dense (channels_last)
+  auto relu_dense = [&](auto* p) {
+    at::parallel_for(0, y.numel(), 65536, [&](int64_t begin, int64_t end) { relu_inplace(p + begin, end - begin); });
+  };
+  if (y.scalar_type() == at::kFloat) {
+    relu_dense(y.data_ptr<float>());
+  } else if (y.scalar_type() == at::kBFloat16) {
+    relu_dense(y.data_ptr<c10::BFloat16>());
+  } else {
     y.relu_();
   }
   return y;
