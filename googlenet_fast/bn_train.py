@@ -34,7 +34,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops
+from . import ops, pool_train  # noqa: F401  (pool_train: the tap ops' fake kernels)
 from .backends import native
 from .backends.reference import inception_bn_train_reference
 
@@ -240,8 +240,8 @@ class _InceptionBnReluTrain(torch.autograd.Function):
     (csrc/cpu/bn_relu_train_cpu.cpp).
 
     Forward: ONE 1x1 convolution for the three sibling 1x1s (x read once, weights concatenated)
-    -> ``m``; the max pool with its argmax (saved: no recompute in backward) and the pool
-    projection; BatchNorm + in-place ReLU of the two reduce branches (dense activations, saved
+    -> ``m``; the max pool with its argmax as one-byte taps (``max_pool2d_tap``, saved: no
+    recompute in backward) and the pool projection; BatchNorm + in-place ReLU of the two reduce branches (dense activations, saved
     for the KxK wgrad); the two KxK convolutions; the four pre-BN branch outputs concatenated and
     ONE BatchNorm + in-place ReLU over all output channels.  Running statistics of all six
     BatchNorms as nn.BatchNorm2d's (ATen updates them).
@@ -251,7 +251,7 @@ class _InceptionBnReluTrain(torch.autograd.Function):
     buffer ``da`` and the other branches' into dense buffers (no split copies); the KxK dgrad +
     wgrad; the reduce branches' ``bn_relu_backward`` straight into ``da``'s other columns; ONE
     dgrad + wgrad for the three sibling 1x1s; the pool projection's, routed through the saved
-    argmax.
+    taps and added into the 1x1s' input gradient in the same pass (``max_pool2d_tap_backward_``).
     """
 
     @staticmethod
@@ -263,7 +263,8 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         cl = torch.channels_last
         wm = torch.cat([w1, w3r, w5r])
         m = F.conv2d(x, wm).contiguous(memory_format=cl)
-        pooled, idx = F.max_pool2d(x, 3, 1, 1, ceil_mode=True, return_indices=True)
+        # the pool branch's max pool with one-byte argmax taps (googlenet_fast/pool_train.py)
+        pooled, tap = torch.ops.googlenet_fast.max_pool2d_tap(x, 3, 1, 1, True)
         yp = F.conv2d(pooled, wp).contiguous(memory_format=cl)
         # The reduce branches' BatchNorm (ATen's, running statistics included) + ReLU in place:
         # the KxK convolutions' dense inputs, saved for their wgrad.
@@ -292,14 +293,14 @@ class _InceptionBnReluTrain(torch.autograd.Function):
             bn.running_mean.copy_(rm)
             bn.running_var.copy_(rv)
         ctx.sizes = sizes
-        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, idx, acts[0], acts[1], out, y,
+        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, tap, acts[0], acts[1], out, y,
                               mean_o, invstd_o, gamma_o, red_stats[0][0], red_stats[0][1], g[1],
                               red_stats[1][0], red_stats[1][1], g[3])
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (x, w3, w5, wp, wm, m, pooled, idx, act3, act5, out, y, mean_o, invstd_o, gamma_o,
+        (x, w3, w5, wp, wm, m, pooled, tap, act3, act5, out, y, mean_o, invstd_o, gamma_o,
          mean3, invstd3, gamma3, mean5, invstd5, gamma5) = ctx.saved_tensors
         aten = torch.ops.aten
         gf = torch.ops.googlenet_fast
@@ -308,8 +309,9 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         need_x = ctx.needs_input_grad[0]
         cl = torch.channels_last
         dt = y.dtype
-        da = torch.empty((n, c1 + r3 + r5, h, w), dtype=dt).contiguous(memory_format=cl)
-        g2, g3, g4 = (torch.empty((n, c, h, w), dtype=dt).contiguous(memory_format=cl) for c in (c3, c5, cp))
+        # allocated channels_last (an NCHW empty made channels_last would be a copy of garbage)
+        da = torch.empty((n, c1 + r3 + r5, h, w), dtype=dt, memory_format=cl)
+        g2, g3, g4 = (torch.empty((n, c, h, w), dtype=dt, memory_format=cl) for c in (c3, c5, cp))
         gg_o, gb_o = gf.bn_relu_backward([gy], [y], [out], mean_o, invstd_o, gamma_o,
                                          [da[:, :c1], g2, g3, g4])
         da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
@@ -323,7 +325,8 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                     [need_x, True, False])
         if need_x:
-            gx = gx.add_(aten.max_pool2d_with_indices_backward(dpooled, x, [3, 3], [1, 1], [1, 1], [1, 1], True, idx))
+            # gx += the pool's input gradient (ATen's max pool backward + add_, bit for bit), in cache
+            gf.max_pool2d_tap_backward_(gx, dpooled, tap, 3, 1, 1, True)
         gw1, gw3r, gw5r = gwm.split([c1, r3, r5])
         go, bo = gg_o.split([c1, c3, c5, cp]), gb_o.split([c1, c3, c5, cp])
         gr, br = gg_r.split([r3, r5]), gb_r.split([r3, r5])

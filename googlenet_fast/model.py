@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bn_train, cpu_program, ops
+from . import bn_train, cpu_program, ops, pool_train
 from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
@@ -865,16 +865,19 @@ class GoogLeNet(nn.Module):
                 and not torch.compiler.is_compiling() and ops.native.available()
                 and not _exporting_to_onnx())
 
-    @staticmethod
-    def _pool(pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
+    def _pool(self, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
+        if self._fused and self.training and bn_train.cpu_fast_path_applies(x) and not _has_hooks(pool):
+            # train mode, eager CPU: one-byte argmax taps (ATen's values and gradients, bit for bit)
+            train_window = pool_train.pool_window(pool)
+            if train_window is not None:
+                return pool_train.max_pool2d_train(x, train_window)
         window = _ceil_max_pool(pool) if cpu_ops and not _has_hooks(pool) else None
         if window is None:
             return pool(x)
         with _below_autograd_without_grad():
             return ops.max_pool_nhwc(x, *window)
 
-    @classmethod
-    def _conv_pool(cls, conv: nn.Module, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
+    def _conv_pool(self, conv: nn.Module, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
         """``pool(conv(x))``; with the CPU ops one googlenet_fast::conv2d_relu_max_pool call (a few
         images at a time, each group pooled while in cache), the ReLU in the pool's pass
         (relu(maxpool(y)) == maxpool(relu(y)), NaN included)."""
@@ -883,7 +886,7 @@ class GoogLeNet(nn.Module):
             y = conv._eval_conv(x, pool=window)
             if y is not None:
                 return y
-        return cls._pool(pool, conv(x), cpu_ops)
+        return self._pool(pool, conv(x), cpu_ops)
 
     def _forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:
         paper = self.variant == "paper"

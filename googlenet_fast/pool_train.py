@@ -1,0 +1,94 @@
+"""Max pooling for eager CPU training with one-byte argmax taps (issue #15).
+
+ATen's ``max_pool2d_with_indices`` writes an int64 flat index per output value (8 bytes beside a
+4-byte float32 or 2-byte bfloat16 value), and its backward zero-fills a full-size gradient before
+scattering into it.  ``googlenet_fast::max_pool2d_tap`` (csrc/cpu/max_pool_train_cpu.cpp) stores
+the argmax's position inside its window in one byte; ``max_pool2d_tap_backward_`` accumulates each
+image's input-row gradients in a ring of ``kernel`` rows held in cache and writes (or adds) each
+row once.  Both give ATen's results bit for bit: the same window scan and NaN rule forward, the
+same sums in the same order, rounded in the tensor's dtype, backward.
+
+Used by ``GoogLeNet(fused=True)`` in train mode on the CPU fast path
+(:func:`googlenet_fast.bn_train.cpu_fast_path_applies`): the network's max pools through
+:func:`max_pool2d_train`, and the Inception modules' pool branches inside their autograd node
+(googlenet_fast/bn_train.py), where the pool's input gradient is added straight into the merged
+1x1 convolutions' dgrad.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+from torch import Tensor
+
+from .backends import native
+
+
+def pool_window(pool: nn.Module) -> Optional[Tuple[int, int, int, bool]]:
+    """(kernel, stride, padding, ceil_mode) of a plain square ``nn.MaxPool2d`` the tap ops compute
+    (no dilation, no returned indices, padding <= kernel / 2, kernel <= 16), else None."""
+    if type(pool) is not nn.MaxPool2d or pool.return_indices:
+        return None
+    k, s, p, d = (v if isinstance(v, tuple) else (v, v)
+                  for v in (pool.kernel_size, pool.stride if pool.stride is not None else pool.kernel_size,
+                            pool.padding, pool.dilation))
+    if k[0] != k[1] or s[0] != s[1] or p[0] != p[1] or d != (1, 1) or not 1 <= k[0] <= 16 or p[0] > k[0] // 2:
+        return None
+    return k[0], s[0], p[0], bool(pool.ceil_mode)
+
+
+class _MaxPool2dTap(torch.autograd.Function):
+    """``F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)`` as one autograd node: the
+    tap ops forward and backward (once differentiable)."""
+
+    @staticmethod
+    def forward(ctx, x, kernel, stride, padding, ceil_mode):
+        y, tap = torch.ops.googlenet_fast.max_pool2d_tap(x, kernel, stride, padding, ceil_mode)
+        ctx.window = (kernel, stride, padding)
+        ctx.x_shape = x.shape
+        ctx.save_for_backward(tap)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gy):
+        (tap,) = ctx.saved_tensors
+        gx = torch.empty(ctx.x_shape, dtype=gy.dtype, memory_format=torch.channels_last)
+        torch.ops.googlenet_fast.max_pool2d_tap_backward_(gx, gy, tap, *ctx.window, False)
+        return gx, None, None, None, None
+
+
+def max_pool2d_train(x: Tensor, window: Tuple[int, int, int, bool]) -> Tensor:
+    """``F.max_pool2d(x, kernel, stride, padding, ceil_mode=ceil_mode)`` (``window`` as
+    :func:`pool_window` gives it) with the tap ops: the same values and gradients as ATen's,
+    bit for bit.
+
+    Args:
+        x: (N, C, H, W) float32, float64 or bfloat16 CPU tensor, any layout.
+        window: (kernel, stride, padding, ceil_mode).
+    Returns (N, C, OH, OW), channels_last.  Once differentiable (double backward raises).
+    Raises ValueError / TypeError naming the argument (size too small, dtype, device).
+    """
+    native.require()
+    return _MaxPool2dTap.apply(x, *window)
+
+
+def _register_fakes():
+    if not native.available():
+        return
+
+    @torch.library.register_fake("googlenet_fast::max_pool2d_tap")
+    def _fake(x, kernel, stride, padding, ceil_mode):
+        def out(n):
+            num = n + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)
+            o = num // stride + 1
+            return o - 1 if ceil_mode and (o - 1) * stride >= n + padding else o
+        shape = (x.shape[0], x.shape[1], out(x.shape[2]), out(x.shape[3]))
+        cl = torch.channels_last
+        return x.new_empty(shape, memory_format=cl), x.new_empty(shape, dtype=torch.uint8, memory_format=cl)
+
+    @torch.library.register_fake("googlenet_fast::max_pool2d_tap_backward_")
+    def _fake_backward(grad_x, grad_y, tap, kernel, stride, padding, accumulate):
+        return None
+
+
+_register_fakes()
