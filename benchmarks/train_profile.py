@@ -127,6 +127,10 @@ def main():
     p.add_argument("--profiles", type=int, default=4, help="profiled steps per network (the least disturbed one is shown)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    # as bench --mode train: page faults re-taking freed memory (20-35% of a step, landing on
+    # either network) would drown the op classes
+    from googlenet_fast import cpu_alloc
+    cpu_alloc.keep_freed_memory()
     if a.composition:
         from googlenet_fast import bn_train
         bn_train.CPU_FAST_PATH = False

@@ -6,8 +6,10 @@ cores, so its ratio moves less with their load.  Usage:
     OMP_WAIT_POLICY=PASSIVE ROUNDS=4 python benchmarks/train_ratio.py [--amp] 8 32
 """
 import os, sys, time, statistics, torch
-from googlenet_fast import bench
+from googlenet_fast import bench, cpu_alloc
 torch.set_num_threads(2)
+# as bench --mode train: no page faults re-taking freed memory (they landed on either network)
+print("cpu allocator: glibc keeps freed memory" if cpu_alloc.keep_freed_memory() else "cpu allocator: default")
 amp = "--amp" in sys.argv
 sizes = [int(a) for a in sys.argv[1:] if a.isdigit()] or [8, 32]
 rounds = int(os.environ.get("ROUNDS", "5"))

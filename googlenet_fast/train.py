@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
+from . import cpu_alloc
 from .errors import CommandError
 from . import train_data
 
@@ -486,6 +487,8 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
     device = _device(getattr(args, "device", None), d)
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    # CPU steps at ImageNet sizes: no page faults re-taking the memory the last step freed
+    kept_memory = device.type == "cpu" and cpu_alloc.keep_freed_memory()
     ckpt = load_checkpoint(args.resume) if getattr(args, "resume", None) else None
     s = _resolve_settings(args, ckpt, getattr(args, "resume", None))
     ckpt_path = args.checkpoint or getattr(args, "resume", None)
@@ -658,6 +661,8 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
         f"{s['warmup_steps']}, label smoothing {s['label_smoothing']:g}; {s['epochs']} epochs x "
         f"{steps_per_epoch} steps of batch {s['batch_size']}"
         f"{' per process' if d.world_size > 1 else ''}; seed {s['seed']}")
+    if kept_memory:
+        log("cpu allocator: glibc keeps freed memory in the process (googlenet_fast.cpu_alloc.keep_freed_memory)")
     if ckpt is not None:
         log(f"resumed from {args.resume} at step {step} (epoch {step // steps_per_epoch + 1}, "
             f"step {step % steps_per_epoch} of {steps_per_epoch})"
