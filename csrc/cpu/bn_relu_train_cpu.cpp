@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "../inception.h"
+#include "acc_convert.h"
 
 namespace googlenet_fast {
 namespace {
@@ -50,27 +51,8 @@ constexpr int64_t kBlock = 256;  // pixels per block (fixed: the sums do not dep
 #endif
 #define GF_INLINE inline __attribute__((always_inline))
 
-// Loads and stores in the accumulator type.  bfloat16 through its bits (a shift; round to nearest
-// even with NaN kept, as c10::BFloat16's conversion), so that the bfloat16 loops vectorize too.
-GF_INLINE float to_acc(float v) { return v; }
-GF_INLINE double to_acc(double v) { return v; }
-GF_INLINE float to_acc(c10::BFloat16 v) {
-  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-template <typename T>
-GF_INLINE T from_acc(typename std::conditional<std::is_same_v<T, double>, double, float>::type v) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    const uint16_t r = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    return c10::BFloat16(v != v ? uint16_t(0x7fc0) : r, c10::BFloat16::from_bits());
-  } else {
-    return static_cast<T>(v);
-  }
-}
+using acc_convert::from_acc;
+using acc_convert::to_acc;
 
 template <typename T, typename A>
 GF_INLINE void bwd_sums_row_impl(const T* __restrict__ g, const T* __restrict__ y, const T* __restrict__ x,

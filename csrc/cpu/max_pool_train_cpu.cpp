@@ -29,6 +29,8 @@
 #include <memory>
 #include <type_traits>
 
+#include "acc_convert.h"
+
 namespace googlenet_fast {
 namespace {
 
@@ -41,42 +43,10 @@ namespace {
 
 constexpr int64_t kChunk = 64;  // channels per inner loop (and per backward task)
 
-// Loads and stores in the accumulator type; bfloat16 through its bits (round to nearest even,
-// NaN -> canonical quiet NaN, as c10::BFloat16's conversion), branch-free so that loops vectorize.
-GF_INLINE float to_acc(float v) { return v; }
-GF_INLINE double to_acc(double v) { return v; }
-GF_INLINE float to_acc(c10::BFloat16 v) {
-  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-template <typename T>
-GF_INLINE T from_acc(at::opmath_type<T> v) {
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    uint32_t u;
-    std::memcpy(&u, &v, sizeof(u));
-    const uint16_t r = static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-    return c10::BFloat16(v != v ? uint16_t(0x7fc0) : r, c10::BFloat16::from_bits());
-  } else {
-    return v;
-  }
-}
-
-// bfloat16 sums on the raw bits (float32 add, then round to nearest even, NaN -> 0x7fc0: c10::BFloat16's
-// a + b), written on uint16_t so that GCC vectorizes them (on c10::BFloat16 values it does not).
-GF_INLINE float bf16_bits_to_float(uint16_t b) {
-  const uint32_t u = static_cast<uint32_t>(b) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
-}
-GF_INLINE uint16_t float_to_bf16_bits(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? 0x7fc0u : r);  // NaN test on the bits
-}
+using acc_convert::bf16_bits_to_float;
+using acc_convert::float_to_bf16_bits;
+using acc_convert::from_acc;
+using acc_convert::to_acc;
 
 // PyTorch's pooling output length (pooling_output_shape, dilation 1).
 int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
