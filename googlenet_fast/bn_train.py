@@ -325,7 +325,9 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                     [need_x, True, False])
         if need_x:
-            # gx += the pool's input gradient (ATen's max pool backward + add_, bit for bit), in cache
+            # gx += the pool's input gradient (ATen's max pool backward + add_, bit for bit), in
+            # cache; gx has x's layout (convolution_backward's), the op writes channels_last
+            gx = gx.contiguous(memory_format=cl)
             gf.max_pool2d_tap_backward_(gx, dpooled, tap, 3, 1, 1, True)
         gw1, gw3r, gw5r = gwm.split([c1, r3, r5])
         go, bo = gg_o.split([c1, c3, c5, cp]), gb_o.split([c1, c3, c5, cp])
@@ -397,6 +399,12 @@ def _cuda_composition(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj, r
 def _register():
     if native.available():
         torch.library.register_fake(OP, _fake)
+
+        @torch.library.register_fake("googlenet_fast::bn_relu_backward")
+        def _fake_bn_relu_backward(grads, y, pre, mean, invstd, gamma, outs):
+            # (grad_gamma, grad_beta): gamma's shape and dtype; `outs` are written in place
+            return torch.empty_like(gamma), torch.empty_like(gamma)
+
         torch.library.register_autograd(OP, _backward, setup_context=_setup_context)
         if native.BUILD_INFO.get("cuda_built"):
             torch.library.impl(OP, "CUDA")(_cuda_composition)

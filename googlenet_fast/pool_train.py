@@ -23,17 +23,30 @@ from torch import Tensor
 from .backends import native
 
 
+def _square(v) -> Optional[int]:
+    """The int of an nn.MaxPool2d size argument given as n, (n,), (n, n) or [n, n]; else None."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, (tuple, list)) and len(v) in (1, 2) and all(type(e) is int for e in v) and len(set(v)) == 1:
+        return v[0]
+    return None
+
+
 def pool_window(pool: nn.Module) -> Optional[Tuple[int, int, int, bool]]:
     """(kernel, stride, padding, ceil_mode) of a plain square ``nn.MaxPool2d`` the tap ops compute
-    (no dilation, no returned indices, padding <= kernel / 2, kernel <= 16), else None."""
+    (no dilation, no returned indices, padding <= kernel / 2, kernel <= 16), else None (the module
+    then runs as it is)."""
     if type(pool) is not nn.MaxPool2d or pool.return_indices:
         return None
-    k, s, p, d = (v if isinstance(v, tuple) else (v, v)
-                  for v in (pool.kernel_size, pool.stride if pool.stride is not None else pool.kernel_size,
-                            pool.padding, pool.dilation))
-    if k[0] != k[1] or s[0] != s[1] or p[0] != p[1] or d != (1, 1) or not 1 <= k[0] <= 16 or p[0] > k[0] // 2:
+    stride = pool.stride
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        stride = pool.kernel_size  # F.max_pool2d's default
+    k, s, p, d = (_square(v) for v in (pool.kernel_size, stride, pool.padding, pool.dilation))
+    if None in (k, s, p, d) or d != 1 or not 1 <= k <= 16 or s < 1 or not 0 <= p <= k // 2:
         return None
-    return k[0], s[0], p[0], bool(pool.ceil_mode)
+    return k, s, p, bool(pool.ceil_mode)
 
 
 class _MaxPool2dTap(torch.autograd.Function):
@@ -84,7 +97,8 @@ def _register_fakes():
             return o - 1 if ceil_mode and (o - 1) * stride >= n + padding else o
         shape = (x.shape[0], x.shape[1], out(x.shape[2]), out(x.shape[3]))
         cl = torch.channels_last
-        return x.new_empty(shape, memory_format=cl), x.new_empty(shape, dtype=torch.uint8, memory_format=cl)
+        return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=cl),
+                torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=cl))
 
     @torch.library.register_fake("googlenet_fast::max_pool2d_tap_backward_")
     def _fake_backward(grad_x, grad_y, tap, kernel, stride, padding, accumulate):

@@ -126,6 +126,18 @@ def test_opcheck_cpu_op():
     torch.library.opcheck(torch.ops.googlenet_fast.inception_bn_train.default, tuple(args) + (1e-3,))
 
 
+def test_opcheck_bn_relu_backward():
+    cl = torch.channels_last
+    g = torch.Generator().manual_seed(0)
+    pre = torch.randn(2, 6, 3, 4, generator=g).contiguous(memory_format=cl)
+    grad = torch.randn(2, 6, 3, 4, generator=g).contiguous(memory_format=cl)
+    mean, invstd, gamma = pre.mean((0, 2, 3)), torch.rand(6, generator=g) + 0.5, torch.rand(6, generator=g) + 0.5
+    y = torch.relu((pre - mean[:, None, None]) * invstd[:, None, None])
+    outs = [torch.empty(2, c, 3, 4, memory_format=cl) for c in (2, 4)]
+    torch.library.opcheck(torch.ops.googlenet_fast.bn_relu_backward.default,
+                          ([grad], [y], [pre], mean, invstd, gamma, outs))
+
+
 def test_opcheck_triton_op_interpreted(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     args = _args(CONFIGS[1])

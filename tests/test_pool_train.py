@@ -186,3 +186,70 @@ def test_fused_train_mode_runs_the_tap_pools():
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
         model(x)
     assert not any("max_pool2d_tap" in e.name for e in prof.events())
+
+
+def test_accumulate_turns_minus_zero_into_plus_zero_as_add_does():
+    """Rows and columns no window reaches: grad_x + 0 there too (-0.0 -> +0.0, as ATen's add_)."""
+    for dtype in DTYPES:
+        x = torch.randn(1, 4, 5, 5).to(dtype).contiguous(memory_format=CL)
+        for k, s, p in [(1, 2, 0), (2, 3, 0), (3, 1, 1)]:
+            _, idx = aten.max_pool2d_with_indices(x, [k, k], [s, s], [p, p], [1, 1], False)
+            _, tap = gf.max_pool2d_tap(x, k, s, p, False)
+            gy = torch.randn(idx.shape).to(dtype).contiguous(memory_format=CL)
+            ref = aten.max_pool2d_with_indices_backward(gy, x, [k, k], [s, s], [p, p], [1, 1], False, idx)
+            base = torch.full_like(x, -0.0)
+            gx = base.clone()
+            gf.max_pool2d_tap_backward_(gx, gy, tap, k, s, p, True)
+            assert torch.equal(_bits(base.add_(ref)), _bits(gx)), (dtype, k, s, p)
+
+
+def test_opcheck():
+    x = torch.randn(2, 5, 9, 9).contiguous(memory_format=CL)
+    torch.library.opcheck(gf.max_pool2d_tap.default, (x, 3, 2, 1, True))
+    y, tap = gf.max_pool2d_tap(x, 3, 2, 1, True)
+    torch.library.opcheck(gf.max_pool2d_tap_backward_.default,
+                          (torch.empty_like(x, memory_format=CL), torch.randn_like(y), tap, 3, 2, 1, False))
+
+
+def test_pool_window_size_arguments():
+    """Sizes as lists, 1-tuples or an empty stride (= kernel, as F.max_pool2d): the window; anything
+    the tap ops do not compute: None (the module runs)."""
+    assert pool_train.pool_window(nn.MaxPool2d([3, 3], [2, 2], ceil_mode=True)) == (3, 2, 0, True)
+    assert pool_train.pool_window(nn.MaxPool2d((3,), (2,))) == (3, 2, 0, False)
+    assert pool_train.pool_window(nn.MaxPool2d(3, stride=())) == (3, 3, 0, False)
+    assert pool_train.pool_window(nn.MaxPool2d(3, stride=[])) == (3, 3, 0, False)
+    assert pool_train.pool_window(nn.MaxPool2d([3, 2], 2)) is None
+    assert pool_train.pool_window(nn.MaxPool2d(3, [2, 1])) is None
+
+
+def test_fused_train_model_with_list_sized_pool():
+    torch.manual_seed(0)
+    model = GoogLeNet(fused=True, init_weights=True, aux_logits=False).train()
+    model.maxpool1 = nn.MaxPool2d([3, 3], [2, 2], ceil_mode=True)
+    model(torch.randn(2, 3, 64, 64)).sum().backward()
+
+
+def test_standalone_inception_train_any_layout():
+    """A train-mode Inception module on an NCHW input (the network converts its input to
+    channels_last; a module used on its own gets whatever layout): its gradients equal
+    torchvision's block's (float64)."""
+    import importlib
+
+    tvg = importlib.import_module("torchvision.models.googlenet")  # the module (the package's name is the builder)
+    from googlenet_fast import Inception
+
+    torch.manual_seed(0)
+    ours = Inception(192, 64, 96, 128, 16, 32, 32).double().train()
+    ref = tvg.Inception(192, 64, 96, 128, 16, 32, 32).double().train()
+    ref.load_state_dict(ours.state_dict())
+    for layout in (torch.contiguous_format, CL):
+        x = torch.randn(2, 192, 7, 7, dtype=torch.float64).contiguous(memory_format=layout)
+        a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+        gy = torch.randn(2, 256, 7, 7, dtype=torch.float64)
+        ours(a).backward(gy)
+        ref(b).backward(gy)
+        assert (a.grad - b.grad).abs().max() <= 1e-10 * b.grad.abs().max()
+        for (n, p), q in zip(ours.named_parameters(), ref.parameters()):
+            assert (p.grad - q.grad).abs().max() <= 1e-10 * q.grad.abs().max().clamp_min(1e-30), n
+        ours.zero_grad()
+        ref.zero_grad()

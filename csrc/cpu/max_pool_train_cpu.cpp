@@ -165,9 +165,17 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
   auto slot = [&](int64_t h) { return ring + (h % k) * W * cw; };
   auto flush = [&](int64_t h) {
     T* dst = GX + (n * H + h) * W * C + c0;
-    if (h >= next_zero) {  // no window reached this row: its gradient is 0
-      if (!accumulate) {
-        for (int64_t w = 0; w < W; ++w) std::fill(dst + w * C, dst + w * C + cw, T(0));
+    if (h >= next_zero) {  // no window reached this row: its gradient is +0 (grad_x + 0: -0 -> +0)
+      for (int64_t w = 0; w < W; ++w) {
+        T* __restrict__ d = dst + w * C;
+        if (!accumulate) {
+          std::fill(d, d + cw, T(0));
+        } else if constexpr (std::is_same_v<T, c10::BFloat16>) {
+          uint16_t* __restrict__ d16 = reinterpret_cast<uint16_t*>(d);
+          for (int64_t c = 0; c < cw; ++c) d16[c] = float_to_bf16_bits(bf16_bits_to_float(d16[c]) + 0.f);
+        } else {
+          for (int64_t c = 0; c < cw; ++c) d[c] = d[c] + T(0);
+        }
       }
       return;
     }
