@@ -328,3 +328,28 @@ def test_bn_relu_backward_argument_errors():
         f([t[:, :3]], [t], [t], v, v, v, [torch.empty_like(t)])
     with pytest.raises(ValueError, match="channels_last"):
         f([t], [t], [t], v, v, v, [torch.empty(2, 4, 3, 3)])  # NCHW: not NHWC rows
+
+
+@pytest.mark.parametrize("shape", [(8, 40, 7, 7), (2, 24, 14, 14), (1, 16, 33, 35)])
+def test_bn_relu_backward_does_not_depend_on_the_thread_count(shape):
+    """Its pixel blocks are a function of the pixel count alone, summed in block order: 1 and 2
+    threads give the same bits."""
+    cl = torch.channels_last
+    g = torch.Generator().manual_seed(1)
+    pre = torch.randn(*shape, generator=g).contiguous(memory_format=cl)
+    grad = torch.randn(*shape, generator=g).contiguous(memory_format=cl)
+    c = shape[1]
+    mean, invstd, gamma = pre.mean((0, 2, 3)), torch.rand(c, generator=g) + 0.5, torch.rand(c, generator=g) + 0.5
+    y = torch.relu((pre - mean[:, None, None]) * invstd[:, None, None])
+    results = []
+    prev = torch.get_num_threads()
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out = torch.empty_like(pre)
+            gg, gb = torch.ops.googlenet_fast.bn_relu_backward([grad], [y], [pre], mean, invstd, gamma, [out])
+            results.append((out, gg, gb))
+    finally:
+        torch.set_num_threads(prev)
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
