@@ -127,14 +127,10 @@ def _has_hooks(*modules: nn.Module) -> bool:
 def _ceil_max_pool(pool: nn.Module) -> Optional[Tuple[int, int]]:
     """(kernel, stride) of a plain square ceil-mode nn.MaxPool2d without padding, dilation or
     indices (what googlenet_fast::max_pool_nhwc computes), else None."""
-    if type(pool) is not nn.MaxPool2d or not pool.ceil_mode or pool.return_indices:
+    args = pool_train.max_pool_args(pool)
+    if args is None or args[2] != 0 or not args[3]:
         return None
-    k, s, p, d = (v if isinstance(v, tuple) else (v, v)
-                  for v in (pool.kernel_size, pool.stride if pool.stride is not None else pool.kernel_size,
-                            pool.padding, pool.dilation))
-    if k[0] != k[1] or s[0] != s[1] or p != (0, 0) or d != (1, 1):
-        return None
-    return k[0], s[0]
+    return args[0], args[1]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -34,19 +34,30 @@ def _square(v) -> Optional[int]:
     return None
 
 
-def pool_window(pool: nn.Module) -> Optional[Tuple[int, int, int, bool]]:
-    """(kernel, stride, padding, ceil_mode) of a plain square ``nn.MaxPool2d`` the tap ops compute
-    (no dilation, no returned indices, padding <= kernel / 2, kernel <= 16), else None (the module
-    then runs as it is)."""
+def max_pool_args(pool: nn.Module) -> Optional[Tuple[int, int, int, bool]]:
+    """(kernel, stride, padding, ceil_mode) of a plain square ``nn.MaxPool2d`` without dilation
+    or returned indices (sizes as ints, 1- or 2-sequences; an absent or empty stride is the
+    kernel, as in F.max_pool2d), else None.  What the extension's max pools can compute; the
+    fused model's eval (ceil mode, no padding) and train paths each add their own bounds."""
     if type(pool) is not nn.MaxPool2d or pool.return_indices:
         return None
     stride = pool.stride
     if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
-        stride = pool.kernel_size  # F.max_pool2d's default
+        stride = pool.kernel_size
     k, s, p, d = (_square(v) for v in (pool.kernel_size, stride, pool.padding, pool.dilation))
-    if None in (k, s, p, d) or d != 1 or not 1 <= k <= 16 or s < 1 or not 0 <= p <= k // 2:
+    if None in (k, s, p, d) or d != 1 or k < 1 or s < 1 or p < 0:
         return None
     return k, s, p, bool(pool.ceil_mode)
+
+
+def pool_window(pool: nn.Module) -> Optional[Tuple[int, int, int, bool]]:
+    """(kernel, stride, padding, ceil_mode) of a plain square ``nn.MaxPool2d`` the tap ops compute
+    (:func:`max_pool_args`, with kernel <= 16 and padding <= kernel / 2), else None (the module
+    then runs as it is)."""
+    args = max_pool_args(pool)
+    if args is None or args[0] > 16 or args[2] > args[0] // 2:
+        return None
+    return args
 
 
 class _MaxPool2dTap(torch.autograd.Function):

@@ -616,3 +616,20 @@ def test_avgpool_linear_float16_and_no_channels():
 def test_convolutions_without_input_channels_are_refused(op, dtype):
     with pytest.raises(ValueError, match="x: expected at least one input channel"):
         op(torch.randn(2, 0, 8, 8, dtype=dtype), torch.randn(4, 0, 3, 3, dtype=dtype))
+
+
+def test_eval_pools_given_as_lists():
+    """nn.MaxPool2d sizes given as lists ([3, 3], [2, 2]) are the same pool as 3, 2: the fused CPU
+    eval path runs them through its ops (it raised a schema error before) with the same output."""
+    import torch.nn as nn
+    from googlenet_fast import GoogLeNet
+
+    torch.manual_seed(0)
+    model = GoogLeNet(fused=True, init_weights=True).eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        ref = model(x)
+        model.maxpool3 = nn.MaxPool2d([3, 3], [2, 2], ceil_mode=True)
+        model.maxpool4 = nn.MaxPool2d((2,), stride=[])
+        model.maxpool4.ceil_mode = True
+        assert torch.equal(model(x), ref)
