@@ -95,12 +95,13 @@ bool weight_prepacking_enabled();
 bool set_weight_prepacking(bool enabled);
 int64_t prepacked_weight_count();  // entries in the cache (tests)
 
-// Ceil-mode max pool output length without padding (PyTorch's rule: the last window starts
-// inside the input).
-inline int64_t pool_out_size(int64_t size, int64_t kernel, int64_t stride) {
-  const int64_t num = size - kernel + stride - 1;  // floor division, as PyTorch's div_rtn
+// Max pool output length, PyTorch's pooling_output_shape (dilation 1; ceil mode: the last window
+// starts inside the input or its left padding); by default ceil mode without padding.
+inline int64_t pool_out_size(int64_t size, int64_t kernel, int64_t stride, int64_t padding = 0,
+                             bool ceil_mode = true) {
+  const int64_t num = size + 2 * padding - kernel + (ceil_mode ? stride - 1 : 0);  // floor division (div_rtn)
   int64_t out = (num >= 0 ? num / stride : -((-num + stride - 1) / stride)) + 1;
-  if ((out - 1) * stride >= size) --out;
+  if (ceil_mode && (out - 1) * stride >= size + padding) --out;
   return out;
 }
 

@@ -21,6 +21,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from .backends import native
+from .backends.reference import pool_output_size
 
 
 def _square(v) -> Optional[int]:
@@ -102,11 +103,8 @@ def _register_fakes():
 
     @torch.library.register_fake("googlenet_fast::max_pool2d_tap")
     def _fake(x, kernel, stride, padding, ceil_mode):
-        def out(n):
-            num = n + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)
-            o = num // stride + 1
-            return o - 1 if ceil_mode and (o - 1) * stride >= n + padding else o
-        shape = (x.shape[0], x.shape[1], out(x.shape[2]), out(x.shape[3]))
+        shape = (x.shape[0], x.shape[1]) + tuple(pool_output_size(n, kernel, stride, padding, ceil_mode)
+                                                 for n in (x.shape[2], x.shape[3]))
         cl = torch.channels_last
         return (torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=cl),
                 torch.empty(shape, dtype=torch.uint8, device=x.device, memory_format=cl))

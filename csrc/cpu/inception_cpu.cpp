@@ -595,7 +595,7 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
   const int64_t H = s.h, W = s.w, Cin = s.cin;
   const int64_t P = s.n * H * W;  // pixels
   const int64_t c1 = s.ch1x1, r3 = s.ch3x3red, r5 = s.ch5x5red, cp = s.pool_proj;
-  const int64_t nm = c1 + r3 + r5, rr = r3 + r5;
+  const int64_t nm = c1 + r3 + r5;
   const bool relu = a.relu;
   const at::Tensor wm = merged_1x1_weight(a, s);
   const at::Tensor wp = a.w_pool_proj.reshape({cp, Cin}).contiguous();

@@ -11,9 +11,9 @@
 //   ATen's max_pool2d_with_indices_backward (per image, output pixels in order, grad_x[argmax] +=
 //   grad_y in the tensor's dtype: the same sums, rounded the same way), written into grad_x, or
 //   with `accumulate` added to it as grad_x.add_(that) would (the Inception module's input
-//   gradient: the merged 1x1 dgrad plus the pool branch's).  Each (image, 64-channel chunk) is
-//   accumulated in a ring of `kernel` input rows held in cache and written out once a row can
-//   receive no more: no zero-filled full-size gradient, no second pass to add it.
+//   gradient: the merged 1x1 dgrad plus the pool branch's).  Each image (at small batches each
+//   group of its channels) is accumulated in a ring of `kernel` input rows held in cache, each row
+//   written out once it can receive no more: no zero-filled full-size gradient, no second pass.
 //
 // Both: x / grad tensors (N, C, H, W) of float32, float64 or bfloat16, any layout (made
 // channels_last); kernel <= 16, padding <= kernel / 2 (as nn.MaxPool2d), no dilation.
@@ -29,6 +29,7 @@
 #include <memory>
 #include <type_traits>
 
+#include "../inception.h"
 #include "acc_convert.h"
 
 namespace googlenet_fast {
@@ -41,20 +42,12 @@ namespace {
 #endif
 #define GF_INLINE inline __attribute__((always_inline))
 
-constexpr int64_t kChunk = 64;  // channels per inner loop (and per backward task)
+constexpr int64_t kChunk = 64;  // channels per inner loop
 
 using acc_convert::bf16_bits_to_float;
 using acc_convert::float_to_bf16_bits;
 using acc_convert::from_acc;
 using acc_convert::to_acc;
-
-// PyTorch's pooling output length (pooling_output_shape, dilation 1).
-int64_t pooled_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
-  const int64_t num = in + 2 * p - k + (ceil_mode ? s - 1 : 0);
-  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
-  if (ceil_mode && (out - 1) * s >= in + p) --out;
-  return out;
-}
 
 // ---- forward -------------------------------------------------------------------------------------
 // Output rows [begin, end) (row = n * OH + oh), all channels.
@@ -121,14 +114,7 @@ GF_FWD_CLONE(c10::BFloat16)
 // The gradients are summed in the accumulator type A (float for bfloat16), each bfloat16 sum
 // rounded to a bfloat16 value right away (round to nearest even, NaN -> the canonical quiet NaN:
 // c10::BFloat16's a + b), so that every partial sum is the one ATen's bfloat16 scatter stores.
-GF_INLINE float round_to_bf16(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  u = (u & 0x7fffffffu) > 0x7f800000u ? 0x7fc00000u : ((u + 0x7fffu + ((u >> 16) & 1u)) & 0xffff0000u);
-  float r;
-  std::memcpy(&r, &u, sizeof(r));
-  return r;
-}
+GF_INLINE float round_to_bf16(float f) { return bf16_bits_to_float(float_to_bf16_bits(f)); }
 
 // acc += g where the tap is the argmax, += +0 elsewhere, over n channels: an unconditional store
 // (a conditional one compiles to a mispredicted branch per value).  Adding +0 leaves every value
@@ -269,8 +255,8 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
   check_pool_tensor(x, "x");
   check_window(kernel, stride, padding);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t OH = pooled_size(H, kernel, stride, padding, ceil_mode);
-  const int64_t OW = pooled_size(W, kernel, stride, padding, ceil_mode);
+  const int64_t OH = pool_out_size(H, kernel, stride, padding, ceil_mode);
+  const int64_t OW = pool_out_size(W, kernel, stride, padding, ceil_mode);
   TORCH_CHECK_VALUE(OH >= 1 && OW >= 1, "x: input of spatial size ", H, "x", W, " is too small for a ", kernel, "x",
                     kernel, " pool with stride ", stride, " and padding ", padding, " (output ", OH, "x", OW, ")");
   const auto cl = at::MemoryFormat::ChannelsLast;
@@ -305,8 +291,8 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
   TORCH_CHECK_VALUE(grad_y.size(0) == N && grad_y.size(1) == C, "grad_y: expected (", N, ", ", C,
                     ", OH, OW) (grad_x's N and C), got ", grad_y.sizes());
   for (bool ceil_mode : {false, true}) {
-    if (grad_y.size(2) == pooled_size(H, kernel, stride, padding, ceil_mode) &&
-        grad_y.size(3) == pooled_size(W, kernel, stride, padding, ceil_mode))
+    if (grad_y.size(2) == pool_out_size(H, kernel, stride, padding, ceil_mode) &&
+        grad_y.size(3) == pool_out_size(W, kernel, stride, padding, ceil_mode))
       break;
     TORCH_CHECK_VALUE(!ceil_mode, "grad_y: spatial size ", grad_y.size(2), "x", grad_y.size(3), " is not the ",
                       kernel, "x", kernel, " / stride ", stride, " / padding ", padding, " pool of grad_x's ", H, "x", W);
