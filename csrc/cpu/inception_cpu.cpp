@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "../inception.h"
+#include "acc_convert.h"
 
 namespace googlenet_fast {
 namespace {
@@ -266,20 +267,16 @@ std::vector<acc_t> bias_vector(std::initializer_list<std::pair<const c10::option
 #define GF_CPU_CLONES_BW
 #endif
 
-// Element conversions for the loops below.  bfloat16 <-> float32 by bit arithmetic (a shift; round
-// to nearest even, NaN -> canonical quiet NaN, as c10::BFloat16's constructor does) written
-// branch-free, so that the AVX-512 clones vectorize them (c10::BFloat16's own conversion has a
-// branch on isnan and stays scalar).
+// Element conversions for the loops below: bfloat16 <-> float32 by bit arithmetic, branch-free so
+// that the AVX-512 clones vectorize them (acc_convert.h; c10::BFloat16's own conversion has a branch
+// on isnan and stays scalar).
 template <typename acc_t, typename scalar_t>
 inline __attribute__((always_inline)) acc_t to_acc(scalar_t v) {
   return static_cast<acc_t>(v);
 }
 template <>
 inline __attribute__((always_inline)) float to_acc<float, c10::BFloat16>(c10::BFloat16 v) {
-  const uint32_t u = static_cast<uint32_t>(v.x) << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof(f));
-  return f;
+  return acc_convert::to_acc(v);
 }
 template <typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) scalar_t from_acc(acc_t v) {
@@ -287,10 +284,7 @@ inline __attribute__((always_inline)) scalar_t from_acc(acc_t v) {
 }
 template <>
 inline __attribute__((always_inline)) c10::BFloat16 from_acc<c10::BFloat16, float>(float f) {
-  uint32_t u;
-  std::memcpy(&u, &f, sizeof(u));
-  const uint16_t rounded = static_cast<uint16_t>((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-  return c10::BFloat16((f != f) ? uint16_t(0x7FC0) : rounded, c10::BFloat16::from_bits());
+  return acc_convert::from_acc<c10::BFloat16>(f);
 }
 
 // bfloat16 max pooling on 16-bit integer keys (no conversion to float32, 32 lanes per AVX-512
