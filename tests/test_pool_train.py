@@ -1,6 +1,12 @@
 """googlenet_fast::max_pool2d_tap / max_pool2d_tap_backward_ (csrc/cpu/max_pool_train_cpu.cpp) and
 googlenet_fast.pool_train: ATen's max_pool2d_with_indices forward and backward, bit for bit, with
-one-byte argmax taps; their argument checks; and their use by GoogLeNet(fused=True) in train mode."""
+one-byte argmax taps; their argument checks; and their use by GoogLeNet(fused=True) in train mode.
+On a CPU with AVX-512BW the ops run max_pool_tap_avx512.h's kernels; test_portable_loops runs this
+file again in a process where GOOGLENET_FAST_POOL_PORTABLE makes them run the portable loops."""
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -15,7 +21,7 @@ CL = torch.channels_last
 # (kernel, stride, padding, ceil_mode): GoogLeNet's (3/1/1 in every Inception module's pool branch,
 # 3/2/0 and 2/2/0 ceil between the stages) and others nn.MaxPool2d allows.
 WINDOWS = [(3, 1, 1, True), (3, 2, 0, True), (2, 2, 0, True), (3, 2, 1, False), (3, 3, 0, True),
-           (5, 2, 2, True), (2, 1, 0, False), (1, 1, 0, False)]
+           (5, 2, 2, True), (2, 1, 0, False), (1, 1, 0, False), (16, 4, 8, True)]
 SHAPES = [(2, 70, 9, 11), (1, 3, 7, 7), (3, 64, 6, 5), (1, 200, 4, 4)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
 
@@ -253,3 +259,13 @@ def test_standalone_inception_train_any_layout():
             assert (p.grad - q.grad).abs().max() <= 1e-10 * q.grad.abs().max().clamp_min(1e-30), n
         ours.zero_grad()
         ref.zero_grad()
+
+
+def test_portable_loops():
+    """The same checks with the portable loops (what CPUs without AVX-512BW and float64 run)."""
+    env = dict(os.environ, GOOGLENET_FAST_POOL_PORTABLE="1")
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
+                        "-k", "match_aten or channel_groups or minus_zero"],
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert " passed" in r.stdout and "failed" not in r.stdout

@@ -17,6 +17,8 @@
 //
 // Both: x / grad tensors (N, C, H, W) of float32, float64 or bfloat16, any layout (made
 // channels_last); kernel <= 16, padding <= kernel / 2 (as nn.MaxPool2d), no dilation.
+// On CPUs with AVX-512BW the forward (float32, bfloat16) and the bfloat16 backward's ring
+// accumulation run max_pool_tap_avx512.h's kernels: the same values, 16 channels a register.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -24,6 +26,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -31,6 +34,7 @@
 
 #include "../inception.h"
 #include "acc_convert.h"
+#include "max_pool_tap_avx512.h"
 
 namespace googlenet_fast {
 namespace {
@@ -140,11 +144,12 @@ GF_INLINE void add_where_tap(A* __restrict__ acc, const A* __restrict__ g, const
 // grad_x.add_(pool gradient) rounds) once no later output row's window reaches it.  Whole pixels'
 // channel runs (not one 64-channel chunk of every pixel): the loads stay sequential.
 // gbuf: (c1 - c0) values of type A (bfloat16: grad_y's values converted once per output pixel).
+// vec: each output row's accumulation through pool_avx512::tap_backward_row (float32, bfloat16).
 template <typename T>
 GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at::opmath_type<T>* ring,
                                        at::opmath_type<T>* gbuf, int64_t n, int64_t c0, int64_t c1, int64_t H,
                                        int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
-                                       bool accumulate) {
+                                       bool accumulate, bool vec) {
   using A = at::opmath_type<T>;
   const int64_t cw = c1 - c0;
   int64_t next_zero = 0, next_flush = 0;  // rows [next_flush, next_zero) are live in the ring
@@ -191,6 +196,15 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
     while (next_flush < h0) flush(next_flush++);  // final: no later window starts above h0
     next_zero = std::max(next_zero, next_flush);
     for (; next_zero < h1; ++next_zero) std::fill(slot(next_zero), slot(next_zero) + W * cw, A(0));
+#if GF_TAP_AVX512
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
+      if (vec) {  // the same sums through pool_avx512 (16 channels a register)
+        const int64_t o = (n * OH + oh) * OW * C + c0;
+        pool_avx512::tap_backward_row<T>(GY + o, TP + o, ring, cw, C, OW, W, k, s, p, ho, h0, h1);
+        continue;
+      }
+    }
+#endif
     for (int64_t ow = 0; ow < OW; ++ow) {
       const int64_t wo = ow * s - p, w0 = std::max<int64_t>(wo, 0), w1 = std::min(wo + k, W);
       const int64_t o = ((n * OH + oh) * OW + ow) * C + c0;
@@ -218,20 +232,33 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
 template <typename T>
 void tap_backward_image(const T* GY, const uint8_t* TP, T* GX, at::opmath_type<T>* ring, at::opmath_type<T>* gbuf,
                         int64_t n, int64_t c0, int64_t c1, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW,
-                        int64_t k, int64_t s, int64_t p, bool accumulate) {
-  tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate);
+                        int64_t k, int64_t s, int64_t p, bool accumulate, bool vec) {
+  tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate, vec);
 }
 #define GF_BWD_CLONE(T)                                                                                       \
   template <>                                                                                                 \
   GF_POOL_CLONES void tap_backward_image<T>(const T* GY, const uint8_t* TP, T* GX, float* ring, float* gbuf,   \
                                             int64_t n, int64_t c0, int64_t c1, int64_t H, int64_t W,          \
                                             int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s,          \
-                                            int64_t p, bool accumulate) {                                     \
-    tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate);         \
+                                            int64_t p, bool accumulate, bool vec) {                           \
+    tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate, vec);    \
   }
 GF_BWD_CLONE(float)
 GF_BWD_CLONE(c10::BFloat16)
 #undef GF_BWD_CLONE
+
+// Whether T's loops may run pool_avx512's kernels: float32 and bfloat16 on a CPU with AVX-512F
+// and AVX-512BW, unless GOOGLENET_FAST_POOL_PORTABLE is set in the environment (read once per
+// process; the tests run the portable loops in a subprocess with it set).
+template <typename T>
+bool use_avx512() {
+  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
+    static const bool portable = std::getenv("GOOGLENET_FAST_POOL_PORTABLE") != nullptr;
+    return pool_avx512::available() && !portable;
+  } else {
+    return false;
+  }
+}
 
 // ---- argument checks -------------------------------------------------------------------------------
 void check_window(int64_t kernel, int64_t stride, int64_t padding) {
@@ -269,7 +296,16 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
     const scalar_t* X = xc.const_data_ptr<scalar_t>();
     scalar_t* Y = y.data_ptr<scalar_t>();
     uint8_t* TP = tap.data_ptr<uint8_t>();
+    const bool vec = use_avx512<scalar_t>();
     at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {
+#if GF_TAP_AVX512
+      if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+        if (vec) {
+          pool_avx512::tap_forward_rows<scalar_t>(X, Y, TP, begin, end, H, W, C, OH, OW, kernel, stride, padding);
+          return;
+        }
+      }
+#endif
       tap_forward_rows<scalar_t>(X, Y, TP, begin, end, H, W, C, OH, OW, kernel, stride, padding);
     });
   });
@@ -313,12 +349,17 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
     const uint8_t* TP = tp.const_data_ptr<uint8_t>();
     scalar_t* GX = grad_x.data_ptr<scalar_t>();
     using acc_t = at::opmath_type<scalar_t>;
+    // bfloat16 only: its per-tap rounding makes the portable loop compute-bound (in a batch-8
+    // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable, 6.9-8.8 ms here); the
+    // float32 backward is bound by memory in the step (5.8-6.2 ms portable, 6.4-6.9 ms here).
+    const bool ring_vec = std::is_same_v<scalar_t, c10::BFloat16> && use_avx512<scalar_t>();
     at::parallel_for(0, N * ng, 1, [&](int64_t begin, int64_t end) {
       const std::unique_ptr<acc_t[]> ring(new acc_t[static_cast<size_t>((kernel * W + 1) * gsize)]);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / ng, c0 = (task % ng) * gsize;
         tap_backward_image<scalar_t>(GY, TP, GX, ring.get(), ring.get() + kernel * W * gsize, n, c0,
-                                     std::min(C, c0 + gsize), H, W, C, OH, OW, kernel, stride, padding, accumulate);
+                                     std::min(C, c0 + gsize), H, W, C, OH, OW, kernel, stride, padding, accumulate,
+                                     ring_vec);
       }
     });
   });
