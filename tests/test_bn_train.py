@@ -286,14 +286,16 @@ def test_fast_path_off_switch_and_conditions(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype,rtol", [(torch.float64, 1e-12), (torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-def test_bn_relu_backward_matches_aten(dtype, rtol):
+@pytest.mark.parametrize("c", [7, 37])
+def test_bn_relu_backward_matches_aten(dtype, rtol, c):
     """bn_relu_backward over channel lists == threshold_backward + native_batch_norm_backward:
     grads split in two tensors, pre a channel slice of a larger channels_last buffer, the result
     written into a channel slice and a dense tensor; NaN in y passes the gradient as
-    threshold_backward does."""
+    threshold_backward does.  37 channels: pieces of 4 and 33 (two full 16-lane registers and a
+    partial one in the AVX-512 loops)."""
     aten = torch.ops.aten
     g = torch.Generator().manual_seed(0)
-    n, c, h, w = 3, 7, 5, 4
+    n, h, w = 3, 5, 4
     big = torch.randn(n, c + 3, h, w, generator=g, dtype=torch.float64).to(dtype).contiguous(
         memory_format=torch.channels_last)
     pre = big[:, 2:2 + c]
@@ -309,7 +311,7 @@ def test_bn_relu_backward_matches_aten(dtype, rtol):
     ref_dx, ref_gg, ref_gb = aten.native_batch_norm_backward(dz, pre.contiguous(), gamma, None, None, mean, invstd,
                                                              True, 1e-3, [True, True, True])
     out_big = torch.zeros(n, c + 5, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
-    dense = torch.empty(n, 3, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    dense = torch.empty(n, c - 4, h, w, dtype=dtype).contiguous(memory_format=torch.channels_last)
     gg, gb = torch.ops.googlenet_fast.bn_relu_backward(
         [grad[:, :4].contiguous(memory_format=torch.channels_last), grad[:, 4:]], [y], [pre], mean, invstd, gamma,
         [out_big[:, 1:5], dense])
@@ -331,16 +333,17 @@ def test_bn_relu_backward_argument_errors():
 
 
 @pytest.mark.parametrize("shape", [(8, 40, 7, 7), (2, 24, 14, 14), (1, 16, 33, 35)])
-def test_bn_relu_backward_does_not_depend_on_the_thread_count(shape):
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bn_relu_backward_does_not_depend_on_the_thread_count(shape, dtype):
     """Its pixel blocks are a function of the pixel count alone, summed in block order: 1 and 2
     threads give the same bits."""
     cl = torch.channels_last
     g = torch.Generator().manual_seed(1)
-    pre = torch.randn(*shape, generator=g).contiguous(memory_format=cl)
-    grad = torch.randn(*shape, generator=g).contiguous(memory_format=cl)
+    pre = torch.randn(*shape, generator=g).to(dtype).contiguous(memory_format=cl)
+    grad = torch.randn(*shape, generator=g).to(dtype).contiguous(memory_format=cl)
     c = shape[1]
     mean, invstd, gamma = pre.mean((0, 2, 3)), torch.rand(c, generator=g) + 0.5, torch.rand(c, generator=g) + 0.5
-    y = torch.relu((pre - mean[:, None, None]) * invstd[:, None, None])
+    y = torch.relu((pre - mean[:, None, None]) * invstd[:, None, None]).to(dtype).contiguous(memory_format=cl)
     results = []
     prev = torch.get_num_threads()
     try:

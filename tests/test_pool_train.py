@@ -1,12 +1,8 @@
 """googlenet_fast::max_pool2d_tap / max_pool2d_tap_backward_ (csrc/cpu/max_pool_train_cpu.cpp) and
 googlenet_fast.pool_train: ATen's max_pool2d_with_indices forward and backward, bit for bit, with
 one-byte argmax taps; their argument checks; and their use by GoogLeNet(fused=True) in train mode.
-On a CPU with AVX-512BW the ops run max_pool_tap_avx512.h's kernels; test_portable_loops runs this
-file again in a process where GOOGLENET_FAST_POOL_PORTABLE makes them run the portable loops."""
-import os
-import subprocess
-import sys
-
+On a CPU with AVX-512BW the ops run max_pool_tap_avx512.h's kernels; tests/test_portable_loops.py
+runs the parity checks again with the portable loops."""
 import pytest
 import torch
 import torch.nn as nn
@@ -260,12 +256,3 @@ def test_standalone_inception_train_any_layout():
         ours.zero_grad()
         ref.zero_grad()
 
-
-def test_portable_loops():
-    """The same checks with the portable loops (what CPUs without AVX-512BW and float64 run)."""
-    env = dict(os.environ, GOOGLENET_FAST_POOL_PORTABLE="1")
-    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                        "-k", "match_aten or channel_groups or minus_zero"],
-                       env=env, capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    assert " passed" in r.stdout and "failed" not in r.stdout

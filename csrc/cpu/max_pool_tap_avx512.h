@@ -27,73 +27,21 @@
 #include <limits>
 #include <type_traits>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define GF_TAP_AVX512 1
-#include <immintrin.h>
-#else
-#define GF_TAP_AVX512 0
-#endif
+#include "avx512_lanes.h"
 
 namespace googlenet_fast {
 namespace pool_avx512 {
 
-#if GF_TAP_AVX512
+#if GF_AVX512
 
-// GCC 12 warns "'__Y' may be used uninitialized" inside its own AVX-512 intrinsics (the
-// _mm512_undefined_* operand of their unmasked forms; GCC bug 105593, fixed in GCC 13).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-#define GF_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
-#define GF_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) inline
-
-inline bool available() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
-  return ok;
-}
-
-// Lanes [0, n) of a register (n clamped to [0, 16]).
-GF_AVX512_INLINE __mmask16 lanes(int64_t n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1u);
-}
-
-// 16 values of type T as float32 (bfloat16: its bits shifted into the upper half).
-template <typename T>
-GF_AVX512_INLINE __m512 load16(const T* p, __mmask16 m) {
-  if constexpr (std::is_same_v<T, float>) {
-    return _mm512_maskz_loadu_ps(m, p);
-  } else {
-    const __m256i b = _mm256_maskz_loadu_epi16(m, p);
-    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(b), 16));
-  }
-}
-
-// acc_convert::float_to_bf16_bits on 16 lanes, in the low half of each 32-bit lane.
-GF_AVX512_INLINE __m512i bf16_bits(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-}
-
-// The bfloat16 value nearest v (round to nearest even, NaN -> the canonical quiet NaN), as float32.
-GF_AVX512_INLINE __m512 round_bf16(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_and_si512(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))),
-                                     _mm512_set1_epi32(static_cast<int>(0xffff0000u)));
-  return _mm512_castsi512_ps(
-      _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000)));
-}
-
-template <typename T>
-GF_AVX512_INLINE void store16(T* p, __mmask16 m, __m512 v) {
-  if constexpr (std::is_same_v<T, float>) {
-    _mm512_mask_storeu_ps(p, m, v);
-  } else {
-    _mm512_mask_cvtepi32_storeu_epi16(p, m, bf16_bits(v));
-  }
-}
+using avx512::lanes;
+using avx512::load16;
+using avx512::round_bf16;
+using avx512::store16;
+using avx512::available;
 
 // The forward over output rows [begin, end) (row = n * OH + oh), all channels: Y (values) and TP
 // (taps), both channels_last, as tap_forward_rows_impl computes them.
@@ -163,23 +111,21 @@ GF_AVX512_FN void tap_backward_row(const T* gy, const uint8_t* tp, float* ring, 
           const __m512i tt = _mm512_set1_epi32(static_cast<int>((ih - ho) * k + (iw - wo)));
           const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(mk, taps, tt);
           float* a = row + iw * cw;
-          __m512 sum = _mm512_maskz_loadu_ps(mk, a);
+          __m512 sum = load16(a, mk);
           sum = _mm512_mask_add_ps(sum, hit, sum, g);
           if constexpr (std::is_same_v<T, c10::BFloat16>) sum = round_bf16(sum);
-          _mm512_mask_storeu_ps(a, mk, sum);
+          store16(a, mk, sum);
         }
       }
     }
   }
 }
 
-#undef GF_AVX512_INLINE
-#undef GF_AVX512_FN
 #pragma GCC diagnostic pop
 
 #else
 
-inline bool available() { return false; }
+using avx512::available;
 
 #endif
 

@@ -26,7 +26,6 @@
 
 #include <algorithm>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -196,7 +195,7 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
     while (next_flush < h0) flush(next_flush++);  // final: no later window starts above h0
     next_zero = std::max(next_zero, next_flush);
     for (; next_zero < h1; ++next_zero) std::fill(slot(next_zero), slot(next_zero) + W * cw, A(0));
-#if GF_TAP_AVX512
+#if GF_AVX512
     if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
       if (vec) {  // the same sums through pool_avx512 (16 channels a register)
         const int64_t o = (n * OH + oh) * OW * C + c0;
@@ -247,14 +246,11 @@ GF_BWD_CLONE(float)
 GF_BWD_CLONE(c10::BFloat16)
 #undef GF_BWD_CLONE
 
-// Whether T's loops may run pool_avx512's kernels: float32 and bfloat16 on a CPU with AVX-512F
-// and AVX-512BW, unless GOOGLENET_FAST_POOL_PORTABLE is set in the environment (read once per
-// process; the tests run the portable loops in a subprocess with it set).
+// Whether T's loops may run pool_avx512's kernels: float32 and bfloat16 where avx512::available().
 template <typename T>
 bool use_avx512() {
   if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
-    static const bool portable = std::getenv("GOOGLENET_FAST_POOL_PORTABLE") != nullptr;
-    return pool_avx512::available() && !portable;
+    return pool_avx512::available();
   } else {
     return false;
   }
@@ -298,7 +294,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
     uint8_t* TP = tap.data_ptr<uint8_t>();
     const bool vec = use_avx512<scalar_t>();
     at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {
-#if GF_TAP_AVX512
+#if GF_AVX512
       if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
         if (vec) {
           pool_avx512::tap_forward_rows<scalar_t>(X, Y, TP, begin, end, H, W, C, OH, OW, kernel, stride, padding);
