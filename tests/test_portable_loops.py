@@ -23,3 +23,53 @@ def test_parity_checks_with_the_portable_loops():
     # -0 accumulation; BatchNorm + ReLU backward vs ATen (3 dtypes x 2 channel counts), its argument
     # errors, its opcheck, thread-count independence (3 shapes x 2 dtypes)
     assert re.search(r"^70 passed", r.stdout, re.M), r.stdout[-500:]
+
+
+_OUTPUTS = r'''
+import sys, torch
+import googlenet_fast  # noqa: F401  (loads the ops)
+gf = torch.ops.googlenet_fast
+cl = torch.channels_last
+out = []
+for dtype in (torch.float32, torch.bfloat16):
+    for i, (shape, window) in enumerate([((3, 48, 13, 11), (3, 1, 1, True)), ((2, 37, 12, 12), (3, 2, 0, True)),
+                                         ((1, 200, 9, 9), (5, 2, 2, False)), ((4, 16, 7, 7), (2, 2, 0, True))]):
+        g = torch.Generator().manual_seed(i)
+        x = torch.randint(-4, 5, shape, generator=g).to(dtype).contiguous(memory_format=cl)
+        y, tap = gf.max_pool2d_tap(x, *window)
+        gy = torch.randn(y.shape, generator=g).to(dtype).contiguous(memory_format=cl)
+        gx = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=cl)
+        gf.max_pool2d_tap_backward_(gx, gy, tap, *window[:3], True)
+        out += [y, tap, gx]
+# BatchNorm + ReLU backward: pieces of 5 and 32 channels (tails and whole registers)
+for dtype in (torch.float32, torch.bfloat16):
+    g = torch.Generator().manual_seed(7)
+    shape = (4, 37, 9, 9)
+    pre = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=cl)
+    grad = torch.randn(shape, generator=g).to(dtype).contiguous(memory_format=cl)
+    mean, invstd, gamma = torch.randn(37, generator=g) * 0.1, torch.rand(37, generator=g) + 0.5, torch.randn(37, generator=g)
+    y = torch.relu((pre.float() - mean[:, None, None]) * invstd[:, None, None]).to(dtype).contiguous(memory_format=cl)
+    dx = torch.empty_like(pre)
+    gg, gb = gf.bn_relu_backward([grad[:, :5], grad[:, 5:]], [y], [pre], mean, invstd, gamma, [dx])
+    out += [dx, gg, gb]
+torch.save(out, sys.argv[1])
+'''
+
+
+def test_vectorized_and_portable_loops_give_the_same_bits(tmp_path):
+    """Where the CPU has AVX-512 this compares its loops with the portable ones bit for bit
+    (max pool values, taps and accumulated gradients, BatchNorm + ReLU backward; float32 and
+    bfloat16; channel counts with tails); elsewhere both runs are portable."""
+    import torch
+    files = {}
+    for name, env in (("default", {}), ("portable", {"GOOGLENET_FAST_PORTABLE_LOOPS": "1"})):
+        files[name] = str(tmp_path / f"{name}.pt")
+        r = subprocess.run([sys.executable, "-c", _OUTPUTS, files[name]], env=dict(os.environ, **env),
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-3000:]
+    a, b = torch.load(files["default"]), torch.load(files["portable"])
+    assert len(a) == len(b) == 30
+    for i, (u, v) in enumerate(zip(a, b)):
+        assert u.dtype == v.dtype and u.shape == v.shape
+        bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.uint8: torch.uint8}[u.dtype]
+        assert torch.equal(u.contiguous().view(bits), v.contiguous().view(bits)), i

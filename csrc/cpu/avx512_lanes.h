@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 #include <limits>
 #include <type_traits>
 
@@ -36,12 +37,16 @@ namespace avx512 {
 #define GF_AVX512_FN __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq")))
 #define GF_AVX512_INLINE __attribute__((target("avx512f,avx512bw,avx512vl,avx512dq"), always_inline)) inline
 
-// Whether the running CPU has AVX-512F and AVX-512BW (what these functions use) and the
-// environment does not set GOOGLENET_FAST_PORTABLE_LOOPS (read once per process: the tests run the
-// portable loops, what other CPUs run, in a subprocess with it set).
+// Whether the running CPU has AVX-512F, BW, VL and DQ (the target the functions are compiled for)
+// and GOOGLENET_FAST_PORTABLE_LOOPS is unset, empty or "0" (read once per process: the tests run
+// the portable loops, what other CPUs run, in a subprocess with it set to 1).
 inline bool available() {
-  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                         std::getenv("GOOGLENET_FAST_PORTABLE_LOOPS") == nullptr;
+  static const bool ok = [] {
+    const char* portable = std::getenv("GOOGLENET_FAST_PORTABLE_LOOPS");
+    if (portable != nullptr && portable[0] != '\0' && std::strcmp(portable, "0") != 0) return false;
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+  }();
   return ok;
 }
 

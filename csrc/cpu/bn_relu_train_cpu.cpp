@@ -59,6 +59,12 @@ int64_t block_pixels(int64_t P) { return std::min<int64_t>(256, std::max<int64_t
 using acc_convert::from_acc;
 using acc_convert::to_acc;
 
+// Every product and sum rounded on its own, in the clones and in the AVX-512 loops below (GCC
+// contracts intrinsics' mul + add too): no FMA.  The avx512f clones had fused some (in their
+// scalar tails and epilogues), the avx2 / default ones none, so the sums depended on the CPU and on
+// the channel count; now every path gives the same bits (tests/test_portable_loops.py).
+#pragma GCC push_options
+#pragma GCC optimize("fp-contract=off")
 template <typename T, typename A>
 GF_INLINE void bwd_sums_row_impl(const T* __restrict__ g, const T* __restrict__ y, const T* __restrict__ x,
                                  const A* __restrict__ m, A* __restrict__ s1, A* __restrict__ s2, int64_t n) {
@@ -105,8 +111,8 @@ GF_BN_ROW_CLONES(c10::BFloat16)
 
 // The same two loops on 16 channels a register, for bfloat16 on CPUs with AVX-512F and AVX-512BW:
 // the loops' avx512f clones keep bfloat16 in 256-bit registers (no zmm instruction in either).
-// The same operations in the same order, both products fused into FMAs (the clones fuse them in
-// their vector bodies, not in their scalar tails: sums can differ from theirs in the last bit).
+// The same operations in the same order, products and sums rounded separately (no FMA) as in the
+// clones above: the same bits as the portable loops (tests/test_portable_loops.py).
 // 2 threads, 2026-12-05, cache-resident maps 1.5-1.7x (8x480x28x28: 0.62-0.66 -> 0.37-0.41 ms),
 // 8x64x112x112 from memory 1.55-1.60 -> 1.17-1.30 ms.  float32 stays with the clones: bound by
 // memory, no gain measured (4.2-4.5 vs 4.3-4.7 ms at 8x64x112x112).
@@ -124,7 +130,7 @@ GF_AVX512_FN void bwd_sums_row_avx512(const T* g, const T* y, const T* x, const 
     const __m512 dz = _mm512_maskz_mov_ps(pass, avx512::load16(g + c, mk));
     const __m512 d = _mm512_sub_ps(avx512::load16(x + c, mk), avx512::load16(m + c, mk));
     avx512::store16(s1 + c, mk, _mm512_add_ps(avx512::load16(s1 + c, mk), dz));
-    avx512::store16(s2 + c, mk, _mm512_fmadd_ps(dz, d, avx512::load16(s2 + c, mk)));
+    avx512::store16(s2 + c, mk, _mm512_add_ps(avx512::load16(s2 + c, mk), _mm512_mul_ps(dz, d)));
   }
 }
 template <typename T>
@@ -137,13 +143,14 @@ GF_AVX512_FN void bwd_grad_row_avx512(const T* g, const T* y, const T* x, const 
     const __m512 dz = _mm512_maskz_mov_ps(pass, avx512::load16(g + c, mk));
     const __m512 d = _mm512_sub_ps(avx512::load16(x + c, mk), avx512::load16(m + c, mk));
     // (dz - gm - d * k) * a
-    const __m512 t = _mm512_fnmadd_ps(d, avx512::load16(k + c, mk),
-                                      _mm512_sub_ps(dz, avx512::load16(gm + c, mk)));
+    const __m512 t = _mm512_sub_ps(_mm512_sub_ps(dz, avx512::load16(gm + c, mk)),
+                                   _mm512_mul_ps(d, avx512::load16(k + c, mk)));
     avx512::store16(o + c, mk, _mm512_mul_ps(t, avx512::load16(a + c, mk)));
   }
 }
 #pragma GCC diagnostic pop
 #endif
+#pragma GCC pop_options  // fp-contract=off
 
 // Whether bn_relu_backward runs the loops above for T (and not the portable ones).
 template <typename T>

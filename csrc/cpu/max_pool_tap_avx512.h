@@ -14,7 +14,7 @@
 // leaves the other lanes as they are (the portable loop's "+ 0" does the same: a ring sum starts
 // at +0 and is never -0), and each bfloat16 sum is rounded as float_to_bf16_bits rounds.
 //
-// Used only where the running CPU has AVX-512F and AVX-512BW (available()); elsewhere, and for
+// Used only where the running CPU has AVX-512F/BW/VL/DQ (available()); elsewhere, and for
 // float64, the portable loops run.  max_pool2d_tap_backward_ runs tap_backward_row for bfloat16
 // only (float32's backward is bound by memory in a train step: no gain measured).  Batch-8 train
 // step, 2-core EPYC, 2026-12-05, all 13 pools (profiler self time): forward float32 9.3-10.4 ->

@@ -17,7 +17,7 @@
 //
 // Both: x / grad tensors (N, C, H, W) of float32, float64 or bfloat16, any layout (made
 // channels_last); kernel <= 16, padding <= kernel / 2 (as nn.MaxPool2d), no dilation.
-// On CPUs with AVX-512BW the forward (float32, bfloat16) and the bfloat16 backward's ring
+// On CPUs with AVX-512 (F, BW, VL, DQ) the forward (float32, bfloat16) and the bfloat16 backward's ring
 // accumulation run max_pool_tap_avx512.h's kernels: the same values, 16 channels a register.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
@@ -292,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
     const scalar_t* X = xc.const_data_ptr<scalar_t>();
     scalar_t* Y = y.data_ptr<scalar_t>();
     uint8_t* TP = tap.data_ptr<uint8_t>();
-    const bool vec = use_avx512<scalar_t>();
+    [[maybe_unused]] const bool vec = use_avx512<scalar_t>();
     at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {
 #if GF_AVX512
       if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
