@@ -119,16 +119,22 @@ GF_BN_ROW_CLONES(c10::BFloat16)
 #if GF_AVX512
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+// Both passes' start, 16 channels from c: dz = grad where not y <= 0 (NaN passes), +0 elsewhere;
+// d = x - mean.
+template <typename T>
+GF_AVX512_INLINE void masked_grad_and_centered(const T* g, const T* y, const T* x, const float* m, __mmask16 mk,
+                                               __m512& dz, __m512& d) {
+  const __mmask16 pass = mk & ~_mm512_cmp_ps_mask(avx512::load16(y, mk), _mm512_setzero_ps(), _CMP_LE_OQ);
+  dz = _mm512_maskz_mov_ps(pass, avx512::load16(g, mk));
+  d = _mm512_sub_ps(avx512::load16(x, mk), avx512::load16(m, mk));
+}
 template <typename T>
 GF_AVX512_FN void bwd_sums_row_avx512(const T* g, const T* y, const T* x, const float* m, float* s1, float* s2,
                                       int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 mk = avx512::lanes(n - c);
-    const __m512 yv = avx512::load16(y + c, mk);
-    // dz = grad where not y <= 0 (NaN passes), +0 elsewhere
-    const __mmask16 pass = mk & ~_mm512_cmp_ps_mask(yv, _mm512_setzero_ps(), _CMP_LE_OQ);
-    const __m512 dz = _mm512_maskz_mov_ps(pass, avx512::load16(g + c, mk));
-    const __m512 d = _mm512_sub_ps(avx512::load16(x + c, mk), avx512::load16(m + c, mk));
+    __m512 dz, d;
+    masked_grad_and_centered(g + c, y + c, x + c, m + c, mk, dz, d);
     avx512::store16(s1 + c, mk, _mm512_add_ps(avx512::load16(s1 + c, mk), dz));
     avx512::store16(s2 + c, mk, _mm512_add_ps(avx512::load16(s2 + c, mk), _mm512_mul_ps(dz, d)));
   }
@@ -138,10 +144,8 @@ GF_AVX512_FN void bwd_grad_row_avx512(const T* g, const T* y, const T* x, const 
                                       const float* k, const float* a, T* o, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 mk = avx512::lanes(n - c);
-    const __m512 yv = avx512::load16(y + c, mk);
-    const __mmask16 pass = mk & ~_mm512_cmp_ps_mask(yv, _mm512_setzero_ps(), _CMP_LE_OQ);
-    const __m512 dz = _mm512_maskz_mov_ps(pass, avx512::load16(g + c, mk));
-    const __m512 d = _mm512_sub_ps(avx512::load16(x + c, mk), avx512::load16(m + c, mk));
+    __m512 dz, d;
+    masked_grad_and_centered(g + c, y + c, x + c, m + c, mk, dz, d);
     // (dz - gm - d * k) * a
     const __m512 t = _mm512_sub_ps(_mm512_sub_ps(dz, avx512::load16(gm + c, mk)),
                                    _mm512_mul_ps(d, avx512::load16(k + c, mk)));
