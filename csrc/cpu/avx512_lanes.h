@@ -7,12 +7,9 @@
 // 256-bit registers (its default vector width preference), bfloat16 ones entirely so.
 #pragma once
 
-#include <c10/util/BFloat16.h>
-
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <type_traits>
 
 #if defined(__x86_64__) && defined(__GNUC__)
@@ -71,14 +68,6 @@ GF_AVX512_INLINE __m512 load16(const T* p, __mmask16 m) {
   }
 }
 
-// acc_convert::float_to_bf16_bits on 16 lanes, in the low half of each 32-bit lane.
-GF_AVX512_INLINE __m512i bf16_bits(__m512 v) {
-  const __m512i u = _mm512_castps_si512(v);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  const __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7fff))), 16);
-  return _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc0));
-}
-
 // The bfloat16 value nearest v (round to nearest even, NaN -> the canonical quiet NaN), as float32.
 GF_AVX512_INLINE __m512 round_bf16(__m512 v) {
   const __m512i u = _mm512_castps_si512(v);
@@ -88,6 +77,9 @@ GF_AVX512_INLINE __m512 round_bf16(__m512 v) {
   return _mm512_castsi512_ps(
       _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q), _mm512_set1_epi32(0x7fc00000)));
 }
+
+// acc_convert::float_to_bf16_bits on 16 lanes, in the low half of each 32-bit lane.
+GF_AVX512_INLINE __m512i bf16_bits(__m512 v) { return _mm512_srli_epi32(_mm512_castps_si512(round_bf16(v)), 16); }
 
 // Lanes m of v stored as T (bfloat16: rounded by bf16_bits).
 template <typename T>

@@ -109,7 +109,7 @@ GF_BN_ROW_CLONES(float)
 GF_BN_ROW_CLONES(c10::BFloat16)
 #undef GF_BN_ROW_CLONES
 
-// The same two loops on 16 channels a register, for bfloat16 on CPUs with AVX-512F and AVX-512BW:
+// The same two loops on 16 channels a register, for bfloat16 on CPUs with AVX-512 (F, BW, VL, DQ):
 // the loops' avx512f clones keep bfloat16 in 256-bit registers (no zmm instruction in either).
 // The same operations in the same order, products and sums rounded separately (no FMA) as in the
 // clones above: the same bits as the portable loops (tests/test_portable_loops.py).
@@ -169,7 +169,7 @@ bool use_avx512() {
 template <typename T, typename A>
 inline void sums_row(bool vec, const T* g, const T* y, const T* x, const A* m, A* s1, A* s2, int64_t n) {
 #if GF_AVX512
-  if constexpr (std::is_same_v<A, float>) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (vec) return bwd_sums_row_avx512(g, y, x, m, s1, s2, n);
   }
 #endif
@@ -179,7 +179,7 @@ template <typename T, typename A>
 inline void grad_row(bool vec, const T* g, const T* y, const T* x, const A* m, const A* gm, const A* k, const A* a,
                      T* o, int64_t n) {
 #if GF_AVX512
-  if constexpr (std::is_same_v<A, float>) {
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (vec) return bwd_grad_row_avx512(g, y, x, m, gm, k, a, o, n);
   }
 #endif

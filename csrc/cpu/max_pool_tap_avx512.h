@@ -18,7 +18,8 @@
 // float64, the portable loops run.  max_pool2d_tap_backward_ runs tap_backward_row for bfloat16
 // only (float32's backward is bound by memory in a train step: no gain measured).  Batch-8 train
 // step, 2-core EPYC, 2026-12-05, all 13 pools (profiler self time): forward float32 9.3-10.4 ->
-// 3.6-5.5 ms, bfloat16 5.5-5.7 -> 3.2-3.4 ms; bfloat16 backward 8.6-11.3 -> 6.9-8.8 ms.
+// 2.9-3.1 ms, bfloat16 5.5-5.7 -> 2.9-3.2 ms; bfloat16 backward 8.6-11.3 -> 7.1-9.4 ms
+// (benchmarks/results/train-avx512-loops-cpu-2026-12-05.md).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -32,6 +33,8 @@
 namespace googlenet_fast {
 namespace pool_avx512 {
 
+using avx512::available;
+
 #if GF_AVX512
 
 #pragma GCC diagnostic push
@@ -41,7 +44,6 @@ using avx512::lanes;
 using avx512::load16;
 using avx512::round_bf16;
 using avx512::store16;
-using avx512::available;
 
 // The forward over output rows [begin, end) (row = n * OH + oh), all channels: Y (values) and TP
 // (taps), both channels_last, as tap_forward_rows_impl computes them.
@@ -122,10 +124,6 @@ GF_AVX512_FN void tap_backward_row(const T* gy, const uint8_t* tp, float* ring, 
 }
 
 #pragma GCC diagnostic pop
-
-#else
-
-using avx512::available;
 
 #endif
 

@@ -143,7 +143,7 @@ GF_INLINE void add_where_tap(A* __restrict__ acc, const A* __restrict__ g, const
 // grad_x.add_(pool gradient) rounds) once no later output row's window reaches it.  Whole pixels'
 // channel runs (not one 64-channel chunk of every pixel): the loads stay sequential.
 // gbuf: (c1 - c0) values of type A (bfloat16: grad_y's values converted once per output pixel).
-// vec: each output row's accumulation through pool_avx512::tap_backward_row (float32, bfloat16).
+// vec: each bfloat16 output row's accumulation through pool_avx512::tap_backward_row.
 template <typename T>
 GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at::opmath_type<T>* ring,
                                        at::opmath_type<T>* gbuf, int64_t n, int64_t c0, int64_t c1, int64_t H,
@@ -196,7 +196,7 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
     next_zero = std::max(next_zero, next_flush);
     for (; next_zero < h1; ++next_zero) std::fill(slot(next_zero), slot(next_zero) + W * cw, A(0));
 #if GF_AVX512
-    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16>) {
+    if constexpr (std::is_same_v<T, c10::BFloat16>) {
       if (vec) {  // the same sums through pool_avx512 (16 channels a register)
         const int64_t o = (n * OH + oh) * OW * C + c0;
         pool_avx512::tap_backward_row<T>(GY + o, TP + o, ring, cw, C, OW, W, k, s, p, ho, h0, h1);
@@ -346,8 +346,8 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
     scalar_t* GX = grad_x.data_ptr<scalar_t>();
     using acc_t = at::opmath_type<scalar_t>;
     // bfloat16 only: its per-tap rounding makes the portable loop compute-bound (in a batch-8
-    // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable, 6.9-8.8 ms here); the
-    // float32 backward is bound by memory in the step (5.8-6.2 ms portable, 6.4-6.9 ms here).
+    // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable, 7.1-9.4 ms here); the
+    // float32 backward is bound by memory in the step (6.0-6.4 ms portable, 6.2-6.6 ms vectorized).
     const bool ring_vec = std::is_same_v<scalar_t, c10::BFloat16> && use_avx512<scalar_t>();
     at::parallel_for(0, N * ng, 1, [&](int64_t begin, int64_t end) {
       const std::unique_ptr<acc_t[]> ring(new acc_t[static_cast<size_t>((kernel * W + 1) * gsize)]);
