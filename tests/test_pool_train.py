@@ -17,7 +17,8 @@ CL = torch.channels_last
 # (kernel, stride, padding, ceil_mode): GoogLeNet's (3/1/1 in every Inception module's pool branch,
 # 3/2/0 and 2/2/0 ceil between the stages) and others nn.MaxPool2d allows.
 WINDOWS = [(3, 1, 1, True), (3, 2, 0, True), (2, 2, 0, True), (3, 2, 1, False), (3, 3, 0, True),
-           (5, 2, 2, True), (2, 1, 0, False), (1, 1, 0, False), (16, 4, 8, True)]
+           (5, 2, 2, True), (2, 1, 0, False), (1, 1, 0, False), (16, 4, 8, True),
+           (2, 3, 0, False)]  # stride > kernel: input pixels no window reaches (gradient +0)
 SHAPES = [(2, 70, 9, 11), (1, 3, 7, 7), (3, 64, 6, 5), (1, 200, 4, 4)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float64]
 

@@ -5,21 +5,25 @@
 // 256-bit registers with the running max and argmax of each channel chunk kept in memory between
 // window taps (GCC 12; the disassembly of the avx512f clones had 10-17 zmm instructions of ~1000).
 // Here the window scan keeps four registers of maxima and four of taps (64 channels) in registers
-// across the whole window, and the backward adds an output pixel's 16 gradients to each of the
-// window's ring positions with one masked add (the lanes whose tap is that position).
+// across the whole window, and the bfloat16 backward gathers: each input pixel's 64 sums stay in
+// registers over the output pixels whose window covers it (one masked add per output pixel: the
+// lanes whose tap is this input), with no ring of partial sums in memory.
 //
 // Same results as the portable loops, bit for bit: the forward's update rule is ATen's
 // (v > max, ordered, or v is NaN), bfloat16 values are compared as float32 and stored through
-// acc_convert's rounding (round to nearest even, NaN -> 0x7fc0); the backward's masked add
-// leaves the other lanes as they are (the portable loop's "+ 0" does the same: a ring sum starts
-// at +0 and is never -0), and each bfloat16 sum is rounded as float_to_bf16_bits rounds.
+// acc_convert's rounding (round to nearest even, NaN -> 0x7fc0); the backward adds in ATen's
+// order (output pixels in raster order), its masked add leaves the other lanes as they are (the
+// portable loop's "+ 0" does the same: a sum starts at +0 and is never -0), and each bfloat16 sum
+// is rounded as float_to_bf16_bits rounds.
 //
 // Used only where the running CPU has AVX-512F/BW/VL/DQ (available()); elsewhere, and for
-// float64, the portable loops run.  max_pool2d_tap_backward_ runs tap_backward_row for bfloat16
-// only (float32's backward is bound by memory in a train step: no gain measured).  Batch-8 train
+// float64, the portable loops run.  max_pool2d_tap_backward_ gathers for bfloat16 only
+// (float32's backward is bound by memory in a train step: no gain measured).  Batch-8 train
 // step, 2-core EPYC, 2026-12-05, all 13 pools (profiler self time): forward float32 9.3-10.4 ->
-// 2.9-3.1 ms, bfloat16 5.5-5.7 -> 2.9-3.2 ms; bfloat16 backward 8.6-11.3 -> 7.1-9.4 ms
-// (benchmarks/results/train-avx512-loops-cpu-2026-12-05.md).
+// 2.9-3.1 ms, bfloat16 5.5-5.7 -> 2.9-3.2 ms; bfloat16 backward 8.6-11.3 (portable ring) ->
+// 7.1-9.4 (vectorized ring) -> 5.7-6.1 ms (gather); the whole step did not move measurably with
+// the gather (benchmarks/results/train-avx512-loops-cpu-2026-12-05.md,
+// train-pool-gather-cpu-2026-12-05.md).
 #pragma once
 
 #include <c10/util/BFloat16.h>
@@ -92,31 +96,60 @@ GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin,
   }
 }
 
-// The backward's accumulation of one output row oh of image n, channels [c0, c0 + cw): for every
-// output pixel in order, its gradient added to the ring position of its tap (ring: `k` rows of
-// W x cw float32 sums, input row h in slot h % k), each bfloat16 sum rounded to bfloat16.
-// gy, tp: the output row's first pixel at channel c0 (pixel stride C).
-template <typename T>
-GF_AVX512_FN void tap_backward_row(const T* gy, const uint8_t* tp, float* ring, int64_t cw, int64_t C, int64_t OW,
-                                   int64_t W, int64_t k, int64_t s, int64_t p, int64_t ho, int64_t h0, int64_t h1) {
-  for (int64_t ow = 0; ow < OW; ++ow) {
-    const int64_t wo = ow * s - p, w0 = std::max<int64_t>(wo, 0), w1 = std::min(wo + k, W);
-    const T* g_px = gy + ow * C;
-    const uint8_t* t_px = tp + ow * C;
-    for (int64_t c = 0; c < cw; c += 16) {
-      const __mmask16 mk = lanes(cw - c);
-      const __m512 g = load16(g_px + c, mk);
-      const __m512i taps = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk, t_px + c));
-      for (int64_t ih = h0; ih < h1; ++ih) {
-        float* row = ring + (ih % k) * W * cw + c;
-        for (int64_t iw = w0; iw < w1; ++iw) {
-          const __m512i tt = _mm512_set1_epi32(static_cast<int>((ih - ho) * k + (iw - wo)));
-          const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(mk, taps, tt);
-          float* a = row + iw * cw;
-          __m512 sum = load16(a, mk);
-          sum = _mm512_mask_add_ps(sum, hit, sum, g);
-          if constexpr (std::is_same_v<T, c10::BFloat16>) sum = round_bf16(sum);
-          store16(a, mk, sum);
+// The bfloat16 backward in gather form, input rows [begin, end) (row = n * H + ih), all channels:
+// each input pixel's gradient summed in registers over the output pixels whose window covers it,
+// in output raster order (oh, then ow: the order of ATen's `grad_input[argmax] += grad_output`
+// loop), rounded to bfloat16 after every add, then stored once (accumulate: added to grad_x and
+// rounded, as ATen's add_ of the pool gradient).  The same sums as the portable ring loop's
+// (max_pool_train_cpu.cpp), with no ring in memory: each sum stays in a register from its first add to its store.
+inline GF_AVX512_FN void tap_backward_gather_rows(const c10::BFloat16* GY, const uint8_t* TP, c10::BFloat16* GX,
+                                                  int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
+                                                  int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
+                                                  bool accumulate) {
+  constexpr int kRegs = 4;  // 64 channels: four independent sums
+  // the outputs o with o * s - p <= i <= o * s - p + k - 1, within [0, O)
+  auto covering = [&](int64_t i, int64_t O, int64_t& lo, int64_t& hi) {
+    const int64_t a = i + p - k + 1;
+    lo = std::max<int64_t>(0, a <= 0 ? 0 : (a + s - 1) / s);
+    hi = std::min<int64_t>(O - 1, (i + p) / s);
+  };
+  for (int64_t row = begin; row < end; ++row) {
+    const int64_t n = row / H, ih = row % H;
+    int64_t oh0, oh1;
+    covering(ih, OH, oh0, oh1);
+    for (int64_t iw = 0; iw < W; ++iw) {
+      int64_t ow0, ow1;
+      covering(iw, OW, ow0, ow1);
+      c10::BFloat16* gx = GX + ((n * H + ih) * W + iw) * C;
+      for (int64_t c0 = 0; c0 < C; c0 += 16 * kRegs) {
+        __mmask16 mk[kRegs];
+        __m512 acc[kRegs];
+#pragma GCC unroll 4
+        for (int j = 0; j < kRegs; ++j) {
+          mk[j] = lanes(C - c0 - 16 * j);
+          acc[j] = _mm512_setzero_ps();
+        }
+        for (int64_t oh = oh0; oh <= oh1; ++oh) {
+          const int64_t dh = ih - (oh * s - p);
+          for (int64_t ow = ow0; ow <= ow1; ++ow) {
+            const __m512i tt = _mm512_set1_epi32(static_cast<int>(dh * k + iw - (ow * s - p)));
+            const int64_t o = ((n * OH + oh) * OW + ow) * C + c0;
+#pragma GCC unroll 4
+            for (int j = 0; j < kRegs; ++j) {
+              if (mk[j] == 0) continue;
+              const __m512i taps = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk[j], TP + o + 16 * j));
+              const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(mk[j], taps, tt);
+              // lanes without a hit keep their sum (already a bfloat16 value: rounding is exact)
+              acc[j] = round_bf16(_mm512_mask_add_ps(acc[j], hit, acc[j], load16(GY + o + 16 * j, mk[j])));
+            }
+          }
+        }
+#pragma GCC unroll 4
+        for (int j = 0; j < kRegs; ++j) {
+          if (mk[j] == 0) continue;
+          __m512 v = acc[j];
+          if (accumulate) v = _mm512_add_ps(load16(gx + c0 + 16 * j, mk[j]), v);  // +0 turns -0 to +0
+          store16(gx + c0 + 16 * j, mk[j], v);
         }
       }
     }

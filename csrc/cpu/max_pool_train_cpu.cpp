@@ -11,14 +11,16 @@
 //   ATen's max_pool2d_with_indices_backward (per image, output pixels in order, grad_x[argmax] +=
 //   grad_y in the tensor's dtype: the same sums, rounded the same way), written into grad_x, or
 //   with `accumulate` added to it as grad_x.add_(that) would (the Inception module's input
-//   gradient: the merged 1x1 dgrad plus the pool branch's).  Each image (at small batches each
-//   group of its channels) is accumulated in a ring of `kernel` input rows held in cache, each row
-//   written out once it can receive no more: no zero-filled full-size gradient, no second pass.
+//   gradient: the merged 1x1 dgrad plus the pool branch's).  Portable loops: each image (at small
+//   batches each group of its channels) is accumulated in a ring of `kernel` input rows held in
+//   cache, each row written out once it can receive no more: no zero-filled full-size gradient, no
+//   second pass.  bfloat16 on AVX-512: each input pixel gathered in registers (the same sums).
 //
 // Both: x / grad tensors (N, C, H, W) of float32, float64 or bfloat16, any layout (made
 // channels_last); kernel <= 16, padding <= kernel / 2 (as nn.MaxPool2d), no dilation.
-// On CPUs with AVX-512 (F, BW, VL, DQ) the forward (float32, bfloat16) and the bfloat16 backward's ring
-// accumulation run max_pool_tap_avx512.h's kernels: the same values, 16 channels a register.
+// On CPUs with AVX-512 (F, BW, VL, DQ) the forward (float32, bfloat16) and the bfloat16 backward
+// run max_pool_tap_avx512.h's kernels (the backward in gather form, no ring): the same values,
+// 16 channels a register.
 #include <ATen/ATen.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
@@ -143,12 +145,11 @@ GF_INLINE void add_where_tap(A* __restrict__ acc, const A* __restrict__ g, const
 // grad_x.add_(pool gradient) rounds) once no later output row's window reaches it.  Whole pixels'
 // channel runs (not one 64-channel chunk of every pixel): the loads stay sequential.
 // gbuf: (c1 - c0) values of type A (bfloat16: grad_y's values converted once per output pixel).
-// vec: each bfloat16 output row's accumulation through pool_avx512::tap_backward_row.
 template <typename T>
 GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at::opmath_type<T>* ring,
                                        at::opmath_type<T>* gbuf, int64_t n, int64_t c0, int64_t c1, int64_t H,
                                        int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
-                                       bool accumulate, bool vec) {
+                                       bool accumulate) {
   using A = at::opmath_type<T>;
   const int64_t cw = c1 - c0;
   int64_t next_zero = 0, next_flush = 0;  // rows [next_flush, next_zero) are live in the ring
@@ -195,15 +196,6 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
     while (next_flush < h0) flush(next_flush++);  // final: no later window starts above h0
     next_zero = std::max(next_zero, next_flush);
     for (; next_zero < h1; ++next_zero) std::fill(slot(next_zero), slot(next_zero) + W * cw, A(0));
-#if GF_AVX512
-    if constexpr (std::is_same_v<T, c10::BFloat16>) {
-      if (vec) {  // the same sums through pool_avx512 (16 channels a register)
-        const int64_t o = (n * OH + oh) * OW * C + c0;
-        pool_avx512::tap_backward_row<T>(GY + o, TP + o, ring, cw, C, OW, W, k, s, p, ho, h0, h1);
-        continue;
-      }
-    }
-#endif
     for (int64_t ow = 0; ow < OW; ++ow) {
       const int64_t wo = ow * s - p, w0 = std::max<int64_t>(wo, 0), w1 = std::min(wo + k, W);
       const int64_t o = ((n * OH + oh) * OW + ow) * C + c0;
@@ -231,16 +223,16 @@ GF_INLINE void tap_backward_image_impl(const T* GY, const uint8_t* TP, T* GX, at
 template <typename T>
 void tap_backward_image(const T* GY, const uint8_t* TP, T* GX, at::opmath_type<T>* ring, at::opmath_type<T>* gbuf,
                         int64_t n, int64_t c0, int64_t c1, int64_t H, int64_t W, int64_t C, int64_t OH, int64_t OW,
-                        int64_t k, int64_t s, int64_t p, bool accumulate, bool vec) {
-  tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate, vec);
+                        int64_t k, int64_t s, int64_t p, bool accumulate) {
+  tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate);
 }
 #define GF_BWD_CLONE(T)                                                                                       \
   template <>                                                                                                 \
   GF_POOL_CLONES void tap_backward_image<T>(const T* GY, const uint8_t* TP, T* GX, float* ring, float* gbuf,   \
                                             int64_t n, int64_t c0, int64_t c1, int64_t H, int64_t W,          \
                                             int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s,          \
-                                            int64_t p, bool accumulate, bool vec) {                           \
-    tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate, vec);    \
+                                            int64_t p, bool accumulate) {                                     \
+    tap_backward_image_impl(GY, TP, GX, ring, gbuf, n, c0, c1, H, W, C, OH, OW, k, s, p, accumulate);         \
   }
 GF_BWD_CLONE(float)
 GF_BWD_CLONE(c10::BFloat16)
@@ -345,17 +337,29 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
     const uint8_t* TP = tp.const_data_ptr<uint8_t>();
     scalar_t* GX = grad_x.data_ptr<scalar_t>();
     using acc_t = at::opmath_type<scalar_t>;
-    // bfloat16 only: its per-tap rounding makes the portable loop compute-bound (in a batch-8
-    // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable, 7.1-9.4 ms here); the
-    // float32 backward is bound by memory in the step (6.0-6.4 ms portable, 6.2-6.6 ms vectorized).
-    const bool ring_vec = std::is_same_v<scalar_t, c10::BFloat16> && use_avx512<scalar_t>();
+#if GF_AVX512
+    // bfloat16 only: its per-add rounding makes the portable ring compute-bound (in a batch-8
+    // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable ring, 5.7-6.1 ms
+    // gathered); the float32 backward is bound by memory in the step (6.0-6.4 ms portable, 6.2-6.6
+    // ms vectorized).  Input rows are independent in gather form: split over N * H.
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+      if (use_avx512<scalar_t>()) {
+        const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
+        at::parallel_for(0, N * H, grain, [&](int64_t begin, int64_t end) {
+          pool_avx512::tap_backward_gather_rows(reinterpret_cast<const c10::BFloat16*>(GY), TP,
+                                                reinterpret_cast<c10::BFloat16*>(GX), begin, end, H, W, C, OH, OW,
+                                                kernel, stride, padding, accumulate);
+        });
+        return;
+      }
+    }
+#endif
     at::parallel_for(0, N * ng, 1, [&](int64_t begin, int64_t end) {
       const std::unique_ptr<acc_t[]> ring(new acc_t[static_cast<size_t>((kernel * W + 1) * gsize)]);
       for (int64_t task = begin; task < end; ++task) {
         const int64_t n = task / ng, c0 = (task % ng) * gsize;
         tap_backward_image<scalar_t>(GY, TP, GX, ring.get(), ring.get() + kernel * W * gsize, n, c0,
-                                     std::min(C, c0 + gsize), H, W, C, OH, OW, kernel, stride, padding, accumulate,
-                                     ring_vec);
+                                     std::min(C, c0 + gsize), H, W, C, OH, OW, kernel, stride, padding, accumulate);
       }
     });
   });
