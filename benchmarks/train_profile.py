@@ -52,7 +52,8 @@ def classify(name: str, phase: str) -> str:
         # the head's fc layers: 5 addmm forward, their mm backward; the modules' 1x1 GEMMs
         return GEMM_FC if phase == "forward" else GEMM_BWD
     if name in ("aten::native_batch_norm", "aten::_native_batch_norm_legit", "aten::var_mean",
-                "aten::_batch_norm_impl_index", "aten::batch_norm", "googlenet_fast::bn_relu_train"):
+                "aten::_batch_norm_impl_index", "aten::batch_norm", "googlenet_fast::bn_relu_train",
+                "aten::batch_norm_update_stats", "googlenet_fast::bn_relu_apply"):
         return "BatchNorm forward (incl. batch statistics)"
     if name in ("aten::native_batch_norm_backward", "googlenet_fast::bn_relu_backward"):
         return "BatchNorm backward (+ fused ReLU backward)"

@@ -230,14 +230,32 @@ def cpu_fast_path_applies(x: Tensor) -> bool:
             and not torch.compiler.is_compiling() and native.available())
 
 
+def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor, running_var: Tensor,
+                     momentum: float, eps: float):
+    """``relu(native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps))``
+    -> (y, mean, invstd), the running statistics updated in place: ATen's bits in every dtype.
+    bfloat16 activations with float32 BatchNorm parameters and statistics (autocast): ATen's
+    statistics (``batch_norm_update_stats``) and the extension's apply + ReLU in one pass
+    (``bn_relu_apply``, csrc/cpu/bn_relu_train_cpu.cpp) instead of ATen's apply and a separate
+    in-place ReLU pass."""
+    if pre.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var)):
+        mean, var = torch.batch_norm_update_stats(pre, running_mean, running_var, momentum)
+        y, invstd = torch.ops.googlenet_fast.bn_relu_apply(pre, mean, var, gamma, beta, eps)
+        return y, mean, invstd
+    y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps)
+    return y.relu_(), mean, invstd
+
+
 class _InceptionBnReluTrain(torch.autograd.Function):
     """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
 
     Every convolution runs through oneDNN as torchvision's do (``F.conv2d`` forward,
     ``aten.convolution_backward`` dgrad + wgrad, channels_last); the forward's BatchNorms are
-    ATen's (their float32 rounding is torchvision's, so a ReLU input near 0 goes the same way);
-    the backward between the convolutions is the extension's ``bn_relu_backward``
-    (csrc/cpu/bn_relu_train_cpu.cpp).
+    ATen's bits (their rounding is torchvision's, so a ReLU input near 0 goes the same way:
+    ATen's ops, or for bfloat16 ATen's statistics and the extension's exact apply + ReLU, see
+    :func:`_bn_relu_forward`); the backward between the convolutions is the extension's
+    ``bn_relu_backward`` (csrc/cpu/bn_relu_train_cpu.cpp; bfloat16: its ReLU mask recomputed
+    from the pre-BatchNorm values, y not read).
 
     Forward: ONE 1x1 convolution for the three sibling 1x1s (x read once, weights concatenated)
     -> ``m``; the max pool with its argmax as one-byte taps (``max_pool2d_tap``, saved: no
@@ -272,9 +290,9 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         for lo, hi, i in ((c1, c1 + r3, 1), (c1 + r3, c1 + r3 + r5, 3)):
             # (a dense copy first: ATen's batch_norm on a channel slice is ~4x slower than the copy
             # and the batch_norm of the dense tensor together)
-            a, mean, invstd = torch.native_batch_norm(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
-                                                      bns[i].running_mean, bns[i].running_var, True, momentum, eps)
-            acts.append(a.relu_().contiguous(memory_format=cl))
+            a, mean, invstd = _bn_relu_forward(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
+                                               bns[i].running_mean, bns[i].running_var, momentum, eps)
+            acts.append(a.contiguous(memory_format=cl))
             red_stats.append((mean, invstd))
         y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
         y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
@@ -285,23 +303,21 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         out_bns = (bns[0], bns[2], bns[4], bns[5])
         running_mean = torch.cat([bn.running_mean for bn in out_bns])
         running_var = torch.cat([bn.running_var for bn in out_bns])
-        y, mean_o, invstd_o = torch.native_batch_norm(out, gamma_o, beta_o, running_mean, running_var, True,
-                                                      momentum, eps)
-        y = y.relu_()
+        y, mean_o, invstd_o = _bn_relu_forward(out, gamma_o, beta_o, running_mean, running_var, momentum, eps)
         osizes = [c1, c3, c5, cp]
         for bn, rm, rv in zip(out_bns, running_mean.split(osizes), running_var.split(osizes)):
             bn.running_mean.copy_(rm)
             bn.running_var.copy_(rv)
         ctx.sizes = sizes
         ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, tap, acts[0], acts[1], out, y,
-                              mean_o, invstd_o, gamma_o, red_stats[0][0], red_stats[0][1], g[1],
-                              red_stats[1][0], red_stats[1][1], g[3])
+                              mean_o, invstd_o, gamma_o, beta_o, red_stats[0][0], red_stats[0][1], g[1], b[1],
+                              red_stats[1][0], red_stats[1][1], g[3], b[3])
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (x, w3, w5, wp, wm, m, pooled, tap, act3, act5, out, y, mean_o, invstd_o, gamma_o,
-         mean3, invstd3, gamma3, mean5, invstd5, gamma5) = ctx.saved_tensors
+        (x, w3, w5, wp, wm, m, pooled, tap, act3, act5, out, y, mean_o, invstd_o, gamma_o, beta_o,
+         mean3, invstd3, gamma3, beta3, mean5, invstd5, gamma5, beta5) = ctx.saved_tensors
         aten = torch.ops.aten
         gf = torch.ops.googlenet_fast
         c1, r3, c3, r5, c5, cp = ctx.sizes
@@ -312,14 +328,17 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         # allocated channels_last (an NCHW empty made channels_last would be a copy of garbage)
         da = torch.empty((n, c1 + r3 + r5, h, w), dtype=dt, memory_format=cl)
         g2, g3, g4 = (torch.empty((n, c, h, w), dtype=dt, memory_format=cl) for c in (c3, c5, cp))
+        # (beta: the ReLU mask recomputed from the pre-BatchNorm values where ATen's forward
+        # arithmetic is reproduced exactly, instead of reading y; csrc/cpu/bn_relu_train_cpu.cpp)
         gg_o, gb_o = gf.bn_relu_backward([gy], [y], [out], mean_o, invstd_o, gamma_o,
-                                         [da[:, :c1], g2, g3, g4])
+                                         [da[:, :c1], g2, g3, g4], beta_o)
         da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
         da5, gw5, _ = aten.convolution_backward(g3, act5, w5, None, [1, 1], [w5.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
         gg_r, gb_r = gf.bn_relu_backward([da3, da5], [act3, act5], [m[:, c1:]], torch.cat([mean3, mean5]),
-                                         torch.cat([invstd3, invstd5]), torch.cat([gamma3, gamma5]), [da[:, c1:]])
+                                         torch.cat([invstd3, invstd5]), torch.cat([gamma3, gamma5]), [da[:, c1:]],
+                                         torch.cat([beta3, beta5]))
         gx, gwm, _ = aten.convolution_backward(da, x, wm, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                [need_x, True, False])
         dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
@@ -340,23 +359,21 @@ class _InceptionBnReluTrain(torch.autograd.Function):
 class _BnReluTrain(torch.autograd.Function):
     """relu(batch_norm(pre)) with batch statistics as one autograd node: forward ATen's
     native_batch_norm (running statistics included) and an in-place ReLU, as torchvision's
-    block computes them; backward the extension's ``bn_relu_backward`` (ReLU mask and BatchNorm
+    block computes them (bfloat16: the same bits from :func:`_bn_relu_forward`); backward the extension's ``bn_relu_backward`` (ReLU mask and BatchNorm
     backward in two passes instead of threshold_backward's one and native_batch_norm_backward's
     two, no gradient tensor in between)."""
 
     @staticmethod
     def forward(ctx, pre, gamma, beta, bn, eps, momentum):
-        y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, bn.running_mean, bn.running_var, True,
-                                                  momentum, eps)
-        y = y.relu_()
-        ctx.save_for_backward(pre, y, mean, invstd, gamma)
+        y, mean, invstd = _bn_relu_forward(pre, gamma, beta, bn.running_mean, bn.running_var, momentum, eps)
+        ctx.save_for_backward(pre, y, mean, invstd, gamma, beta)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        pre, y, mean, invstd, gamma = ctx.saved_tensors
+        pre, y, mean, invstd, gamma, beta = ctx.saved_tensors
         dpre = torch.empty_like(pre)
-        gg, gb = torch.ops.googlenet_fast.bn_relu_backward([gy], [y], [pre], mean, invstd, gamma, [dpre])
+        gg, gb = torch.ops.googlenet_fast.bn_relu_backward([gy], [y], [pre], mean, invstd, gamma, [dpre], beta)
         return dpre, gg, gb, None, None, None
 
 
@@ -400,8 +417,12 @@ def _register():
     if native.available():
         torch.library.register_fake(OP, _fake)
 
+        @torch.library.register_fake("googlenet_fast::bn_relu_apply")
+        def _fake_bn_relu_apply(x, mean, var, gamma, beta, eps):
+            return torch.empty_like(x, memory_format=torch.channels_last), torch.empty_like(mean)
+
         @torch.library.register_fake("googlenet_fast::bn_relu_backward")
-        def _fake_bn_relu_backward(grads, y, pre, mean, invstd, gamma, outs):
+        def _fake_bn_relu_backward(grads, y, pre, mean, invstd, gamma, outs, beta=None):
             # (grad_gamma, grad_beta): gamma's shape and dtype; `outs` are written in place
             return torch.empty_like(gamma), torch.empty_like(gamma)
 

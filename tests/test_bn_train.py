@@ -356,3 +356,112 @@ def test_bn_relu_backward_does_not_depend_on_the_thread_count(shape, dtype):
         torch.set_num_threads(prev)
     for a, b in zip(*results):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------------------------------
+# bfloat16: the forward's BatchNorm apply + ReLU in one pass (bn_relu_apply) and the backward's
+# ReLU mask recomputed from the pre-BatchNorm values (bn_relu_backward's beta), both exactly ATen's
+# arithmetic where googlenet_fast::bn_relu_bf16_exact_apply() (checked against ATen per process).
+
+
+def _bits(t):
+    t = t.contiguous()
+    return t.view({torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64}[t.dtype])
+
+
+def _bf16_case(shape, seed, layout=torch.channels_last):
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    x = (torch.randn(shape, generator=g) * 2 + 0.1).to(torch.bfloat16).contiguous(memory_format=layout)
+    flat = x.permute(0, 2, 3, 1)  # zeros, -0.0 and values whose BatchNorm output is exactly 0
+    flat[..., ::7] = 0.0
+    flat[..., 5::11] = -0.0
+    gamma, beta = torch.rand(c, generator=g) + 0.5, torch.randn(c, generator=g) * 0.2
+    return x, gamma, beta, torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+
+
+@pytest.mark.parametrize("shape", [(8, 96, 14, 14), (2, 37, 3, 5), (3, 20, 7, 7), (2, 5, 9, 9)])
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_bn_relu_forward_bf16_equals_aten_bit_for_bit(shape, layout):
+    """bn_train._bn_relu_forward (batch_norm_update_stats + bn_relu_apply) == ATen's
+    native_batch_norm(..., training=True) + relu_: output, mean, invstd and both running
+    statistics bit for bit (channel tails: 37, 20, 5 channels)."""
+    x, gamma, beta, rm, rv = _bf16_case(shape, seed=shape[1], layout=layout)
+    rm2, rv2 = rm.clone(), rv.clone()
+    y, mean, invstd = torch.native_batch_norm(x, gamma, beta, rm, rv, True, 0.1, 1e-3)
+    y = y.relu_()
+    y2, mean2, invstd2 = bn_train._bn_relu_forward(x, gamma, beta, rm2, rv2, 0.1, 1e-3)
+    assert y2.dtype == torch.bfloat16 and y2.shape == y.shape
+    for a, b in ((y, y2), (mean, mean2), (invstd, invstd2), (rm, rm2), (rv, rv2)):
+        assert torch.equal(_bits(a), _bits(b))
+
+
+def test_bn_relu_apply_signed_zero_nan_and_errors():
+    """-0.0 stays -0.0 as in ATen's ReLU (x < 0 ? 0 : x): channel 0 has mean exactly 0 and beta
+    -0.0, so its -0.0 inputs give -0.0; a NaN input channel gives NaN (ATen's vectorized store
+    writes other NaN payload bits: only NaN-ness is compared); bad statistics shapes / dtypes and
+    eps raise ValueError naming them."""
+    x, gamma, beta, rm, rv = _bf16_case((2, 37, 3, 5), seed=3)
+    ch0 = torch.tensor([1.0, -1.0] * 14 + [-0.0, -0.0]).view(2, 3, 5)  # sums to exactly 0
+    x[:, 0] = ch0.to(torch.bfloat16)
+    beta[0] = -0.0
+    y0, *_ = bn_train._bn_relu_forward(x, gamma, beta, rm.clone(), rv.clone(), 0.1, 1e-3)
+    assert torch.signbit(y0[:, 0][ch0 == 0]).all() and (y0[:, 0][ch0 == 0] == 0).all()
+    x[0, 4, 1, 1] = float("nan")
+    y, *_ = torch.native_batch_norm(x, gamma, beta, rm.clone(), rv.clone(), True, 0.1, 1e-3)
+    y2, *_ = bn_train._bn_relu_forward(x, gamma, beta, rm.clone(), rv.clone(), 0.1, 1e-3)
+    y = y.relu_()
+    assert torch.equal(torch.isnan(y), torch.isnan(y2)) and torch.isnan(y2[:, 4]).all()
+    ok = ~torch.isnan(y)
+    assert torch.equal(_bits(y[ok]), _bits(y2[ok]))
+    f = torch.ops.googlenet_fast.bn_relu_apply
+    v = torch.ones(37)
+    with pytest.raises(ValueError, match="mean, var, gamma, beta"):
+        f(x, v[:5], v, v, v, 1e-3)
+    with pytest.raises(ValueError, match="mean, var, gamma, beta"):
+        f(x, v.double(), v, v, v, 1e-3)
+    with pytest.raises(ValueError, match="eps"):
+        f(x, v, v, v, v, -1.0)
+
+
+def test_opcheck_bn_relu_apply():
+    x, gamma, beta, rm, rv = _bf16_case((2, 6, 3, 4), seed=4)
+    mean, var = torch.batch_norm_update_stats(x, rm, rv, 0.1)  # float32 statistics (autocast's)
+    torch.library.opcheck(torch.ops.googlenet_fast.bn_relu_apply.default, (x, mean, var, gamma, beta, 1e-3))
+
+
+@pytest.mark.parametrize("shape", [(8, 96, 14, 14), (2, 37, 3, 5)])
+def test_bn_relu_backward_mask_from_pre_bf16(shape):
+    """With beta, the bfloat16 ReLU mask comes from pre (y not read) where
+    bn_relu_bf16_exact_apply(): the same bits as the mask read from y; a wrong y then changes
+    nothing.  Where it is off, y is read (a wrong y changes the result)."""
+    x, gamma, beta, _, _ = _bf16_case(shape, seed=shape[1] + 1)
+    y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.1, 1e-3)
+    y = y.relu_()
+    g = torch.Generator().manual_seed(9)
+    grad = torch.randn(shape, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    f = torch.ops.googlenet_fast.bn_relu_backward
+
+    def run(yy, b):
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        gg, gb = f([grad], [yy], [x], mean, invstd, gamma, [out], b)
+        return out, gg, gb
+
+    ref = run(y, None)
+    for a, b in zip(run(y, beta), ref):
+        assert torch.equal(_bits(a), _bits(b))
+    wrong_y = torch.full_like(y, -1.0)  # every gradient masked if y were read
+    same = all(torch.equal(_bits(a), _bits(b)) for a, b in zip(run(wrong_y, beta), ref))
+    assert same == torch.ops.googlenet_fast.bn_relu_bf16_exact_apply()
+
+
+def test_bf16_exact_apply_is_on_with_avx512():
+    """On a CPU where the AVX-512 loops run (not GOOGLENET_FAST_PORTABLE_LOOPS) and ATen's
+    BatchNorm kernels use FMAs (its AVX2 / AVX-512 builds), the exact bfloat16 apply is on."""
+    from googlenet_fast.backends import native
+    on = torch.ops.googlenet_fast.bn_relu_bf16_exact_apply()
+    portable = os.environ.get("GOOGLENET_FAST_PORTABLE_LOOPS", "") not in ("", "0")
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and not portable and native.available():
+        assert on
+    if portable:
+        assert not on

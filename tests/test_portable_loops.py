@@ -16,13 +16,16 @@ def test_parity_checks_with_the_portable_loops():
     r = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
          os.path.join(HERE, "test_pool_train.py"), os.path.join(HERE, "test_bn_train.py"),
-         "-k", "match_aten or matches_aten or channel_groups or minus_zero or bn_relu_backward"],
+         "-k", "match_aten or matches_aten or channel_groups or minus_zero or bn_relu_backward or bn_relu_forward "
+               "or bn_relu_apply or exact_apply"],
         env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     # every selected test ran: pool forward and backward (10 windows x 3 dtypes each), channel groups,
     # -0 accumulation; BatchNorm + ReLU backward vs ATen (3 dtypes x 2 channel counts), its argument
-    # errors, its opcheck, thread-count independence (3 shapes x 2 dtypes)
-    assert re.search(r"^76 passed", r.stdout, re.M), r.stdout[-500:]
+    # errors, its opcheck, thread-count independence (3 shapes x 2 dtypes), its bf16 mask from pre
+    # (2 shapes: off here, y read); the bf16 forward apply vs ATen (4 shapes x 2 layouts: ATen's
+    # own here), its signed zero / NaN / errors, its opcheck; the exact-apply switch (off here)
+    assert re.search(r"^89 passed", r.stdout, re.M), r.stdout[-500:]
 
 
 _OUTPUTS = r'''

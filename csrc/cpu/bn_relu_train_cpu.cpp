@@ -1,15 +1,21 @@
-// googlenet_fast: train-mode BatchNorm + ReLU backward over channel lists (CPU).
+// googlenet_fast: train-mode BatchNorm + ReLU over channel lists (CPU): the backward, and for
+// bfloat16 the forward's apply + ReLU.
 //
 // The train-mode torchvision Inception module on the CPU (googlenet_fast/bn_train.py,
 // _InceptionBnReluTrain) runs its convolutions through oneDNN (ATen's convolution and
-// convolution_backward, what torchvision's model runs), its forward BatchNorms through ATen, and
-// the backward between the convolutions here (also the stem's blocks, bn_train.bn_relu_train):
+// convolution_backward, what torchvision's model runs), its forward BatchNorm statistics through
+// ATen, and the rest between the convolutions here (also the stem's blocks, bn_train.bn_relu_train):
 //
-// googlenet_fast::bn_relu_backward(grads[], y[], pre[], mean, invstd, gamma, outs[]) -> (dgamma, dbeta)
+// googlenet_fast::bn_relu_apply(x, mean, var, gamma, beta, eps) -> (y, invstd)
+//   relu(batch_norm(x)) from batch_norm_update_stats' mean and biased var, bit for bit what
+//   native_batch_norm(training) + relu_ give, in one pass instead of two (bfloat16 with AVX-512
+//   where mask_from_pre<bfloat16>(); elsewhere ATen's own ops).
+// googlenet_fast::bn_relu_backward(grads[], y[], pre[], mean, invstd, gamma, outs[], beta?) -> (dgamma, dbeta)
 //   the gradient of `pre` (written into `outs`) and of gamma and beta: ATen's threshold_backward
 //   followed by native_batch_norm_backward, in two passes instead of four:
 //   pass 1: dz = grad where not y <= 0 (threshold_backward's mask: NaN passes), per-channel sums
-//     of dz and of dz * (pre - mean);
+//     of dz and of dz * (pre - mean); with `beta` (bfloat16, mask_from_pre) the sign of y is
+//     recomputed from pre as the forward computed y, and y is not read (two of seven passes);
 //   pass 2: dpre = (dz - sum_dz / M - (pre - mean) * k) * invstd * gamma, k = sum(dz * (pre -
 //     mean)) * invstd^2 / M (ATen's formula), written straight into the destinations (e.g. a
 //     channel slice of the buffer the merged 1x1 dgrad reads, dense per-branch buffers the KxK
@@ -30,6 +36,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <type_traits>
 #include <vector>
 
@@ -120,36 +127,65 @@ GF_BN_ROW_CLONES(c10::BFloat16)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 // Both passes' start, 16 channels from c: dz = grad where not y <= 0 (NaN passes), +0 elsewhere;
-// d = x - mean.
-template <typename T>
-GF_AVX512_INLINE void masked_grad_and_centered(const T* g, const T* y, const T* x, const float* m, __mmask16 mk,
-                                               __m512& dz, __m512& d) {
-  const __mmask16 pass = mk & ~_mm512_cmp_ps_mask(avx512::load16(y, mk), _mm512_setzero_ps(), _CMP_LE_OQ);
+// d = x - mean.  kFromPre: y is not read; its sign is recomputed from x as ATen's BatchNorm forward
+// computed y (v = fma(x, alpha, beta) rounded to T; see aten_apply_matches below), al / be: alpha
+// and beta per channel.
+template <bool kFromPre, typename T>
+GF_AVX512_INLINE void masked_grad_and_centered(const T* g, const T* y, const T* x, const float* m, const float* al,
+                                               const float* be, __mmask16 mk, __m512& dz, __m512& d) {
+  const __m512 xv = avx512::load16(x, mk);
+  __mmask16 pass;
+  if constexpr (kFromPre) {
+    // y <= 0 where v <= 0, and for bfloat16 also where 0 < v <= 2^-134 (rounds to +0): one compare
+    // instead of the rounding
+    const float zero = std::is_same_v<T, c10::BFloat16> ? 0x1p-134f : 0.0f;
+    const __m512 v = _mm512_fmadd_ps(xv, avx512::load16(al, mk), avx512::load16(be, mk));
+    pass = mk & ~_mm512_cmp_ps_mask(v, _mm512_set1_ps(zero), _CMP_LE_OQ);
+  } else {
+    pass = mk & ~_mm512_cmp_ps_mask(avx512::load16(y, mk), _mm512_setzero_ps(), _CMP_LE_OQ);
+  }
   dz = _mm512_maskz_mov_ps(pass, avx512::load16(g, mk));
-  d = _mm512_sub_ps(avx512::load16(x, mk), avx512::load16(m, mk));
+  d = _mm512_sub_ps(xv, avx512::load16(m, mk));
 }
-template <typename T>
-GF_AVX512_FN void bwd_sums_row_avx512(const T* g, const T* y, const T* x, const float* m, float* s1, float* s2,
-                                      int64_t n) {
+template <bool kFromPre, typename T>
+GF_AVX512_FN void bwd_sums_row_avx512(const T* g, const T* y, const T* x, const float* m, const float* al,
+                                      const float* be, float* s1, float* s2, int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 mk = avx512::lanes(n - c);
     __m512 dz, d;
-    masked_grad_and_centered(g + c, y + c, x + c, m + c, mk, dz, d);
+    masked_grad_and_centered<kFromPre>(g + c, y + c, x + c, m + c, al + c, be + c, mk, dz, d);
     avx512::store16(s1 + c, mk, _mm512_add_ps(avx512::load16(s1 + c, mk), dz));
     avx512::store16(s2 + c, mk, _mm512_add_ps(avx512::load16(s2 + c, mk), _mm512_mul_ps(dz, d)));
   }
 }
-template <typename T>
-GF_AVX512_FN void bwd_grad_row_avx512(const T* g, const T* y, const T* x, const float* m, const float* gm,
-                                      const float* k, const float* a, T* o, int64_t n) {
+template <bool kFromPre, typename T>
+GF_AVX512_FN void bwd_grad_row_avx512(const T* g, const T* y, const T* x, const float* m, const float* al,
+                                      const float* be, const float* gm, const float* k, const float* a, T* o,
+                                      int64_t n) {
   for (int64_t c = 0; c < n; c += 16) {
     const __mmask16 mk = avx512::lanes(n - c);
     __m512 dz, d;
-    masked_grad_and_centered(g + c, y + c, x + c, m + c, mk, dz, d);
+    masked_grad_and_centered<kFromPre>(g + c, y + c, x + c, m + c, al + c, be + c, mk, dz, d);
     // (dz - gm - d * k) * a
     const __m512 t = _mm512_sub_ps(_mm512_sub_ps(dz, avx512::load16(gm + c, mk)),
                                    _mm512_mul_ps(d, avx512::load16(k + c, mk)));
     avx512::store16(o + c, mk, _mm512_mul_ps(t, avx512::load16(a + c, mk)));
+  }
+}
+// bn_relu_apply's rows [p0, p1) of C channels (bfloat16, NHWC): y = relu(round(fma(x, alpha, beta))),
+// the ReLU as ATen's (x < 0 ? +0 : x: -0 and NaN stay), after the rounding (a tiny negative sum
+// rounds to -0, which ATen's ReLU keeps).
+GF_AVX512_FN void bn_relu_apply_rows_avx512(const c10::BFloat16* x, c10::BFloat16* y, const float* al,
+                                            const float* be, int64_t p0, int64_t p1, int64_t C) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t p = p0; p < p1; ++p) {
+    for (int64_t c = 0; c < C; c += 16) {
+      const __mmask16 mk = avx512::lanes(C - c);
+      __m512 v = avx512::round_bf16(
+          _mm512_fmadd_ps(avx512::load16(x + p * C + c, mk), avx512::load16(al + c, mk), avx512::load16(be + c, mk)));
+      v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+      avx512::store16(y + p * C + c, mk, v);
+    }
   }
 }
 #pragma GCC diagnostic pop
@@ -165,22 +201,76 @@ bool use_avx512() {
   return false;
 }
 
-// One pixel's row of either pass: the AVX-512 loop where `vec` (use_avx512<T>()), else the portable one.
-template <typename T, typename A>
-inline void sums_row(bool vec, const T* g, const T* y, const T* x, const A* m, A* s1, A* s2, int64_t n) {
+// Whether the ReLU mask may be recomputed from `pre` for T (kFromPre), and bn_relu_apply run its
+// own loop: AVX-512 loops available, bfloat16, and this process's ATen computes its train-mode
+// BatchNorm output as
+//   alpha = invstd * gamma, beta = fma(-mean, alpha, bias), y = fma(x, alpha, beta) rounded to T
+// (its CPU kernels' `x * alpha + beta`, contracted to FMAs by the compiler in the AVX2 / AVX-512
+// builds), checked once per dtype against at::native_batch_norm on a probe (both layouts, channel
+// tails, deterministic values: the random stream is untouched).  Where it differs (another ATen
+// build, a CPU without FMA) the mask is read from y as before.
+template <typename T>
+bool aten_apply_matches() {
+  const int64_t N = 2, C = 37, H = 3, W = 5;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  const at::Tensor gamma = at::arange(C, f32).mul_(1.3f).cos_().mul_(1.5f);
+  const at::Tensor bias = at::arange(C, f32).mul_(0.9f).sin_().mul_(0.5f);
+  const at::Tensor vals = at::arange(N * C * H * W, f32).mul_(0.7548776662f).sin_().mul_(3.0f).add_(0.25f);
+  for (const bool channels_last : {true, false}) {
+    at::Tensor x = channels_last ? vals.view({N, H, W, C}).permute({0, 3, 1, 2}) : vals.view({N, C, H, W});
+    x = x.to(c10::CppTypeToScalarType<T>::value);
+    const auto [y, mean, invstd] = at::native_batch_norm(x, gamma, bias, at::zeros({C}, f32), at::ones({C}, f32),
+                                                         true, 0.1, 1e-3);
+    const at::Tensor xf = x.to(at::kFloat).contiguous(), yc = y.contiguous();
+    const at::Tensor mf = mean.to(at::kFloat).contiguous(), isf = invstd.to(at::kFloat).contiguous();
+    const float* X = xf.const_data_ptr<float>();
+    const float *MF = mf.const_data_ptr<float>(), *IS = isf.const_data_ptr<float>();
+    const float *GA = gamma.const_data_ptr<float>(), *BI = bias.const_data_ptr<float>();
+    const T* Y = yc.const_data_ptr<T>();
+    for (int64_t i = 0; i < N * C * H * W; ++i) {  // NCHW order
+      const int64_t c = (i / (H * W)) % C;
+      const float alpha = IS[c] * GA[c];
+      const float beta = std::fma(-MF[c], alpha, BI[c]);
+      const T v = static_cast<T>(std::fma(X[i], alpha, beta));
+      if (std::memcmp(&v, Y + i, sizeof(T)) != 0) return false;
+    }
+  }
+  return true;
+}
+
+// bfloat16 only: float32 gained nothing (2 threads, cold data, 2026-12-05: 8x480x28x28 1.52 vs
+// 1.52 ms, 8x832x14x14 0.49-0.56 vs 0.51-0.62 ms; bfloat16 0.65-1.29 -> 0.54-0.89 ms and
+// 0.31-0.41 -> 0.29-0.34 ms).
+template <typename T>
+bool mask_from_pre() {
 #if GF_AVX512
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (vec) return bwd_sums_row_avx512(g, y, x, m, s1, s2, n);
+    static const bool ok = avx512::available() && aten_apply_matches<T>();
+    return ok;
+  }
+#endif
+  return false;
+}
+
+// One pixel's row of either pass: kFromPre / the AVX-512 loop where `vec` / else the portable one.
+template <typename T, typename A>
+inline void sums_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const A* al,
+                     const A* be, A* s1, A* s2, int64_t n) {
+#if GF_AVX512
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+    if (from_pre) return bwd_sums_row_avx512<true>(g, y, x, m, al, be, s1, s2, n);
+    if (vec) return bwd_sums_row_avx512<false>(g, y, x, m, al, be, s1, s2, n);
   }
 #endif
   bwd_sums_row(g, y, x, m, s1, s2, n);
 }
 template <typename T, typename A>
-inline void grad_row(bool vec, const T* g, const T* y, const T* x, const A* m, const A* gm, const A* k, const A* a,
-                     T* o, int64_t n) {
+inline void grad_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const A* al,
+                     const A* be, const A* gm, const A* k, const A* a, T* o, int64_t n) {
 #if GF_AVX512
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
-    if (vec) return bwd_grad_row_avx512(g, y, x, m, gm, k, a, o, n);
+    if (from_pre) return bwd_grad_row_avx512<true>(g, y, x, m, al, be, gm, k, a, o, n);
+    if (vec) return bwd_grad_row_avx512<false>(g, y, x, m, al, be, gm, k, a, o, n);
   }
 #endif
   bwd_grad_row(g, y, x, m, gm, k, a, o, n);
@@ -285,7 +375,8 @@ void for_pixels(int64_t P, const std::vector<Piece<K>>& ps, const F& f) {
 // ---- backward ------------------------------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at::TensorList y, at::TensorList pre,
                                                         const at::Tensor& mean, const at::Tensor& invstd,
-                                                        const at::Tensor& gamma, at::TensorList outs) {
+                                                        const at::Tensor& gamma, at::TensorList outs,
+                                                        const std::optional<at::Tensor>& beta) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   TORCH_CHECK_VALUE(!pre.empty() && pre[0].dim() == 4, "pre: expected a list of 4-D tensors");
   const at::Tensor& first = pre[0];
@@ -296,6 +387,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     TORCH_CHECK_VALUE(l->off.back() == C, "grads, y, outs: expected ", C, " channels in all (pre's), got ", l->off.back());
   for (const at::Tensor* v : {&mean, &invstd, &gamma})
     TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C, "mean, invstd, gamma: expected shape (", C, ",)");
+  TORCH_CHECK_VALUE(!beta.has_value() || (beta->dim() == 1 && beta->size(0) == C), "beta: expected shape (", C,
+                    ",) or None");
   const int64_t P = first.size(0) * first.size(2) * first.size(3);
   const auto acc = at::toOpMathType(first.scalar_type());
   if (P == 0) return {at::zeros({C}, gamma.options()), at::zeros({C}, gamma.options())};
@@ -308,9 +401,22 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     const A* GA = gm.const_data_ptr<A>();
     const auto rd = pieces<3>({&G, &Y, &X}, sizeof(scalar_t));
     const bool vec = use_avx512<scalar_t>();
+    // The ReLU mask from pre (y not read: two of the seven passes over memory) where ATen's forward
+    // arithmetic is reproduced exactly (mask_from_pre), with the forward's alpha and beta.
+    const bool from_pre = beta.has_value() && mask_from_pre<scalar_t>();
+    std::vector<A> al(from_pre ? C : 0), be(from_pre ? C : 0);
+    if (from_pre) {
+      const at::Tensor b = beta->to(acc).contiguous();
+      const A* B = b.const_data_ptr<A>();
+      for (int64_t c = 0; c < C; ++c) {
+        al[c] = IS[c] * GA[c];
+        be[c] = std::fma(-M[c], al[c], B[c]);
+      }
+    }
     const std::vector<double> s = block_sums<A>(P, C, 2, rd, [&](const Piece<3>& pc, int64_t p, A* s) {
-      sums_row(vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p), at_pixel<scalar_t>(pc, 2, p),
-               M + pc.c0, s + pc.c0, s + C + pc.c0, pc.c1 - pc.c0);
+      sums_row(from_pre, vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p),
+               at_pixel<scalar_t>(pc, 2, p), M + pc.c0, al.data() + pc.c0 * from_pre, be.data() + pc.c0 * from_pre,
+               s + pc.c0, s + C + pc.c0, pc.c1 - pc.c0);
     });
     std::vector<A> gmean(C), k(C), a(C);
     A* GG = ggamma.data_ptr<A>();
@@ -325,13 +431,53 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     }
     const auto wr = pieces<4>({&G, &Y, &X, &O}, sizeof(scalar_t));
     for_pixels(P, wr, [&](const Piece<4>& pc, int64_t p) {
-      grad_row(vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p), at_pixel<scalar_t>(pc, 2, p),
-               M + pc.c0, gmean.data() + pc.c0, k.data() + pc.c0, a.data() + pc.c0, at_pixel<scalar_t>(pc, 3, p),
-               pc.c1 - pc.c0);
+      grad_row(from_pre, vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p),
+               at_pixel<scalar_t>(pc, 2, p), M + pc.c0, al.data() + pc.c0 * from_pre, be.data() + pc.c0 * from_pre,
+               gmean.data() + pc.c0, k.data() + pc.c0, a.data() + pc.c0, at_pixel<scalar_t>(pc, 3, p), pc.c1 - pc.c0);
     });
   });
   return {ggamma.to(gamma.scalar_type()), gbeta.to(gamma.scalar_type())};
 }
+
+// ---- forward: BatchNorm apply + ReLU ---------------------------------------------------------------
+std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
+                                                     const at::Tensor& gamma, const at::Tensor& beta, double eps) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  TORCH_CHECK_VALUE(x.dim() == 4 && x.device().is_cpu(), "x: expected a 4-D (N, C, H, W) CPU tensor, got ", x.sizes());
+  const int64_t C = x.size(1);
+  for (const at::Tensor* v : {&mean, &var, &gamma, &beta})
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
+                      "mean, var, gamma, beta: expected float32 tensors of shape (", C, ",)");
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a value >= 0, got ", eps);
+  // invstd as ATen's InvStd<double> of the biased variance (batch_norm_update_stats' var)
+  const at::Tensor invstd = at::reciprocal(at::sqrt(var.to(at::kDouble) + eps)).to(at::kFloat);
+  if (x.scalar_type() != at::kBFloat16 || !mask_from_pre<c10::BFloat16>()) {
+    // ATen's own: the statistics again (the same bits), then its apply and ReLU
+    auto [y, m, is] = at::native_batch_norm(x, gamma, beta, {}, {}, true, 0.0, eps);
+    return {y.relu_(), invstd};
+  }
+  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  at::Tensor y = at::empty_like(xc, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
+  [[maybe_unused]] const int64_t P = x.size(0) * x.size(2) * x.size(3);
+  std::vector<float> al(C), be(C);
+  const at::Tensor mc = mean.contiguous(), gc = gamma.contiguous(), bc = beta.contiguous();
+  const float *M = mc.const_data_ptr<float>(), *IS = invstd.const_data_ptr<float>();
+  const float *GA = gc.const_data_ptr<float>(), *B = bc.const_data_ptr<float>();
+  for (int64_t c = 0; c < C; ++c) {
+    al[c] = IS[c] * GA[c];
+    be[c] = std::fma(-M[c], al[c], B[c]);
+  }
+#if GF_AVX512
+  const auto* X = xc.const_data_ptr<c10::BFloat16>();
+  auto* Y = y.data_ptr<c10::BFloat16>();
+  at::parallel_for(0, P, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t p0, int64_t p1) {
+    bn_relu_apply_rows_avx512(X, Y, al.data(), be.data(), p0, p1, C);
+  });
+#endif
+  return {y, invstd};
+}
+
+bool bn_relu_bf16_exact_apply() { return mask_from_pre<c10::BFloat16>(); }
 
 }  // namespace
 
@@ -339,11 +485,20 @@ TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
   // Train-mode BatchNorm + ReLU backward over channel lists (csrc/cpu/bn_relu_train_cpu.cpp):
   // eager CPU training only (googlenet_fast/bn_train.py); not differentiable.
   m.def("bn_relu_backward(Tensor[] grads, Tensor[] y, Tensor[] pre, Tensor mean, Tensor invstd, Tensor gamma, "
-        "Tensor(a!)[] outs) -> (Tensor grad_gamma, Tensor grad_beta)");
+        "Tensor(a!)[] outs, Tensor? beta=None) -> (Tensor grad_gamma, Tensor grad_beta)");
+  // relu(batch_norm(x)) from batch_norm_update_stats' mean and biased var: (y, invstd), ATen's bits
+  m.def("bn_relu_apply(Tensor x, Tensor mean, Tensor var, Tensor gamma, Tensor beta, float eps) -> (Tensor y, Tensor invstd)");
+  // whether bfloat16 runs the exact apply and the backward's mask from pre (else ATen / y)
+  m.def("bn_relu_bf16_exact_apply() -> bool");
+}
+
+TORCH_LIBRARY_IMPL(googlenet_fast, CompositeExplicitAutograd, m) {
+  m.impl("bn_relu_bf16_exact_apply", &bn_relu_bf16_exact_apply);
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("bn_relu_backward", &bn_relu_backward_cpu);
+  m.impl("bn_relu_apply", &bn_relu_apply_cpu);
 }
 
 }  // namespace googlenet_fast
