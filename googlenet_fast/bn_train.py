@@ -233,17 +233,22 @@ def cpu_fast_path_applies(x: Tensor) -> bool:
 def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor, running_var: Tensor,
                      momentum: float, eps: float):
     """``relu(native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps))``
-    -> (y, mean, invstd), the running statistics updated in place: ATen's bits in every dtype.
-    bfloat16 activations with float32 BatchNorm parameters and statistics (autocast): ATen's
-    statistics (``batch_norm_update_stats``) and the extension's apply + ReLU in one pass
-    (``bn_relu_apply``, csrc/cpu/bn_relu_train_cpu.cpp) instead of ATen's apply and a separate
-    in-place ReLU pass."""
-    if pre.dtype == torch.bfloat16 and all(t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var)):
+    -> (y, mean, invstd, mask_beta), the running statistics updated in place: ATen's bits (NaN:
+    NaN, its payload bits aside).
+
+    bfloat16 activations in a dense layout with float32 BatchNorm parameters and running
+    statistics (autocast): ATen's statistics (``batch_norm_update_stats``) and the extension's
+    apply + ReLU in one pass (``bn_relu_apply``, csrc/cpu/bn_relu_train_cpu.cpp) instead of
+    ATen's apply and a separate in-place ReLU pass; ``mask_beta`` is then ``beta`` (for
+    ``bn_relu_backward``: the ReLU mask may be recomputed from ``pre``), else None (y is read)."""
+    if (pre.dtype == torch.bfloat16 and running_mean is not None and running_var is not None
+            and all(t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var))
+            and (pre.is_contiguous() or pre.is_contiguous(memory_format=torch.channels_last))):
         mean, var = torch.batch_norm_update_stats(pre, running_mean, running_var, momentum)
         y, invstd = torch.ops.googlenet_fast.bn_relu_apply(pre, mean, var, gamma, beta, eps)
-        return y, mean, invstd
+        return y, mean, invstd, beta
     y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps)
-    return y.relu_(), mean, invstd
+    return y.relu_(), mean, invstd, None
 
 
 class _InceptionBnReluTrain(torch.autograd.Function):
@@ -259,10 +264,11 @@ class _InceptionBnReluTrain(torch.autograd.Function):
 
     Forward: ONE 1x1 convolution for the three sibling 1x1s (x read once, weights concatenated)
     -> ``m``; the max pool with its argmax as one-byte taps (``max_pool2d_tap``, saved: no
-    recompute in backward) and the pool projection; BatchNorm + in-place ReLU of the two reduce branches (dense activations, saved
-    for the KxK wgrad); the two KxK convolutions; the four pre-BN branch outputs concatenated and
-    ONE BatchNorm + in-place ReLU over all output channels.  Running statistics of all six
-    BatchNorms as nn.BatchNorm2d's (ATen updates them).
+    recompute in backward) and the pool projection; BatchNorm + ReLU of the two reduce branches
+    (:func:`_bn_relu_forward`; dense activations, saved for the KxK wgrad); the two KxK
+    convolutions; the four pre-BN branch outputs concatenated and ONE BatchNorm + ReLU over all
+    output channels.  Running statistics of all six BatchNorms as nn.BatchNorm2d's (ATen updates
+    them).
 
     Backward: ``bn_relu_backward`` over all output channels (ReLU mask and BatchNorm backward in
     two passes) writes branch 1's gradient into the first columns of the merged 1x1 gradient
@@ -290,10 +296,10 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         for lo, hi, i in ((c1, c1 + r3, 1), (c1 + r3, c1 + r3 + r5, 3)):
             # (a dense copy first: ATen's batch_norm on a channel slice is ~4x slower than the copy
             # and the batch_norm of the dense tensor together)
-            a, mean, invstd = _bn_relu_forward(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
-                                               bns[i].running_mean, bns[i].running_var, momentum, eps)
+            a, mean, invstd, mb = _bn_relu_forward(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
+                                                   bns[i].running_mean, bns[i].running_var, momentum, eps)
             acts.append(a.contiguous(memory_format=cl))
-            red_stats.append((mean, invstd))
+            red_stats.append((mean, invstd, mb))
         y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
         y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
         gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
@@ -303,12 +309,15 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         out_bns = (bns[0], bns[2], bns[4], bns[5])
         running_mean = torch.cat([bn.running_mean for bn in out_bns])
         running_var = torch.cat([bn.running_var for bn in out_bns])
-        y, mean_o, invstd_o = _bn_relu_forward(out, gamma_o, beta_o, running_mean, running_var, momentum, eps)
+        y, mean_o, invstd_o, mask_beta_o = _bn_relu_forward(out, gamma_o, beta_o, running_mean, running_var,
+                                                            momentum, eps)
         osizes = [c1, c3, c5, cp]
         for bn, rm, rv in zip(out_bns, running_mean.split(osizes), running_var.split(osizes)):
             bn.running_mean.copy_(rm)
             bn.running_var.copy_(rv)
         ctx.sizes = sizes
+        # the betas for bn_relu_backward's mask from pre where the forward computed y exactly so
+        ctx.mask_from_pre = (mask_beta_o is not None, red_stats[0][2] is not None and red_stats[1][2] is not None)
         ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, tap, acts[0], acts[1], out, y,
                               mean_o, invstd_o, gamma_o, beta_o, red_stats[0][0], red_stats[0][1], g[1], b[1],
                               red_stats[1][0], red_stats[1][1], g[3], b[3])
@@ -330,15 +339,16 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         g2, g3, g4 = (torch.empty((n, c, h, w), dtype=dt, memory_format=cl) for c in (c3, c5, cp))
         # (beta: the ReLU mask recomputed from the pre-BatchNorm values where ATen's forward
         # arithmetic is reproduced exactly, instead of reading y; csrc/cpu/bn_relu_train_cpu.cpp)
+        out_pre, red_pre = ctx.mask_from_pre
         gg_o, gb_o = gf.bn_relu_backward([gy], [y], [out], mean_o, invstd_o, gamma_o,
-                                         [da[:, :c1], g2, g3, g4], beta_o)
+                                         [da[:, :c1], g2, g3, g4], beta_o if out_pre else None)
         da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
         da5, gw5, _ = aten.convolution_backward(g3, act5, w5, None, [1, 1], [w5.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
         gg_r, gb_r = gf.bn_relu_backward([da3, da5], [act3, act5], [m[:, c1:]], torch.cat([mean3, mean5]),
                                          torch.cat([invstd3, invstd5]), torch.cat([gamma3, gamma5]), [da[:, c1:]],
-                                         torch.cat([beta3, beta5]))
+                                         torch.cat([beta3, beta5]) if red_pre else None)
         gx, gwm, _ = aten.convolution_backward(da, x, wm, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                [need_x, True, False])
         dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
@@ -359,13 +369,15 @@ class _InceptionBnReluTrain(torch.autograd.Function):
 class _BnReluTrain(torch.autograd.Function):
     """relu(batch_norm(pre)) with batch statistics as one autograd node: forward ATen's
     native_batch_norm (running statistics included) and an in-place ReLU, as torchvision's
-    block computes them (bfloat16: the same bits from :func:`_bn_relu_forward`); backward the extension's ``bn_relu_backward`` (ReLU mask and BatchNorm
+    block computes them (:func:`_bn_relu_forward`: for bfloat16 the same bits); backward the extension's ``bn_relu_backward`` (ReLU mask and BatchNorm
     backward in two passes instead of threshold_backward's one and native_batch_norm_backward's
     two, no gradient tensor in between)."""
 
     @staticmethod
     def forward(ctx, pre, gamma, beta, bn, eps, momentum):
-        y, mean, invstd = _bn_relu_forward(pre, gamma, beta, bn.running_mean, bn.running_var, momentum, eps)
+        y, mean, invstd, mask_beta = _bn_relu_forward(pre, gamma, beta, bn.running_mean, bn.running_var,
+                                                      momentum, eps)
+        ctx.mask_from_pre = mask_beta is not None
         ctx.save_for_backward(pre, y, mean, invstd, gamma, beta)
         return y
 
@@ -373,7 +385,8 @@ class _BnReluTrain(torch.autograd.Function):
     def backward(ctx, gy):
         pre, y, mean, invstd, gamma, beta = ctx.saved_tensors
         dpre = torch.empty_like(pre)
-        gg, gb = torch.ops.googlenet_fast.bn_relu_backward([gy], [y], [pre], mean, invstd, gamma, [dpre], beta)
+        gg, gb = torch.ops.googlenet_fast.bn_relu_backward([gy], [y], [pre], mean, invstd, gamma, [dpre],
+                                                           beta if ctx.mask_from_pre else None)
         return dpre, gg, gb, None, None, None
 
 
@@ -419,7 +432,7 @@ def _register():
 
         @torch.library.register_fake("googlenet_fast::bn_relu_apply")
         def _fake_bn_relu_apply(x, mean, var, gamma, beta, eps):
-            return torch.empty_like(x, memory_format=torch.channels_last), torch.empty_like(mean)
+            return torch.empty_like(x), torch.empty_like(mean)
 
         @torch.library.register_fake("googlenet_fast::bn_relu_backward")
         def _fake_bn_relu_backward(grads, y, pre, mean, invstd, gamma, outs, beta=None):

@@ -390,8 +390,9 @@ def test_bn_relu_forward_bf16_equals_aten_bit_for_bit(shape, layout):
     rm2, rv2 = rm.clone(), rv.clone()
     y, mean, invstd = torch.native_batch_norm(x, gamma, beta, rm, rv, True, 0.1, 1e-3)
     y = y.relu_()
-    y2, mean2, invstd2 = bn_train._bn_relu_forward(x, gamma, beta, rm2, rv2, 0.1, 1e-3)
-    assert y2.dtype == torch.bfloat16 and y2.shape == y.shape
+    y2, mean2, invstd2, mask_beta = bn_train._bn_relu_forward(x, gamma, beta, rm2, rv2, 0.1, 1e-3)
+    assert y2.dtype == torch.bfloat16 and y2.shape == y.shape and y2.stride() == y.stride()
+    assert mask_beta is beta  # dense: the backward may recompute the mask from x
     for a, b in ((y, y2), (mean, mean2), (invstd, invstd2), (rm, rm2), (rv, rv2)):
         assert torch.equal(_bits(a), _bits(b))
 
@@ -424,8 +425,27 @@ def test_bn_relu_apply_signed_zero_nan_and_errors():
         f(x, v, v, v, v, -1.0)
 
 
-def test_opcheck_bn_relu_apply():
-    x, gamma, beta, rm, rv = _bf16_case((2, 6, 3, 4), seed=4)
+def test_bn_relu_forward_bf16_eps0_zero_variance_and_slices():
+    """eps 0 with a constant channel: invstd 0 and y = relu(beta) as ATen's InvStd gives (not
+    1 / sqrt(0)); a channel slice (not dense): ATen's own ops (its non-dense path rounds
+    differently), the same bits, and no mask from pre for the backward."""
+    x, gamma, beta, rm, rv = _bf16_case((2, 37, 5, 5), seed=6)
+    x[:, 3] = 1.5
+    y, mean, invstd = torch.native_batch_norm(x, gamma, beta, rm.clone(), rv.clone(), True, 0.1, 0.0)
+    y2, mean2, invstd2, _ = bn_train._bn_relu_forward(x, gamma, beta, rm.clone(), rv.clone(), 0.1, 0.0)
+    assert invstd2[3] == 0 and not torch.isnan(y2).any()
+    for a, b in ((y.relu_(), y2), (mean, mean2), (invstd, invstd2)):
+        assert torch.equal(_bits(a), _bits(b))
+    big, gamma, beta, rm, rv = _bf16_case((2, 40, 5, 5), seed=7)
+    sl, gamma, beta, rm, rv = big[:, 2:39], gamma[2:39], beta[2:39], rm[2:39], rv[2:39]
+    y, *_ = torch.native_batch_norm(sl, gamma, beta, rm.clone(), rv.clone(), True, 0.1, 1e-3)
+    y2, _, _, mask_beta = bn_train._bn_relu_forward(sl, gamma, beta, rm.clone(), rv.clone(), 0.1, 1e-3)
+    assert mask_beta is None and torch.equal(_bits(y.relu_()), _bits(y2))
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_opcheck_bn_relu_apply(layout):
+    x, gamma, beta, rm, rv = _bf16_case((2, 6, 3, 4), seed=4, layout=layout)
     mean, var = torch.batch_norm_update_stats(x, rm, rv, 0.1)  # float32 statistics (autocast's)
     torch.library.opcheck(torch.ops.googlenet_fast.bn_relu_apply.default, (x, mean, var, gamma, beta, 1e-3))
 

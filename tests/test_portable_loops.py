@@ -24,8 +24,9 @@ def test_parity_checks_with_the_portable_loops():
     # -0 accumulation; BatchNorm + ReLU backward vs ATen (3 dtypes x 2 channel counts), its argument
     # errors, its opcheck, thread-count independence (3 shapes x 2 dtypes), its bf16 mask from pre
     # (2 shapes: off here, y read); the bf16 forward apply vs ATen (4 shapes x 2 layouts: ATen's
-    # own here), its signed zero / NaN / errors, its opcheck; the exact-apply switch (off here)
-    assert re.search(r"^89 passed", r.stdout, re.M), r.stdout[-500:]
+    # own here), its eps 0 / slice case, its signed zero / NaN / errors, its opcheck (2 layouts);
+    # the exact-apply switch (off here)
+    assert re.search(r"^91 passed", r.stdout, re.M), r.stdout[-500:]
 
 
 _OUTPUTS = r'''

@@ -8,14 +8,15 @@
 //
 // googlenet_fast::bn_relu_apply(x, mean, var, gamma, beta, eps) -> (y, invstd)
 //   relu(batch_norm(x)) from batch_norm_update_stats' mean and biased var, bit for bit what
-//   native_batch_norm(training) + relu_ give, in one pass instead of two (bfloat16 with AVX-512
-//   where mask_from_pre<bfloat16>(); elsewhere ATen's own ops).
+//   native_batch_norm(training) + relu_ give, in one pass instead of two (bfloat16 channels_last
+//   with AVX-512 where exact_apply<bfloat16>(); otherwise ATen's own ops).
 // googlenet_fast::bn_relu_backward(grads[], y[], pre[], mean, invstd, gamma, outs[], beta?) -> (dgamma, dbeta)
 //   the gradient of `pre` (written into `outs`) and of gamma and beta: ATen's threshold_backward
 //   followed by native_batch_norm_backward, in two passes instead of four:
 //   pass 1: dz = grad where not y <= 0 (threshold_backward's mask: NaN passes), per-channel sums
-//     of dz and of dz * (pre - mean); with `beta` (bfloat16, mask_from_pre) the sign of y is
-//     recomputed from pre as the forward computed y, and y is not read (two of seven passes);
+//     of dz and of dz * (pre - mean); with `beta` (bfloat16, exact_apply) the sign of y is
+//     recomputed from pre as ATen's forward computed y from a dense input with the same values
+//     (the caller's promise), and y is not read (two of seven passes);
 //   pass 2: dpre = (dz - sum_dz / M - (pre - mean) * k) * invstd * gamma, k = sum(dz * (pre -
 //     mean)) * invstd^2 / M (ATen's formula), written straight into the destinations (e.g. a
 //     channel slice of the buffer the merged 1x1 dgrad reads, dense per-branch buffers the KxK
@@ -201,9 +202,9 @@ bool use_avx512() {
   return false;
 }
 
-// Whether the ReLU mask may be recomputed from `pre` for T (kFromPre), and bn_relu_apply run its
-// own loop: AVX-512 loops available, bfloat16, and this process's ATen computes its train-mode
-// BatchNorm output as
+// Whether bn_relu_apply runs its own loop and bn_relu_backward may recompute the ReLU mask from
+// `pre` (kFromPre) for T: AVX-512 loops available, bfloat16, and this process's ATen computes its
+// train-mode BatchNorm output of a dense (contiguous or channels_last) input as
 //   alpha = invstd * gamma, beta = fma(-mean, alpha, bias), y = fma(x, alpha, beta) rounded to T
 // (its CPU kernels' `x * alpha + beta`, contracted to FMAs by the compiler in the AVX2 / AVX-512
 // builds), checked once per dtype against at::native_batch_norm on a probe (both layouts, channel
@@ -211,7 +212,8 @@ bool use_avx512() {
 // build, a CPU without FMA) the mask is read from y as before.
 template <typename T>
 bool aten_apply_matches() {
-  const int64_t N = 2, C = 37, H = 3, W = 5;
+  // 37 channels (channels_last: ATen's vector loop and its tail), 9x9 pixels (NCHW: the same)
+  const int64_t N = 2, C = 37, H = 9, W = 9;
   const auto f32 = at::TensorOptions().dtype(at::kFloat);
   const at::Tensor gamma = at::arange(C, f32).mul_(1.3f).cos_().mul_(1.5f);
   const at::Tensor bias = at::arange(C, f32).mul_(0.9f).sin_().mul_(0.5f);
@@ -242,7 +244,7 @@ bool aten_apply_matches() {
 // 1.52 ms, 8x832x14x14 0.49-0.56 vs 0.51-0.62 ms; bfloat16 0.65-1.29 -> 0.54-0.89 ms and
 // 0.31-0.41 -> 0.29-0.34 ms).
 template <typename T>
-bool mask_from_pre() {
+bool exact_apply() {
 #if GF_AVX512
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     static const bool ok = avx512::available() && aten_apply_matches<T>();
@@ -402,8 +404,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     const auto rd = pieces<3>({&G, &Y, &X}, sizeof(scalar_t));
     const bool vec = use_avx512<scalar_t>();
     // The ReLU mask from pre (y not read: two of the seven passes over memory) where ATen's forward
-    // arithmetic is reproduced exactly (mask_from_pre), with the forward's alpha and beta.
-    const bool from_pre = beta.has_value() && mask_from_pre<scalar_t>();
+    // arithmetic is reproduced exactly (exact_apply), with the forward's alpha and beta.
+    const bool from_pre = beta.has_value() && exact_apply<scalar_t>();
     std::vector<A> al(from_pre ? C : 0), be(from_pre ? C : 0);
     if (from_pre) {
       const at::Tensor b = beta->to(acc).contiguous();
@@ -449,14 +451,21 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
     TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
                       "mean, var, gamma, beta: expected float32 tensors of shape (", C, ",)");
   TORCH_CHECK_VALUE(eps >= 0, "eps: expected a value >= 0, got ", eps);
-  // invstd as ATen's InvStd<double> of the biased variance (batch_norm_update_stats' var)
-  const at::Tensor invstd = at::reciprocal(at::sqrt(var.to(at::kDouble) + eps)).to(at::kFloat);
-  if (x.scalar_type() != at::kBFloat16 || !mask_from_pre<c10::BFloat16>()) {
+  if (x.scalar_type() != at::kBFloat16 || !x.is_contiguous(at::MemoryFormat::ChannelsLast) ||
+      !exact_apply<c10::BFloat16>()) {
     // ATen's own: the statistics again (the same bits), then its apply and ReLU
     auto [y, m, is] = at::native_batch_norm(x, gamma, beta, {}, {}, true, 0.0, eps);
-    return {y.relu_(), invstd};
+    return {y.relu_(), is};
   }
-  const at::Tensor xc = x.contiguous(at::MemoryFormat::ChannelsLast);
+  // invstd as ATen's InvStd<double> of the biased variance (batch_norm_update_stats' var):
+  // 1 / sqrt(var + eps) in double, 0 where var and eps are both 0
+  const at::Tensor vd = var.to(at::kDouble).contiguous();
+  at::Tensor invstd = at::empty({C}, var.options());
+  for (int64_t c = 0; c < C; ++c) {
+    const double v = vd.const_data_ptr<double>()[c];
+    invstd.data_ptr<float>()[c] = (v != 0.0 || eps != 0.0) ? static_cast<float>(1.0 / std::sqrt(v + eps)) : 0.0f;
+  }
+  const at::Tensor& xc = x;
   at::Tensor y = at::empty_like(xc, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
   [[maybe_unused]] const int64_t P = x.size(0) * x.size(2) * x.size(3);
   std::vector<float> al(C), be(C);
@@ -477,7 +486,7 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
   return {y, invstd};
 }
 
-bool bn_relu_bf16_exact_apply() { return mask_from_pre<c10::BFloat16>(); }
+bool bn_relu_bf16_exact_apply() { return exact_apply<c10::BFloat16>(); }
 
 }  // namespace
 
