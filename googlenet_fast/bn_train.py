@@ -390,6 +390,60 @@ class _BnReluTrain(torch.autograd.Function):
         return dpre, gg, gb, None, None, None
 
 
+class _BnReluMaxPoolTrain(torch.autograd.Function):
+    """``max_pool2d(relu(batch_norm(pre)))`` with batch statistics as one autograd node, bfloat16
+    only (exact apply on): ATen's statistics, then ``max_pool2d_tap_bn_relu`` computes each
+    window value as ``bn_relu_apply`` would and pools it, so relu(batch_norm(pre)) is never
+    written; backward: the pool's gradient through the saved taps, then ``bn_relu_backward`` with
+    the ReLU mask recomputed from ``pre``.  The same bits as ``bn_relu_train`` + the tap max pool."""
+
+    @staticmethod
+    def forward(ctx, pre, gamma, beta, bn, eps, momentum, window):
+        mean, var = torch.batch_norm_update_stats(pre, bn.running_mean, bn.running_var, momentum)
+        k, s, p, ceil = window
+        y, tap, invstd = torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(pre, mean, var, gamma, beta, eps, k, s, p,
+                                                                         ceil)
+        ctx.window = (k, s, p)
+        ctx.save_for_backward(pre, tap, mean, invstd, gamma, beta)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, gp):
+        pre, tap, mean, invstd, gamma, beta = ctx.saved_tensors
+        gf = torch.ops.googlenet_fast
+        dy = torch.empty_like(pre, memory_format=torch.channels_last)
+        gf.max_pool2d_tap_backward_(dy, gp, tap, *ctx.window, False)
+        dpre = torch.empty_like(pre, memory_format=torch.channels_last)
+        # y is not read (mask from pre; bn_relu_max_pool_train_applies checked it): pre stands in
+        gg, gb = gf.bn_relu_backward([dy], [pre], [pre], mean, invstd, gamma, [dpre], beta)
+        return dpre, gg, gb, None, None, None, None
+
+
+def bn_relu_max_pool_train_applies(pre: Tensor, bn: nn.BatchNorm2d) -> bool:
+    """Whether :func:`bn_relu_max_pool_train` computes ``pool(bn_relu_train(pre, bn))`` for
+    ``pre``: bfloat16 channels_last, float32 BatchNorm parameters and running statistics
+    (autocast), and the exact bfloat16 apply on (``bn_relu_bf16_exact_apply()``)."""
+    return (pre.dtype == torch.bfloat16 and pre.device.type == "cpu"
+            and pre.is_contiguous(memory_format=torch.channels_last)
+            and all(t is not None and t.dtype == torch.float32
+                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
+            and torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
+
+
+def bn_relu_max_pool_train(pre: Tensor, bn: nn.BatchNorm2d, window) -> Tensor:
+    """``F.max_pool2d(relu(bn(pre)), *window)`` for a train-mode ``nn.BatchNorm2d`` as one
+    autograd node where :func:`bn_relu_max_pool_train_applies` (the stem's conv1 -> maxpool1 and
+    conv3 -> maxpool2 under bf16 autocast): relu(bn(pre)) is never written (its write and the
+    pool's read of it saved).  ``window``: (kernel, stride, padding, ceil_mode) as
+    :func:`googlenet_fast.pool_train.pool_window` gives it.  Updates ``bn``'s running statistics
+    and num_batches_tracked as ``bn(pre)`` would; values, taps and gradients are those of
+    :func:`bn_relu_train` followed by the tap max pool, bit for bit."""
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+    return _BnReluMaxPoolTrain.apply(pre, bn.weight, bn.bias, bn, bn.eps, bn.momentum, tuple(window))
+
+
 def bn_relu_train(pre: Tensor, bn: nn.BatchNorm2d) -> Tensor:
     """``relu(bn(pre))`` for a train-mode ``nn.BatchNorm2d`` (affine, running statistics, numeric
     momentum) as one autograd node on the CPU (see :func:`cpu_fast_path_applies`): the backward
@@ -429,6 +483,15 @@ def _cuda_composition(x, w_1x1, w_3x3red, w_3x3, w_5x5red, w_5x5, w_pool_proj, r
 def _register():
     if native.available():
         torch.library.register_fake(OP, _fake)
+
+        @torch.library.register_fake("googlenet_fast::max_pool2d_tap_bn_relu")
+        def _fake_max_pool2d_tap_bn_relu(x, mean, var, gamma, beta, eps, kernel, stride, padding, ceil_mode):
+            from .backends.reference import pool_output_size
+            shape = (x.shape[0], x.shape[1]) + tuple(pool_output_size(n, kernel, stride, padding, ceil_mode)
+                                                     for n in (x.shape[2], x.shape[3]))
+            cl = torch.channels_last
+            return (torch.empty(shape, dtype=x.dtype, memory_format=cl),
+                    torch.empty(shape, dtype=torch.uint8, memory_format=cl), torch.empty_like(mean))
 
         @torch.library.register_fake("googlenet_fast::bn_relu_apply")
         def _fake_bn_relu_apply(x, mean, var, gamma, beta, eps):

@@ -882,6 +882,14 @@ class GoogLeNet(nn.Module):
             y = conv._eval_conv(x, pool=window)
             if y is not None:
                 return y
+        if (self._fused and self.training and type(conv).forward is BasicConv2d.forward and not _has_hooks(pool)
+                and conv._train_bn_relu_applies(x)):
+            # train mode, bf16 (autocast): BatchNorm + ReLU computed inside the pool's window scan
+            train_window = pool_train.pool_window(pool)
+            pre = conv.conv(x)
+            if train_window is not None and bn_train.bn_relu_max_pool_train_applies(pre, conv.bn):
+                return bn_train.bn_relu_max_pool_train(pre, conv.bn, train_window)
+            return self._pool(pool, bn_train.bn_relu_train(pre, conv.bn), cpu_ops)
         return self._pool(pool, conv(x), cpu_ops)
 
     def _forward(self, x: Tensor) -> Tuple[Tensor, Optional[Tensor], Optional[Tensor]]:

@@ -485,3 +485,88 @@ def test_bf16_exact_apply_is_on_with_avx512():
         assert on
     if portable:
         assert not on
+
+
+@pytest.mark.parametrize("shape,window", [((4, 64, 28, 28), (3, 2, 0, True)), ((2, 37, 9, 11), (3, 2, 0, True)),
+                                          ((3, 20, 7, 7), (3, 1, 1, True)), ((2, 5, 6, 6), (2, 2, 0, False))])
+def test_bn_relu_max_pool_train_equals_the_two_nodes_bf16(shape, window):
+    """bn_relu_max_pool_train (the pool reads relu(batch_norm(pre)) computed in its window scan)
+    == bn_relu_train followed by the tap max pool: pooled values, every gradient, running
+    statistics and num_batches_tracked bit for bit (stem windows 3/2/0 ceil, a padded stride-1
+    window, channel tails)."""
+    import copy
+    from googlenet_fast import pool_train
+    if not torch.ops.googlenet_fast.bn_relu_bf16_exact_apply():
+        with pytest.raises(ValueError, match="exact"):
+            x, *_ = _bf16_case(shape, seed=1)
+            m, v = torch.batch_norm_update_stats(x, torch.zeros(shape[1]), torch.ones(shape[1]), 0.1)
+            torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(x, m, v, m, m, 1e-3, 3, 2, 0, True)
+        return
+    x, gamma, beta, rm, rv = _bf16_case(shape, seed=shape[1])
+    bn = torch.nn.BatchNorm2d(shape[1], eps=1e-3)
+    with torch.no_grad():
+        bn.weight.copy_(gamma)
+        bn.bias.copy_(beta)
+        bn.running_mean.copy_(rm)
+        bn.running_var.copy_(rv)
+    bn2 = copy.deepcopy(bn)
+    assert bn_train.bn_relu_max_pool_train_applies(x, bn)
+    pre1, pre2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1 = bn_train.bn_relu_max_pool_train(pre1, bn, window)
+    y2 = pool_train.max_pool2d_train(bn_train.bn_relu_train(pre2, bn2), window)
+    assert y1.grad_fn is not None and "BnReluMaxPool" in type(y1.grad_fn).__name__
+    assert torch.equal(_bits(y1), _bits(y2))
+    g = torch.Generator().manual_seed(5)
+    gy = torch.randn(y1.shape, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    y1.backward(gy)
+    y2.backward(gy)
+    for a, b in ((pre1.grad, pre2.grad), (bn.weight.grad, bn2.weight.grad), (bn.bias.grad, bn2.bias.grad),
+                 (bn.running_mean, bn2.running_mean), (bn.running_var, bn2.running_var)):
+        assert torch.equal(_bits(a), _bits(b))
+    assert int(bn.num_batches_tracked) == int(bn2.num_batches_tracked) == 1
+
+
+def test_bf16_train_step_takes_the_stem_bn_relu_pool_node(monkeypatch):
+    """Under bf16 autocast the fused model's stem (conv1 -> maxpool1, conv3 -> maxpool2) runs
+    bn_relu_max_pool_train where the exact apply is on (exactness: the test above; accuracy of
+    the whole bf16 step against float64: tests/test_train_parity.py's bf16 test, which runs it),
+    and bn_relu_train + the pool where bn_relu_max_pool_train_applies says no.  (Two runs of
+    one bf16 step are not bit-identical here: oneDNN's bf16 reductions vary run to run.)"""
+    from googlenet_fast import GoogLeNet
+    torch.manual_seed(0)
+    model = GoogLeNet(aux_logits=False, init_weights=True, fused=True).train()
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    calls = []
+    real = bn_train.bn_relu_max_pool_train
+    monkeypatch.setattr(bn_train, "bn_relu_max_pool_train", lambda *a: calls.append(1) or real(*a))
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        out.float().sum().backward()
+        assert all(p.grad is not None and p.grad.dtype == torch.float32 and torch.isfinite(p.grad).all()
+                   for p in model.parameters())
+
+    step()
+    assert len(calls) == (2 if torch.ops.googlenet_fast.bn_relu_bf16_exact_apply() else 0)
+    assert int(model.conv1.bn.num_batches_tracked) == 1
+    monkeypatch.setattr(bn_train, "bn_relu_max_pool_train_applies", lambda pre, bn: False)
+    calls.clear()
+    step()
+    assert not calls and int(model.conv1.bn.num_batches_tracked) == 2
+
+
+def test_opcheck_max_pool2d_tap_bn_relu():
+    """The op's fake kernel and schema (where the exact apply is on; elsewhere it refuses with a
+    ValueError naming the switch)."""
+    x, gamma, beta, rm, rv = _bf16_case((2, 6, 7, 7), seed=8)
+    mean, var = torch.batch_norm_update_stats(x, rm, rv, 0.1)
+    args = (x, mean, var, gamma, beta, 1e-3, 3, 2, 0, True)
+    if torch.ops.googlenet_fast.bn_relu_bf16_exact_apply():
+        torch.library.opcheck(torch.ops.googlenet_fast.max_pool2d_tap_bn_relu.default, args)
+    else:
+        with pytest.raises(ValueError, match="bn_relu_bf16_exact_apply"):
+            torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(*args)
+    with pytest.raises(ValueError, match="channels_last bfloat16"):
+        torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(x.float(), *args[1:])

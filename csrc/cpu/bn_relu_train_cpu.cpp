@@ -44,6 +44,7 @@
 #include "../inception.h"
 #include "acc_convert.h"
 #include "avx512_lanes.h"
+#include "bn_exact.h"
 
 namespace googlenet_fast {
 namespace {
@@ -457,25 +458,12 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
     auto [y, m, is] = at::native_batch_norm(x, gamma, beta, {}, {}, true, 0.0, eps);
     return {y.relu_(), is};
   }
-  // invstd as ATen's InvStd<double> of the biased variance (batch_norm_update_stats' var):
-  // 1 / sqrt(var + eps) in double, 0 where var and eps are both 0
-  const at::Tensor vd = var.to(at::kDouble).contiguous();
-  at::Tensor invstd = at::empty({C}, var.options());
-  for (int64_t c = 0; c < C; ++c) {
-    const double v = vd.const_data_ptr<double>()[c];
-    invstd.data_ptr<float>()[c] = (v != 0.0 || eps != 0.0) ? static_cast<float>(1.0 / std::sqrt(v + eps)) : 0.0f;
-  }
+  const at::Tensor invstd = bn_invstd(var, eps);
   const at::Tensor& xc = x;
   at::Tensor y = at::empty_like(xc, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
   [[maybe_unused]] const int64_t P = x.size(0) * x.size(2) * x.size(3);
-  std::vector<float> al(C), be(C);
-  const at::Tensor mc = mean.contiguous(), gc = gamma.contiguous(), bc = beta.contiguous();
-  const float *M = mc.const_data_ptr<float>(), *IS = invstd.const_data_ptr<float>();
-  const float *GA = gc.const_data_ptr<float>(), *B = bc.const_data_ptr<float>();
-  for (int64_t c = 0; c < C; ++c) {
-    al[c] = IS[c] * GA[c];
-    be[c] = std::fma(-M[c], al[c], B[c]);
-  }
+  std::vector<float> al, be;
+  bn_alpha_beta(mean, invstd, gamma, beta, al, be);
 #if GF_AVX512
   const auto* X = xc.const_data_ptr<c10::BFloat16>();
   auto* Y = y.data_ptr<c10::BFloat16>();
@@ -489,6 +477,32 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
 bool bn_relu_bf16_exact_apply() { return exact_apply<c10::BFloat16>(); }
 
 }  // namespace
+
+bool bn_bf16_exact_apply() { return exact_apply<c10::BFloat16>(); }
+
+at::Tensor bn_invstd(const at::Tensor& var, double eps) {
+  const at::Tensor vd = var.to(at::kDouble).contiguous();
+  at::Tensor invstd = at::empty({var.size(0)}, var.options().dtype(at::kFloat));
+  const double* V = vd.const_data_ptr<double>();
+  float* IS = invstd.data_ptr<float>();
+  for (int64_t c = 0; c < var.size(0); ++c)
+    IS[c] = (V[c] != 0.0 || eps != 0.0) ? static_cast<float>(1.0 / std::sqrt(V[c] + eps)) : 0.0f;
+  return invstd;
+}
+
+void bn_alpha_beta(const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta,
+                   std::vector<float>& alpha, std::vector<float>& beta_out) {
+  const int64_t C = mean.size(0);
+  const at::Tensor mc = mean.contiguous(), ic = invstd.contiguous(), gc = gamma.contiguous(), bc = beta.contiguous();
+  const float *M = mc.const_data_ptr<float>(), *IS = ic.const_data_ptr<float>();
+  const float *GA = gc.const_data_ptr<float>(), *B = bc.const_data_ptr<float>();
+  alpha.resize(C);
+  beta_out.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    alpha[c] = IS[c] * GA[c];
+    beta_out[c] = std::fma(-M[c], alpha[c], B[c]);
+  }
+}
 
 TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
   // Train-mode BatchNorm + ReLU backward over channel lists (csrc/cpu/bn_relu_train_cpu.cpp):

@@ -50,10 +50,13 @@ using avx512::round_bf16;
 using avx512::store16;
 
 // The forward over output rows [begin, end) (row = n * OH + oh), all channels: Y (values) and TP
-// (taps), both channels_last, as tap_forward_rows_impl computes them.
-template <typename T>
+// (taps), both channels_last, as tap_forward_rows_impl computes them.  kBnRelu (bfloat16): the
+// pool of relu(batch_norm(X)) instead, each input value first computed as bn_relu_apply computes
+// it (round_bf16(fma(x, al, be)), then x < 0 ? +0 : x), al / be the per-channel alpha and beta.
+template <typename T, bool kBnRelu = false>
 GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin, int64_t end, int64_t H,
-                                   int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p) {
+                                   int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
+                                   const float* al = nullptr, const float* be = nullptr) {
   constexpr int kRegs = 4;  // 64 channels: four independent max/tap chains
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t row = begin; row < end; ++row) {
@@ -65,13 +68,17 @@ GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin,
       const int64_t o = (row * OW + ow) * C;
       for (int64_t c0 = 0; c0 < C; c0 += 16 * kRegs) {
         __mmask16 mk[kRegs];
-        __m512 m[kRegs];
+        __m512 m[kRegs], a[kRegs], b[kRegs];
         __m512i t[kRegs];
 #pragma GCC unroll 4
         for (int j = 0; j < kRegs; ++j) {
           mk[j] = lanes(C - c0 - 16 * j);
           m[j] = neg_inf;
           t[j] = first;
+          if constexpr (kBnRelu) {
+            a[j] = load16(al + c0 + 16 * j, mk[j]);
+            b[j] = load16(be + c0 + 16 * j, mk[j]);
+          }
         }
         for (int64_t ih = h0; ih < h1; ++ih) {
           for (int64_t iw = w0; iw < w1; ++iw) {
@@ -79,7 +86,11 @@ GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin,
             const T* src = X + ((n * H + ih) * W + iw) * C + c0;
 #pragma GCC unroll 4
             for (int j = 0; j < kRegs; ++j) {
-              const __m512 v = load16(src + 16 * j, mk[j]);
+              __m512 v = load16(src + 16 * j, mk[j]);
+              if constexpr (kBnRelu) {
+                v = round_bf16(_mm512_fmadd_ps(v, a[j], b[j]));
+                v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
+              }
               const __mmask16 u = _mm512_cmp_ps_mask(v, m[j], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
               m[j] = _mm512_mask_mov_ps(m[j], u, v);
               t[j] = _mm512_mask_mov_epi32(t[j], u, tt);

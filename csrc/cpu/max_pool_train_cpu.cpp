@@ -35,6 +35,7 @@
 
 #include "../inception.h"
 #include "acc_convert.h"
+#include "bn_exact.h"
 #include "max_pool_tap_avx512.h"
 
 namespace googlenet_fast {
@@ -300,6 +301,48 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
   return {y, tap};
 }
 
+// relu(batch_norm(x)) pooled, without writing relu(batch_norm(x)): bfloat16 channels_last x with
+// float32 statistics where bn_bf16_exact_apply(); the same bits as bn_relu_apply followed by
+// max_pool2d_tap (each window value computed as bn_relu_apply computes it).
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_cpu(
+    const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& gamma,
+    const at::Tensor& beta, double eps, int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  check_pool_tensor(x, "x");
+  check_window(kernel, stride, padding);
+  TORCH_CHECK_VALUE(x.scalar_type() == at::kBFloat16 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+                    "x: expected a channels_last bfloat16 tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(bn_bf16_exact_apply(), "max_pool2d_tap_bn_relu: needs the exact bfloat16 BatchNorm apply "
+                    "(torch.ops.googlenet_fast.bn_relu_bf16_exact_apply() is False here)");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  for (const at::Tensor* v : {&mean, &var, &gamma, &beta})
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
+                      "mean, var, gamma, beta: expected float32 tensors of shape (", C, ",)");
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a value >= 0, got ", eps);
+  const int64_t OH = pool_out_size(H, kernel, stride, padding, ceil_mode);
+  const int64_t OW = pool_out_size(W, kernel, stride, padding, ceil_mode);
+  TORCH_CHECK_VALUE(OH >= 1 && OW >= 1, "x: input of spatial size ", H, "x", W, " is too small for a ", kernel, "x",
+                    kernel, " pool with stride ", stride, " and padding ", padding);
+  const at::Tensor invstd = bn_invstd(var, eps);
+  std::vector<float> al, be;
+  bn_alpha_beta(mean, invstd, gamma, beta, al, be);
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  at::Tensor y = at::empty({N, C, OH, OW}, x.options().memory_format(cl));
+  at::Tensor tap = at::empty({N, C, OH, OW}, x.options().dtype(at::kByte).memory_format(cl));
+  if (y.numel() == 0) return {y, tap, invstd};
+#if GF_AVX512
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, OW * kernel * kernel * C));
+  const auto* X = x.const_data_ptr<c10::BFloat16>();
+  auto* Y = y.data_ptr<c10::BFloat16>();
+  uint8_t* TP = tap.data_ptr<uint8_t>();
+  at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {
+    pool_avx512::tap_forward_rows<c10::BFloat16, true>(X, Y, TP, begin, end, H, W, C, OH, OW, kernel, stride,
+                                                       padding, al.data(), be.data());
+  });
+#endif
+  return {y, tap, invstd};
+}
+
 void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, const at::Tensor& tap, int64_t kernel,
                                  int64_t stride, int64_t padding, bool accumulate) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -373,11 +416,15 @@ TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
   m.def("max_pool2d_tap(Tensor x, int kernel, int stride, int padding, bool ceil_mode) -> (Tensor y, Tensor tap)");
   m.def("max_pool2d_tap_backward_(Tensor(a!) grad_x, Tensor grad_y, Tensor tap, int kernel, int stride, "
         "int padding, bool accumulate) -> ()");
+  // max_pool2d_tap(relu(batch_norm(x))) from batch_norm_update_stats' mean and var: (y, tap, invstd)
+  m.def("max_pool2d_tap_bn_relu(Tensor x, Tensor mean, Tensor var, Tensor gamma, Tensor beta, float eps, "
+        "int kernel, int stride, int padding, bool ceil_mode) -> (Tensor y, Tensor tap, Tensor invstd)");
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("max_pool2d_tap", &max_pool2d_tap_cpu);
   m.impl("max_pool2d_tap_backward_", &max_pool2d_tap_backward_cpu);
+  m.impl("max_pool2d_tap_bn_relu", &max_pool2d_tap_bn_relu_cpu);
 }
 
 }  // namespace googlenet_fast
