@@ -230,6 +230,13 @@ def cpu_fast_path_applies(x: Tensor) -> bool:
             and not torch.compiler.is_compiling() and native.available())
 
 
+def _autocast_bf16_bn(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean, running_var) -> bool:
+    """bfloat16 activations with float32 BatchNorm parameters and running statistics (what
+    autocast trains with): the case the extension's exact bfloat16 apply covers."""
+    return (pre.dtype == torch.bfloat16 and running_mean is not None and running_var is not None
+            and all(t is not None and t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var)))
+
+
 def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Tensor, running_var: Tensor,
                      momentum: float, eps: float):
     """``relu(native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps))``
@@ -241,8 +248,7 @@ def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Ten
     apply + ReLU in one pass (``bn_relu_apply``, csrc/cpu/bn_relu_train_cpu.cpp) instead of
     ATen's apply and a separate in-place ReLU pass; ``mask_beta`` is then ``beta`` (for
     ``bn_relu_backward``: the ReLU mask may be recomputed from ``pre``), else None (y is read)."""
-    if (pre.dtype == torch.bfloat16 and running_mean is not None and running_var is not None
-            and all(t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var))
+    if (_autocast_bf16_bn(pre, gamma, beta, running_mean, running_var)
             and (pre.is_contiguous() or pre.is_contiguous(memory_format=torch.channels_last))):
         mean, var = torch.batch_norm_update_stats(pre, running_mean, running_var, momentum)
         y, invstd = torch.ops.googlenet_fast.bn_relu_apply(pre, mean, var, gamma, beta, eps)
@@ -369,9 +375,10 @@ class _InceptionBnReluTrain(torch.autograd.Function):
 class _BnReluTrain(torch.autograd.Function):
     """relu(batch_norm(pre)) with batch statistics as one autograd node: forward ATen's
     native_batch_norm (running statistics included) and an in-place ReLU, as torchvision's
-    block computes them (:func:`_bn_relu_forward`: for bfloat16 the same bits); backward the extension's ``bn_relu_backward`` (ReLU mask and BatchNorm
-    backward in two passes instead of threshold_backward's one and native_batch_norm_backward's
-    two, no gradient tensor in between)."""
+    block computes them (:func:`_bn_relu_forward`: for bfloat16 the same bits); backward the
+    extension's ``bn_relu_backward`` (ReLU mask and BatchNorm backward in two passes instead of
+    threshold_backward's one and native_batch_norm_backward's two, no gradient tensor in
+    between)."""
 
     @staticmethod
     def forward(ctx, pre, gamma, beta, bn, eps, momentum):
@@ -424,10 +431,8 @@ def bn_relu_max_pool_train_applies(pre: Tensor, bn: nn.BatchNorm2d) -> bool:
     """Whether :func:`bn_relu_max_pool_train` computes ``pool(bn_relu_train(pre, bn))`` for
     ``pre``: bfloat16 channels_last, float32 BatchNorm parameters and running statistics
     (autocast), and the exact bfloat16 apply on (``bn_relu_bf16_exact_apply()``)."""
-    return (pre.dtype == torch.bfloat16 and pre.device.type == "cpu"
+    return (pre.device.type == "cpu" and _autocast_bf16_bn(pre, bn.weight, bn.bias, bn.running_mean, bn.running_var)
             and pre.is_contiguous(memory_format=torch.channels_last)
-            and all(t is not None and t.dtype == torch.float32
-                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))
             and torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
 
 

@@ -257,8 +257,8 @@ bool exact_apply() {
 
 // One pixel's row of either pass: kFromPre / the AVX-512 loop where `vec` / else the portable one.
 template <typename T, typename A>
-inline void sums_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const A* al,
-                     const A* be, A* s1, A* s2, int64_t n) {
+inline void sums_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const float* al,
+                     const float* be, A* s1, A* s2, int64_t n) {
 #if GF_AVX512
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (from_pre) return bwd_sums_row_avx512<true>(g, y, x, m, al, be, s1, s2, n);
@@ -268,8 +268,8 @@ inline void sums_row(bool from_pre, bool vec, const T* g, const T* y, const T* x
   bwd_sums_row(g, y, x, m, s1, s2, n);
 }
 template <typename T, typename A>
-inline void grad_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const A* al,
-                     const A* be, const A* gm, const A* k, const A* a, T* o, int64_t n) {
+inline void grad_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const float* al,
+                     const float* be, const A* gm, const A* k, const A* a, T* o, int64_t n) {
 #if GF_AVX512
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (from_pre) return bwd_grad_row_avx512<true>(g, y, x, m, al, be, gm, k, a, o, n);
@@ -407,18 +407,12 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     // The ReLU mask from pre (y not read: two of the seven passes over memory) where ATen's forward
     // arithmetic is reproduced exactly (exact_apply), with the forward's alpha and beta.
     const bool from_pre = beta.has_value() && exact_apply<scalar_t>();
-    std::vector<A> al(from_pre ? C : 0), be(from_pre ? C : 0);
-    if (from_pre) {
-      const at::Tensor b = beta->to(acc).contiguous();
-      const A* B = b.const_data_ptr<A>();
-      for (int64_t c = 0; c < C; ++c) {
-        al[c] = IS[c] * GA[c];
-        be[c] = std::fma(-M[c], al[c], B[c]);
-      }
-    }
+    std::vector<float> al, be;  // (bfloat16 only: its accumulator type is float)
+    if (from_pre) bn_alpha_beta(m, is, gm, beta->to(at::kFloat), al, be);
+    const float *AL = from_pre ? al.data() : nullptr, *BE = from_pre ? be.data() : nullptr;
     const std::vector<double> s = block_sums<A>(P, C, 2, rd, [&](const Piece<3>& pc, int64_t p, A* s) {
       sums_row(from_pre, vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p),
-               at_pixel<scalar_t>(pc, 2, p), M + pc.c0, al.data() + pc.c0 * from_pre, be.data() + pc.c0 * from_pre,
+               at_pixel<scalar_t>(pc, 2, p), M + pc.c0, AL ? AL + pc.c0 : nullptr, BE ? BE + pc.c0 : nullptr,
                s + pc.c0, s + C + pc.c0, pc.c1 - pc.c0);
     });
     std::vector<A> gmean(C), k(C), a(C);
@@ -435,7 +429,7 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     const auto wr = pieces<4>({&G, &Y, &X, &O}, sizeof(scalar_t));
     for_pixels(P, wr, [&](const Piece<4>& pc, int64_t p) {
       grad_row(from_pre, vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p),
-               at_pixel<scalar_t>(pc, 2, p), M + pc.c0, al.data() + pc.c0 * from_pre, be.data() + pc.c0 * from_pre,
+               at_pixel<scalar_t>(pc, 2, p), M + pc.c0, AL ? AL + pc.c0 : nullptr, BE ? BE + pc.c0 : nullptr,
                gmean.data() + pc.c0, k.data() + pc.c0, a.data() + pc.c0, at_pixel<scalar_t>(pc, 3, p), pc.c1 - pc.c0);
     });
   });
@@ -459,13 +453,12 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
     return {y.relu_(), is};
   }
   const at::Tensor invstd = bn_invstd(var, eps);
-  const at::Tensor& xc = x;
-  at::Tensor y = at::empty_like(xc, xc.options().memory_format(at::MemoryFormat::ChannelsLast));
+  at::Tensor y = at::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   [[maybe_unused]] const int64_t P = x.size(0) * x.size(2) * x.size(3);
   std::vector<float> al, be;
   bn_alpha_beta(mean, invstd, gamma, beta, al, be);
 #if GF_AVX512
-  const auto* X = xc.const_data_ptr<c10::BFloat16>();
+  const auto* X = x.const_data_ptr<c10::BFloat16>();
   auto* Y = y.data_ptr<c10::BFloat16>();
   at::parallel_for(0, P, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t p0, int64_t p1) {
     bn_relu_apply_rows_avx512(X, Y, al.data(), be.data(), p0, p1, C);
@@ -473,8 +466,6 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
 #endif
   return {y, invstd};
 }
-
-bool bn_relu_bf16_exact_apply() { return exact_apply<c10::BFloat16>(); }
 
 }  // namespace
 
@@ -516,7 +507,7 @@ TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CompositeExplicitAutograd, m) {
-  m.impl("bn_relu_bf16_exact_apply", &bn_relu_bf16_exact_apply);
+  m.impl("bn_relu_bf16_exact_apply", &bn_bf16_exact_apply);
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {

@@ -384,7 +384,8 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
     // bfloat16 only: its per-add rounding makes the portable ring compute-bound (in a batch-8
     // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable ring, 5.7-6.1 ms
     // gathered); the float32 backward is bound by memory in the step (6.0-6.4 ms portable; a
-    // vectorized float32 ring measured 6.2-6.6 ms and was dropped).  Input rows are independent in gather form: split over N * H.
+    // vectorized float32 ring measured 6.2-6.6 ms and was dropped).  Input rows are independent
+    // in gather form: split over N * H.
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
       if (use_avx512<scalar_t>()) {
         const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
