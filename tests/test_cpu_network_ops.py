@@ -352,6 +352,38 @@ def test_packed_copies_of_freed_weights_are_dropped():
         assert native._C._prepacked_weight_count() <= held - 5 + 1
 
 
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_prepacked_weight_follows_the_thread_count(capfd, restore_threads, dtype):
+    """oneDNN's blocked weight layout depends on the threads a call runs with: a copy packed under
+    2 threads, used after torch.set_num_threads(1), was reordered on every call (3b's 3x3 weight
+    in bfloat16 on the 2-core EPYC: AcdB48a2b -> AcdB64a2b, 8.9 ms a call).  Each thread count
+    gets its own copy: no reorder runs in a steady-state call, whatever the order of counts."""
+    x = make_input(1, 128, 28, 28, seed=60).to(dtype).contiguous(memory_format=torch.channels_last)
+    w = (make_input(192, 128, 3, 3, seed=61) / 34).to(dtype)
+    b = make_input(192, seed=62).to(dtype)
+    ref = ops.conv2d_relu(x, w, b, 1, 1)  # unpacked: oneDNN reorders the plain weight per call
+    with ops.weight_prepacking():
+        for threads in (2, 1, 2, 1):
+            torch.set_num_threads(threads)
+            before = native._C._prepacked_weight_count()
+            ops.conv2d_relu(x, w, b, 1, 1)  # packed for this thread count (first time) or reused
+            capfd.readouterr()
+            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+                y = ops.conv2d_relu(x, w, b, 1, 1)
+            lines = [ln for ln in capfd.readouterr().out.splitlines() if ",exec," in ln]
+            assert any(",convolution," in ln for ln in lines), lines  # the capture works
+            assert not [ln for ln in lines if ",reorder," in ln], lines
+            assert native._C._prepacked_weight_count() <= before + 1
+            assert torch.equal(y, ref)
+
+
 def test_prepacking_setting_is_restored():
     with ops.weight_prepacking():
         with ops.weight_prepacking(False):

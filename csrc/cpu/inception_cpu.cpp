@@ -56,6 +56,11 @@ namespace {
 // counters of the op's weight arguments it was made from (an in-place update bumps them; views
 // made inside the op have counters of their own, so those are not used).  Inference tensors have
 // no version counter: they are packed per call.
+// The layout oneDNN picks also depends on the threads it will run with (at::get_num_threads(),
+// and 1 inside a parallel region): part of the key.  A copy packed for 2 threads handed to a
+// 1-thread call (after torch.set_num_threads(1)) was reordered on every call: 3b's 3x3 bfloat16
+// weight AcdB48a2b -> AcdB64a2b, 8.9 ms, a batch-1 forward 4.3 -> 17 ms on the 2-core EPYC
+// (2026-12-05; benchmarks/results/cpu-threads-prepack-2026-12-05.md).
 // The version counter misses writes through raw pointers (inductor's generated code reuses one
 // buffer for several intermediate tensors, e.g. weights folded inside a compiled graph), so the
 // cache is opt-in: only calls made while the calling thread has enabled it
@@ -91,6 +96,8 @@ class PackedWeights {
     key.insert(key.end(), w.sizes().begin(), w.sizes().end());
     key.insert(key.end(), w.strides().begin(), w.strides().end());
     key.push_back(static_cast<int64_t>(w.scalar_type()));
+    key.push_back(at::get_num_threads());
+    key.push_back(at::in_parallel_region() ? 1 : 0);
     const void* data = w.const_data_ptr();
     const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
     std::lock_guard<std::mutex> lock(mu_);
