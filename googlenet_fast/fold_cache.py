@@ -114,6 +114,30 @@ def _tensor_key(t: Optional[Tensor]):
     return (id(t), t.data_ptr(), version)
 
 
+def cache_entries(module: nn.Module) -> tuple:
+    """The module's folded-weight cache: a tuple of entries ``(key, snapshot, value)``, at most one
+    per target dtype (``key[0]``), all folded from the same source state (``key[1:]``); () when
+    empty.  A new tuple whenever an entry is added or replaced, so that identity comparisons
+    (googlenet_fast/model_state.py) see every refold, and none when calls only switch between
+    dtypes already folded (float32 and autocast-bfloat16 eval calls alternating)."""
+    return module.__dict__.get("_fold_cache") or ()
+
+
+def cache_entry(module: nn.Module, dtype: torch.dtype):
+    """The cache entry of ``module`` for target ``dtype``, or None."""
+    for e in cache_entries(module):
+        if e[0][0] == dtype:
+            return e
+    return None
+
+
+def store_entry(module: nn.Module, key: tuple, snapshot, value) -> None:
+    """Put ``(key, snapshot, value)`` into ``module``'s cache, replacing the entry of its dtype and
+    dropping the entries of other dtypes folded from another source state (stale)."""
+    keep = tuple(e for e in cache_entries(module) if e[0][0] != key[0] and e[0][1:] == key[1:])
+    module.__dict__["_fold_cache"] = keep + ((key, snapshot, value),)
+
+
 # Optimizer steps taken in this process: part of every folded-weight cache key (see
 # _FoldedWeightsCache).  A list, so the hook below can bump it in place.
 _OPTIMIZER_STEPS = [0]
@@ -132,7 +156,8 @@ def _clear_fold_cache_after_load(module: nn.Module, incompatible_keys) -> None:
 
 class _FoldedWeightsCache:
     """Mixin: caches ``self._fold(dtype)`` (a tuple of tensors) until one of ``self._fold_sources()``
-    changes.
+    changes, one fold per target dtype (:func:`cache_entries`: eval calls that alternate between
+    float32 and autocast bfloat16 each find their own).
 
     The key holds each source tensor's ``data_ptr`` and ``_version`` (in-place updates bump it:
     ``load_state_dict``, in-place ops under ``no_grad``), dtype, device, shape and strides
@@ -189,7 +214,7 @@ class _FoldedWeightsCache:
             return self._fold(dtype)
         device = sources[0].device
         key = self._fold_key(dtype, sources)
-        entry = self.__dict__.get("_fold_cache")
+        entry = cache_entry(self, dtype)
         if _capturing(device):
             # Inside CUDA graph capture.  Through googlenet_fast.cuda_graph.capture (recording
             # active) with a warm cache: the graph reads the cached tensors as static buffers,
@@ -219,7 +244,7 @@ class _FoldedWeightsCache:
                 value = tuple(v.clone() if isinstance(v, Tensor) and v.untyped_storage().data_ptr() in storages
                               else v for v in value)
             snapshot = [None if s is None else s.detach().clone() for s in sources] if verify else None
-        self.__dict__["_fold_cache"] = (key, snapshot, value)
+        store_entry(self, key, snapshot, value)
         return value
 
     def clear_folded_cache(self) -> None:
@@ -233,8 +258,7 @@ class _FoldedWeightsCache:
         gradients to the parameters), where a packed copy would be made for one use."""
         if torch.compiler.is_compiling():
             return contextlib.nullcontext()
-        entry = self.__dict__.get("_fold_cache")
-        if entry is not None and entry[2] is folded:
+        if any(e[2] is folded for e in cache_entries(self)):
             return ops.weight_prepacking()
         return contextlib.nullcontext()
 

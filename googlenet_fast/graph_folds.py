@@ -72,6 +72,8 @@ def refresh(entries: List[FoldEntry]) -> int:
     Raises RuntimeError when a module can no longer be folded into the captured buffers (its conv
     blocks were reworked, or the fold changed shape or dtype): capture the graph again.
     """
+    from . import fold_cache  # (fold_cache imports this module)
+
     refolded = 0
     for e in entries:
         m = e.module
@@ -94,8 +96,8 @@ def refresh(entries: List[FoldEntry]) -> int:
                 if s is not None:
                     s.copy_(f)
         e.key = key
-        cache = m.__dict__.get("_fold_cache")
+        cache = fold_cache.cache_entry(m, e.dtype)
         if cache is None or cache[2] is e.static:  # the module's eager calls may read them too
-            m.__dict__["_fold_cache"] = (key, None, e.static)
+            fold_cache.store_entry(m, key, None, e.static)
         refolded += 1
     return refolded

@@ -16,7 +16,7 @@ import torch.nn as nn
 
 pytest.importorskip("triton")
 
-from googlenet_fast import GoogLeNet, autotune_table, graph_folds  # noqa: E402
+from googlenet_fast import GoogLeNet, autotune_table, fold_cache, graph_folds  # noqa: E402
 from googlenet_fast.backends.triton import AUTOTUNE_ENV, network as nw, program as pg  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,7 +90,7 @@ def _load(model, assign):
 
 def _refresh_folds(model):
     m = model.inception5a
-    entry = m.__dict__["_fold_cache"]
+    entry = fold_cache.cache_entry(m, BF16)
     graph_folds.refresh([graph_folds.FoldEntry(m, BF16, "a key from an older state", entry[2])])
 
 

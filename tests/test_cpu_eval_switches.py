@@ -1,0 +1,46 @@
+"""benchmarks/cpu_eval_switches.py: the fused CPU eval forward timed across thread-count and
+autocast switches in one process."""
+import os
+import re
+import sys
+
+import pytest
+import torch
+
+from googlenet_fast.backends import native
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
+import cpu_eval_switches  # noqa: E402
+
+pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
+
+
+@pytest.fixture
+def restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_threads_prints_a_time_per_count(capsys, restore_threads):
+    cpu_eval_switches.main(["threads", "--threads", "1", "2", "--forwards", "1", "--dtype", "float32"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# threads: float32 model, batch 1, median of 1 forwards")
+    times = re.findall(r"(\d+) threads (\d+\.\d+) ms", out[1])
+    assert [t for t, _ in times] == ["1", "2"] and all(float(ms) > 0 for _, ms in times)
+
+
+def test_autocast_prints_the_four_phases(capsys):
+    cpu_eval_switches.main(["autocast", "--forwards", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# autocast: float32 model, batch 1")
+    labels = [lab for lab, _ in re.findall(r"([a-z0-9: ]+?) (\d+\.\d+) ms", out[1].replace(", ", ","))]
+    assert labels == ["float32 only", "bf16 autocast only", "alternating: float32", "alternating: bf16 autocast"]
+
+
+def test_bad_arguments_are_usage_errors(capsys):
+    with pytest.raises(SystemExit) as e:
+        cpu_eval_switches.main(["threads", "--threads", "0"])
+    assert e.value.code == 2
+    assert "--threads value must be >= 1" in capsys.readouterr().err
