@@ -11,10 +11,15 @@ median forward time of each phase, in one process.
                alternating (timed separately).  The folded-weight cache once held one dtype, so
                each switch refolded every module (cpu-autocast-alternation-2026-12-05.md).
                Alternating calls should time as the single-dtype ones.
+    batches    each batch size of --batches alone, then all of them in turn, call after call (a
+               server batching what arrives).  The prepacked-weight cache once held 256 keys,
+               fewer than 8 batch sizes need, and evicted on every call
+               (cpu-batch-cycling-2026-12-05.md).  Cycling should time as each size alone.
 
 Usage:
     python benchmarks/cpu_eval_switches.py threads [--threads 2 1 2] [--batch 1] [--dtype bfloat16]
     python benchmarks/cpu_eval_switches.py autocast [--batch 1]
+    python benchmarks/cpu_eval_switches.py batches [--batches 1 2 3 4 5 6 7 8] [--dtype bfloat16]
 """
 import argparse
 import os
@@ -74,31 +79,62 @@ def autocast_switches(model, x, forwards: int, warmup: int = 3):
     return out
 
 
+def batch_cycling(model, xs, forwards: int, warmup: int = 3):
+    """[(label, median ms)]: each input of ``xs`` alone, then all of them in turn (one call each
+    per round, ``forwards`` rounds)."""
+    out = []
+    with torch.no_grad():
+        for x in xs:
+            for _ in range(warmup):
+                model(x)
+            out.append((f"batch {x.shape[0]} alone", _median_ms(lambda: model(x), forwards)))
+        times = [[] for _ in xs]
+        for _ in range(forwards):
+            for x, ts in zip(xs, times):
+                t0 = time.perf_counter()
+                model(x)
+                ts.append(time.perf_counter() - t0)
+    out += [(f"batch {x.shape[0]} cycling", statistics.median(ts) * 1e3) for x, ts in zip(xs, times)]
+    return out
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("switch", choices=["threads", "autocast"])
+    p.add_argument("switch", choices=["threads", "autocast", "batches"])
     p.add_argument("--threads", type=int, nargs="+", default=[2, 1, 2],
                    help="threads: the thread counts, in order")
-    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--batch", type=int, default=1, help="threads, autocast: the batch size")
+    p.add_argument("--batches", type=int, nargs="+", default=list(range(1, 9)),
+                   help="batches: the batch sizes, cycled in this order")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
                    help="threads: model and input dtype (autocast: always a float32 model)")
     p.add_argument("--forwards", type=int, default=30, help="timed forwards per phase")
     a = p.parse_args(argv)
-    if a.batch < 1 or a.forwards < 1 or min(a.threads) < 1:
-        p.error("--batch, --forwards and every --threads value must be >= 1")
-    dtype = DTYPES[a.dtype] if a.switch == "threads" else torch.float32
+    if a.batch < 1 or a.forwards < 1 or min(a.threads) < 1 or min(a.batches) < 1:
+        p.error("--batch, --forwards and every --threads and --batches value must be >= 1")
+    dtype = torch.float32 if a.switch == "autocast" else DTYPES[a.dtype]
     model = build_networks(seed=0, dtype=dtype).fused
-    x = torch.rand(a.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(dtype).contiguous(
-        memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+
+    def image(n):
+        return torch.rand(n, 3, 224, 224, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+
     if a.switch == "threads":
-        rows = thread_switches(model, x, a.threads, a.forwards)
+        rows = thread_switches(model, image(a.batch), a.threads, a.forwards)
+    elif a.switch == "autocast":
+        rows = autocast_switches(model, image(a.batch), a.forwards)
     else:
-        rows = autocast_switches(model, x, a.forwards)
+        rows = batch_cycling(model, [image(n) for n in a.batches], a.forwards)
     load = load_average()
-    print(f"# {a.switch}: {str(dtype).replace('torch.', '')} model, batch {a.batch}, median of {a.forwards} "
+    batch = f"batches {' '.join(map(str, a.batches))}" if a.switch == "batches" else f"batch {a.batch}"
+    print(f"# {a.switch}: {str(dtype).replace('torch.', '')} model, {batch}, median of {a.forwards} "
           f"forwards per phase, torch {torch.__version__}, {torch.get_num_threads()} threads at the end, "
           f"load {' '.join(f'{v:.2f}' for v in load) if load else 'n/a'}")
     print(", ".join(f"{label} {ms:.2f} ms" for label, ms in rows))
+    from googlenet_fast.backends import native
+    if native.available() and hasattr(native._C, "_prepacked_weight_tensors"):
+        print(f"prepacked-weight cache: {native._C._prepacked_weight_count()} keys, "
+              f"{native._C._prepacked_weight_tensors()} packed tensors")
 
 
 if __name__ == "__main__":

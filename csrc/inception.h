@@ -93,7 +93,9 @@ void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::
 // googlenet_fast._C._set_weight_prepacking).
 bool weight_prepacking_enabled();
 bool set_weight_prepacking(bool enabled);
-int64_t prepacked_weight_count();  // entries in the cache (tests)
+int64_t prepacked_weight_count();  // keys in the cache (tests)
+int64_t prepacked_weight_tensors();  // distinct packed tensors they hold (tests)
+int64_t prepacked_weight_capacity();  // the most keys it holds (tests)
 
 // Max pool output length, PyTorch's pooling_output_shape (dilation 1; ceil mode: the last window
 // starts inside the input or its left padding); by default ceil mode without padding.

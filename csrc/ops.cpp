@@ -308,6 +308,14 @@ static PyObject* gf_prepacked_weight_count(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::prepacked_weight_count());
 }
 
+static PyObject* gf_prepacked_weight_tensors(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(googlenet_fast::prepacked_weight_tensors());
+}
+
+static PyObject* gf_prepacked_weight_capacity(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(googlenet_fast::prepacked_weight_capacity());
+}
+
 namespace googlenet_fast {
 // csrc/state_check.cpp
 PyObject* py_model_state_same(PyObject*, PyObject* const* args, Py_ssize_t nargs);
@@ -322,7 +330,11 @@ static PyMethodDef gf_methods[] = {
      "Let this thread's CPU op calls reuse oneDNN weights prepacked in earlier calls (see "
      "googlenet_fast.ops.weight_prepacking); returns the previous setting."},
     {"_prepacked_weight_count", gf_prepacked_weight_count, METH_NOARGS,
-     "Number of packed weight copies the cache holds (for tests)."},
+     "Number of keys (weight, input shape, thread count) the packed-weight cache holds (for tests)."},
+    {"_prepacked_weight_tensors", gf_prepacked_weight_tensors, METH_NOARGS,
+     "Number of distinct packed weight tensors those keys hold: keys in one oneDNN layout share one (for tests)."},
+    {"_prepacked_weight_capacity", gf_prepacked_weight_capacity, METH_NOARGS,
+     "The most keys the packed-weight cache holds before evicting the least recently used (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 // A plain Python module: importing googlenet_fast._C runs the registrations above.

@@ -39,8 +39,17 @@ def test_autocast_prints_the_four_phases(capsys):
     assert labels == ["float32 only", "bf16 autocast only", "alternating: float32", "alternating: bf16 autocast"]
 
 
+def test_batches_prints_each_size_alone_and_cycling(capsys):
+    cpu_eval_switches.main(["batches", "--batches", "1", "2", "--forwards", "1", "--dtype", "float32"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# batches: float32 model, batches 1 2, median of 1 forwards")
+    labels = [lab for lab, _ in re.findall(r"(batch \d \w+) (\d+\.\d+) ms", out[1])]
+    assert labels == ["batch 1 alone", "batch 2 alone", "batch 1 cycling", "batch 2 cycling"]
+    assert re.fullmatch(r"prepacked-weight cache: \d+ keys, \d+ packed tensors", out[2])
+
+
 def test_bad_arguments_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as e:
         cpu_eval_switches.main(["threads", "--threads", "0"])
     assert e.value.code == 2
-    assert "--threads value must be >= 1" in capsys.readouterr().err
+    assert "--threads and --batches value must be >= 1" in capsys.readouterr().err

@@ -352,6 +352,16 @@ def test_packed_copies_of_freed_weights_are_dropped():
         assert native._C._prepacked_weight_count() <= held - 5 + 1
 
 
+def _reorders_in(capfd, call):
+    """oneDNN reorder primitives executed by ``call()`` (its verbose log, captured at the fd)."""
+    capfd.readouterr()
+    with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
+        call()
+    lines = [ln for ln in capfd.readouterr().out.splitlines() if ",exec," in ln]
+    assert lines  # the capture works
+    return [ln for ln in lines if ",reorder," in ln]
+
+
 @pytest.fixture
 def restore_threads():
     threads = torch.get_num_threads()
@@ -374,14 +384,44 @@ def test_prepacked_weight_follows_the_thread_count(capfd, restore_threads, dtype
             torch.set_num_threads(threads)
             before = native._C._prepacked_weight_count()
             ops.conv2d_relu(x, w, b, 1, 1)  # packed for this thread count (first time) or reused
-            capfd.readouterr()
-            with torch.backends.mkldnn.verbose(torch.backends.mkldnn.VERBOSE_ON):
-                y = ops.conv2d_relu(x, w, b, 1, 1)
-            lines = [ln for ln in capfd.readouterr().out.splitlines() if ",exec," in ln]
-            assert any(",convolution," in ln for ln in lines), lines  # the capture works
-            assert not [ln for ln in lines if ",reorder," in ln], lines
+            assert _reorders_in(capfd, lambda: ops.conv2d_relu(x, w, b, 1, 1)) == []
+            y = ops.conv2d_relu(x, w, b, 1, 1)
             assert native._C._prepacked_weight_count() <= before + 1
             assert torch.equal(y, ref)
+
+
+def test_prepacked_copies_in_one_layout_share_a_tensor(capfd):
+    """Keys (input shapes) whose packed layout is the same share one packed tensor: memory grows
+    with the layouts, so the cache can hold many keys."""
+    if native._C._prepacked_weight_capacity() == 256:
+        pytest.skip("this torch build has no mkldnn::_get_mkldnn_serialized_md: nothing is shared")
+    w = make_input(48, 32, 3, 3, seed=63)
+    with ops.weight_prepacking():
+        keep = make_input(4, 32, 1, 1, seed=64)  # a new copy first drops the copies of freed weights
+        ops.conv2d_relu(make_input(1, 32, 5, 5, seed=65), keep, None, 1, 0)
+        keys, tensors = native._C._prepacked_weight_count(), native._C._prepacked_weight_tensors()
+        xs = [make_input(n, 32, 9, 9, seed=66 + n) for n in range(1, 9)]
+        for x in xs:  # eight input shapes: eight keys
+            ops.conv2d_relu(x, w, None, 1, 1)
+        assert native._C._prepacked_weight_count() == keys + 8
+        assert native._C._prepacked_weight_tensors() < tensors + 8  # some layouts shared
+        for x in xs:  # all hits: no reorder, the right values
+            assert _reorders_in(capfd, lambda: ops.conv2d_relu(x, w, None, 1, 1)) == []
+            assert rel_err(ops.conv2d_relu(x, w, None, 1, 1), conv_ref(x, w, None, 1, 1)) <= 1e-5
+
+
+def test_prepacked_cache_holds_more_keys_than_a_batch_size_cycle_needs(capfd):
+    """A server cycling through batch sizes 1-8 made ~270 keys for GoogLeNet: with the former 256
+    every call evicted and repacked.  Past 256 keys the first is still a hit."""
+    if native._C._prepacked_weight_capacity() == 256:
+        pytest.skip("this torch build has no mkldnn::_get_mkldnn_serialized_md: 256 keys")
+    w = make_input(8, 4, 3, 3, seed=70)
+    xs = [make_input(1, 4, 4, h, seed=71) for h in range(4, 4 + 300)]  # 300 input shapes
+    with ops.weight_prepacking():
+        for x in xs:
+            ops.conv2d_relu(x, w, None, 1, 1)
+        assert native._C._prepacked_weight_count() >= 300
+        assert _reorders_in(capfd, lambda: ops.conv2d_relu(xs[0], w, None, 1, 1)) == []
 
 
 def test_prepacking_setting_is_restored():

@@ -40,107 +40,13 @@
 
 #include "../inception.h"
 #include "acc_convert.h"
+#include "packed_weights.h"
 
 namespace googlenet_fast {
 namespace {
 
-// ---- oneDNN weights prepacked once, not reordered on every call --------------------------------
-// oneDNN computes with weights in a blocked layout of its own choosing.  Handed a plain weight, its
-// convolution / inner product reorders it on every call (for 5b's 3x3 weight at batch 1 that is
-// 20% of the convolution's time on the CI machine, 2026-11-30); torch.compile's CPU freezing
-// path reorders once at compile time (mkldnn::_reorder_convolution_weight /
-// _reorder_linear_weight).  This cache does the same at run time: one packed copy per source
-// weight and input shape, reused while the source is unchanged.  An entry is valid while the
-// source's storage is alive (a weak reference, so a freed buffer whose address is reused never
-// matches), at the same address, with the same sizes, strides, dtype and the same version
-// counters of the op's weight arguments it was made from (an in-place update bumps them; views
-// made inside the op have counters of their own, so those are not used).  Inference tensors have
-// no version counter: they are packed per call.
-// The layout oneDNN picks also depends on the threads it will run with (at::get_num_threads(),
-// and 1 inside a parallel region): part of the key.  A copy packed for 2 threads handed to a
-// 1-thread call (after torch.set_num_threads(1)) was reordered on every call: 3b's 3x3 bfloat16
-// weight AcdB48a2b -> AcdB64a2b, 8.9 ms, a batch-1 forward 4.3 -> 17 ms on the 2-core EPYC
-// (2026-12-05; benchmarks/results/cpu-threads-prepack-2026-12-05.md).
-// The version counter misses writes through raw pointers (inductor's generated code reuses one
-// buffer for several intermediate tensors, e.g. weights folded inside a compiled graph), so the
-// cache is opt-in: only calls made while the calling thread has enabled it
-// (googlenet_fast._C._set_weight_prepacking, which the model's Inception and BasicConv2d modules
-// do around their eager eval calls on the CPU when the weights are their own folded-weight cache's
-// tensors) use it.
-// At most kPackedCacheSize entries, least recently used evicted; entries of freed weights are
-// dropped whenever a new copy is made.
-struct PackedEntry {
-  c10::weak_intrusive_ptr<c10::StorageImpl> storage;
-  const void* data;
-  std::vector<uint32_t> versions;
-  std::vector<int64_t> key;  // kind, sizes, strides, dtype, input-shape hint, conv parameters
-  at::Tensor packed;
-  uint64_t last_use;
-};
-constexpr size_t kPackedCacheSize = 256;
-
-class PackedWeights {
- public:
-  // w: what is packed (it may be a view made inside the op, with a version counter of its own);
-  // sources: the op's argument tensors w reads (their version counters are the ones in-place
-  // updates bump).
-  template <typename Pack>
-  at::Tensor get(const at::Tensor& w, std::vector<int64_t> key, const Pack& pack, bool use_cache,
-                 std::initializer_list<const at::Tensor*> sources) {
-    if (!use_cache || !w.has_storage()) return pack();
-    std::vector<uint32_t> versions;
-    for (const at::Tensor* t : sources) {
-      if (t->is_inference() || !t->has_storage() || !t->storage().is_alias_of(w.storage())) return pack();
-      versions.push_back(t->unsafeGetTensorImpl()->version_counter().current_version());
-    }
-    key.insert(key.end(), w.sizes().begin(), w.sizes().end());
-    key.insert(key.end(), w.strides().begin(), w.strides().end());
-    key.push_back(static_cast<int64_t>(w.scalar_type()));
-    key.push_back(at::get_num_threads());
-    key.push_back(at::in_parallel_region() ? 1 : 0);
-    const void* data = w.const_data_ptr();
-    const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
-    std::lock_guard<std::mutex> lock(mu_);
-    ++clock_;
-    for (PackedEntry& e : entries_) {
-      if (e.data == data && e.versions == versions && e.key == key && !e.storage.expired()
-          && e.storage._unsafe_get_target() == storage) {
-        e.last_use = clock_;
-        return e.packed;
-      }
-    }
-    at::Tensor packed = pack();
-    // Drop the copies of freed weights (a deleted model's), then the least recently used if full.
-    entries_.erase(std::remove_if(entries_.begin(), entries_.end(),
-                                  [](const PackedEntry& e) { return e.storage.expired(); }),
-                   entries_.end());
-    if (entries_.size() >= kPackedCacheSize) {
-      entries_.erase(std::min_element(entries_.begin(), entries_.end(), [](const PackedEntry& x, const PackedEntry& y) {
-        return x.last_use < y.last_use;
-      }));
-    }
-    entries_.push_back({c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl()),
-                        data, std::move(versions), std::move(key), packed, clock_});
-    return packed;
-  }
-
-  size_t size() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return entries_.size();
-  }
-
- private:
-  std::mutex mu_;
-  std::vector<PackedEntry> entries_;
-  uint64_t clock_ = 0;
-};
-
+// ---- oneDNN weights prepacked once (csrc/cpu/packed_weights.h) --------------------------------
 thread_local bool t_weight_prepacking = false;
-
-PackedWeights& packed_weights() {
-  static PackedWeights* cache = new PackedWeights();  // never destroyed: used until process exit
-  return *cache;
-}
 
 c10::optional<c10::OperatorHandle> mkldnn_op(const char* name) {
   if (!at::hasMKLDNN()) return c10::nullopt;
@@ -783,6 +689,10 @@ namespace {
 bool weight_prepacking_enabled() { return t_weight_prepacking; }
 
 int64_t prepacked_weight_count() { return static_cast<int64_t>(packed_weights().size()); }
+
+int64_t prepacked_weight_tensors() { return static_cast<int64_t>(packed_weights().tensors()); }
+
+int64_t prepacked_weight_capacity() { return static_cast<int64_t>(PackedWeights::capacity()); }
 
 bool set_weight_prepacking(bool enabled) {
   const bool previous = t_weight_prepacking;
