@@ -191,6 +191,7 @@ def forward(model, x: Tensor) -> Optional[Tensor]:
             if prog is None:  # this forward cannot be recorded (until the model changes)
                 return None
             if not needs_grad(progs.state, x):
+                progs.used(key)
                 return prog.run(x)
     return _record(model, x, key)
 

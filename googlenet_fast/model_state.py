@@ -157,7 +157,12 @@ def needs_grad(state: ModelState, x: Tensor) -> bool:
 # ----------------------------------------------------------------------------------------------
 # A model's programs (the CPU op programs and the CUDA launch programs keep theirs alike)
 
-MAX_PROGRAMS = 16  # keys (input signatures) per model and kind of program; more: start over
+# Keys (input signatures) per model and kind of program; past it the least recently used is
+# dropped.  Was 16, starting over when full: a server cycling through batch sizes 1-20 recorded
+# again on nearly every call (a batch-1 CPU forward 4.6 -> 8.2 ms; 2026-12-05,
+# benchmarks/results/cpu-batch-cycling-2026-12-05.md).  A program holds references to the
+# model's folded weights and its list of steps, no activations.
+MAX_PROGRAMS = 64
 
 # GoogLeNet.__dict__ keys of its programs: the CUDA launch programs (backends/triton/program.py)
 # and the CPU op programs (cpu_program.py).  clear_folded_cache(), .to() and pickling drop both.
@@ -173,7 +178,8 @@ def signature(x: Tensor) -> tuple:
 
 class Programs:
     """A model's programs by key (the input's :func:`signature`, and whatever else the kind of
-    program depends on) and the :class:`ModelState` they were recorded against."""
+    program depends on) and the :class:`ModelState` they were recorded against.  ``by_sig`` is
+    in order of use, least recent first (:meth:`used`)."""
 
     __slots__ = ("state", "by_sig")
 
@@ -181,12 +187,19 @@ class Programs:
         self.state = state
         self.by_sig = {}
 
+    def used(self, key) -> None:
+        """Mark ``key``'s program as the most recently used (a replay)."""
+        self.by_sig[key] = self.by_sig.pop(key)
+
 
 def programs_for(model: nn.Module, attr: str, state) -> Programs:
     """``model.__dict__[attr]``, the model's programs of one kind, started over (with the
-    ModelState ``state()`` returns) when they were recorded against another state or are full."""
+    ModelState ``state()`` returns) when they were recorded against another state; when full, the
+    least recently used program is dropped to make room for one more."""
     progs = model.__dict__.get(attr)
-    if progs is None or not progs.state.same() or len(progs.by_sig) >= MAX_PROGRAMS:
+    if progs is None or not progs.state.same():
         progs = Programs(state())
         model.__dict__[attr] = progs
+    while len(progs.by_sig) >= MAX_PROGRAMS:
+        del progs.by_sig[next(iter(progs.by_sig))]
     return progs

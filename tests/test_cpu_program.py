@@ -240,3 +240,27 @@ def test_unrecordable_forward_is_not_retried(runs, monkeypatch):
     monkeypatch.setattr(cpu_program, "_Recorder", lambda x: recorded.append(1))
     call(ours, x)
     assert recorded == [] and runs.take()[0] == 0
+
+
+def test_many_signatures_keep_their_programs_least_recently_used_dropped(monkeypatch, runs):
+    """Past MAX_PROGRAMS signatures the least recently used program is dropped, not all of them
+    (a server cycling through more batch sizes than the limit re-recorded on every call)."""
+    from googlenet_fast import model_state
+    monkeypatch.setattr(model_state, "MAX_PROGRAMS", 3)
+    _, ours = fresh()
+    xs = [make_input(1, 3, SIZE + 8 * i, SIZE, seed=40 + i) for i in range(4)]
+    for x in xs[:3]:
+        for _ in range(2):
+            call(ours, x)  # fold, then record
+    progs = ours.__dict__[cpu_program.PROGRAMS_ATTR]
+    assert list(progs.by_sig) == [cpu_program._key(x) for x in xs[:3]]
+    runs.take()
+    call(ours, xs[0])  # a replay: xs[0] becomes the most recently used
+    assert runs.take() == (1, 0)
+    call(ours, xs[3])  # recorded: the least recently used (xs[1]) made room
+    assert ours.__dict__[cpu_program.PROGRAMS_ATTR] is progs
+    assert list(progs.by_sig) == [cpu_program._key(x) for x in (xs[2], xs[0], xs[3])]
+    runs.take()
+    for x in (xs[0], xs[2], xs[3]):
+        assert torch.equal(call(ours, x), reference(ours, x))
+    assert runs.take() == (3, 3)  # each replayed (the references ran the modules)

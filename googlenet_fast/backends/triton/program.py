@@ -345,6 +345,7 @@ def lookup(model: nn.Module, x: Tensor, flags: Callable[[], tuple]) -> Optional[
     if prog.choices:
         if any(autotune_table.cached_choice(k) != v for k, v in prog.choices):
             return None
+    progs.used(signature(x))
     return prog
 
 
