@@ -11,6 +11,10 @@ median forward time of each phase, in one process.
                alternating (timed separately).  The folded-weight cache once held one dtype, so
                each switch refolded every module (cpu-autocast-alternation-2026-12-05.md).
                Alternating calls should time as the single-dtype ones.
+    grad       eval calls without torch.no_grad (the parameters require grad, so the output
+               carries autograd history; no backward is run), beside no_grad calls, fused and
+               torchvision eager (float32).  The fused path folds BatchNorm inside the autograd
+               graph on every such call (cpu-eval-grad-2026-12-05.md).
     batches    each batch size of --batches alone, then all of them in turn, call after call (a
                server batching what arrives).  The prepacked-weight cache once held 256 keys,
                fewer than 8 batch sizes need, and evicted on every call
@@ -20,6 +24,7 @@ Usage:
     python benchmarks/cpu_eval_switches.py threads [--threads 2 1 2] [--batch 1] [--dtype bfloat16]
     python benchmarks/cpu_eval_switches.py autocast [--batch 1]
     python benchmarks/cpu_eval_switches.py batches [--batches 1 2 3 4 5 6 7 8] [--dtype bfloat16]
+    python benchmarks/cpu_eval_switches.py grad [--batch 1]
 """
 import argparse
 import os
@@ -79,6 +84,23 @@ def autocast_switches(model, x, forwards: int, warmup: int = 3):
     return out
 
 
+def grad_modes(nets, x, forwards: int, warmup: int = 3):
+    """[(label, median ms)]: fused and torchvision eager, each under no_grad and with grad
+    enabled (forward only), alternated call by call."""
+    calls = [(f"{name} {mode}", model, mode) for name, model in (("fused", nets.fused), ("torchvision", nets.torchvision))
+             for mode in ("no_grad", "grad enabled")]
+    times = {label: [] for label, _, _ in calls}
+    for i in range(warmup + forwards):
+        for label, model, mode in calls:
+            with torch.set_grad_enabled(mode != "no_grad"):
+                t0 = time.perf_counter()
+                model(x)
+                t = time.perf_counter() - t0
+            if i >= warmup:
+                times[label].append(t)
+    return [(label, statistics.median(ts) * 1e3) for label, ts in times.items()]
+
+
 def batch_cycling(model, xs, forwards: int, warmup: int = 3):
     """[(label, median ms)]: each input of ``xs`` alone, then all of them in turn (one call each
     per round, ``forwards`` rounds)."""
@@ -100,10 +122,10 @@ def batch_cycling(model, xs, forwards: int, warmup: int = 3):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("switch", choices=["threads", "autocast", "batches"])
+    p.add_argument("switch", choices=["threads", "autocast", "batches", "grad"])
     p.add_argument("--threads", type=int, nargs="+", default=[2, 1, 2],
                    help="threads: the thread counts, in order")
-    p.add_argument("--batch", type=int, default=1, help="threads, autocast: the batch size")
+    p.add_argument("--batch", type=int, default=1, help="threads, autocast, grad: the batch size")
     p.add_argument("--batches", type=int, nargs="+", default=list(range(1, 9)),
                    help="batches: the batch sizes, cycled in this order")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
@@ -112,8 +134,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.batch < 1 or a.forwards < 1 or min(a.threads) < 1 or min(a.batches) < 1:
         p.error("--batch, --forwards and every --threads and --batches value must be >= 1")
-    dtype = torch.float32 if a.switch == "autocast" else DTYPES[a.dtype]
-    model = build_networks(seed=0, dtype=dtype).fused
+    dtype = torch.float32 if a.switch in ("autocast", "grad") else DTYPES[a.dtype]
+    nets = build_networks(seed=0, dtype=dtype)
+    model = nets.fused
     gen = torch.Generator().manual_seed(0)
 
     def image(n):
@@ -123,6 +146,8 @@ def main(argv=None):
         rows = thread_switches(model, image(a.batch), a.threads, a.forwards)
     elif a.switch == "autocast":
         rows = autocast_switches(model, image(a.batch), a.forwards)
+    elif a.switch == "grad":
+        rows = grad_modes(nets, image(a.batch), a.forwards)
     else:
         rows = batch_cycling(model, [image(n) for n in a.batches], a.forwards)
     load = load_average()

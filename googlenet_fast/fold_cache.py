@@ -21,6 +21,9 @@ from torch.nn.modules import module as _nn_module
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 from . import graph_folds, ops
+from .backends import native
+
+FOLD_OP = "googlenet_fast::fold_conv_weight"
 
 
 def _fold_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -49,8 +52,70 @@ def _fold_conv_block(block: nn.Module, dtype: torch.dtype) -> Tuple[Tensor, Opti
         shift = shift + bn.bias.to(acc)
     if b is not None:
         shift = shift + b.to(acc) * scale
-    w = (w.to(acc) * scale.reshape(-1, 1, 1, 1)).to(dtype)
-    return w, shift.to(dtype)
+    return fold_weight(w, scale, dtype), shift.to(dtype)
+
+
+def fold_weight(w: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(w.to(scale.dtype) * scale.reshape(-1, 1, ..., 1)).to(dtype)``: a conv weight (O, ...)
+    scaled per output channel in ``scale``'s dtype (the fold's accumulation type), as ``dtype``.
+
+    On the CPU with the extension loaded: its one-pass op ``googlenet_fast::fold_conv_weight``
+    (csrc/cpu/fold_cpu.cpp: the same bits; the same gradients, registered below), instead of three
+    passes with two temporaries of the accumulation type: eval with gradients to the parameters
+    folds on every call (benchmarks/results/cpu-eval-grad-2026-12-05.md).  Elsewhere, and while
+    compiling or tracing, the composition.  Errors: the op's (``weight``, ``scale``, ``dtype``).
+    """
+    if (w.device.type == "cpu" and scale.device.type == "cpu" and native.available()
+            and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
+        if torch.is_grad_enabled() and (w.requires_grad or scale.requires_grad):
+            # (an autograd.Function: ~10 us a call where the op's registered autograd wrapper
+            # took ~100 us, 57 calls a GoogLeNet forward)
+            return _FoldWeight.apply(w, scale, dtype)
+        return torch.ops.googlenet_fast.fold_conv_weight(w, scale, dtype)
+    return (w.to(scale.dtype) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(dtype)
+
+
+def _fold_fake(w, scale, dtype):
+    return w.new_empty(w.shape, dtype=dtype)
+
+
+def _fold_setup_context(ctx, inputs, output):
+    w, scale, _ = inputs
+    ctx.w_dtype = w.dtype
+    ctx.save_for_backward(w if ctx.needs_input_grad[1] else None, scale)
+
+
+def _fold_backward(ctx, grad):
+    # the composition's formula, op by op: to(dtype)'s backward casts grad to the accumulation
+    # type, mul's gives grad * scale and (grad * w).sum_to_size(scale's shape), to(acc)'s casts back
+    w, scale = ctx.saved_tensors
+    g = grad.to(scale.dtype)
+    shape = (-1,) + (1,) * (grad.dim() - 1)
+    gw = (g * scale.reshape(shape)).to(ctx.w_dtype) if ctx.needs_input_grad[0] else None
+    gs = None
+    if ctx.needs_input_grad[1]:
+        gs = (g * w.to(scale.dtype)).sum_to_size(scale.reshape(shape).shape).reshape(-1)
+    return gw, gs, None
+
+
+class _FoldWeight(torch.autograd.Function):
+    """``googlenet_fast::fold_conv_weight`` with its autograd formula (:func:`fold_weight`)."""
+
+    @staticmethod
+    def forward(w, scale, dtype):
+        return torch.ops.googlenet_fast.fold_conv_weight(w, scale, dtype)
+
+    setup_context = staticmethod(_fold_setup_context)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        return _fold_backward(ctx, grad)
+
+
+if native.available():
+    torch.library.register_fake(FOLD_OP, _fold_fake)
+    torch.library.register_autograd(FOLD_OP, _fold_backward, setup_context=_fold_setup_context)
 
 
 def _has_module_hooks(m: nn.Module) -> bool:

@@ -494,8 +494,11 @@ def weight_prepacking(enabled: bool = True):
     reorder costs up to 20% of a small-map convolution (5b's 3x3 at batch 1, 2-core EPYC).
 
     A packed copy is reused while its source weight tensor's storage is alive, at the same
-    address, with the same sizes, strides, dtype and version counter, for the same input shape;
-    at most 256 copies are kept (least recently used evicted).  In-place PyTorch updates bump
+    address, with the same sizes, strides, dtype and version counter, for the same input shape
+    and thread count; at most 2048 such keys are kept (least recently used evicted), keys whose
+    packed layout is the same sharing one tensor (csrc/cpu/packed_weights.h).  Outside this
+    context the convolutions pack per call and the inner products read the plain weight.
+    In-place PyTorch updates bump
     the version counter and repack.  Writes the version counter does not see (through
     ``.data``, numpy views, raw pointers, or inductor's buffer reuse inside a compiled graph)
     would leave a stale copy in use: enable this only around calls whose weights are not

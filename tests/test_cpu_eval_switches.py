@@ -48,6 +48,14 @@ def test_batches_prints_each_size_alone_and_cycling(capsys):
     assert re.fullmatch(r"prepacked-weight cache: \d+ keys, \d+ packed tensors", out[2])
 
 
+def test_grad_prints_the_four_calls(capsys):
+    cpu_eval_switches.main(["grad", "--forwards", "1"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# grad: float32 model, batch 1")
+    labels = [lab for lab, _ in re.findall(r"((?:fused|torchvision) [a-z_ ]+?) (\d+\.\d+) ms", out[1])]
+    assert labels == ["fused no_grad", "fused grad enabled", "torchvision no_grad", "torchvision grad enabled"]
+
+
 def test_bad_arguments_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as e:
         cpu_eval_switches.main(["threads", "--threads", "0"])

@@ -99,7 +99,11 @@ at::Tensor gemm_rows(int64_t rows, int64_t k, const scalar_t* a, int64_t lda, co
     static const c10::optional<c10::OperatorHandle> linear = mkldnn_op("mkldnn::_linear_pointwise");
     static const c10::optional<c10::OperatorHandle> reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
     if (linear.has_value() && reorder.has_value() && lda == k) {
-      const at::Tensor packed = packed_weights().get(W, {1, rows_hint}, [&] {
+      // Prepacked when cached (steady state, 2 threads, the modules' shapes: 22-32% faster than
+      // a plain weight); otherwise the plain weight, which oneDNN reads as it is: packing for one
+      // use cost 2-3x the call (all nine modules' stage-1 shapes, 2026-12-05: 1193 vs 512 us
+      // float32, 908 vs 290 us bfloat16; eval with gradients to the parameters, torch.compile).
+      const at::Tensor packed = !cache ? W.contiguous() : packed_weights().get(W, {1, rows_hint}, [&] {
         torch::jit::Stack st{W, rows_hint};
         reorder->callBoxed(&st);
         return st[0].toTensor();
