@@ -15,6 +15,10 @@ median forward time of each phase, in one process.
                carries autograd history; no backward is run), beside no_grad calls, fused and
                torchvision eager (float32).  The fused path folds BatchNorm inside the autograd
                graph on every such call (cpu-eval-grad-2026-12-05.md).
+    contention fused and torchvision eager (no_grad) while --hogs busy-loop processes compete for
+               the cores (an oversubscribed server): median and worst call of each, alternated.
+               The fused path once stalled far longer than torchvision's there (batch-1 calls of
+               up to 1.6 s against 24 ms, 2026-12-04; cpu-contention-2026-12-05.md).
     batches    each batch size of --batches alone, then all of them in turn, call after call (a
                server batching what arrives).  The prepacked-weight cache once held 256 keys,
                fewer than 8 batch sizes need, and evicted on every call
@@ -25,10 +29,12 @@ Usage:
     python benchmarks/cpu_eval_switches.py autocast [--batch 1]
     python benchmarks/cpu_eval_switches.py batches [--batches 1 2 3 4 5 6 7 8] [--dtype bfloat16]
     python benchmarks/cpu_eval_switches.py grad [--batch 1]
+    python benchmarks/cpu_eval_switches.py contention [--hogs 2] [--batch 1]
 """
 import argparse
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -101,6 +107,29 @@ def grad_modes(nets, x, forwards: int, warmup: int = 3):
     return [(label, statistics.median(ts) * 1e3) for label, ts in times.items()]
 
 
+def under_contention(nets, x, forwards: int, hogs: int, warmup: int = 3):
+    """[(label, ms)]: median and worst no_grad call of fused and torchvision eager, alternated,
+    while ``hogs`` busy-loop processes run (killed before returning)."""
+    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+    try:
+        time.sleep(0.5)
+        times = {"fused": [], "torchvision": []}
+        with torch.no_grad():
+            for i in range(warmup + forwards):
+                for name in times:
+                    model = getattr(nets, name)
+                    t0 = time.perf_counter()
+                    model(x)
+                    if i >= warmup:
+                        times[name].append(time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    return [row for name, ts in times.items()
+            for row in ((f"{name} median", statistics.median(ts) * 1e3), (f"{name} worst", max(ts) * 1e3))]
+
+
 def batch_cycling(model, xs, forwards: int, warmup: int = 3):
     """[(label, median ms)]: each input of ``xs`` alone, then all of them in turn (one call each
     per round, ``forwards`` rounds)."""
@@ -122,10 +151,11 @@ def batch_cycling(model, xs, forwards: int, warmup: int = 3):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("switch", choices=["threads", "autocast", "batches", "grad"])
+    p.add_argument("switch", choices=["threads", "autocast", "batches", "grad", "contention"])
     p.add_argument("--threads", type=int, nargs="+", default=[2, 1, 2],
                    help="threads: the thread counts, in order")
-    p.add_argument("--batch", type=int, default=1, help="threads, autocast, grad: the batch size")
+    p.add_argument("--batch", type=int, default=1, help="threads, autocast, grad, contention: the batch size")
+    p.add_argument("--hogs", type=int, default=2, help="contention: busy-loop processes to start")
     p.add_argument("--batches", type=int, nargs="+", default=list(range(1, 9)),
                    help="batches: the batch sizes, cycled in this order")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bfloat16",
@@ -134,6 +164,8 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.batch < 1 or a.forwards < 1 or min(a.threads) < 1 or min(a.batches) < 1:
         p.error("--batch, --forwards and every --threads and --batches value must be >= 1")
+    if a.hogs < 0:
+        p.error("--hogs must be >= 0")
     dtype = torch.float32 if a.switch in ("autocast", "grad") else DTYPES[a.dtype]
     nets = build_networks(seed=0, dtype=dtype)
     model = nets.fused
@@ -148,10 +180,14 @@ def main(argv=None):
         rows = autocast_switches(model, image(a.batch), a.forwards)
     elif a.switch == "grad":
         rows = grad_modes(nets, image(a.batch), a.forwards)
+    elif a.switch == "contention":
+        rows = under_contention(nets, image(a.batch), a.forwards, a.hogs)
     else:
         rows = batch_cycling(model, [image(n) for n in a.batches], a.forwards)
     load = load_average()
     batch = f"batches {' '.join(map(str, a.batches))}" if a.switch == "batches" else f"batch {a.batch}"
+    if a.switch == "contention":
+        batch += f", {a.hogs} busy-loop processes"
     print(f"# {a.switch}: {str(dtype).replace('torch.', '')} model, {batch}, median of {a.forwards} "
           f"forwards per phase, torch {torch.__version__}, {torch.get_num_threads()} threads at the end, "
           f"load {' '.join(f'{v:.2f}' for v in load) if load else 'n/a'}")

@@ -56,6 +56,17 @@ def test_grad_prints_the_four_calls(capsys):
     assert labels == ["fused no_grad", "fused grad enabled", "torchvision no_grad", "torchvision grad enabled"]
 
 
+def test_contention_starts_and_stops_its_hogs(capsys):
+    cpu_eval_switches.main(["contention", "--hogs", "1", "--forwards", "1", "--dtype", "float32"])
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("# contention: float32 model, batch 1, 1 busy-loop processes")
+    labels = [lab for lab, _ in re.findall(r"((?:fused|torchvision) (?:median|worst)) (\d+\.\d+) ms", out[1])]
+    assert labels == ["fused median", "fused worst", "torchvision median", "torchvision worst"]
+    import subprocess
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "while True: pass" not in ps  # killed
+
+
 def test_bad_arguments_are_usage_errors(capsys):
     with pytest.raises(SystemExit) as e:
         cpu_eval_switches.main(["threads", "--threads", "0"])
