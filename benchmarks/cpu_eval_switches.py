@@ -107,10 +107,15 @@ def grad_modes(nets, x, forwards: int, warmup: int = 3):
     return [(label, statistics.median(ts) * 1e3) for label, ts in times.items()]
 
 
+# A busy loop that ends when its parent does (SIGTERM or SIGKILL of this script leave no finally
+# to kill it): it checks its parent's pid between rounds of spinning.
+_HOG = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(100000): pass\n"
+
+
 def under_contention(nets, x, forwards: int, hogs: int, warmup: int = 3):
     """[(label, ms)]: median and worst no_grad call of fused and torchvision eager, alternated,
     while ``hogs`` busy-loop processes run (killed before returning)."""
-    procs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(hogs)]
+    procs = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(hogs)]
     try:
         time.sleep(0.5)
         times = {"fused": [], "torchvision": []}

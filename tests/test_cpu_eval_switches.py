@@ -2,7 +2,10 @@
 autocast switches in one process."""
 import os
 import re
+import signal
+import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -62,9 +65,30 @@ def test_contention_starts_and_stops_its_hogs(capsys):
     assert out[0].startswith("# contention: float32 model, batch 1, 1 busy-loop processes")
     labels = [lab for lab, _ in re.findall(r"((?:fused|torchvision) (?:median|worst)) (\d+\.\d+) ms", out[1])]
     assert labels == ["fused median", "fused worst", "torchvision median", "torchvision worst"]
-    import subprocess
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "while True: pass" not in ps  # killed
+    assert "os.getppid() == parent" not in ps  # killed
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="reads /proc")
+def test_contention_hogs_end_with_a_killed_parent():
+    """SIGTERM / SIGKILL of the script run no finally: the busy loops must end on their own."""
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
+                               "sys.path.insert(0, sys.argv[1])\nimport cpu_eval_switches as c\n"
+                               "p = subprocess.Popen([sys.executable, '-c', c._HOG])\nprint(p.pid, flush=True)\n"
+                               "time.sleep(60)\n", os.path.join(ROOT, "benchmarks")], stdout=subprocess.PIPE, text=True)
+    hog = int(parent.stdout.readline())
+    parent.kill()
+    parent.wait()
+    for _ in range(100):  # the hog notices within a round of spinning
+        try:
+            with open(f"/proc/{hog}/status") as f:
+                if any(line.startswith("State:") and "Z" in line.split()[1] for line in f):
+                    return  # ended; a zombie until something reaps it
+        except FileNotFoundError:
+            return
+        time.sleep(0.05)
+    os.kill(hog, signal.SIGKILL)
+    raise AssertionError("the busy loop outlived its parent")
 
 
 def test_bad_arguments_are_usage_errors(capsys):
