@@ -171,6 +171,21 @@ def main(argv=None):
         p.error("--batch, --forwards and every --threads and --batches value must be >= 1")
     if a.hogs < 0:
         p.error("--hogs must be >= 0")
+    cores = os.cpu_count() or 1
+    if max(a.threads) > 4 * cores:
+        p.error(f"--threads: at most {4 * cores} (4x this machine's {cores} cores), got {max(a.threads)}")
+    try:
+        run(a)
+    except KeyboardInterrupt:
+        print("cpu_eval_switches: interrupted", file=sys.stderr)
+        sys.exit(130)
+    except (RuntimeError, MemoryError) as e:  # e.g. an allocation a --batch too large cannot get
+        print(f"cpu_eval_switches: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def run(a):
+    """The measurement ``main`` parsed ``a`` for; prints its two or three lines."""
     dtype = torch.float32 if a.switch in ("autocast", "grad") else DTYPES[a.dtype]
     nets = build_networks(seed=0, dtype=dtype)
     model = nets.fused

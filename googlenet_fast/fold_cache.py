@@ -76,6 +76,10 @@ def fold_weight(w: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _fold_fake(w, scale, dtype):
+    if scale.device != w.device:  # (one meta argument reaches this kernel with the other on the CPU)
+        raise ValueError(f"scale: expected a tensor on weight's device {w.device}, got {scale.device}")
+    if dtype not in (torch.float32, torch.float64, torch.bfloat16, torch.float16):
+        raise TypeError(f"dtype: expected float32, float64, bfloat16 or float16, got {dtype}")
     return w.new_empty(w.shape, dtype=dtype)
 
 

@@ -97,9 +97,10 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
 
 
 def _eval_dtype(x: Tensor, weight_dtype: torch.dtype) -> torch.dtype:
-    """The compute dtype of a fused eval call: the autocast dtype where autocast is on for x's
-    device (as nn.Conv2d would compute under it), else the weights' dtype."""
-    if torch.is_autocast_enabled(x.device.type):
+    """The compute dtype of a fused call: the autocast dtype where autocast is on for x's device
+    and would cast the weights (as nn.Conv2d would compute under it: autocast leaves float64
+    alone), else the weights' dtype."""
+    if weight_dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return weight_dtype
 
@@ -491,9 +492,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
         """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
         weights), or None where they do not apply (the plain branches then run)."""
         if self.training and self._weight_dtype() is not None:
-            dtype = self._weight_dtype()
-            if torch.is_autocast_enabled(x.device.type):
-                dtype = torch.get_autocast_dtype(x.device.type)
+            dtype = _eval_dtype(x, self._weight_dtype())  # (train mode too: autocast's dtype rule)
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 y = self._forward_train_fused(x, dtype)
                 if y is not None:

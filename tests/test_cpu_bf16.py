@@ -213,3 +213,27 @@ def test_bf16_element_loops_are_avx512bw_vectorized():
     for name in ("max_pool_rows", "pool3x3_block"):
         assert re.search(r"vpmaxsw\s.*zmm", clone(name)), name
     assert re.search(r"vpcmp\w*w\s.*zmm|vpblendmw\s.*zmm|vpandn?\w*\s.*zmm", clone("relu_inplace"))
+
+
+@pytest.mark.parametrize("autocast_dtype", [BF16, torch.float16])
+@pytest.mark.parametrize("train", [False, True])
+def test_float64_model_under_autocast_stays_float64(autocast_dtype, train):
+    """Autocast leaves float64 alone: nn.Conv2d computes a float64 model in float64 under it, and
+    so must the fused paths (they once took the autocast dtype and then failed in the fold:
+    'scale: expected a dtype at least as wide as weight's Double')."""
+    torch.manual_seed(0)
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=True)
+    calibrate_batchnorm(tv, torch.rand(2, 3, 64, 64))
+    tv = tv.double()
+    ours = GoogLeNet(aux_logits=False, init_weights=False, fused=True)
+    ours.load_state_dict(tv.state_dict())
+    ours = ours.double().train(train)
+    tv.train(train)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    with torch.set_grad_enabled(train), torch.autocast("cpu", dtype=autocast_dtype):
+        torch.manual_seed(1)  # the same dropout masks in train mode
+        y = ours(x)
+        torch.manual_seed(1)
+        y_tv = tv(x)
+    assert y.dtype == y_tv.dtype == torch.float64
+    assert (y - y_tv).abs().max() <= 1e-10 * y_tv.abs().max()

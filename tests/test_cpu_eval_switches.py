@@ -91,8 +91,24 @@ def test_contention_hogs_end_with_a_killed_parent():
     raise AssertionError("the busy loop outlived its parent")
 
 
-def test_bad_arguments_are_usage_errors(capsys):
+@pytest.mark.parametrize("args,message", [
+    (["threads", "--threads", "0"], "--threads and --batches value must be >= 1"),
+    (["threads", "--threads", "100000"], "--threads: at most"),
+    (["contention", "--hogs", "-1"], "--hogs must be >= 0"),
+])
+def test_bad_arguments_are_usage_errors(capsys, args, message):
     with pytest.raises(SystemExit) as e:
-        cpu_eval_switches.main(["threads", "--threads", "0"])
+        cpu_eval_switches.main(args)
     assert e.value.code == 2
-    assert "--threads and --batches value must be >= 1" in capsys.readouterr().err
+    assert message in capsys.readouterr().err
+
+
+def test_a_failed_run_is_an_error_message_not_a_traceback(capsys, monkeypatch):
+    def no_memory(a):
+        raise RuntimeError("DefaultCPUAllocator: not enough memory")
+
+    monkeypatch.setattr(cpu_eval_switches, "run", no_memory)
+    with pytest.raises(SystemExit) as e:
+        cpu_eval_switches.main(["threads", "--batch", "100000"])
+    assert e.value.code == 1
+    assert capsys.readouterr().err == "cpu_eval_switches: error: DefaultCPUAllocator: not enough memory\n"

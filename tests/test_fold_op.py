@@ -79,10 +79,16 @@ def test_registered_autograd_and_fake_kernel():
     (lambda: torch.ops.googlenet_fast.fold_conv_weight(torch.ones(4, 2), torch.ones(4, dtype=torch.int64),
                                                        torch.float32), TypeError, "scale: expected float64 or float32"),
     (lambda: torch.ops.googlenet_fast.fold_conv_weight(torch.ones(4, 2), torch.ones(4, dtype=torch.float64),
-                                                       torch.int32), TypeError, "dtype: expected a floating-point"),
+                                                       torch.int32), TypeError, "dtype: expected float32, float64, bfloat16 or float16"),
     (lambda: torch.ops.googlenet_fast.fold_conv_weight(torch.ones(4, 2, dtype=torch.int32),
                                                        torch.ones(4, dtype=torch.float64), torch.float32),
-     ValueError, "weight: expected a floating-point tensor"),
+     ValueError, "weight: expected a float32, float64, bfloat16 or float16 tensor"),
+    (lambda: torch.ops.googlenet_fast.fold_conv_weight(torch.ones(4, 2), torch.ones(4, dtype=torch.float64),
+                                                       torch.float8_e4m3fn), TypeError, "dtype: expected float32"),
+    (lambda: torch.ops.googlenet_fast.fold_conv_weight(torch.ones(4, 2), torch.ones(4, dtype=torch.float64, device="meta"),
+                                                       torch.float32), ValueError, "scale: expected a tensor on weight's device"),
+    (lambda: torch.ops.googlenet_fast.fold_conv_weight(torch.ones(4, 2, device="meta"), torch.ones(4, dtype=torch.float64),
+                                                       torch.float32), ValueError, "scale: expected a tensor on weight's device"),
 ])
 def test_bad_arguments(call, exc, match):
     with pytest.raises(exc, match=match):

@@ -36,14 +36,20 @@ void fold_rows(const T* w, const A* s, O* out, int64_t rows, int64_t inner) {
 }
 
 at::Tensor fold_conv_weight_cpu(const at::Tensor& weight, const at::Tensor& scale, at::ScalarType dtype) {
-  TORCH_CHECK_VALUE(weight.dim() >= 1 && weight.is_floating_point(),
-                    "weight: expected a floating-point tensor with an output-channel dimension, got ", weight.sizes(),
-                    " ", weight.scalar_type());
+  TORCH_CHECK_VALUE(weight.defined(), "weight: expected a tensor, got None");
+  TORCH_CHECK_VALUE(scale.defined(), "scale: expected a tensor, got None");
+  TORCH_CHECK_VALUE(scale.device() == weight.device(), "scale: expected a tensor on weight's device ",
+                    weight.device(), ", got ", scale.device());
+  TORCH_CHECK_VALUE(weight.dim() >= 1 && (weight.scalar_type() == at::kFloat || weight.scalar_type() == at::kDouble ||
+                                            weight.scalar_type() == at::kBFloat16 || weight.scalar_type() == at::kHalf),
+                    "weight: expected a float32, float64, bfloat16 or float16 tensor with an output-channel dimension, "
+                    "got ", weight.sizes(), " ", weight.scalar_type());
   TORCH_CHECK_VALUE(scale.dim() == 1 && scale.size(0) == weight.size(0), "scale: expected shape (", weight.size(0),
                     ",) (weight's output channels), got ", scale.sizes());
   TORCH_CHECK_TYPE(scale.scalar_type() == at::kDouble || scale.scalar_type() == at::kFloat,
                    "scale: expected float64 or float32 (the fold's accumulation type), got ", scale.scalar_type());
-  TORCH_CHECK_TYPE(at::isFloatingType(dtype), "dtype: expected a floating-point dtype, got ", dtype);
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kBFloat16 || dtype == at::kHalf,
+                   "dtype: expected float32, float64, bfloat16 or float16, got ", dtype);
   TORCH_CHECK_TYPE(at::elementSize(scale.scalar_type()) >= at::elementSize(weight.scalar_type()),
                    "scale: expected a dtype at least as wide as weight's ", weight.scalar_type(), ", got ",
                    scale.scalar_type());
