@@ -67,10 +67,6 @@ def fold_weight(w: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """
     if (w.device.type == "cpu" and scale.device.type == "cpu" and native.available()
             and not torch.compiler.is_compiling() and not torch.jit.is_tracing()):
-        if torch.is_grad_enabled() and (w.requires_grad or scale.requires_grad):
-            # (an autograd.Function: ~10 us a call where the op's registered autograd wrapper
-            # took ~100 us, 57 calls a GoogLeNet forward)
-            return _FoldWeight.apply(w, scale, dtype)
         return torch.ops.googlenet_fast.fold_conv_weight(w, scale, dtype)
     return (w.to(scale.dtype) * scale.reshape((-1,) + (1,) * (w.dim() - 1))).to(dtype)
 
@@ -100,21 +96,6 @@ def _fold_backward(ctx, grad):
     if ctx.needs_input_grad[1]:
         gs = (g * w.to(scale.dtype)).sum_to_size(scale.reshape(shape).shape).reshape(-1)
     return gw, gs, None
-
-
-class _FoldWeight(torch.autograd.Function):
-    """``googlenet_fast::fold_conv_weight`` with its autograd formula (:func:`fold_weight`)."""
-
-    @staticmethod
-    def forward(w, scale, dtype):
-        return torch.ops.googlenet_fast.fold_conv_weight(w, scale, dtype)
-
-    setup_context = staticmethod(_fold_setup_context)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad):
-        return _fold_backward(ctx, grad)
 
 
 if native.available():

@@ -96,7 +96,7 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
     return _block_sources(block) is not None
 
 
-def _eval_dtype(x: Tensor, weight_dtype: torch.dtype) -> torch.dtype:
+def _compute_dtype(x: Tensor, weight_dtype: torch.dtype) -> torch.dtype:
     """The compute dtype of a fused call: the autocast dtype where autocast is on for x's device
     and would cast the weights (as nn.Conv2d would compute under it: autocast leaves float64
     alone), else the weights' dtype."""
@@ -185,7 +185,7 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         the CPU ops: googlenet_fast::conv2d_relu_max_pool, or max_pool_nhwc after the conv)."""
         if not (self.fused and not self.training and self._can_fold()) or _exporting_to_onnx():
             return None
-        dtype = _eval_dtype(x, self.conv.weight.dtype)
+        dtype = _compute_dtype(x, self.conv.weight.dtype)
         folded = self._cached_fold(dtype)
         if folded is None:
             return None
@@ -492,13 +492,13 @@ class Inception(_FoldedWeightsCache, nn.Module):
         """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
         weights), or None where they do not apply (the plain branches then run)."""
         if self.training and self._weight_dtype() is not None:
-            dtype = _eval_dtype(x, self._weight_dtype())  # (train mode too: autocast's dtype rule)
+            dtype = _compute_dtype(x, self._weight_dtype())
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 y = self._forward_train_fused(x, dtype)
                 if y is not None:
                     return y
         if not self.training and self._weight_dtype() is not None:
-            dtype = _eval_dtype(x, self._weight_dtype())
+            dtype = _compute_dtype(x, self._weight_dtype())
             # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
             if not (dtype == torch.float16 and x.device.type == "cpu"):
                 folded = self._cached_fold(dtype)  # None: not a module the fused op computes

@@ -498,8 +498,8 @@ def weight_prepacking(enabled: bool = True):
     and thread count; at most 2048 such keys are kept (least recently used evicted), keys whose
     packed layout is the same sharing one tensor (csrc/cpu/packed_weights.h).  Outside this
     context the convolutions pack per call and the inner products read the plain weight.
-    In-place PyTorch updates bump
-    the version counter and repack.  Writes the version counter does not see (through
+    In-place PyTorch updates bump the version counter and repack.  Writes the version counter
+    does not see (through
     ``.data``, numpy views, raw pointers, or inductor's buffer reuse inside a compiled graph)
     would leave a stale copy in use: enable this only around calls whose weights are not
     written that way.  The model's Inception and BasicConv2d modules enable it around their

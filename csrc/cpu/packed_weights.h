@@ -23,7 +23,7 @@
 // 2 threads, another for every other batch size and thread count tried): a new copy whose oneDNN
 // memory descriptor (mkldnn::_get_mkldnn_serialized_md) equals that of a copy of the same source
 // state shares that copy's tensor, so memory grows with the layouts, not with the keys.  That lets
-// the cache hold kPackedCacheSize = 2048 keys: a server cycling through batch sizes 1-8 filled the
+// the cache hold 2048 keys (capacity()): a server cycling through batch sizes 1-8 filled the
 // former 256 and evicted, i.e. repacked, on every call (a batch-1 forward 4.4 -> 8.8 ms;
 // benchmarks/results/cpu-batch-cycling-2026-12-05.md).  Where that op is missing (other torch
 // builds) nothing is shared and the cache keeps 256 keys.  Least recently used keys are evicted;
@@ -160,20 +160,21 @@ class PackedWeights {
       it = b.empty() ? by_data_.erase(it) : std::next(it);
     }
     while (count_ > capacity()) {
-      std::vector<PackedEntry>* oldest_bucket = nullptr;
+      auto oldest_bucket = by_data_.end();
       size_t oldest = 0;
-      for (auto& [data, b] : by_data_) {
-        for (size_t i = 0; i < b.size(); ++i) {
-          if (oldest_bucket == nullptr || b[i].last_use < (*oldest_bucket)[oldest].last_use) {
-            oldest_bucket = &b;
+      for (auto it = by_data_.begin(); it != by_data_.end(); ++it) {
+        for (size_t i = 0; i < it->second.size(); ++i) {
+          if (oldest_bucket == by_data_.end() || it->second[i].last_use < oldest_bucket->second[oldest].last_use) {
+            oldest_bucket = it;
             oldest = i;
           }
         }
       }
-      oldest_bucket->erase(oldest_bucket->begin() + static_cast<std::ptrdiff_t>(oldest));
+      std::vector<PackedEntry>& b = oldest_bucket->second;
+      b.erase(b.begin() + static_cast<std::ptrdiff_t>(oldest));
       --count_;
+      if (b.empty()) by_data_.erase(oldest_bucket);
     }
-    for (auto it = by_data_.begin(); it != by_data_.end();) it = it->second.empty() ? by_data_.erase(it) : std::next(it);
   }
 
   std::mutex mu_;
