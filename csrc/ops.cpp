@@ -6,6 +6,7 @@
 #include <cmath>
 #include <torch/library.h>
 
+#include "cpu/onednn_direct.h"
 #include "inception.h"
 
 namespace googlenet_fast {
@@ -316,6 +317,23 @@ static PyObject* gf_prepacked_weight_capacity(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::prepacked_weight_capacity());
 }
 
+// _set_direct_onednn(enabled: bool) -> bool (the previous setting), for the whole process.
+static PyObject* gf_set_direct_onednn(PyObject*, PyObject* arg) {
+  const int enabled = PyObject_IsTrue(arg);
+  if (enabled < 0) return nullptr;
+  return PyBool_FromLong(googlenet_fast::set_direct_onednn(enabled != 0));
+}
+
+static PyObject* gf_direct_onednn_status(PyObject*, PyObject*) {
+  const std::string& why = googlenet_fast::direct_onednn_unavailable_reason();
+  if (!why.empty()) return PyUnicode_FromString(why.c_str());
+  return PyUnicode_FromString(googlenet_fast::direct_onednn_enabled() ? "enabled" : "switched off");
+}
+
+static PyObject* gf_direct_onednn_primitive_count(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(googlenet_fast::direct_onednn_primitive_count());
+}
+
 namespace googlenet_fast {
 // csrc/state_check.cpp
 PyObject* py_model_state_same(PyObject*, PyObject* const* args, Py_ssize_t nargs);
@@ -335,6 +353,14 @@ static PyMethodDef gf_methods[] = {
      "Number of distinct packed weight tensors those keys hold: keys in one oneDNN layout share one (for tests)."},
     {"_prepacked_weight_capacity", gf_prepacked_weight_capacity, METH_NOARGS,
      "The most keys the packed-weight cache holds before evicting the least recently used (for tests)."},
+    {"_set_direct_onednn", gf_set_direct_onednn, METH_O,
+     "Run the CPU eval path's convolutions and inner products as oneDNN primitives kept by the extension "
+     "(csrc/cpu/onednn_direct.h; default on, GOOGLENET_FAST_ONEDNN=0 starts it off) or through ATen's mkldnn ops; "
+     "process-wide; returns the previous setting."},
+    {"_direct_onednn_status", gf_direct_onednn_status, METH_NOARGS,
+     "'enabled', 'switched off', or why torch's oneDNN cannot be called directly (then ATen's ops run)."},
+    {"_direct_onednn_primitive_count", gf_direct_onednn_primitive_count, METH_NOARGS,
+     "Number of oneDNN primitives the direct path keeps (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 // A plain Python module: importing googlenet_fast._C runs the registrations above.

@@ -518,6 +518,40 @@ def weight_prepacking(enabled: bool = True):
 
 
 # ------------------------------------------------------------------------------------------------
+# oneDNN primitives called directly (CPU)
+
+DIRECT_ONEDNN_ENV = "GOOGLENET_FAST_ONEDNN"
+
+
+def direct_onednn_status() -> str:
+    """How the CPU ops' convolutions and inner products reach oneDNN: ``"enabled"`` (as
+    primitives the extension creates and keeps, in the oneDNN torch itself carries, found through
+    libtorch_cpu.so's symbol table: csrc/cpu/onednn_api.h, onednn_direct.h), ``"switched off"``
+    (``$GOOGLENET_FAST_ONEDNN=0`` when the extension loaded, or :func:`set_direct_onednn`), or the
+    reason it is unavailable (e.g. a stripped libtorch, or a torch other than the one the extension
+    was built against); in the last two cases ATen's mkldnn ops run them.  Both paths run the same
+    oneDNN kernels: results are bit-equal (tests/test_direct_onednn.py); the direct path saves ATen's
+    ~15 us per call (a batch-1 forward makes ~58), measured in
+    benchmarks/results/cpu-direct-onednn-2026-12-05.md.  Without the extension: ``"no extension"``.
+    """
+    if not native.available():
+        return "no extension"
+    return native._C._direct_onednn_status()
+
+
+def set_direct_onednn(enabled: bool) -> bool:
+    """Switch the direct oneDNN path (see :func:`direct_onednn_status`) on or off for the whole
+    process; returns the previous setting.  Where it is unavailable, switching on changes nothing.
+
+    Raises:
+        RuntimeError: the extension is not built.
+    """
+    if not native.available():
+        raise RuntimeError("set_direct_onednn: googlenet_fast's extension is not built")
+    return native._C._set_direct_onednn(bool(enabled))
+
+
+# ------------------------------------------------------------------------------------------------
 # The stem's convolutions on the CPU: googlenet_fast::conv2d_relu
 
 CONV2D_RELU_OP = "googlenet_fast::conv2d_relu"

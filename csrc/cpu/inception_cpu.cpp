@@ -40,6 +40,7 @@
 
 #include "../inception.h"
 #include "acc_convert.h"
+#include "onednn_direct.h"
 #include "packed_weights.h"
 
 namespace googlenet_fast {
@@ -59,6 +60,10 @@ c10::optional<c10::OperatorHandle> mkldnn_op(const char* name) {
 // (which reorders the weight per call) where the pointwise ops are missing.
 at::Tensor onednn_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b,
                          int64_t stride, int64_t padding, bool cache) {
+  if (direct_onednn_enabled()) {  // the same primitive without ATen's per-call work (onednn_direct.h)
+    at::Tensor y = direct_conv2d(x, w, b, stride, padding, cache);
+    if (y.defined()) return y;
+  }
   static const c10::optional<c10::OperatorHandle> conv = mkldnn_op("mkldnn::_convolution_pointwise");
   static const c10::optional<c10::OperatorHandle> reorder = mkldnn_op("mkldnn::_reorder_convolution_weight");
   if (!conv.has_value() || !reorder.has_value())
@@ -98,6 +103,10 @@ at::Tensor gemm_rows(int64_t rows, int64_t k, const scalar_t* a, int64_t lda, co
   if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
     static const c10::optional<c10::OperatorHandle> linear = mkldnn_op("mkldnn::_linear_pointwise");
     static const c10::optional<c10::OperatorHandle> reorder = mkldnn_op("mkldnn::_reorder_linear_weight");
+    if (lda == k && direct_onednn_enabled()) {  // the same primitive without ATen's per-call work
+      at::Tensor y = direct_inner_product(A, W, bias, rows_hint, cache, sources);
+      if (y.defined()) return y;
+    }
     if (linear.has_value() && reorder.has_value() && lda == k) {
       // Prepacked when cached (steady state, 2 threads, the modules' shapes: 22-32% faster than
       // a plain weight); otherwise the plain weight, which oneDNN reads as it is: packing for one
@@ -822,6 +831,11 @@ at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, con
       }
     });
   });
+  const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
+  if (direct_onednn_enabled() && weight.is_contiguous()) {  // the plain weight, as below
+    at::Tensor y = direct_inner_product(pooled, weight, b, N, /*cache=*/false, {});
+    if (y.defined()) return y;
+  }
   static const c10::optional<c10::OperatorHandle> linear = mkldnn_op("mkldnn::_linear_pointwise");
   if ((x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16) && linear.has_value() &&
       weight.is_contiguous()) {

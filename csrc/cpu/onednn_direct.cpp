@@ -1,0 +1,418 @@
+// googlenet_fast: convolutions and inner products as oneDNN primitives we keep (see onednn_direct.h).
+#include "onednn_direct.h"
+
+#include <ATen/Parallel.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "onednn_api.h"
+#include "packed_weights.h"
+
+#if !GF_HAVE_ONEDNN_HEADERS
+namespace googlenet_fast {
+// Built without oneDNN's headers: ATen's ops run everything.
+bool direct_onednn_enabled() { return false; }
+bool set_direct_onednn(bool) { return false; }
+const std::string& direct_onednn_unavailable_reason() { return onednn::unavailable_reason(); }
+int64_t direct_onednn_primitive_count() { return 0; }
+at::Tensor direct_conv2d(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t,
+                         bool) {
+  return at::Tensor();
+}
+at::Tensor direct_inner_product(const at::Tensor&, const at::Tensor&, const at::Tensor*, int64_t, bool,
+                                std::initializer_list<const at::Tensor*>) {
+  return at::Tensor();
+}
+}  // namespace googlenet_fast
+#else
+
+namespace googlenet_fast {
+namespace {
+
+#define GF_DNNL_CHECK(call, what)                                                                   \
+  do {                                                                                              \
+    const dnnl_status_t status_ = (call);                                                           \
+    TORCH_CHECK(status_ == dnnl_success, "googlenet_fast: oneDNN ", what, " failed (dnnl_status_t ", \
+                static_cast<int>(status_), ")");                                                    \
+  } while (0)
+
+constexpr size_t kMaxPrimitives = 512;
+
+std::atomic<bool>& switched_on() {
+  static std::atomic<bool> on([] {
+    const char* env = std::getenv("GOOGLENET_FAST_ONEDNN");
+    return env == nullptr || std::strcmp(env, "0") != 0;
+  }());
+  return on;
+}
+
+dnnl_engine_t engine() {
+  static dnnl_engine_t e = [] {
+    dnnl_engine_t made = nullptr;
+    GF_DNNL_CHECK(GF_DNNL(dnnl_engine_create)(&made, dnnl_cpu, 0), "engine creation");
+    return made;
+  }();
+  return e;
+}
+
+dnnl_stream_t stream() {
+  // one per thread: a stream is not meant to be shared by threads that execute at once
+  thread_local dnnl_stream_t s = [] {
+    dnnl_stream_t made = nullptr;
+    GF_DNNL_CHECK(GF_DNNL(dnnl_stream_create)(&made, engine(), dnnl_stream_default_flags), "stream creation");
+    return made;
+  }();
+  return s;
+}
+
+struct MemoryDesc {
+  dnnl_memory_desc_t md = nullptr;
+  MemoryDesc() = default;
+  MemoryDesc(const MemoryDesc&) = delete;
+  MemoryDesc& operator=(const MemoryDesc&) = delete;
+  ~MemoryDesc() {
+    if (md != nullptr) GF_DNNL(dnnl_memory_desc_destroy)(md);
+  }
+};
+
+struct PrimitiveDesc {
+  dnnl_primitive_desc_t pd = nullptr;
+  PrimitiveDesc() = default;
+  PrimitiveDesc(const PrimitiveDesc&) = delete;
+  PrimitiveDesc& operator=(const PrimitiveDesc&) = delete;
+  ~PrimitiveDesc() {
+    if (pd != nullptr) GF_DNNL(dnnl_primitive_desc_destroy)(pd);
+  }
+};
+
+struct Memory {
+  dnnl_memory_t m = nullptr;
+  Memory(const_dnnl_memory_desc_t md, const void* data) {
+    GF_DNNL_CHECK(GF_DNNL(dnnl_memory_create)(&m, md, engine(), const_cast<void*>(data)), "memory creation");
+  }
+  Memory(const Memory&) = delete;
+  Memory& operator=(const Memory&) = delete;
+  ~Memory() { GF_DNNL(dnnl_memory_destroy)(m); }
+};
+
+// A created primitive and the memory descriptors of its arguments (owned clones).
+struct Primitive {
+  dnnl_primitive_t prim = nullptr;
+  MemoryDesc src, weights, bias, dst, scratchpad;
+  size_t scratchpad_bytes = 0;
+  std::vector<int64_t> weights_key;  // the weights' layout (serialized descriptor) as the packing key
+  ~Primitive() {
+    if (prim != nullptr) GF_DNNL(dnnl_primitive_destroy)(prim);
+  }
+};
+
+dnnl_data_type_t data_type(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return dnnl_f32;
+    case at::kBFloat16: return dnnl_bf16;
+    default: return dnnl_data_type_undef;
+  }
+}
+
+void make_md(MemoryDesc& d, const std::vector<int64_t>& dims, const std::vector<int64_t>& strides,
+             dnnl_data_type_t dt) {
+  dnnl_dims_t dd{}, ss{};
+  for (size_t i = 0; i < dims.size(); ++i) {
+    dd[i] = dims[i];
+    ss[i] = strides[i];
+  }
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_create_with_strides)(&d.md, static_cast<int>(dims.size()), dd, dt, ss),
+                "memory descriptor creation");
+}
+
+void make_any_md(MemoryDesc& d, const std::vector<int64_t>& dims, dnnl_data_type_t dt) {
+  dnnl_dims_t dd{};
+  for (size_t i = 0; i < dims.size(); ++i) dd[i] = dims[i];
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_create_with_tag)(&d.md, static_cast<int>(dims.size()), dd, dt,
+                                                          dnnl_format_tag_any),
+                "memory descriptor creation");
+}
+
+void clone_md(MemoryDesc& d, const_dnnl_primitive_desc_t pd, dnnl_query_t what) {
+  const_dnnl_memory_desc_t md = GF_DNNL(dnnl_primitive_desc_query_md)(pd, what, 0);
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&d.md, md), "memory descriptor copy");
+}
+
+std::vector<int64_t> layout_key(const_dnnl_memory_desc_t md) {
+  size_t size = 0;
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_get_blob)(nullptr, &size, md), "memory descriptor serialization");
+  std::vector<uint8_t> blob(size);
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_get_blob)(blob.data(), &size, md), "memory descriptor serialization");
+  std::vector<int64_t> key{-1, static_cast<int64_t>(size)};  // -1: not an ATen prepacking key
+  key.resize(2 + (size + 7) / 8, 0);
+  std::memcpy(key.data() + 2, blob.data(), size);
+  return key;
+}
+
+// Primitive attributes: scratchpad provided by the caller.  With the library's own scratchpad,
+// the oneDNN torch carries gives each primitive one buffer, which two threads executing it at once
+// (stage 1 runs its pixel blocks in parallel) would share: the plain-weight inner product packs its
+// weight there, and the results were garbage.
+struct Attr {
+  dnnl_primitive_attr_t attr = nullptr;
+  Attr() {
+    GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_attr_create)(&attr), "attribute creation");
+    GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_attr_set_scratchpad_mode)(attr, dnnl_scratchpad_mode_user),
+                  "attribute creation");
+  }
+  Attr(const Attr&) = delete;
+  Attr& operator=(const Attr&) = delete;
+  ~Attr() { GF_DNNL(dnnl_primitive_attr_destroy)(attr); }
+};
+
+// This thread's scratchpad, grown as needed (64-byte aligned; execution is synchronous).
+void* scratchpad(size_t bytes) {
+  struct Buffer {
+    void* p = nullptr;
+    size_t size = 0;
+    ~Buffer() { std::free(p); }
+  };
+  thread_local Buffer b;
+  if (bytes > b.size) {
+    std::free(b.p);
+    b.size = 0;
+    b.p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    TORCH_CHECK(b.p != nullptr, "googlenet_fast: cannot allocate a oneDNN scratchpad of ", bytes, " bytes");
+    b.size = bytes;
+  }
+  return b.p;
+}
+
+// The primitive for `pd` unless oneDNN fell back to its reference implementation (orders of
+// magnitude slower: ATen's op is the better choice then).
+std::shared_ptr<Primitive> finish(PrimitiveDesc& pd) {
+  const char* impl = nullptr;
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_desc_query)(pd.pd, dnnl_query_impl_info_str, 0, &impl),
+                "implementation query");
+  if (impl == nullptr || std::strncmp(impl, "ref", 3) == 0) return nullptr;
+  auto p = std::make_shared<Primitive>();
+  clone_md(p->src, pd.pd, dnnl_query_src_md);
+  clone_md(p->weights, pd.pd, dnnl_query_weights_md);
+  // the bias is the primitive's second weights argument
+  const_dnnl_memory_desc_t bias = GF_DNNL(dnnl_primitive_desc_query_md)(pd.pd, dnnl_query_weights_md, 1);
+  if (bias != nullptr) GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&p->bias.md, bias), "memory descriptor copy");
+  clone_md(p->dst, pd.pd, dnnl_query_dst_md);
+  clone_md(p->scratchpad, pd.pd, dnnl_query_scratchpad_md);
+  p->scratchpad_bytes = GF_DNNL(dnnl_memory_desc_get_size)(p->scratchpad.md);
+  p->weights_key = layout_key(p->weights.md);
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&p->prim, pd.pd), "primitive creation");
+  return p;
+}
+
+// Created primitives by key (shape, dtypes, layouts, thread count); null: no direct path.
+class Primitives {
+ public:
+  template <typename Create>
+  std::shared_ptr<Primitive> get(const std::vector<int64_t>& key, const Create& create) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = map_.find(key);
+      if (it != map_.end()) {
+        it->second.last_use = ++clock_;
+        return it->second.p;
+      }
+    }
+    std::shared_ptr<Primitive> p = create();  // outside the lock: creation JIT-compiles kernels
+    std::lock_guard<std::mutex> lock(mu_);
+    map_[key] = {p, ++clock_};
+    while (map_.size() > kMaxPrimitives) {
+      auto oldest = map_.begin();
+      for (auto it = map_.begin(); it != map_.end(); ++it)
+        if (it->second.last_use < oldest->second.last_use) oldest = it;
+      map_.erase(oldest);
+    }
+    return p;
+  }
+  size_t size() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return map_.size();
+  }
+
+ private:
+  struct Entry {
+    std::shared_ptr<Primitive> p;
+    uint64_t last_use;
+  };
+  std::mutex mu_;
+  std::map<std::vector<int64_t>, Entry> map_;
+  uint64_t clock_ = 0;
+};
+
+Primitives& primitives() {
+  static Primitives* p = new Primitives();  // never destroyed: used until process exit
+  return *p;
+}
+
+// w (plain, any strides) reordered into `layout`: a byte tensor holding oneDNN's blocked weight.
+at::Tensor reorder_weight(const at::Tensor& w, const_dnnl_memory_desc_t layout) {
+  MemoryDesc plain;
+  make_md(plain, w.sizes().vec(), w.strides().vec(), data_type(w.scalar_type()));
+  const size_t bytes = GF_DNNL(dnnl_memory_desc_get_size)(layout);
+  at::Tensor packed = at::empty({static_cast<int64_t>(bytes)}, w.options().dtype(at::kByte));
+  PrimitiveDesc pd;
+  GF_DNNL_CHECK(GF_DNNL(dnnl_reorder_primitive_desc_create)(&pd.pd, plain.md, engine(), layout, engine(), nullptr),
+                "weight reorder creation");
+  dnnl_primitive_t prim = nullptr;
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&prim, pd.pd), "weight reorder creation");
+  Memory from(plain.md, w.const_data_ptr()), to(layout, packed.data_ptr());
+  const dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}};
+  const dnnl_status_t status = GF_DNNL(dnnl_primitive_execute)(prim, stream(), 2, args);
+  GF_DNNL(dnnl_primitive_destroy)(prim);
+  GF_DNNL_CHECK(status, "weight reorder");
+  return packed;
+}
+
+// Execute `p` on src/dst with the weights (reordered and cached as the call allows) and bias.
+void execute(const Primitive& p, const void* src, const at::Tensor& w, bool plain_weights, const void* bias,
+             void* dst, bool cache, std::initializer_list<const at::Tensor*> sources) {
+  at::Tensor packed;
+  const void* weights = w.const_data_ptr();
+  if (!plain_weights) {
+    packed = packed_weights().get(w, p.weights_key, [&] { return reorder_weight(w, p.weights.md); }, cache, sources);
+    weights = packed.const_data_ptr();
+  }
+  Memory s(p.src.md, src), wt(p.weights.md, weights), d(p.dst.md, dst);
+  std::unique_ptr<Memory> b, sp;
+  dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, s.m}, {DNNL_ARG_WEIGHTS, wt.m}, {DNNL_ARG_DST, d.m}};
+  int nargs = 3;
+  if (bias != nullptr) {
+    b = std::make_unique<Memory>(p.bias.md, bias);
+    args[nargs++] = {DNNL_ARG_BIAS, b->m};
+  }
+  if (p.scratchpad_bytes > 0) {
+    sp = std::make_unique<Memory>(p.scratchpad.md, scratchpad(p.scratchpad_bytes));
+    args[nargs++] = {DNNL_ARG_SCRATCHPAD, sp->m};
+  }
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_execute)(p.prim, stream(), nargs, args), "primitive execution");
+}
+
+int64_t threads_key() { return at::in_parallel_region() ? -1 : at::get_num_threads(); }
+
+bool usable_bias(const at::Tensor* b, int64_t n) {
+  return b == nullptr || (b->dim() == 1 && b->size(0) == n && data_type(b->scalar_type()) != dnnl_data_type_undef);
+}
+
+}  // namespace
+
+bool direct_onednn_enabled() { return switched_on().load(std::memory_order_relaxed) && onednn::available(); }
+
+bool set_direct_onednn(bool enabled) { return switched_on().exchange(enabled); }
+
+const std::string& direct_onednn_unavailable_reason() { return onednn::unavailable_reason(); }
+
+int64_t direct_onednn_primitive_count() { return static_cast<int64_t>(primitives().size()); }
+
+at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t stride,
+                         int64_t padding, bool cache) {
+  const dnnl_data_type_t dt = data_type(x.scalar_type());
+  const at::Tensor* bias = b.has_value() && b->defined() ? &*b : nullptr;
+  if (dt == dnnl_data_type_undef || w.scalar_type() != x.scalar_type() || x.dim() != 4 || w.dim() != 4 ||
+      w.size(1) != x.size(1) || x.numel() == 0 || w.numel() == 0 || !usable_bias(bias, w.size(0)) || stride < 1 ||
+      padding < 0)
+    return at::Tensor();
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t K = w.size(0), R = w.size(2), S = w.size(3);
+  const int64_t OH = (H + 2 * padding - R) / stride + 1, OW = (W + 2 * padding - S) / stride + 1;
+  if (OH <= 0 || OW <= 0) return at::Tensor();
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  int64_t layout;  // the input as oneDNN reads it
+  if (x.is_contiguous(cl)) {
+    layout = 0;
+  } else if (x.is_contiguous()) {
+    layout = 1;
+  } else {
+    return at::Tensor();
+  }
+  const std::vector<int64_t> key{1, N, C, H, W, layout, K, R, S, stride, padding, dt,
+                                 bias != nullptr ? static_cast<int64_t>(data_type(bias->scalar_type())) : -1,
+                                 threads_key()};
+  const std::shared_ptr<Primitive> p = primitives().get(key, [&]() -> std::shared_ptr<Primitive> {
+    MemoryDesc src, weights, bmd, dst;
+    make_md(src, {N, C, H, W}, layout == 0 ? std::vector<int64_t>{H * W * C, 1, W * C, C}
+                                           : std::vector<int64_t>{C * H * W, H * W, W, 1}, dt);
+    make_any_md(weights, {K, C, R, S}, dt);
+    if (bias != nullptr) make_md(bmd, {K}, {1}, data_type(bias->scalar_type()));
+    make_md(dst, {N, K, OH, OW}, {OH * OW * K, 1, OW * K, K}, dt);
+    const dnnl_dims_t strides{stride, stride}, dilates{0, 0}, pad{padding, padding};
+    PrimitiveDesc pd;
+    const Attr attr;
+    if (GF_DNNL(dnnl_convolution_forward_primitive_desc_create)(&pd.pd, engine(), dnnl_forward_inference,
+                                                               dnnl_convolution_direct, src.md, weights.md, bmd.md,
+                                                               dst.md, strides, dilates, pad, pad,
+                                                               attr.attr) != dnnl_success)
+      return nullptr;
+    return finish(pd);
+  });
+  if (p == nullptr) return at::Tensor();
+  at::Tensor y = at::empty({N, K, OH, OW}, x.options().memory_format(cl));
+  const at::Tensor bc = bias != nullptr ? bias->contiguous() : at::Tensor();
+  execute(*p, x.const_data_ptr(), w, /*plain_weights=*/false, bias != nullptr ? bc.const_data_ptr() : nullptr,
+          y.data_ptr(), cache, {&w});
+  return y;
+}
+
+at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const at::Tensor* bias, int64_t rows_hint,
+                                bool cache, std::initializer_list<const at::Tensor*> sources) {
+  const dnnl_data_type_t dt = data_type(A.scalar_type());
+  if (dt == dnnl_data_type_undef || W.scalar_type() != A.scalar_type() || A.dim() != 2 || W.dim() != 2 ||
+      W.size(1) != A.size(1) || A.numel() == 0 || W.numel() == 0 || !A.is_contiguous() ||
+      !usable_bias(bias, W.size(0)))
+    return at::Tensor();
+  const int64_t rows = A.size(0), k = A.size(1), n = W.size(0);
+  const int64_t hint = rows_hint > 0 ? rows_hint : rows;
+  const int64_t bdt = bias != nullptr ? static_cast<int64_t>(data_type(bias->scalar_type())) : -1;
+  // cache: oneDNN's layout for the weight, reordered once; otherwise the weight as it is (packing
+  // for one use costs 2-3x the call, see gemm_rows)
+  const bool plain = !cache;
+  std::vector<int64_t> key{2, rows, k, n, dt, bdt, plain ? W.stride(0) : hint, plain ? W.stride(1) : -1,
+                           threads_key()};
+  auto create = [&](int64_t m, const_dnnl_memory_desc_t layout) -> std::shared_ptr<Primitive> {
+    MemoryDesc src, weights, bmd, dst;
+    make_md(src, {m, k}, {k, 1}, dt);
+    if (plain) {
+      make_md(weights, {n, k}, {W.stride(0), W.stride(1)}, dt);
+    } else if (layout != nullptr) {
+      GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&weights.md, layout), "memory descriptor copy");
+    } else {
+      make_any_md(weights, {n, k}, dt);
+    }
+    if (bias != nullptr) make_md(bmd, {n}, {1}, static_cast<dnnl_data_type_t>(bdt));
+    make_md(dst, {m, n}, {n, 1}, dt);
+    PrimitiveDesc pd;
+    const Attr attr;
+    if (GF_DNNL(dnnl_inner_product_forward_primitive_desc_create)(&pd.pd, engine(), dnnl_forward_inference, src.md,
+                                                                 weights.md, bmd.md, dst.md, attr.attr) != dnnl_success)
+      return nullptr;
+    return finish(pd);
+  };
+  const std::shared_ptr<Primitive> p = primitives().get(key, [&]() -> std::shared_ptr<Primitive> {
+    if (plain || rows == hint) return create(rows, nullptr);
+    // another row count (a tail block): the hint's weight layout, so one packed copy serves both
+    std::vector<int64_t> hint_key = key;
+    hint_key[1] = hint;
+    const std::shared_ptr<Primitive> main = primitives().get(hint_key, [&] { return create(hint, nullptr); });
+    std::shared_ptr<Primitive> q = main != nullptr ? create(rows, main->weights.md) : nullptr;
+    return q != nullptr ? q : create(rows, nullptr);
+  });
+  if (p == nullptr) return at::Tensor();
+  at::Tensor y = at::empty({rows, n}, A.options());
+  const at::Tensor bc = bias != nullptr ? bias->contiguous() : at::Tensor();
+  execute(*p, A.const_data_ptr(), W, plain, bias != nullptr ? bc.const_data_ptr() : nullptr, y.data_ptr(), cache,
+          sources);
+  return y;
+}
+
+}  // namespace googlenet_fast
+
+#endif  // GF_HAVE_ONEDNN_HEADERS
