@@ -42,7 +42,11 @@ namespace {
                 static_cast<int>(status_), ")");                                                    \
   } while (0)
 
-constexpr size_t kMaxPrimitives = 512;
+// A forward makes 30-40 primitives per batch size, dtype and thread count: 2048 keep ~60 such
+// signatures, as many as the model keeps CPU programs (model_state.MAX_PROGRAMS = 64), so a server
+// cycling through 20 batch sizes does not recreate primitives call after call (512 did from the
+// 15th size on).
+constexpr size_t kMaxPrimitives = 2048;
 
 std::atomic<bool>& switched_on() {
   static std::atomic<bool> on([] {
