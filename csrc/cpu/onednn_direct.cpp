@@ -75,25 +75,25 @@ dnnl_stream_t stream() {
   return s;
 }
 
-struct MemoryDesc {
-  dnnl_memory_desc_t md = nullptr;
-  MemoryDesc() = default;
-  MemoryDesc(const MemoryDesc&) = delete;
-  MemoryDesc& operator=(const MemoryDesc&) = delete;
-  ~MemoryDesc() {
-    if (md != nullptr) GF_DNNL(dnnl_memory_desc_destroy)(md);
+// An owned oneDNN handle (memory or primitive descriptor), destroyed with it.
+template <typename T, typename Destroy>
+struct Owned {
+  T h = nullptr;
+  Owned() = default;
+  Owned(const Owned&) = delete;
+  Owned& operator=(const Owned&) = delete;
+  ~Owned() {
+    if (h != nullptr) Destroy()(h);
   }
 };
-
-struct PrimitiveDesc {
-  dnnl_primitive_desc_t pd = nullptr;
-  PrimitiveDesc() = default;
-  PrimitiveDesc(const PrimitiveDesc&) = delete;
-  PrimitiveDesc& operator=(const PrimitiveDesc&) = delete;
-  ~PrimitiveDesc() {
-    if (pd != nullptr) GF_DNNL(dnnl_primitive_desc_destroy)(pd);
-  }
+struct DestroyMemoryDesc {
+  void operator()(dnnl_memory_desc_t h) const { GF_DNNL(dnnl_memory_desc_destroy)(h); }
 };
+struct DestroyPrimitiveDesc {
+  void operator()(dnnl_primitive_desc_t h) const { GF_DNNL(dnnl_primitive_desc_destroy)(h); }
+};
+using MemoryDesc = Owned<dnnl_memory_desc_t, DestroyMemoryDesc>;
+using PrimitiveDesc = Owned<dnnl_primitive_desc_t, DestroyPrimitiveDesc>;
 
 struct Memory {
   dnnl_memory_t m = nullptr;
@@ -131,21 +131,21 @@ void make_md(MemoryDesc& d, const std::vector<int64_t>& dims, const std::vector<
     dd[i] = dims[i];
     ss[i] = strides[i];
   }
-  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_create_with_strides)(&d.md, static_cast<int>(dims.size()), dd, dt, ss),
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_create_with_strides)(&d.h, static_cast<int>(dims.size()), dd, dt, ss),
                 "memory descriptor creation");
 }
 
 void make_any_md(MemoryDesc& d, const std::vector<int64_t>& dims, dnnl_data_type_t dt) {
   dnnl_dims_t dd{};
   for (size_t i = 0; i < dims.size(); ++i) dd[i] = dims[i];
-  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_create_with_tag)(&d.md, static_cast<int>(dims.size()), dd, dt,
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_create_with_tag)(&d.h, static_cast<int>(dims.size()), dd, dt,
                                                           dnnl_format_tag_any),
                 "memory descriptor creation");
 }
 
 void clone_md(MemoryDesc& d, const_dnnl_primitive_desc_t pd, dnnl_query_t what) {
   const_dnnl_memory_desc_t md = GF_DNNL(dnnl_primitive_desc_query_md)(pd, what, 0);
-  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&d.md, md), "memory descriptor copy");
+  GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&d.h, md), "memory descriptor copy");
 }
 
 std::vector<int64_t> layout_key(const_dnnl_memory_desc_t md) {
@@ -197,20 +197,20 @@ void* scratchpad(size_t bytes) {
 // magnitude slower: ATen's op is the better choice then).
 std::shared_ptr<Primitive> finish(PrimitiveDesc& pd) {
   const char* impl = nullptr;
-  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_desc_query)(pd.pd, dnnl_query_impl_info_str, 0, &impl),
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_desc_query)(pd.h, dnnl_query_impl_info_str, 0, &impl),
                 "implementation query");
   if (impl == nullptr || std::strncmp(impl, "ref", 3) == 0) return nullptr;
   auto p = std::make_shared<Primitive>();
-  clone_md(p->src, pd.pd, dnnl_query_src_md);
-  clone_md(p->weights, pd.pd, dnnl_query_weights_md);
+  clone_md(p->src, pd.h, dnnl_query_src_md);
+  clone_md(p->weights, pd.h, dnnl_query_weights_md);
   // the bias is the primitive's second weights argument
-  const_dnnl_memory_desc_t bias = GF_DNNL(dnnl_primitive_desc_query_md)(pd.pd, dnnl_query_weights_md, 1);
-  if (bias != nullptr) GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&p->bias.md, bias), "memory descriptor copy");
-  clone_md(p->dst, pd.pd, dnnl_query_dst_md);
-  clone_md(p->scratchpad, pd.pd, dnnl_query_scratchpad_md);
-  p->scratchpad_bytes = GF_DNNL(dnnl_memory_desc_get_size)(p->scratchpad.md);
-  p->weights_key = layout_key(p->weights.md);
-  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&p->prim, pd.pd), "primitive creation");
+  const_dnnl_memory_desc_t bias = GF_DNNL(dnnl_primitive_desc_query_md)(pd.h, dnnl_query_weights_md, 1);
+  if (bias != nullptr) GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&p->bias.h, bias), "memory descriptor copy");
+  clone_md(p->dst, pd.h, dnnl_query_dst_md);
+  clone_md(p->scratchpad, pd.h, dnnl_query_scratchpad_md);
+  p->scratchpad_bytes = GF_DNNL(dnnl_memory_desc_get_size)(p->scratchpad.h);
+  p->weights_key = layout_key(p->weights.h);
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&p->prim, pd.h), "primitive creation");
   return p;
 }
 
@@ -265,11 +265,11 @@ at::Tensor reorder_weight(const at::Tensor& w, const_dnnl_memory_desc_t layout) 
   const size_t bytes = GF_DNNL(dnnl_memory_desc_get_size)(layout);
   at::Tensor packed = at::empty({static_cast<int64_t>(bytes)}, w.options().dtype(at::kByte));
   PrimitiveDesc pd;
-  GF_DNNL_CHECK(GF_DNNL(dnnl_reorder_primitive_desc_create)(&pd.pd, plain.md, engine(), layout, engine(), nullptr),
+  GF_DNNL_CHECK(GF_DNNL(dnnl_reorder_primitive_desc_create)(&pd.h, plain.h, engine(), layout, engine(), nullptr),
                 "weight reorder creation");
   dnnl_primitive_t prim = nullptr;
-  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&prim, pd.pd), "weight reorder creation");
-  Memory from(plain.md, w.const_data_ptr()), to(layout, packed.data_ptr());
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&prim, pd.h), "weight reorder creation");
+  Memory from(plain.h, w.const_data_ptr()), to(layout, packed.data_ptr());
   const dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}};
   const dnnl_status_t status = GF_DNNL(dnnl_primitive_execute)(prim, stream(), 2, args);
   GF_DNNL(dnnl_primitive_destroy)(prim);
@@ -283,19 +283,19 @@ void execute(const Primitive& p, const void* src, const at::Tensor& w, bool plai
   at::Tensor packed;
   const void* weights = w.const_data_ptr();
   if (!plain_weights) {
-    packed = packed_weights().get(w, p.weights_key, [&] { return reorder_weight(w, p.weights.md); }, cache, sources);
+    packed = packed_weights().get(w, p.weights_key, [&] { return reorder_weight(w, p.weights.h); }, cache, sources);
     weights = packed.const_data_ptr();
   }
-  Memory s(p.src.md, src), wt(p.weights.md, weights), d(p.dst.md, dst);
+  Memory s(p.src.h, src), wt(p.weights.h, weights), d(p.dst.h, dst);
   std::unique_ptr<Memory> b, sp;
   dnnl_exec_arg_t args[5] = {{DNNL_ARG_SRC, s.m}, {DNNL_ARG_WEIGHTS, wt.m}, {DNNL_ARG_DST, d.m}};
   int nargs = 3;
   if (bias != nullptr) {
-    b = std::make_unique<Memory>(p.bias.md, bias);
+    b = std::make_unique<Memory>(p.bias.h, bias);
     args[nargs++] = {DNNL_ARG_BIAS, b->m};
   }
   if (p.scratchpad_bytes > 0) {
-    sp = std::make_unique<Memory>(p.scratchpad.md, scratchpad(p.scratchpad_bytes));
+    sp = std::make_unique<Memory>(p.scratchpad.h, scratchpad(p.scratchpad_bytes));
     args[nargs++] = {DNNL_ARG_SCRATCHPAD, sp->m};
   }
   GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_execute)(p.prim, stream(), nargs, args), "primitive execution");
@@ -351,9 +351,9 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
     const dnnl_dims_t strides{stride, stride}, dilates{0, 0}, pad{padding, padding};
     PrimitiveDesc pd;
     const Attr attr;
-    if (GF_DNNL(dnnl_convolution_forward_primitive_desc_create)(&pd.pd, engine(), dnnl_forward_inference,
-                                                               dnnl_convolution_direct, src.md, weights.md, bmd.md,
-                                                               dst.md, strides, dilates, pad, pad,
+    if (GF_DNNL(dnnl_convolution_forward_primitive_desc_create)(&pd.h, engine(), dnnl_forward_inference,
+                                                               dnnl_convolution_direct, src.h, weights.h, bmd.h,
+                                                               dst.h, strides, dilates, pad, pad,
                                                                attr.attr) != dnnl_success)
       return nullptr;
     return finish(pd);
@@ -387,7 +387,7 @@ at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const 
     if (plain) {
       make_md(weights, {n, k}, {W.stride(0), W.stride(1)}, dt);
     } else if (layout != nullptr) {
-      GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&weights.md, layout), "memory descriptor copy");
+      GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&weights.h, layout), "memory descriptor copy");
     } else {
       make_any_md(weights, {n, k}, dt);
     }
@@ -395,8 +395,8 @@ at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const 
     make_md(dst, {m, n}, {n, 1}, dt);
     PrimitiveDesc pd;
     const Attr attr;
-    if (GF_DNNL(dnnl_inner_product_forward_primitive_desc_create)(&pd.pd, engine(), dnnl_forward_inference, src.md,
-                                                                 weights.md, bmd.md, dst.md, attr.attr) != dnnl_success)
+    if (GF_DNNL(dnnl_inner_product_forward_primitive_desc_create)(&pd.h, engine(), dnnl_forward_inference, src.h,
+                                                                 weights.h, bmd.h, dst.h, attr.attr) != dnnl_success)
       return nullptr;
     return finish(pd);
   };
@@ -406,7 +406,7 @@ at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const 
     std::vector<int64_t> hint_key = key;
     hint_key[1] = hint;
     const std::shared_ptr<Primitive> main = primitives().get(hint_key, [&] { return create(hint, nullptr); });
-    std::shared_ptr<Primitive> q = main != nullptr ? create(rows, main->weights.md) : nullptr;
+    std::shared_ptr<Primitive> q = main != nullptr ? create(rows, main->weights.h) : nullptr;
     return q != nullptr ? q : create(rows, nullptr);
   });
   if (p == nullptr) return at::Tensor();
