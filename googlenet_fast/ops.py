@@ -527,8 +527,8 @@ def direct_onednn_status() -> str:
     """How the CPU ops' convolutions and inner products reach oneDNN: ``"enabled"`` (as
     primitives the extension creates and keeps, in the oneDNN torch itself carries, found through
     libtorch_cpu.so's symbol table: csrc/cpu/onednn_api.h, onednn_direct.h), ``"switched off"``
-    (``$GOOGLENET_FAST_ONEDNN=0`` when the extension loaded, or :func:`set_direct_onednn`), or the
-    reason it is unavailable (e.g. a stripped libtorch, or a torch other than the one the extension
+    (``$GOOGLENET_FAST_ONEDNN`` = ``0``/``false``/``off``/``no``, read once at the first CPU op
+    call or status query of the process, or :func:`set_direct_onednn`), or the reason it is unavailable (e.g. a stripped libtorch, or a torch other than the one the extension
     was built against); in the last two cases ATen's mkldnn ops run them.  Both paths run the same
     oneDNN kernels: results are bit-equal (tests/test_direct_onednn.py); the direct path saves ATen's
     ~15 us per call (a batch-1 forward makes ~58), measured in
@@ -544,11 +544,14 @@ def set_direct_onednn(enabled: bool) -> bool:
     process; returns the previous setting.  Where it is unavailable, switching on changes nothing.
 
     Raises:
+        TypeError: ``enabled`` is not a bool.
         RuntimeError: the extension is not built.
     """
+    if not isinstance(enabled, bool):
+        raise TypeError(f"set_direct_onednn: enabled: expected a bool, got {type(enabled).__name__} {enabled!r}")
     if not native.available():
         raise RuntimeError("set_direct_onednn: googlenet_fast's extension is not built")
-    return native._C._set_direct_onednn(bool(enabled))
+    return native._C._set_direct_onednn(enabled)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -563,11 +566,12 @@ def conv2d_relu(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None, stride
     oneDNN: what GoogLeNet(fused=True) runs for its stem (conv1 7x7/2, conv2 1x1, conv3 3x3) in
     eval mode on the CPU, the BatchNorm folded into ``weight``/``bias``.
 
-    float32 runs ``mkldnn::_convolution_pointwise`` on the weight reordered into oneDNN's blocked
-    layout, reused across calls inside :func:`weight_prepacking` (as torch.compile's CPU freezing
-    does; ATen's eager convolution reorders per call); the ReLU is a separate in-place pass,
-    because oneDNN's fused ReLU maps NaN to 0 where ``torch.relu`` keeps it.  float64/bfloat16
-    run ``at::convolution`` + ReLU.
+    float32 and bfloat16 run oneDNN's convolution on the weight reordered into its blocked layout,
+    reused across calls inside :func:`weight_prepacking` (as torch.compile's CPU freezing does;
+    ATen's eager convolution reorders per call): a primitive the extension keeps
+    (:func:`direct_onednn_status`), else ``mkldnn::_convolution_pointwise``; the ReLU is a separate
+    in-place pass, because oneDNN's fused ReLU maps NaN to 0 where ``torch.relu`` keeps it.
+    float64 runs ``at::convolution`` + ReLU.
 
     Args:
         x: (N, C, H, W) float tensor on the CPU, any layout (channels_last is read in place).

@@ -185,19 +185,62 @@ def test_primitives_made_once_per_shape():
     assert native._C._direct_onednn_primitive_count() == count
 
 
-def test_switched_off_by_environment():
+@pytest.mark.parametrize("value", ["0", " Off "])
+def test_switched_off_by_environment(value):
     code = ("import torch; from googlenet_fast import ops, GoogLeNet; print(ops.direct_onednn_status()); "
             "torch.manual_seed(0); m = GoogLeNet(fused=True, aux_logits=False, init_weights=True).eval(); "
             "x = torch.randn(1, 3, 64, 64)\n"
             "with torch.no_grad(): y = m(x); ops.set_direct_onednn(True); z = m(x)\n"
             "print(ops.direct_onednn_status(), torch.equal(y, z))")
-    env = dict(os.environ, GOOGLENET_FAST_ONEDNN="0")
+    env = dict(os.environ, GOOGLENET_FAST_ONEDNN=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.strip().splitlines()
     assert lines[0] == "switched off"
     if ops.direct_onednn_status() == "enabled":
         assert lines[1] == "enabled True"
+
+
+def test_unknown_environment_value_warns_and_stays_on():
+    code = "from googlenet_fast import ops; print(ops.direct_onednn_status())"
+    env = dict(os.environ, GOOGLENET_FAST_ONEDNN="banana")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "GOOGLENET_FAST_ONEDNN=banana: expected 0/false/off/no or 1/true/on/yes" in out.stderr
+    assert out.stdout.strip() == ops.direct_onednn_status()
+
+
+def test_set_direct_onednn_takes_a_bool():
+    with pytest.raises(TypeError, match="enabled: expected a bool, got str '0'"):
+        ops.set_direct_onednn("0")
+
+
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("view", ["transpose", "expand"])
+def test_prepacked_copy_not_shared_between_views_at_one_address(direct, layout, view):
+    """A view of a weight at the same address with other strides (transposed, expanded) holds other
+    values: its packed copy must not be the first view's, though oneDNN picks the same layout
+    (found by a fresh-user trial: the ATen path returned the untransposed weight's result)."""
+    torch.manual_seed(5)
+    if view == "transpose":
+        w = torch.randn(16, 8, 3, 3)
+        other = w.transpose(2, 3)
+    else:
+        w = torch.randn(16, 8, 3, 3)
+        other = w[:, :1].expand(16, 8, 3, 3)
+    x = torch.randn(1, 8, 10, 10)
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    want = F.relu(F.conv2d(x.double(), other.double(), None, 1, 1))
+
+    def run():
+        with torch.no_grad(), ops.weight_prepacking():
+            ops.conv2d_relu(x, w, None, 1, 1)
+            return ops.conv2d_relu(x, other, None, 1, 1)
+
+    on, off = direct(run)
+    for got in (on, off):
+        assert (got.double() - want).abs().max() <= 1e-5 * want.abs().max()
 
 
 def test_set_direct_onednn_returns_previous():

@@ -4,6 +4,7 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
+#include <cctype>
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -48,11 +49,22 @@ namespace {
 // 15th size on).
 constexpr size_t kMaxPrimitives = 2048;
 
+// GOOGLENET_FAST_ONEDNN, read at the first use: 0/false/off/no (any case) switch the path off;
+// unset, empty, 1/true/on/yes leave it on; anything else warns and leaves it on.
+bool environment_setting() {
+  const char* env = std::getenv("GOOGLENET_FAST_ONEDNN");
+  if (env == nullptr) return true;
+  std::string v;
+  for (const char* c = env; *c != '\0'; ++c)
+    if (!std::isspace(static_cast<unsigned char>(*c))) v += static_cast<char>(std::tolower(static_cast<unsigned char>(*c)));
+  if (v == "0" || v == "false" || v == "off" || v == "no") return false;
+  if (!(v.empty() || v == "1" || v == "true" || v == "on" || v == "yes"))
+    TORCH_WARN("GOOGLENET_FAST_ONEDNN=", env, ": expected 0/false/off/no or 1/true/on/yes; the direct oneDNN path stays on");
+  return true;
+}
+
 std::atomic<bool>& switched_on() {
-  static std::atomic<bool> on([] {
-    const char* env = std::getenv("GOOGLENET_FAST_ONEDNN");
-    return env == nullptr || std::strcmp(env, "0") != 0;
-  }());
+  static std::atomic<bool> on(environment_setting());
   return on;
 }
 

@@ -20,7 +20,7 @@
 namespace googlenet_fast {
 
 // Whether the direct path is used: torch's oneDNN is reachable (onednn::available()) and it is not
-// switched off (environment GOOGLENET_FAST_ONEDNN=0 at first use, or set_direct_onednn(false)).
+// switched off (GOOGLENET_FAST_ONEDNN=0/false/off/no, read at the first use, or set_direct_onednn).
 bool direct_onednn_enabled();
 // Switch the direct path on or off for the whole process; returns the previous setting.  Switching
 // on where it is unavailable has no effect (direct_onednn_enabled() stays false).
@@ -29,8 +29,9 @@ bool set_direct_onednn(bool enabled);
 const std::string& direct_onednn_unavailable_reason();
 
 // y = conv2d(x, w, b, stride, padding) (dilation 1, groups 1, no activation), y a new dense
-// channels_last tensor of x's dtype.  x: (N, C, H, W) float32 or bfloat16, channels_last or
-// contiguous; w: (K, C, R, S) of x's dtype; b: (K,) float32 or bfloat16, or none.  cache: reuse
+// channels_last tensor of x's dtype.  x: (N, C, H, W) float32 or bfloat16, channels_last (the
+// model's layout) or contiguous (oneDNN often has only its reference kernel for an NCHW input with
+// an NHWC output: then ATen's op runs); w: (K, C, R, S) of x's dtype; b: (K,) float32 or bfloat16, or none.  cache: reuse
 // the weight's reordered copy (see above).  Undefined tensor where the direct path does not apply.
 at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t stride,
                          int64_t padding, bool cache);

@@ -22,7 +22,8 @@
 // Most keys of one weight get the same layout (3b's 3x3 bfloat16 weight: one layout for batch 1 on
 // 2 threads, another for every other batch size and thread count tried): a new copy whose oneDNN
 // memory descriptor (mkldnn::_get_mkldnn_serialized_md) equals that of a copy of the same source
-// state shares that copy's tensor, so memory grows with the layouts, not with the keys.  That lets
+// view (sizes, strides, dtype: a transposed view at the same address once got the untransposed
+// weight's copy) and state shares that copy's tensor, so memory grows with the layouts, not with the keys.  That lets
 // the cache hold 2048 keys (capacity()): a server cycling through batch sizes 1-8 filled the
 // former 256 and evicted, i.e. repacked, on every call (a batch-1 forward 4.4 -> 8.8 ms;
 // benchmarks/results/cpu-batch-cycling-2026-12-05.md).  Where that op is missing (other torch
@@ -57,6 +58,7 @@ struct PackedEntry {
   c10::weak_intrusive_ptr<c10::StorageImpl> storage;
   std::vector<uint32_t> versions;
   std::vector<int64_t> key;  // kind, shape hints, conv parameters, sizes, strides, dtype, threads
+  std::vector<int64_t> view;  // the source view's sizes, strides and dtype (what was packed)
   at::Tensor packed;
   at::Tensor md;             // oneDNN's serialized memory descriptor of `packed` (undefined: none)
   uint64_t last_use;
@@ -76,9 +78,10 @@ class PackedWeights {
       if (t->is_inference() || !t->has_storage() || !t->storage().is_alias_of(w.storage())) return pack();
       versions.push_back(t->unsafeGetTensorImpl()->version_counter().current_version());
     }
-    key.insert(key.end(), w.sizes().begin(), w.sizes().end());
-    key.insert(key.end(), w.strides().begin(), w.strides().end());
-    key.push_back(static_cast<int64_t>(w.scalar_type()));
+    std::vector<int64_t> view(w.sizes().begin(), w.sizes().end());
+    view.insert(view.end(), w.strides().begin(), w.strides().end());
+    view.push_back(static_cast<int64_t>(w.scalar_type()));
+    key.insert(key.end(), view.begin(), view.end());
     key.push_back(at::get_num_threads());
     key.push_back(at::in_parallel_region() ? 1 : 0);
     const void* data = w.const_data_ptr();
@@ -95,17 +98,18 @@ class PackedWeights {
     at::Tensor packed = pack();
     const at::Tensor md = serialized_md(packed);
     if (md.defined()) {
-      // a copy of the same source state in the same layout: share its tensor
+      // a copy of the same source view and state in the same layout: share its tensor (the view
+      // too: a transposed or expanded view at the same address holds other values)
       for (const PackedEntry& e : bucket) {
-        if (e.md.defined() && e.versions == versions && alive_at(e, storage) && e.md.sizes() == md.sizes() &&
-            at::equal(e.md, md)) {
+        if (e.md.defined() && e.versions == versions && e.view == view && alive_at(e, storage) &&
+            e.md.sizes() == md.sizes() && at::equal(e.md, md)) {
           packed = e.packed;
           break;
         }
       }
     }
     bucket.push_back({c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl()),
-                      std::move(versions), std::move(key), packed, md, clock_});
+                      std::move(versions), std::move(key), std::move(view), packed, md, clock_});
     ++count_;
     trim();
     return packed;
