@@ -6,7 +6,9 @@ namespace googlenet_fast {
 namespace onednn {
 void* symbol(const char*) { return nullptr; }
 const std::string& unavailable_reason() {
-  static const std::string why = "torch's headers carry no oneDNN headers (oneapi/dnnl/dnnl_version_hash.h)";
+  static const std::string why =
+      "built without oneDNN 3.4+ headers (torch/include/oneapi/dnnl with dnnl_version_hash.h), or with "
+      "GOOGLENET_FAST_NO_DIRECT_ONEDNN";
   return why;
 }
 }  // namespace onednn

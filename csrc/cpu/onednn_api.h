@@ -16,14 +16,19 @@
 // leaves the API unavailable and the callers use ATen's ops as before.
 #pragma once
 
-// torch's headers carry oneDNN's where torch was built with it (and its commit hash since oneDNN
-// 3.x); without them the direct path is compiled out and onednn::available() is false.
-// (-DGOOGLENET_FAST_NO_DIRECT_ONEDNN compiles it out too.)
+// torch's headers carry oneDNN's where torch was built with it (with its commit hash since oneDNN
+// 3.x); the C API used here is oneDNN 3.4+'s (dnnl_memory_desc_get_blob).  Without such headers the
+// direct path is compiled out and onednn::available() is false (-DGOOGLENET_FAST_NO_DIRECT_ONEDNN
+// compiles it out too).
 #if !defined(GOOGLENET_FAST_NO_DIRECT_ONEDNN) && __has_include(<oneapi/dnnl/dnnl.h>) && \
     __has_include(<oneapi/dnnl/dnnl_version_hash.h>)
+#include <oneapi/dnnl/dnnl_version.h>
+#if DNNL_VERSION_MAJOR == 3 && DNNL_VERSION_MINOR >= 4
 #define GF_HAVE_ONEDNN_HEADERS 1
 #include <oneapi/dnnl/dnnl.h>
-#else
+#endif
+#endif
+#ifndef GF_HAVE_ONEDNN_HEADERS
 #define GF_HAVE_ONEDNN_HEADERS 0
 #endif
 
