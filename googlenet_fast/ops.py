@@ -520,18 +520,16 @@ def weight_prepacking(enabled: bool = True):
 # ------------------------------------------------------------------------------------------------
 # oneDNN primitives called directly (CPU)
 
-DIRECT_ONEDNN_ENV = "GOOGLENET_FAST_ONEDNN"
-
-
 def direct_onednn_status() -> str:
     """How the CPU ops' convolutions and inner products reach oneDNN: ``"enabled"`` (as
     primitives the extension creates and keeps, in the oneDNN torch itself carries, found through
     libtorch_cpu.so's symbol table: csrc/cpu/onednn_api.h, onednn_direct.h), ``"switched off"``
     (``$GOOGLENET_FAST_ONEDNN`` = ``0``/``false``/``off``/``no``, read once at the first CPU op
-    call or status query of the process, or :func:`set_direct_onednn`), or the reason it is unavailable (e.g. a stripped libtorch, or a torch other than the one the extension
-    was built against); in the last two cases ATen's mkldnn ops run them.  Both paths run the same
-    oneDNN kernels: results are bit-equal (tests/test_direct_onednn.py); the direct path saves ATen's
-    ~15 us per call (a batch-1 forward makes ~58), measured in
+    call or status query of the process, or :func:`set_direct_onednn`), or the reason it is
+    unavailable (e.g. a stripped libtorch, or a torch other than the one the extension was built
+    against); in the last two cases ATen's mkldnn ops run them.  Both paths run the same oneDNN
+    kernels: results are bit-equal (tests/test_direct_onednn.py); the direct path saves ATen's
+    15-20 us per call (a batch-1 forward makes ~58), measured in
     benchmarks/results/cpu-direct-onednn-2026-12-05.md.  Without the extension: ``"no extension"``.
     """
     if not native.available():

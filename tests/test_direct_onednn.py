@@ -14,6 +14,9 @@ import googlenet_fast as gf
 from googlenet_fast import GoogLeNet, ops
 from googlenet_fast.backends import native
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
+import cpu_direct_onednn  # noqa: E402
+
 pytestmark = pytest.mark.skipif(not native.available(), reason=f"extension not built: {native.LOAD_ERROR}")
 
 PINNED_TORCH = "2.14.1"  # README's install command: its wheel keeps libtorch_cpu.so's symbol table
@@ -253,8 +256,6 @@ def test_set_direct_onednn_returns_previous():
 
 
 def test_benchmark_script_prints_both_paths_and_the_ratio(capsys):
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import cpu_direct_onednn
     rc = cpu_direct_onednn.main(["--dtype", "float32", "--batch-sizes", "1", "--rounds", "1", "--forwards", "1"])
     out = capsys.readouterr().out
     assert rc == 0, out
@@ -264,8 +265,6 @@ def test_benchmark_script_prints_both_paths_and_the_ratio(capsys):
 
 
 def test_benchmark_script_rejects_bad_sizes():
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks"))
-    import cpu_direct_onednn
     with pytest.raises(SystemExit) as e:
         cpu_direct_onednn.main(["--batch-sizes", "0"])
     assert e.value.code == 2

@@ -104,8 +104,16 @@ struct DestroyMemoryDesc {
 struct DestroyPrimitiveDesc {
   void operator()(dnnl_primitive_desc_t h) const { GF_DNNL(dnnl_primitive_desc_destroy)(h); }
 };
+struct DestroyPrimitive {
+  void operator()(dnnl_primitive_t h) const { GF_DNNL(dnnl_primitive_destroy)(h); }
+};
+struct DestroyAttr {
+  void operator()(dnnl_primitive_attr_t h) const { GF_DNNL(dnnl_primitive_attr_destroy)(h); }
+};
 using MemoryDesc = Owned<dnnl_memory_desc_t, DestroyMemoryDesc>;
 using PrimitiveDesc = Owned<dnnl_primitive_desc_t, DestroyPrimitiveDesc>;
+using PrimitiveHandle = Owned<dnnl_primitive_t, DestroyPrimitive>;
+using Attr = Owned<dnnl_primitive_attr_t, DestroyAttr>;
 
 struct Memory {
   dnnl_memory_t m = nullptr;
@@ -119,13 +127,10 @@ struct Memory {
 
 // A created primitive and the memory descriptors of its arguments (owned clones).
 struct Primitive {
-  dnnl_primitive_t prim = nullptr;
+  PrimitiveHandle prim;
   MemoryDesc src, weights, bias, dst, scratchpad;
   size_t scratchpad_bytes = 0;
   std::vector<int64_t> weights_key;  // the weights' layout (serialized descriptor) as the packing key
-  ~Primitive() {
-    if (prim != nullptr) GF_DNNL(dnnl_primitive_destroy)(prim);
-  }
 };
 
 dnnl_data_type_t data_type(at::ScalarType t) {
@@ -175,17 +180,11 @@ std::vector<int64_t> layout_key(const_dnnl_memory_desc_t md) {
 // the oneDNN torch carries gives each primitive one buffer, which two threads executing it at once
 // (stage 1 runs its pixel blocks in parallel) would share: the plain-weight inner product packs its
 // weight there, and the results were garbage.
-struct Attr {
-  dnnl_primitive_attr_t attr = nullptr;
-  Attr() {
-    GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_attr_create)(&attr), "attribute creation");
-    GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_attr_set_scratchpad_mode)(attr, dnnl_scratchpad_mode_user),
-                  "attribute creation");
-  }
-  Attr(const Attr&) = delete;
-  Attr& operator=(const Attr&) = delete;
-  ~Attr() { GF_DNNL(dnnl_primitive_attr_destroy)(attr); }
-};
+void make_user_scratchpad_attr(Attr& a) {
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_attr_create)(&a.h), "attribute creation");
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_attr_set_scratchpad_mode)(a.h, dnnl_scratchpad_mode_user),
+                "attribute creation");
+}
 
 // This thread's scratchpad, grown as needed (64-byte aligned; execution is synchronous).
 void* scratchpad(size_t bytes) {
@@ -222,7 +221,7 @@ std::shared_ptr<Primitive> finish(PrimitiveDesc& pd) {
   clone_md(p->scratchpad, pd.h, dnnl_query_scratchpad_md);
   p->scratchpad_bytes = GF_DNNL(dnnl_memory_desc_get_size)(p->scratchpad.h);
   p->weights_key = layout_key(p->weights.h);
-  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&p->prim, pd.h), "primitive creation");
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&p->prim.h, pd.h), "primitive creation");
   return p;
 }
 
@@ -279,13 +278,11 @@ at::Tensor reorder_weight(const at::Tensor& w, const_dnnl_memory_desc_t layout) 
   PrimitiveDesc pd;
   GF_DNNL_CHECK(GF_DNNL(dnnl_reorder_primitive_desc_create)(&pd.h, plain.h, engine(), layout, engine(), nullptr),
                 "weight reorder creation");
-  dnnl_primitive_t prim = nullptr;
-  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&prim, pd.h), "weight reorder creation");
+  PrimitiveHandle prim;
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_create)(&prim.h, pd.h), "weight reorder creation");
   Memory from(plain.h, w.const_data_ptr()), to(layout, packed.data_ptr());
   const dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, from.m}, {DNNL_ARG_TO, to.m}};
-  const dnnl_status_t status = GF_DNNL(dnnl_primitive_execute)(prim, stream(), 2, args);
-  GF_DNNL(dnnl_primitive_destroy)(prim);
-  GF_DNNL_CHECK(status, "weight reorder");
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_execute)(prim.h, stream(), 2, args), "weight reorder");
   return packed;
 }
 
@@ -310,7 +307,7 @@ void execute(const Primitive& p, const void* src, const at::Tensor& w, bool plai
     sp = std::make_unique<Memory>(p.scratchpad.h, scratchpad(p.scratchpad_bytes));
     args[nargs++] = {DNNL_ARG_SCRATCHPAD, sp->m};
   }
-  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_execute)(p.prim, stream(), nargs, args), "primitive execution");
+  GF_DNNL_CHECK(GF_DNNL(dnnl_primitive_execute)(p.prim.h, stream(), nargs, args), "primitive execution");
 }
 
 int64_t threads_key() { return at::in_parallel_region() ? -1 : at::get_num_threads(); }
@@ -362,11 +359,12 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
     make_md(dst, {N, K, OH, OW}, {OH * OW * K, 1, OW * K, K}, dt);
     const dnnl_dims_t strides{stride, stride}, dilates{0, 0}, pad{padding, padding};
     PrimitiveDesc pd;
-    const Attr attr;
+    Attr attr;
+    make_user_scratchpad_attr(attr);
     if (GF_DNNL(dnnl_convolution_forward_primitive_desc_create)(&pd.h, engine(), dnnl_forward_inference,
                                                                dnnl_convolution_direct, src.h, weights.h, bmd.h,
                                                                dst.h, strides, dilates, pad, pad,
-                                                               attr.attr) != dnnl_success)
+                                                               attr.h) != dnnl_success)
       return nullptr;
     return finish(pd);
   });
@@ -406,9 +404,10 @@ at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const 
     if (bias != nullptr) make_md(bmd, {n}, {1}, static_cast<dnnl_data_type_t>(bdt));
     make_md(dst, {m, n}, {n, 1}, dt);
     PrimitiveDesc pd;
-    const Attr attr;
+    Attr attr;
+    make_user_scratchpad_attr(attr);
     if (GF_DNNL(dnnl_inner_product_forward_primitive_desc_create)(&pd.h, engine(), dnnl_forward_inference, src.h,
-                                                                 weights.h, bmd.h, dst.h, attr.attr) != dnnl_success)
+                                                                 weights.h, bmd.h, dst.h, attr.h) != dnnl_success)
       return nullptr;
     return finish(pd);
   };

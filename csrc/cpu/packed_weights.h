@@ -23,12 +23,12 @@
 // 2 threads, another for every other batch size and thread count tried): a new copy whose oneDNN
 // memory descriptor (mkldnn::_get_mkldnn_serialized_md) equals that of a copy of the same source
 // view (sizes, strides, dtype: a transposed view at the same address once got the untransposed
-// weight's copy) and state shares that copy's tensor, so memory grows with the layouts, not with the keys.  That lets
-// the cache hold 2048 keys (capacity()): a server cycling through batch sizes 1-8 filled the
-// former 256 and evicted, i.e. repacked, on every call (a batch-1 forward 4.4 -> 8.8 ms;
-// benchmarks/results/cpu-batch-cycling-2026-12-05.md).  Where that op is missing (other torch
-// builds) nothing is shared and the cache keeps 256 keys.  Least recently used keys are evicted;
-// keys of freed weights are dropped whenever a new copy is made.
+// weight's copy) and state shares that copy's tensor, so memory grows with the layouts, not with
+// the keys.  That lets the cache hold 2048 keys (capacity()): a server cycling through batch
+// sizes 1-8 filled the former 256 and evicted, i.e. repacked, on every call (a batch-1 forward 4.4
+// -> 8.8 ms; benchmarks/results/cpu-batch-cycling-2026-12-05.md).  Where that op is missing (other
+// torch builds) nothing is shared and the cache keeps 256 keys.  Least recently used keys are
+// evicted; keys of freed weights are dropped whenever a new copy is made.
 //
 // The version counter misses writes through raw pointers (inductor's generated code reuses one
 // buffer for several intermediate tensors, e.g. weights folded inside a compiled graph), so the
