@@ -108,14 +108,21 @@ def grad_modes(nets, x, forwards: int, warmup: int = 3):
 
 
 # A busy loop that ends when its parent does (SIGTERM or SIGKILL of this script leave no finally
-# to kill it): it checks its parent's pid between rounds of spinning.
-_HOG = "import os\nparent = os.getppid()\nwhile os.getppid() == parent:\n    for _ in range(100000): pass\n"
+# to kill it): it checks its parent's pid between rounds of spinning.  The parent's pid is passed
+# in, not read at the hog's start: a parent killed while the hog's interpreter was still starting
+# would otherwise be missed (the hog would take its new parent for the old and spin on).
+_HOG = "import os, sys\nparent = int(sys.argv[1])\nwhile os.getppid() == parent:\n    for _ in range(100000): pass\n"
+
+
+def hog_command() -> list:
+    """The argv of one busy-loop process whose parent is this process."""
+    return [sys.executable, "-c", _HOG, str(os.getpid())]
 
 
 def under_contention(nets, x, forwards: int, hogs: int, warmup: int = 3):
     """[(label, ms)]: median and worst no_grad call of fused and torchvision eager, alternated,
     while ``hogs`` busy-loop processes run (killed before returning)."""
-    procs = [subprocess.Popen([sys.executable, "-c", _HOG]) for _ in range(hogs)]
+    procs = [subprocess.Popen(hog_command()) for _ in range(hogs)]
     try:
         time.sleep(0.5)
         times = {"fused": [], "torchvision": []}

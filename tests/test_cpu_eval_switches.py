@@ -74,7 +74,7 @@ def test_contention_hogs_end_with_a_killed_parent():
     """SIGTERM / SIGKILL of the script run no finally: the busy loops must end on their own."""
     parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time\n"
                                "sys.path.insert(0, sys.argv[1])\nimport cpu_eval_switches as c\n"
-                               "p = subprocess.Popen([sys.executable, '-c', c._HOG])\nprint(p.pid, flush=True)\n"
+                               "p = subprocess.Popen(c.hog_command())\nprint(p.pid, flush=True)\n"
                                "time.sleep(60)\n", os.path.join(ROOT, "benchmarks")], stdout=subprocess.PIPE, text=True)
     hog = int(parent.stdout.readline())
     parent.kill()
@@ -89,6 +89,14 @@ def test_contention_hogs_end_with_a_killed_parent():
         time.sleep(0.05)
     os.kill(hog, signal.SIGKILL)
     raise AssertionError("the busy loop outlived its parent")
+
+
+def test_hog_of_a_parent_already_gone_ends_at_once():
+    """A parent killed before the hog's interpreter started: the hog, handed the parent's pid,
+    sees another parent and ends (it once read its parent at start and spun on)."""
+    cmd = cpu_eval_switches.hog_command()
+    cmd[-1] = str(2 ** 22 + 1)  # above Linux's default pid_max: no process has this pid
+    assert subprocess.run(cmd, timeout=60).returncode == 0
 
 
 @pytest.mark.parametrize("args,message", [
