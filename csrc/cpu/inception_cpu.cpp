@@ -649,7 +649,10 @@ void stage2_onednn(const InceptionArgs& a, const InceptionShape& s, ReduceBuffer
   const int64_t c3 = s.ch3x3, c5 = s.ch5x5, o3 = s.ch1x1, o5 = s.ch1x1 + s.ch3x3;
   const bool relu = a.relu;
   const at::opmath_type<scalar_t>* no_bias = nullptr;
-  at::parallel_for(0, P, 256, [&](int64_t begin, int64_t end) {
+  // Grain: ~4096 values per chunk.  A fixed 256 pixels left the 14x14 and 7x7 maps of batch 1
+  // (196 and 49 pixels) on one thread while the other waited (perf, 2026-12-05).
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(1, c3 + c5));
+  at::parallel_for(0, P, grain, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
       store_row(Y3 + p * c3, no_bias, relu, out + p * ldo + o3, c3);
       store_row(Y5 + p * c5, no_bias, relu, out + p * ldo + o5, c5);

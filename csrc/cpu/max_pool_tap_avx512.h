@@ -107,16 +107,16 @@ GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin,
   }
 }
 
-// The bfloat16 backward in gather form, input rows [begin, end) (row = n * H + ih), all channels:
-// each input pixel's gradient summed in registers over the output pixels whose window covers it,
-// in output raster order (oh, then ow: the order of ATen's `grad_input[argmax] += grad_output`
-// loop), rounded to bfloat16 after every add, then stored once (accumulate: added to grad_x and
-// rounded, as ATen's add_ of the pool gradient).  The same sums as the portable ring loop's
+// The backward in gather form (float32, bfloat16), input rows [begin, end) (row = n * H + ih), all
+// channels: each input pixel's gradient summed in registers over the output pixels whose window
+// covers it, in output raster order (oh, then ow: the order of ATen's `grad_input[argmax] +=
+// grad_output` loop), bfloat16 rounded after every add, then stored once (accumulate: added to
+// grad_x, and rounded, as ATen's add_ of the pool gradient).  The same sums as the portable ring loop's
 // (max_pool_train_cpu.cpp), with no ring in memory: each sum stays in a register from its first add to its store.
-inline GF_AVX512_FN void tap_backward_gather_rows(const c10::BFloat16* GY, const uint8_t* TP, c10::BFloat16* GX,
-                                                  int64_t begin, int64_t end, int64_t H, int64_t W, int64_t C,
-                                                  int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
-                                                  bool accumulate) {
+template <typename T>
+GF_AVX512_FN void tap_backward_gather_rows(const T* GY, const uint8_t* TP, T* GX, int64_t begin, int64_t end, int64_t H,
+                                           int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s,
+                                           int64_t p, bool accumulate) {
   constexpr int kRegs = 4;  // 64 channels: four independent sums
   // the outputs o with o * s - p <= i <= o * s - p + k - 1, within [0, O)
   auto covering = [&](int64_t i, int64_t O, int64_t& lo, int64_t& hi) {
@@ -131,7 +131,7 @@ inline GF_AVX512_FN void tap_backward_gather_rows(const c10::BFloat16* GY, const
     for (int64_t iw = 0; iw < W; ++iw) {
       int64_t ow0, ow1;
       covering(iw, OW, ow0, ow1);
-      c10::BFloat16* gx = GX + ((n * H + ih) * W + iw) * C;
+      T* gx = GX + ((n * H + ih) * W + iw) * C;
       for (int64_t c0 = 0; c0 < C; c0 += 16 * kRegs) {
         __mmask16 mk[kRegs];
         __m512 acc[kRegs];
@@ -150,8 +150,9 @@ inline GF_AVX512_FN void tap_backward_gather_rows(const c10::BFloat16* GY, const
               if (mk[j] == 0) continue;
               const __m512i taps = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk[j], TP + o + 16 * j));
               const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(mk[j], taps, tt);
+              acc[j] = _mm512_mask_add_ps(acc[j], hit, acc[j], load16(GY + o + 16 * j, mk[j]));
               // lanes without a hit keep their sum (already a bfloat16 value: rounding is exact)
-              acc[j] = round_bf16(_mm512_mask_add_ps(acc[j], hit, acc[j], load16(GY + o + 16 * j, mk[j])));
+              if constexpr (std::is_same_v<T, c10::BFloat16>) acc[j] = round_bf16(acc[j]);
             }
           }
         }

@@ -381,18 +381,19 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
     scalar_t* GX = grad_x.data_ptr<scalar_t>();
     using acc_t = at::opmath_type<scalar_t>;
 #if GF_AVX512
-    // bfloat16 only: its per-add rounding makes the portable ring compute-bound (in a batch-8
-    // train step, 2026-12-05: all 13 pools' backward 8.6-11.3 ms portable ring, 5.7-6.1 ms
-    // gathered); the float32 backward is bound by memory in the step (6.0-6.4 ms portable; a
-    // vectorized float32 ring measured 6.2-6.6 ms and was dropped).  Input rows are independent
-    // in gather form: split over N * H.
-    if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+    // Gathered (no ring, no zero fill): bfloat16's per-add rounding made the portable ring
+    // compute-bound (batch-8 train step, 2-core EPYC, 2026-12-05: all 13 pools' backward 8.6-11.3
+    // ms portable ring, 5.7-6.1 ms gathered).  float32 there was bound by memory either way (6.0-6.4 ms
+    // portable ring, a vectorized ring 6.2-6.6); on the 2-core Intel Xeon (AMX) of 2026-12-05 the
+    // portable float32 ring took 14.6 ms of the step, the gather 11.1 ms
+    // (benchmarks/results/train-fp32-pool-gather-2026-12-05.md).  Input rows are independent in
+    // gather form: split over N * H.
+    if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, float>) {
       if (use_avx512<scalar_t>()) {
         const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, W * C));
         at::parallel_for(0, N * H, grain, [&](int64_t begin, int64_t end) {
-          pool_avx512::tap_backward_gather_rows(reinterpret_cast<const c10::BFloat16*>(GY), TP,
-                                                reinterpret_cast<c10::BFloat16*>(GX), begin, end, H, W, C, OH, OW,
-                                                kernel, stride, padding, accumulate);
+          pool_avx512::tap_backward_gather_rows<scalar_t>(GY, TP, GX, begin, end, H, W, C, OH, OW, kernel, stride,
+                                                          padding, accumulate);
         });
         return;
       }
