@@ -5,7 +5,7 @@ ATen's ``max_pool2d_with_indices`` writes an int64 flat index per output value (
 scattering into it.  ``googlenet_fast::max_pool2d_tap`` (csrc/cpu/max_pool_train_cpu.cpp) stores
 the argmax's position inside its window in one byte; ``max_pool2d_tap_backward_`` accumulates each
 image's input-row gradients in a ring of ``kernel`` rows held in cache and writes (or adds) each
-row once (bfloat16 on AVX-512: each input pixel's sum gathered in registers, stored once).  Both
+row once (float32 and bfloat16 on AVX-512: each input pixel's sum gathered in registers, stored once).  Both
 give ATen's results bit for bit: the same window scan and NaN rule forward, the same sums in the
 same order, rounded in the tensor's dtype, backward.
 

@@ -5,7 +5,7 @@
 // 256-bit registers with the running max and argmax of each channel chunk kept in memory between
 // window taps (GCC 12; the disassembly of the avx512f clones had 10-17 zmm instructions of ~1000).
 // Here the window scan keeps four registers of maxima and four of taps (64 channels) in registers
-// across the whole window, and the bfloat16 backward gathers: each input pixel's 64 sums stay in
+// across the whole window, and the backward gathers: each input pixel's 64 sums stay in
 // registers over the output pixels whose window covers it (one masked add per output pixel: the
 // lanes whose tap is this input), with no ring of partial sums in memory.
 //
@@ -17,8 +17,9 @@
 // is rounded as float_to_bf16_bits rounds.
 //
 // Used only where the running CPU has AVX-512F/BW/VL/DQ (available()); elsewhere, and for
-// float64, the portable loops run.  max_pool2d_tap_backward_ gathers for bfloat16 only
-// (float32's backward is bound by memory in a train step: no gain measured).  Batch-8 train
+// float64, the portable loops run.  max_pool2d_tap_backward_ gathers for float32 and
+// bfloat16 (float32 since 2026-12-05: no gain on the EPYC, where it was memory-bound, 14.6 -> 11.1 ms
+// per batch-8 step on a 2-core Xeon).  Batch-8 train
 // step, 2-core EPYC, 2026-12-05, all 13 pools (profiler self time): forward float32 9.3-10.4 ->
 // 2.9-3.1 ms, bfloat16 5.5-5.7 -> 2.9-3.2 ms; bfloat16 backward 8.6-11.3 (portable ring) ->
 // 7.1-9.4 (vectorized ring) -> 5.7-6.1 ms (gather); the whole step did not move measurably with

@@ -14,11 +14,11 @@
 //   gradient: the merged 1x1 dgrad plus the pool branch's).  Portable loops: each image (at small
 //   batches each group of its channels) is accumulated in a ring of `kernel` input rows held in
 //   cache, each row written out once it can receive no more: no zero-filled full-size gradient, no
-//   second pass.  bfloat16 on AVX-512: each input pixel gathered in registers (the same sums).
+//   second pass.  float32 and bfloat16 on AVX-512: each input pixel gathered in registers (the same sums).
 //
 // Both: x / grad tensors (N, C, H, W) of float32, float64 or bfloat16, any layout (made
 // channels_last); kernel <= 16, padding <= kernel / 2 (as nn.MaxPool2d), no dilation.
-// On CPUs with AVX-512 (F, BW, VL, DQ) the forward (float32, bfloat16) and the bfloat16 backward
+// On CPUs with AVX-512 (F, BW, VL, DQ) the forward and the backward (float32, bfloat16)
 // run max_pool_tap_avx512.h's kernels (the backward in gather form, no ring): the same values,
 // 16 channels a register.
 #include <ATen/ATen.h>
