@@ -206,8 +206,10 @@ def test_bf16_element_loops_are_avx512bw_vectorized():
         bodies[m.group(1)] = m.group(2)
 
     def clone(name):
-        hits = [b for k, b in bodies.items() if name in k and "BFloat16" in k and "arch_x86_64_v4" in k]
-        assert hits, f"no x86-64-v4 clone of {name}(BFloat16) in {_C.__file__}"
+        # the function's own body, not its out-of-line paths ("[clone .cold]", e.g. a failed new[])
+        hits = [b for k, b in bodies.items() if f"::{name}(" in k and "BFloat16" in k and "arch_x86_64_v4" in k
+                and ".cold]" not in k]
+        assert len(hits) == 1, f"expected one x86-64-v4 clone of {name}(BFloat16) in {_C.__file__}, found {len(hits)}"
         return hits[0]
 
     for name in ("max_pool_rows", "pool3x3_block"):
