@@ -475,6 +475,63 @@ def test_bn_relu_backward_mask_from_pre_bf16(shape):
     assert same == torch.ops.googlenet_fast.bn_relu_bf16_exact_apply()
 
 
+@pytest.mark.parametrize("shape", [(8, 96, 14, 14), (2, 37, 3, 5)])
+def test_bn_relu_backward_mask_from_pre_float32(shape):
+    """float32 with beta: the forward stays ATen's native_batch_norm + relu_, and where
+    bn_relu_mask_from_pre(float32) (ATen's float32 apply is fma(x, alpha, beta), checked per
+    process) the backward's ReLU mask is recomputed from pre: the same bits as the mask read from
+    y, and a wrong y then changes nothing.  Where it is off, y is read."""
+    c = shape[1]
+    g = torch.Generator().manual_seed(c + 3)
+    x = (torch.randn(shape, generator=g) * 1.7 + 0.2).contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.randn(c, generator=g), torch.randn(c, generator=g) * 0.5
+    y, mean, invstd = torch.native_batch_norm(x, gamma, beta, None, None, True, 0.1, 1e-3)
+    y = y.relu_()
+    assert (y == 0).float().mean() > 0.2 and (y > 0).float().mean() > 0.2  # both sides of the mask
+    grad = torch.randn(shape, generator=g).contiguous(memory_format=torch.channels_last)
+    f = torch.ops.googlenet_fast.bn_relu_backward
+
+    def run(yy, b):
+        out = torch.empty_like(x, memory_format=torch.channels_last)
+        gg, gb = f([grad[:, :5], grad[:, 5:]], [yy], [x], mean, invstd, gamma, [out], b)
+        return out, gg, gb
+
+    ref = run(y, None)
+    for a, b in zip(run(y, beta), ref):
+        assert torch.equal(a.view(torch.int32), b.view(torch.int32))
+    wrong_y = torch.full_like(y, -1.0)  # every gradient masked if y were read
+    same = all(torch.equal(a.view(torch.int32), b.view(torch.int32)) for a, b in zip(run(wrong_y, beta), ref))
+    assert same == torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32)
+
+
+def test_float32_bn_relu_forward_offers_the_mask_from_pre():
+    """_bn_relu_forward hands beta to the float32 backward exactly where the extension says the
+    mask may be recomputed (a dense pre), and never for a channel slice (ATen normalized a copy)."""
+    c = 6
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(2, c, 4, 4, generator=g).contiguous(memory_format=torch.channels_last)
+    gamma, beta = torch.randn(c, generator=g), torch.randn(c, generator=g)
+    on = torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32)
+    *_, mask_beta = bn_train._bn_relu_forward(x, gamma, beta, torch.zeros(c), torch.ones(c), 0.1, 1e-3)
+    assert (mask_beta is beta) == on
+    wide = torch.randn(2, 2 * c, 4, 4, generator=g).contiguous(memory_format=torch.channels_last)
+    *_, mask_beta = bn_train._bn_relu_forward(wide[:, :c], gamma, beta, torch.zeros(c), torch.ones(c), 0.1, 1e-3)
+    assert mask_beta is None
+
+
+def test_float32_mask_from_pre_is_on_with_avx512():
+    """On a CPU where the AVX-512 loops run and ATen's float32 BatchNorm uses FMAs, the float32
+    backward recomputes its ReLU mask (y not read); with the portable loops it does not."""
+    from googlenet_fast.backends import native
+    on = torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32)
+    portable = os.environ.get("GOOGLENET_FAST_PORTABLE_LOOPS", "") not in ("", "0")
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and not portable and native.available():
+        assert on
+    if portable:
+        assert not on
+    assert not torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float64)
+
+
 def test_bf16_exact_apply_is_on_with_avx512():
     """On a CPU where the AVX-512 loops run (not GOOGLENET_FAST_PORTABLE_LOOPS) and ATen's
     BatchNorm kernels use FMAs (its AVX2 / AVX-512 builds), the exact bfloat16 apply is on."""

@@ -255,13 +255,33 @@ bool exact_apply() {
   return false;
 }
 
+// Whether bn_relu_backward may recompute the ReLU mask from `pre` (given the forward's beta) for T:
+// bfloat16 where exact_apply (its forward apply is the extension's, ATen's bits); float32 where
+// the AVX-512 loops run and ATen's own float32 apply is fma(x, alpha, beta) (the probe above: the
+// forward stays ATen's native_batch_norm + relu_, only the backward's mask is recomputed).  y is
+// then not read: two of the seven passes over memory (batch-8 float32 train step, 2-core Xeon,
+// 2026-12-05: benchmarks/results/train-fp32-pool-gather-2026-12-05.md).
+template <typename T>
+bool mask_from_pre() {
+#if GF_AVX512
+  if constexpr (std::is_same_v<T, c10::BFloat16>) return exact_apply<T>();
+  if constexpr (std::is_same_v<T, float>) {
+    static const bool ok = avx512::available() && aten_apply_matches<float>();
+    return ok;
+  }
+#endif
+  return false;
+}
+
 // One pixel's row of either pass: kFromPre / the AVX-512 loop where `vec` / else the portable one.
 template <typename T, typename A>
 inline void sums_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const float* al,
                      const float* be, A* s1, A* s2, int64_t n) {
 #if GF_AVX512
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>) {
     if (from_pre) return bwd_sums_row_avx512<true>(g, y, x, m, al, be, s1, s2, n);
+  }
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (vec) return bwd_sums_row_avx512<false>(g, y, x, m, al, be, s1, s2, n);
   }
 #endif
@@ -271,8 +291,10 @@ template <typename T, typename A>
 inline void grad_row(bool from_pre, bool vec, const T* g, const T* y, const T* x, const A* m, const float* al,
                      const float* be, const A* gm, const A* k, const A* a, T* o, int64_t n) {
 #if GF_AVX512
-  if constexpr (std::is_same_v<T, c10::BFloat16>) {
+  if constexpr (std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, float>) {
     if (from_pre) return bwd_grad_row_avx512<true>(g, y, x, m, al, be, gm, k, a, o, n);
+  }
+  if constexpr (std::is_same_v<T, c10::BFloat16>) {
     if (vec) return bwd_grad_row_avx512<false>(g, y, x, m, al, be, gm, k, a, o, n);
   }
 #endif
@@ -405,9 +427,9 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
     const auto rd = pieces<3>({&G, &Y, &X}, sizeof(scalar_t));
     const bool vec = use_avx512<scalar_t>();
     // The ReLU mask from pre (y not read: two of the seven passes over memory) where ATen's forward
-    // arithmetic is reproduced exactly (exact_apply), with the forward's alpha and beta.
-    const bool from_pre = beta.has_value() && exact_apply<scalar_t>();
-    std::vector<float> al, be;  // (bfloat16 only: its accumulator type is float)
+    // arithmetic is reproduced exactly (mask_from_pre), with the forward's alpha and beta.
+    const bool from_pre = beta.has_value() && mask_from_pre<scalar_t>();
+    std::vector<float> al, be;  // (float32, bfloat16 only: their accumulator type is float)
     if (from_pre) bn_alpha_beta(m, is, gm, beta->to(at::kFloat), al, be);
     const float *AL = from_pre ? al.data() : nullptr, *BE = from_pre ? be.data() : nullptr;
     const std::vector<double> s = block_sums<A>(P, C, 2, rd, [&](const Piece<3>& pc, int64_t p, A* s) {
@@ -471,6 +493,14 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
 
 bool bn_bf16_exact_apply() { return exact_apply<c10::BFloat16>(); }
 
+bool bn_mask_from_pre(at::ScalarType dtype) {
+  switch (dtype) {
+    case at::kFloat: return mask_from_pre<float>();
+    case at::kBFloat16: return mask_from_pre<c10::BFloat16>();
+    default: return false;
+  }
+}
+
 at::Tensor bn_invstd(const at::Tensor& var, double eps) {
   const at::Tensor vd = var.to(at::kDouble).contiguous();
   at::Tensor invstd = at::empty({var.size(0)}, var.options().dtype(at::kFloat));
@@ -504,10 +534,13 @@ TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
   m.def("bn_relu_apply(Tensor x, Tensor mean, Tensor var, Tensor gamma, Tensor beta, float eps) -> (Tensor y, Tensor invstd)");
   // whether bfloat16 runs the exact apply and the backward's mask from pre (else ATen / y)
   m.def("bn_relu_bf16_exact_apply() -> bool");
+  // whether bn_relu_backward recomputes the ReLU mask from pre (given beta) for this dtype
+  m.def("bn_relu_mask_from_pre(ScalarType dtype) -> bool");
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CompositeExplicitAutograd, m) {
   m.impl("bn_relu_bf16_exact_apply", &bn_bf16_exact_apply);
+  m.impl("bn_relu_mask_from_pre", &bn_mask_from_pre);
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
