@@ -260,7 +260,7 @@ bool exact_apply() {
 // the AVX-512 loops run and ATen's own float32 apply is fma(x, alpha, beta) (the probe above: the
 // forward stays ATen's native_batch_norm + relu_, only the backward's mask is recomputed).  y is
 // then not read: two of the seven passes over memory (batch-8 float32 train step, 2-core Xeon,
-// 2026-12-05: benchmarks/results/train-fp32-pool-gather-2026-12-05.md).
+// 2026-12-05: benchmarks/results/cpu-xeon-session-2026-12-05.md).
 template <typename T>
 bool mask_from_pre() {
 #if GF_AVX512

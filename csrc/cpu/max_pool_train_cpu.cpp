@@ -386,7 +386,7 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
     // ms portable ring, 5.7-6.1 ms gathered).  float32 there was bound by memory either way (6.0-6.4 ms
     // portable ring, a vectorized ring 6.2-6.6); on the 2-core Intel Xeon (AMX) of 2026-12-05 the
     // portable float32 ring took 14.6 ms of the step, the gather 11.1 ms
-    // (benchmarks/results/train-fp32-pool-gather-2026-12-05.md).  Input rows are independent in
+    // (benchmarks/results/cpu-xeon-session-2026-12-05.md).  Input rows are independent in
     // gather form: split over N * H.
     if constexpr (std::is_same_v<scalar_t, c10::BFloat16> || std::is_same_v<scalar_t, float>) {
       if (use_avx512<scalar_t>()) {
