@@ -251,15 +251,14 @@ def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Ten
     ``bn_relu_backward``: the ReLU mask may be recomputed from ``pre``).  float32: ATen's ops, and
     ``mask_beta`` is ``beta`` for a dense ``pre`` where ATen's float32 apply is the fma the
     backward recomputes (``bn_relu_mask_from_pre(torch.float32)``).  Otherwise None (y is read)."""
-    if (_autocast_bf16_bn(pre, gamma, beta, running_mean, running_var)
-            and (pre.is_contiguous() or pre.is_contiguous(memory_format=torch.channels_last))):
+    dense = pre.is_contiguous() or pre.is_contiguous(memory_format=torch.channels_last)
+    if dense and _autocast_bf16_bn(pre, gamma, beta, running_mean, running_var):
         mean, var = torch.batch_norm_update_stats(pre, running_mean, running_var, momentum)
         y, invstd = torch.ops.googlenet_fast.bn_relu_apply(pre, mean, var, gamma, beta, eps)
         return y, mean, invstd, beta
     y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps)
     # float32: ATen's own forward; the backward may still recompute the mask from a dense pre where
     # ATen's float32 apply is fma(x, alpha, beta) (checked once per process by the extension)
-    dense = pre.is_contiguous() or pre.is_contiguous(memory_format=torch.channels_last)
     same_dtype = all(t is not None and t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var))
     if pre.dtype == torch.float32 and same_dtype and dense and _float32_mask_from_pre():
         return y.relu_(), mean, invstd, beta

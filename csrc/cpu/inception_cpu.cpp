@@ -297,6 +297,14 @@ inline __attribute__((always_inline)) void to_keys(const c10::BFloat16* X, int16
   for (int64_t i = 0; i < n; ++i) keys[i] = bf16_key(src[i]);
 }
 
+// This thread's key buffer, at least n long, kept across calls (stage 1 calls pool3x3_block once
+// per pixel block: no allocation per block).
+inline int16_t* key_scratch(int64_t n) {
+  thread_local std::vector<int16_t> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
 // The max over a kh x kw window of keys for channels [0, cn) of one chunk (cn <= CN; base: the
 // window's top-left tap at the chunk's first channel), then ReLU when `relu`, stored as bfloat16.
 // A constant cn (the full chunks) and constant kh, kw (full 3x3 windows) give the loops constant
@@ -451,13 +459,13 @@ GF_CPU_CLONES_BW void pool3x3_block(const c10::BFloat16* X, c10::BFloat16* dst, 
   const int64_t HW = H * W;
   const int64_t q0 = std::max((p0 / HW) * HW, p0 - W - 1);
   const int64_t q1 = std::min(((p0 + rows - 1) / HW + 1) * HW, p0 + rows + W + 1);
-  const std::unique_ptr<int16_t[]> keys(new int16_t[static_cast<size_t>((q1 - q0) * C)]);
-  to_keys(X + q0 * C, keys.get(), (q1 - q0) * C);
+  int16_t* keys = key_scratch((q1 - q0) * C);
+  to_keys(X + q0 * C, keys, (q1 - q0) * C);
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t p = p0 + r, n = p / HW, h = (p / W) % H, w = p % W;
     const int64_t h0 = std::max<int64_t>(h - 1, 0), h1 = std::min(h + 2, H);
     const int64_t w0 = std::max<int64_t>(w - 1, 0), w1 = std::min(w + 2, W);
-    key_window(keys.get() + ((n * H + h0) * W + w0 - q0) * C, h1 - h0, w1 - w0, W, C, false, dst + r * C);
+    key_window(keys + ((n * H + h0) * W + w0 - q0) * C, h1 - h0, w1 - w0, W, C, false, dst + r * C);
   }
 }
 
@@ -475,23 +483,18 @@ GF_CPU_CLONES_BW void max_pool_rows(const c10::BFloat16* X, c10::BFloat16* O, in
                                     int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t kernel, int64_t stride,
                                     bool relu) {
   const int64_t group = std::max<int64_t>(1, (int64_t(128) << 10) / std::max<int64_t>(1, W * C * stride));
-  std::unique_ptr<int16_t[]> keys;
-  int64_t capacity = 0;
   for (int64_t g0 = begin; g0 < end; g0 += group) {
     const int64_t g1 = std::min(end, g0 + group);
     const int64_t nb = g0 / OH, ne = (g1 - 1) / OH;
     const int64_t q0 = (nb * H + (g0 % OH) * stride) * W;
     const int64_t q1 = (ne * H + std::min(((g1 - 1) % OH) * stride + kernel, H)) * W;
-    if ((q1 - q0) * C > capacity) {
-      capacity = (q1 - q0) * C;
-      keys.reset(new int16_t[static_cast<size_t>(capacity)]);
-    }
-    to_keys(X + q0 * C, keys.get(), (q1 - q0) * C);
+    int16_t* keys = key_scratch((q1 - q0) * C);
+    to_keys(X + q0 * C, keys, (q1 - q0) * C);
     for (int64_t row = g0; row < g1; ++row) {
       const int64_t n = row / OH, h0 = (row % OH) * stride, h1 = std::min(h0 + kernel, H);
       for (int64_t ow = 0; ow < OW; ++ow) {
         const int64_t w0 = ow * stride, w1 = std::min(w0 + kernel, W);
-        key_window(keys.get() + ((n * H + h0) * W + w0 - q0) * C, h1 - h0, w1 - w0, W, C, relu,
+        key_window(keys + ((n * H + h0) * W + w0 - q0) * C, h1 - h0, w1 - w0, W, C, relu,
                    O + (row * OW + ow) * C);
       }
     }
