@@ -190,6 +190,29 @@ def test_bf16_pool_branch_special_values():
     assert torch.equal(got.nan_to_num(), want.nan_to_num())
 
 
+@pytest.mark.parametrize("shape", [(1, 16, 15, 13), (3, 8, 9, 11), (1, 24, 7, 7)])
+def test_bf16_pool_branch_pads_with_minus_inf_across_blocks(shape):
+    """cases.md pool-padding in bfloat16: on strictly negative input the pool branch equals
+    F.max_pool2d(x, 3, 1, 1) exactly (-inf padding, never 0), also where stage 1's pixel blocks
+    (two here, the first ending inside a row) start or end inside a row or an image: the keys
+    each block converts must cover every tap its windows read.  Values rise along each image's
+    raster order (-H*W .. -1, exact in bfloat16), so every window's maximum is its last in-image
+    tap: a key left out at a block's edge changes the result."""
+    n, c, h, w = shape
+    ramp = -(h * w - torch.arange(h * w, dtype=torch.float32)).reshape(1, 1, h, w)
+    x = ramp.expand(n, c, h, w) - torch.rand(n, c, 1, 1, generator=torch.Generator().manual_seed(c)).round()
+    x = x.to(BF16).contiguous(memory_format=torch.channels_last)
+    assert (x < 0).all()
+    eye = torch.eye(c, dtype=BF16).reshape(c, c, 1, 1)
+    z = torch.zeros(1, c, 1, 1, dtype=BF16)
+    zk = torch.zeros(1, 1, 3, 3, dtype=BF16)
+    y = ops.inception(x, z, None, z, None, zk, None, z, None, zk, None, eye, torch.zeros(c, dtype=BF16),
+                      relu=False, backend="cpu")
+    want = F.max_pool2d(x.float(), 3, 1, 1).to(BF16)
+    assert torch.equal(y[:, -c:], want)
+    assert (y[:, -c:] < 0).all()
+
+
 def test_bf16_element_loops_are_avx512bw_vectorized():
     """The x86-64-v4 clones of the bfloat16 pooling and ReLU loops work on 32 16-bit lanes per
     instruction (vpmaxsw / 16-bit compares on zmm registers), the point of their integer keys."""
