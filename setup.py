@@ -132,7 +132,8 @@ if build_cuda:
 # The link flag makes _C need libgomp.so.1, which resolves to the one torch has already loaded.
 cxx_flags = ["-O3", "-fopenmp"]
 link_flags = ["-fopenmp"]
-sources = [os.path.join("csrc", "ops.cpp"), os.path.join("csrc", "state_check.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
+sources = [os.path.join("csrc", "ops.cpp"), os.path.join("csrc", "state_check.cpp"),
+           os.path.join("csrc", "program_run.cpp")] + sorted(glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
 define_macros = []
 if build_cuda:
     sources += cuda_sources

@@ -337,6 +337,9 @@ static PyObject* gf_direct_onednn_primitive_count(PyObject*, PyObject*) {
 namespace googlenet_fast {
 // csrc/state_check.cpp
 PyObject* py_model_state_same(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+// csrc/program_run.cpp
+PyObject* py_program_make(PyObject*, PyObject* const* args, Py_ssize_t nargs);
+PyObject* py_program_run(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 }  // namespace googlenet_fast
 
 static PyMethodDef gf_methods[] = {
@@ -344,6 +347,11 @@ static PyMethodDef gf_methods[] = {
                               &googlenet_fast::py_model_state_same)),
      METH_FASTCALL,
      "ModelState.same()'s comparisons in one pass (googlenet_fast/model_state.py, csrc/state_check.cpp)."},
+    {"_program_make", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&googlenet_fast::py_program_make)),
+     METH_FASTCALL,
+     "A recorded CPU op program made replayable in C++, or None (googlenet_fast/cpu_program.py, csrc/program_run.cpp)."},
+    {"_program_run", reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)(void)>(&googlenet_fast::py_program_run)),
+     METH_FASTCALL, "Replay a program made by _program_make on an input; returns its result."},
     {"_set_weight_prepacking", gf_set_weight_prepacking, METH_O,
      "Let this thread's CPU op calls reuse oneDNN weights prepacked in earlier calls (see "
      "googlenet_fast.ops.weight_prepacking); returns the previous setting."},

@@ -52,12 +52,53 @@ def _prepacking() -> bool:
     return previous
 
 
+# Replay in C++ (csrc/program_run.cpp) where every step's arguments are tensors, scalars, int
+# lists and dtypes, as the fused model's programs' are; False: the Python loop below (tests
+# compare both).
+CPP_REPLAY = True
+
+
+def _cpp_program(nslots: int, steps: tuple, out: int):
+    """The program made replayable by the extension (``_C._program_make``), or None where a step
+    has tensor-list arguments, or anything else the C++ replay does not take."""
+    made = []
+    for op, template, slots, lists, kwargs, outs, prepack, frees in steps:
+        args = _positional(op, template, kwargs) if isinstance(op, torch._ops.OpOverload) else None
+        if lists or args is None:
+            return None
+        made.append((op._schema.name, op._schema.overload_name, args, tuple(slots), tuple(outs), bool(prepack),
+                     tuple(frees)))
+    return native._C._program_make(nslots, out, tuple(made))
+
+
+def _positional(op, template: tuple, kwargs: dict) -> Optional[tuple]:
+    """A call's arguments as the leading positional arguments of ``op``'s schema: keyword
+    arguments put in their places, the schema's defaults in the gaps before them; None where a
+    keyword is not the schema's or a gap has no default."""
+    if not kwargs:
+        return tuple(template)
+    formals = op._schema.arguments
+    names = [a.name for a in formals]
+    if any(k not in names[len(template):] for k in kwargs):
+        return None
+    args = list(template)
+    for a in formals[len(template): 1 + max(names.index(k) for k in kwargs)]:
+        if a.name in kwargs:
+            args.append(kwargs[a.name])
+        elif a.has_default_value():
+            args.append(a.default_value)
+        else:
+            return None
+    return tuple(args)
+
+
 class Program:
     """One recorded forward: ``steps`` of (op, argument template, tensor slots, tensor-list
     arguments, kwargs, output slots, prepacking, slots released after the step) and the slot of
-    the result; :meth:`run` replays it on a new input."""
+    the result; :meth:`run` replays it on a new input (in C++ where the steps allow, see
+    :data:`CPP_REPLAY`)."""
 
-    __slots__ = ("nslots", "steps", "out")
+    __slots__ = ("nslots", "steps", "out", "cpp")
 
     def __init__(self, nslots: int, steps: tuple, out: int):
         self.nslots, self.out = nslots, out
@@ -79,8 +120,11 @@ class Program:
             if s not in (0, out):
                 frees[i].append(s)
         self.steps = tuple(step + (tuple(f),) for step, f in zip(steps, frees))
+        self.cpp = _cpp_program(nslots, self.steps, out)
 
     def run(self, x: Tensor) -> Tensor:
+        if self.cpp is not None and CPP_REPLAY:
+            return native._C._program_run(self.cpp, x)
         env: List[Optional[Tensor]] = [None] * self.nslots
         env[0] = x
         set_prepacking = native._C._set_weight_prepacking

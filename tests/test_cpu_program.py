@@ -264,3 +264,102 @@ def test_many_signatures_keep_their_programs_least_recently_used_dropped(monkeyp
     for x in (xs[0], xs[2], xs[3]):
         assert torch.equal(call(ours, x), reference(ours, x))
     assert runs.take() == (3, 3)  # each replayed (the references ran the modules)
+
+
+# ---- the C++ replay (csrc/program_run.cpp) --------------------------------------------------
+
+def _program_of(model):
+    progs = model.__dict__[cpu_program.PROGRAMS_ATTR].by_sig
+    return list(progs.values())[-1]
+
+
+@pytest.mark.parametrize("dtype, autocast", [(torch.float32, False), (torch.bfloat16, False),
+                                             (torch.float32, True), (torch.float64, False)])
+def test_cpp_replay_equals_the_python_replay(dtype, autocast, monkeypatch):
+    """The fused model's programs replay in C++ (every step a positional call), with the bits of
+    the Python loop and of the modules, including under autocast (the dispatcher's autocast
+    keys apply to both replays alike)."""
+    tv, ours = fresh()
+    ours = ours.to(dtype)
+    x = make_input(2, 3, SIZE, SIZE, seed=11, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", torch.bfloat16, enabled=autocast):
+        warm(ours, x)
+        prog = _program_of(ours)
+        assert prog.cpp is not None and len(prog.steps) >= 15  # (float64, autocast: some ATen ops)
+        y_cpp = call(ours, x)
+        monkeypatch.setattr(cpu_program, "CPP_REPLAY", False)
+        y_py = call(ours, x)
+        y_mod = reference(ours, x)
+    assert y_cpp.dtype == y_py.dtype and torch.equal(y_cpp, y_py) and torch.equal(y_cpp, y_mod)
+    with torch.no_grad():
+        ref = tv.double()(x.double()).to(y_cpp.dtype)
+    assert rel_err(y_cpp.float(), ref.float()) <= (1e-4 if dtype != torch.bfloat16 and not autocast else 0.1)
+
+
+def _aten_step(op, template, slots, outs, kwargs=None):
+    return (op, tuple(template), tuple(slots), (), kwargs or {}, tuple(outs), False)
+
+
+def test_cpp_replay_fills_schema_defaults_and_frees():
+    """A program of ATen ops: constants converted once, omitted trailing arguments take the
+    schema's defaults (add's alpha=1), each step's outputs go to their slots."""
+    aten = torch.ops.aten
+    c = torch.tensor([1.0, 2.0, 3.0])
+    steps = (_aten_step(aten.mul.Tensor, [None, c], [(0, 0)], [1]),          # x * c
+             _aten_step(aten.add.Tensor, [None, None], [(0, 1), (1, 0)], [2]),  # x*c + x
+             _aten_step(aten.clamp_min.default, [None, 0.5], [(0, 2)], [3]))
+    prog = cpu_program.Program(4, steps, 3)
+    assert [s[-1] for s in prog.steps] == [(), (1,), (2,)]  # each intermediate released after its last use
+    assert prog.cpp is not None
+    x = torch.tensor([-2.0, 0.25, 4.0])
+    assert torch.equal(prog.run(x), torch.clamp_min(x * c + x, 0.5))
+    assert torch.equal(prog.run(-x), torch.clamp_min(-x * c - x, 0.5))  # the constant is reused, not consumed
+    # keyword arguments in their schema places (autocast's casts are recorded so), int lists, dtypes
+    kw = (_aten_step(aten.add.Tensor, [None, c], [(0, 0)], [1], {"alpha": 2}),
+          _aten_step(aten._to_copy.default, [None], [(0, 1)], [2], {"dtype": torch.float64}),
+          _aten_step(aten.sum.dim_IntList, [None, [0], True], [(0, 2)], [3]))
+    prog = cpu_program.Program(4, kw, 3)
+    assert prog.cpp is not None
+    y = prog.run(x)
+    assert y.dtype == torch.float64 and torch.equal(y, (x + 2 * c).double().sum([0], True))
+
+
+def test_cpp_replay_declines_what_it_cannot_take():
+    """Tensor lists, keyword arguments, string arguments, unknown ops: no C++ program (None),
+    the Python loop replays them."""
+    aten = torch.ops.aten
+    t = torch.ones(2)
+    make = native._C._program_make
+    with_list = (aten.cat.default, (None,), (), ((0, ((None, 0), (t, None))),), {}, (1,), False, ())
+    assert cpu_program._cpp_program(2, (with_list,), 1) is None
+    unknown_kwarg = (aten.add.Tensor, (None, t), ((0, 0),), (), {"beta": 2}, (1,), False, ())
+    assert cpu_program._cpp_program(2, (unknown_kwarg,), 1) is None
+    assert make(2, 1, (("aten::div", "Tensor_mode", (t, t, "floor"), (), (1,), False, ()),)) is None
+    assert make(2, 1, (("googlenet_fast::no_such_op", "", (t,), (), (1,), False, ()),)) is None
+    assert make(2, 1, (("aten::add", "Tensor", (t, t), ((0, 5),), (1,), False, ()),)) is None  # slot out of range
+    assert make(2, 1, (("aten::add", "Tensor", (t,), (), (1,), False, ()),)) is None  # `other` has no default
+    with pytest.raises(ValueError, match="out < nslots"):
+        make(2, 2, ())
+    with pytest.raises(TypeError, match="_program_run"):
+        native._C._program_run(object(), t)
+
+
+def test_cpp_replay_error_raises_and_restores_prepacking():
+    """An op failing inside the C++ replay raises the Python exception torch raises for it (the
+    GIL taken back), and this thread's prepacking setting is the one before the run."""
+    aten = torch.ops.aten
+    w = torch.ones(3, 4)
+    step = (aten.mm.default, (None, w), ((0, 0),), (), {}, (1,), True)
+    prog = cpu_program.Program(2, (step,), 1)
+    assert prog.cpp is not None
+    assert torch.equal(prog.run(torch.ones(2, 3)), torch.full((2, 4), 3.0))
+    before = native._C._set_weight_prepacking(False)
+    try:
+        with pytest.raises(RuntimeError, match="mat1 and mat2 shapes cannot be multiplied"):
+            prog.run(torch.ones(2, 5))
+        assert native._C._set_weight_prepacking(False) is False  # still this thread's setting
+        native._C._set_weight_prepacking(True)
+        prog.run(torch.ones(2, 3))
+        assert native._C._set_weight_prepacking(True) is True
+    finally:
+        native._C._set_weight_prepacking(before)
