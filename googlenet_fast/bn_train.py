@@ -227,7 +227,8 @@ def cpu_fast_path_applies(x: Tensor) -> bool:
     """Whether :func:`inception_bn_relu_train` runs for ``x``: a float32/float64/bfloat16 CPU
     tensor in eager mode (not under torch.compile, which sees :func:`inception_bn_train` and one
     ``F.batch_norm``) with the extension built, and :data:`CPU_FAST_PATH` set."""
-    return (CPU_FAST_PATH and x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
+    return (CPU_FAST_PATH and x.device.type == "cpu" and x.numel() > 0
+            and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
             and not torch.compiler.is_compiling() and native.available())
 
 

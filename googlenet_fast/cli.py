@@ -24,6 +24,7 @@ import os
 import sys
 from typing import List, Optional
 
+from . import out_paths
 from .errors import CommandError
 
 PROG = "googlenet-fast"
@@ -60,7 +61,7 @@ def add_bench_parser(subparsers):
     p.add_argument("--mode", choices=("eval", "train"), default="eval",
                    help="eval (default): inference; train: one training step per call (train-mode "
                         "forward with the aux heads, loss main + 0.3 aux, backward, SGD momentum 0.9 "
-                        "step), float32 only")
+                        "step with lr 0, so every step sees the same weights), float32 only")
     p.add_argument("--device", choices=("cpu", "cuda"), default=None,
                    help="default: cuda when a CUDA device is visible, else cpu")
     p.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default="float32",
@@ -71,7 +72,8 @@ def add_bench_parser(subparsers):
     p.add_argument("--variant", choices=("torchvision", "paper"), default="torchvision",
                    help="network variant; 'paper' has no torchvision peer, its baseline is fused=False")
     p.add_argument("--batch-sizes", type=_positive_int, nargs="+", default=[1, 8], metavar="N",
-                   help="batch sizes to time (default: 1 8); photos repeat to fill a batch")
+                   help="batch sizes to time (default: 1 8; a size given twice is timed once); photos "
+                        "repeat to fill a batch")
     p.add_argument("--images", nargs="+", metavar="PATH",
                    help="image files or folders of your own (default: scikit-image's sample photos)")
     p.add_argument("--compile", action="store_true",
@@ -97,7 +99,9 @@ def add_bench_parser(subparsers):
     p.add_argument("--no-roofline", action="store_true",
                    help="skip the whole-network roofline table (it times a large copy and a large "
                         "matmul first: ~3 s on a CPU)")
-    p.add_argument("--json", metavar="PATH", help="also write the check and the table as JSON")
+    p.add_argument("--json", metavar="PATH",
+                   help="also write the check and the table as JSON (missing parent folders are created; "
+                        "checked before timing starts)")
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     # Tests only: resize the preprocessed photos to N x N (tiny, fast runs).
     p.add_argument("--image-size", type=_positive_int, default=None, help=argparse.SUPPRESS)
@@ -141,6 +145,9 @@ def run_bench(args) -> int:
         raise CommandError("--amp: only with --mode train (for bfloat16 inference use --dtype bfloat16)")
     if train and args.cuda_graphs:
         raise CommandError("--cuda-graphs: only with --mode eval")
+    if args.json:
+        out_paths.check_writable(args.json, "--json")  # before the timing, not after it
+    args.batch_sizes = list(dict.fromkeys(args.batch_sizes))  # a size given twice is timed once
     engine_names = [p for p in (args.providers or ()) if p in ENGINE_CHOICES]
     torch_keys = None if args.providers is None else [p for p in args.providers if p not in ENGINE_CHOICES]
     if engine_names:
@@ -527,7 +534,8 @@ def add_train_parser(subparsers):
     g.add_argument("--checkpoint", metavar="PATH", default=None,
                    help="write a checkpoint here after each epoch, every --checkpoint-interval steps "
                         "and at the end (atomically: temp file + os.replace). Default with --resume: "
-                        "the resumed file")
+                        "the resumed file. Missing parent folders are created; checked before training "
+                        "starts")
     g.add_argument("--checkpoint-interval", type=_positive_int, default=None, metavar="STEPS",
                    help="also checkpoint every STEPS steps, mid-epoch too")
     g.add_argument("--resume", metavar="PATH", default=None,

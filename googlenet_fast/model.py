@@ -96,11 +96,20 @@ def _foldable_block(block: nn.Module, kernel: int) -> bool:
     return _block_sources(block) is not None
 
 
+def _autocast_on(device_type: str) -> bool:
+    """torch.is_autocast_enabled for ``device_type``; False for a device autocast does not know
+    (e.g. 'meta', where torch.is_autocast_enabled raises instead of answering)."""
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:
+        return False
+
+
 def _compute_dtype(x: Tensor, weight_dtype: torch.dtype) -> torch.dtype:
     """The compute dtype of a fused call: the autocast dtype where autocast is on for x's device
     and would cast the weights (as nn.Conv2d would compute under it: autocast leaves float64
     alone), else the weights' dtype."""
-    if weight_dtype != torch.float64 and torch.is_autocast_enabled(x.device.type):
+    if weight_dtype != torch.float64 and _autocast_on(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return weight_dtype
 
@@ -490,7 +499,11 @@ class Inception(_FoldedWeightsCache, nn.Module):
 
     def _forward_fused(self, x: Tensor) -> Optional[Tensor]:
         """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
-        weights), or None where they do not apply (the plain branches then run)."""
+        weights), or None where they do not apply (the plain branches then run).  An empty batch
+        in train mode takes the plain branches (nn.BatchNorm2d's handling of it: statistics kept,
+        num_batches_tracked counted, as torchvision's model does)."""
+        if self.training and x.numel() == 0:
+            return None
         if self.training and self._weight_dtype() is not None:
             dtype = _compute_dtype(x, self._weight_dtype())
             if not (dtype == torch.float16 and x.device.type == "cpu"):
@@ -825,7 +838,7 @@ class GoogLeNet(nn.Module):
             raise InputTypeError(f"x: expected a floating-point tensor, got {x.dtype}; integer images must be "
                             "converted first, e.g. x.float() / 255, then normalized")
         wdt = self._param_dtype()
-        if wdt is not None and x.dtype != wdt and not torch.is_autocast_enabled(x.device.type):
+        if wdt is not None and x.dtype != wdt and not _autocast_on(x.device.type):
             # as torchvision's model (its first conv raises "expected scalar type ..."), not a silent cast
             raise InputTypeError(f"x: expected dtype {wdt} (the model's parameters), got {x.dtype}; convert the "
                                  f"input (x.to({wdt})) or the model (e.g. model.to({x.dtype})), or run under torch.autocast")

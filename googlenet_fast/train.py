@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, TensorDataset
 
 from . import cpu_alloc
+from . import out_paths
 from .errors import CommandError
 from . import train_data
 
@@ -492,6 +493,8 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
     ckpt = load_checkpoint(args.resume) if getattr(args, "resume", None) else None
     s = _resolve_settings(args, ckpt, getattr(args, "resume", None))
     ckpt_path = args.checkpoint or getattr(args, "resume", None)
+    if ckpt_path:  # before the first epoch, not after it
+        out_paths.check_writable(ckpt_path, "--checkpoint" if args.checkpoint else "--resume")
     channels_last = True if args.channels_last is None else args.channels_last
     if ckpt is not None:
         done_msg = _nothing_to_do(ckpt, s, args.resume, getattr(args, "max_steps", None))

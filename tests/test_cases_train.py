@@ -159,3 +159,26 @@ def test_autocast_bf16_forward_backward(variant, bn_train_calls):
             err_f = ((a.grad - r.grad).norm() / r.grad.norm()).item()
             assert err_f <= 2 * err_u + 0.01, (name, err_f, err_u)
     assert meaningful >= 5  # at least the classifier heads
+
+
+@pytest.mark.parametrize("aux", [False, True])
+def test_empty_batch_trains_like_torchvision(aux):
+    """A batch of 0 images in train mode (a last partial batch filtered to nothing): the fused
+    model gives torchvision's empty outputs, running statistics, num_batches_tracked and parameter
+    gradients (nn.BatchNorm2d's handling of an empty batch; ATen's BatchNorm backward on empty
+    input dies of SIGFPE, so the fused train path must not reach it)."""
+    from model_helpers import ours_from, tv_model
+    tv = tv_model(aux_logits=aux).train()
+    ours = ours_from(tv).train()
+    x = torch.rand(0, 3, 64, 64)
+    for m in (tv, ours):
+        y = m(x)
+        ys = (y.logits, y.aux_logits2, y.aux_logits1) if aux else (y,)
+        assert all(t.shape == (0, 1000) for t in ys)
+        sum(t.sum() for t in ys).backward()
+    sa, sb = tv.state_dict(), ours.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert sb["inception4a.branch2.1.bn.num_batches_tracked"].item() == 1
+    for (na, pa), (nb, pb) in zip(tv.named_parameters(), ours.named_parameters()):
+        assert na == nb and (pa.grad is None) == (pb.grad is None)
+        assert pa.grad is None or torch.equal(pa.grad, pb.grad)

@@ -241,3 +241,52 @@ def test_bench_busy_machine_from_proc_stat_not_load_average(capsys, monkeypatch,
     assert float(m.group(1)) == pytest.approx(other, abs=0.02) and float(m.group(2)) > 0
     assert ("other processes were running, the timings are noisy" in out) == noisy
     assert out.rstrip().endswith(": quiet") != noisy
+
+
+def _unwritable_folder(tmp_path):
+    """A folder no new file can go into, or None where this process writes anyway (root with
+    CAP_DAC_OVERRIDE ignores the mode bits)."""
+    import os
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        (ro / "probe").write_text("x")
+    except PermissionError:
+        return ro
+    os.remove(ro / "probe")
+    return None
+
+
+def test_bench_output_path_checked_before_timing(capsys, tmp_path, monkeypatch):
+    """--json that cannot be written: one line naming the flag, exit 2, before any timing (a
+    failure after the benchmark would throw the run away); a file in the way of the folder too.
+    A folder that does not exist yet is created (the help says so)."""
+    from googlenet_fast import bench
+
+    def no_timing(*a, **k):
+        raise AssertionError("timed before the output path was checked")
+
+    monkeypatch.setattr(bench, "build_networks", no_timing)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    cases = [(str(blocker / "x.json"), "is a file, not a folder"), (str(tmp_path), "is a folder")]
+    ro = _unwritable_folder(tmp_path)
+    if ro is not None:
+        cases.append((str(ro / "x.json"), "cannot write in"))
+    for path, why in cases:
+        rc, out, err = _run(capsys, "bench", *FAST, "--json", path)
+        assert rc == 2 and f"error: --json {path}: " in err and why in err, err
+        assert "Traceback" not in err and "images:" not in out
+    from googlenet_fast import out_paths
+    new = tmp_path / "new" / "sub" / "x.json"
+    out_paths.check_writable(str(new), "--json")
+    assert new.parent.is_dir() and list(new.parent.iterdir()) == []  # no probe file left behind
+
+
+def test_bench_batch_size_given_twice_is_timed_once(capsys):
+    rc, out, _ = _run(capsys, "bench", *FAST, "--batch-sizes", "1", "1", "--providers", "fused", "torchvision")
+    assert rc == 0
+    rows = table_rows(out)
+    assert sorted((b, p) for b, p, *_ in rows) == [(1, "fused"), (1, "torchvision eager")]
+    assert [r[4] for r in rows if r[1] == "torchvision eager"] == ["1.00x"]

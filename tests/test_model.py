@@ -705,3 +705,14 @@ def test_jit_trace_with_its_default_check(pair):
         traced = torch.jit.trace(ours.eval(), x)
         for inp in (x, x2):
             assert torch.allclose(traced(inp), ours(inp), rtol=1e-5, atol=1e-6)
+
+
+def test_meta_device_forward_gives_shapes_like_torchvision():
+    """A model and input on the meta device (shape inference without memory): torchvision's
+    model gives (N, 1000); so does the fused one (autocast has no 'meta' setting to read)."""
+    import torchvision
+    tv = torchvision.models.googlenet(weights=None, aux_logits=False, init_weights=False).eval().to("meta")
+    ours = GoogLeNet(fused=True, aux_logits=False, init_weights=False).eval().to("meta")
+    x = torch.empty(2, 3, 64, 64, device="meta")
+    assert tv(x).shape == ours(x).shape == (2, 1000)
+    assert ours(x).device.type == "meta"

@@ -601,3 +601,19 @@ def test_default_workers_zero_on_two_cores(folder, monkeypatch):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
     assert train.default_workers(train_data.load_folder_data(folder, S).train) == 4
     assert train.default_workers(train_data.load_digits_data(S).train) == 0
+
+
+def test_checkpoint_path_checked_before_training(tmp_path, capsys, monkeypatch):
+    """--checkpoint where no file can be written: one line naming it, exit 2, before the first
+    step (not after an epoch's work)."""
+    def no_training(*a, **k):
+        raise AssertionError("trained before the checkpoint path was checked")
+
+    monkeypatch.setattr(train, "_make_optimizer", no_training)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    for path, why in [(str(blocker / "run.pt"), "is a file, not a folder"), (str(tmp_path), "is a folder")]:
+        rc = cli.main(["train", "--no-progress", "--epochs", "1", "--checkpoint", path])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"error: --checkpoint {path}: " in err and why in err, err
+        assert "Traceback" not in err
