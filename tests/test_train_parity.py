@@ -179,6 +179,29 @@ def test_train_step_parity_float32(variant):
         check_running_stats(fused, ref, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 3])
+def test_train_step_float32_as_accurate_as_torchvision_channels_last(seed):
+    """At 64 px kink flips happen (see the module docstring), and which ones depends on the
+    memory format: the fused model computes in channels_last (its kernels' layout), where
+    torchvision's own channels_last float32 step flips the same way (measured 2026-12-05 with
+    this test's seed 0: fused worst 6.7e-2 of max|grad| off float64, NCHW torchvision 1.1e-4, so
+    68 of 173 parameters over the rule against NCHW torchvision, none against channels_last;
+    seed 3: NCHW torchvision flips, 1.4e-1).  So at this size the fused float32 gradient is held to torchvision's
+    in channels_last, per parameter: err(fused32) <= 2 * err(torchvision32, channels_last) +
+    1e-4 * max|grad|, both against float64."""
+    fused, ref = make_pair("torchvision", seed=seed)
+    truth = copy.deepcopy(ref).double()
+    ref_cl = copy.deepcopy(ref).to(memory_format=torch.channels_last)
+    x, y = batch(X64, seed=seed + 1)
+    _, _, grads = forward_backward(fused, x, y)
+    _, _, cl_grads = forward_backward(ref_cl, x.contiguous(memory_format=torch.channels_last), y)
+    _, _, true_grads = forward_backward(truth, x.double(), y)
+    fused_err, cl_err = grad_errors(grads, true_grads), grad_errors(cl_grads, true_grads)
+    bad = {n: (fused_err[n], cl_err[n]) for n in fused_err if fused_err[n] > 2 * cl_err[n] + RTOL32}
+    assert not bad, ("float32 gradients less accurate than torchvision's channels_last float32 gradients "
+                     f"(param: (fused err, torchvision channels_last err) vs float64): {bad}")
+
+
 def test_torchvision_float32_gradient_is_not_reproducible_to_1e4():
     """Documents why the float32 criterion is relative to the reference's own error: at 64 px the
     float32 torchvision gradient itself is off from its float64 gradient by far more than 1e-4 of
