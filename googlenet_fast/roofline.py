@@ -174,8 +174,8 @@ def format_network_table(rows: Sequence[Dict[str, object]], ceilings: Dict[str, 
     """Plain-text table of :func:`network_roofline_rows` output (one line per timed row: mode,
     batch, provider, median ms, speedup over the baseline, TFLOP/s and GB/s achieved, their
     fractions of the measured ceilings, %roofline), then the ceilings' line."""
-    head = ("mode", "batch", "provider", "median ms", "speedup", "TFLOP/s", "%peak FLOP/s", "GB/s",
-            "%peak GB/s", "%roofline")
+    head = ("mode", "batch", "provider", "median ms", "speedup", "TFLOP/s", "%ceiling FLOP/s", "GB/s",
+            "%ceiling GB/s", "%roofline")
     body, notes = [], []
     for r in rows:
         if r.get("status", "ok") != "ok":

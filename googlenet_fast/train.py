@@ -661,7 +661,7 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
         f"{torch.get_num_threads()} threads, {workers} DataLoader workers"
         f"{'' if args.workers is not None else ' (default)'}, amp {s['amp_dtype'] if s['amp'] else 'off'}; "
         f"{s['optimizer']} lr {s['lr']:g} wd {s['weight_decay']:g}, cosine per step, warm-up "
-        f"{s['warmup_steps']}, label smoothing {s['label_smoothing']:g}; {s['epochs']} epochs x "
+        f"{s['warmup_steps']}, label smoothing {s['label_smoothing']:g}; {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} x "
         f"{steps_per_epoch} steps of batch {s['batch_size']}"
         f"{' per process' if d.world_size > 1 else ''}; seed {s['seed']}")
     if kept_memory:
@@ -875,7 +875,7 @@ def _one_line(e: BaseException) -> str:
 
 def _summary(result: TrainResult, s, runs, d: Dist, log, train_time: float, images: int, stopped: bool,
              ckpt_path, history) -> None:
-    parts = [f"summary: {s['variant']} on {'--data ' + s['data'] if s['data'] else 'digits'}"]
+    parts = [f"summary: GoogLeNet (variant={s['variant']}) on {'--data ' + s['data'] if s['data'] else 'digits'}"]
     parts.append(f"steps {result.start_step}->{result.end_step} of {result.total_steps}"
                  + (" (stopped by --max-steps)" if stopped else ""))
     epochs = history.get("epochs", [])

@@ -81,7 +81,7 @@ def test_bench_default_photos(capsys, tmp_path):
                        if line.startswith("eval") and f" {r['batch_size']}  {r['provider']} " in line)
         assert printed[-1] == f"{100 * r['frac_roofline']:.1f}%"
     assert "ceilings measured in this run: copy" in out
-    assert "not datasheet peaks: a row can pass 100%" in out  # why %peak may exceed 100%
+    assert "not datasheet peaks: a row can pass 100%" in out  # why %ceiling may exceed 100%
 
 
 def test_info(capsys):
