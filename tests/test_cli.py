@@ -290,3 +290,16 @@ def test_bench_batch_size_given_twice_is_timed_once(capsys):
     rows = table_rows(out)
     assert sorted((b, p) for b, p, *_ in rows) == [(1, "fused"), (1, "torchvision eager")]
     assert [r[4] for r in rows if r[1] == "torchvision eager"] == ["1.00x"]
+
+
+def test_closed_stdout_ends_quietly():
+    """`googlenet-fast info --json | head -1`: the reader is gone before the command writes; the
+    command stops without a BrokenPipeError traceback (exit 141, as a shell reports SIGPIPE)."""
+    import subprocess
+    import sys
+    p = subprocess.Popen([sys.executable, "-m", "googlenet_fast", "info", "--json"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE)
+    p.stdout.close()  # before the interpreter has even imported torch
+    err = p.stderr.read().decode()
+    assert p.wait(timeout=120) == 141, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
