@@ -653,6 +653,9 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
     workers = args.workers if args.workers is not None else default_workers(data.train)
     n_params = sum(p.numel() for p in base.parameters())
     log(f"data: {data.source}; {data.split}; {num_classes} classes")
+    if len(data.classes) == 1:
+        log(f"warning: the data has one class ({data.classes[0]!r}): every prediction is right, so the loss "
+            "and accuracy say nothing about the model (an ImageFolder needs one subfolder per class)")
     log(f"model: GoogLeNet variant {s['variant']}, {n_params / 1e6:.2f} M parameters, aux heads "
         f"{'on (loss = main + ' + format(s['aux_weight'], 'g') + ' x (aux1 + aux2))' if aux else 'off'}, "
         f"training {' and '.join(names)}{' (fused=False)' if s['unfused'] else ''}, "

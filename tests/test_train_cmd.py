@@ -617,3 +617,16 @@ def test_checkpoint_path_checked_before_training(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert rc == 2 and f"error: --checkpoint {path}: " in err and why in err, err
         assert "Traceback" not in err
+
+
+def test_one_class_folder_warns(tmp_path, capsys):
+    """--data with a single class folder trains to 100% (every prediction is right): the command
+    says so instead of reporting a perfect run silently; two classes: no warning."""
+    one = _write_folder(tmp_path / "one", classes=("cat",), per_class=8)
+    rc = cli.main(["train", "--no-progress", "--data", one, "--num-classes", "2", *FOLDER_RUN[:6], "--max-steps", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "warning: the data has one class ('cat')" in out, out
+    two = _write_folder(tmp_path / "two", per_class=4)
+    rc = cli.main(["train", "--no-progress", "--data", two, "--num-classes", "2", *FOLDER_RUN[:6], "--max-steps", "1"])
+    out = capsys.readouterr().out
+    assert rc == 0 and "warning: the data has one class" not in out, out
