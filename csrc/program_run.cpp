@@ -11,7 +11,7 @@
 //
 // _program_make(nslots, out, steps) -> capsule, or None when a step is not of the kind below
 //   steps: tuple of (qualified op name "ns::name", overload name, args, slots, outs, prepack, frees)
-//     args: tuple of constants (Tensor, int, int list, float, bool, Scalar, dtype, None) for the first positional
+//     args: tuple of constants (Tensor, int, int list, float, bool, Scalar, dtype, memory format, layout, None) for the first positional
 //           arguments of the op's schema (None where `slots` puts a tensor of this forward); the
 //           schema's defaults for the rest
 //     slots: tuple of (argument position, slot); outs: tuple of slots the op's returned tensors
@@ -27,6 +27,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/csrc/Dtype.h>
 #include <torch/csrc/Exceptions.h>
+#include <torch/csrc/Layout.h>
+#include <torch/csrc/MemoryFormat.h>
 #include <torch/csrc/autograd/python_variable.h>
 
 #include <optional>
@@ -75,8 +77,17 @@ bool constant(PyObject* o, const c10::TypePtr& t, c10::IValue* v) {
       *v = o == Py_True;
       return true;
     case c10::TypeKind::IntType: {
-      if (THPDtype_Check(o)) {  // ScalarType: an int in the schema's (fake) type
+      // ScalarType, MemoryFormat, Layout: ints in the schema's (fake) types
+      if (THPDtype_Check(o)) {
         *v = static_cast<int64_t>(reinterpret_cast<THPDtype*>(o)->scalar_type);
+        return true;
+      }
+      if (THPMemoryFormat_Check(o)) {
+        *v = static_cast<int64_t>(reinterpret_cast<THPMemoryFormat*>(o)->memory_format);
+        return true;
+      }
+      if (THPLayout_Check(o)) {
+        *v = static_cast<int64_t>(reinterpret_cast<THPLayout*>(o)->layout);
         return true;
       }
       if (!PyLong_Check(o) || PyBool_Check(o)) return false;

@@ -296,6 +296,40 @@ def test_cpp_replay_equals_the_python_replay(dtype, autocast, monkeypatch):
     assert rel_err(y_cpp.float(), ref.float()) <= (1e-4 if dtype != torch.bfloat16 and not autocast else 0.1)
 
 
+def test_cpp_replay_for_every_input_layout_and_concurrent_threads():
+    """An NCHW input's program starts with a clone to channels_last (a memory_format keyword):
+    replayed in C++ too.  The C++ replay runs without the GIL: three threads replaying programs of
+    several signatures at once give the bits of the sequential calls."""
+    import random
+    import threading
+    _, ours = fresh()
+    xs = [make_input(b, 3, SIZE, SIZE, seed=20 + b) for b in (1, 2)]
+    xs += [x.contiguous(memory_format=torch.channels_last) for x in xs]
+    for x in xs:
+        warm(ours, x)
+    progs = ours.__dict__[cpu_program.PROGRAMS_ATTR].by_sig
+    assert len(progs) == 4 and all(p is not None and p.cpp is not None for p in progs.values())
+    refs = [call(ours, x) for x in xs]
+    mismatches, errors = [], []
+
+    def work(k):
+        try:
+            r = random.Random(k)
+            for _ in range(12):
+                j = r.randrange(len(xs))
+                if not torch.equal(call(ours, xs[j]), refs[j]):
+                    mismatches.append(j)
+        except Exception as e:  # noqa: BLE001  (reported below)
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and not mismatches, (errors, mismatches)
+
+
 def _aten_step(op, template, slots, outs, kwargs=None):
     return (op, tuple(template), tuple(slots), (), kwargs or {}, tuple(outs), False)
 
