@@ -53,8 +53,8 @@ def _prepacking() -> bool:
 
 
 # Replay in C++ (csrc/program_run.cpp) where every step's arguments are tensors, scalars, int
-# lists, dtypes, memory formats and layouts, as the fused model's programs' are; False: the Python loop below (tests
-# compare both).
+# lists, dtypes, memory formats and layouts, as the fused model's programs' are; False: the
+# Python loop below (tests compare both).
 CPP_REPLAY = True
 
 

@@ -31,10 +31,8 @@ def check_writable(path: str, flag: str) -> None:
 
 
 def _first_file(folder: str) -> str:
-    """The first existing non-folder on the way down to ``folder``."""
+    """The nearest existing path at or above ``folder`` (the file that blocks it)."""
     p = folder
-    parts = []
     while p and not os.path.exists(p):
-        parts.append(p)
         p = os.path.dirname(p)
     return p
