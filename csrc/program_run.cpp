@@ -11,9 +11,9 @@
 //
 // _program_make(nslots, out, steps) -> capsule, or None when a step is not of the kind below
 //   steps: tuple of (qualified op name "ns::name", overload name, args, slots, outs, prepack, frees)
-//     args: tuple of constants (Tensor, int, int list, float, bool, Scalar, dtype, memory format, layout, None) for the first positional
-//           arguments of the op's schema (None where `slots` puts a tensor of this forward); the
-//           schema's defaults for the rest
+//     args: tuple of constants (Tensor, int, int list, float, bool, Scalar, dtype, memory format,
+//           layout, None) for the first positional arguments of the op's schema (None where
+//           `slots` puts a tensor of this forward); the schema's defaults for the rest
 //     slots: tuple of (argument position, slot); outs: tuple of slots the op's returned tensors
 //     go to; prepack: bool (this thread's weight-prepacking setting for the call); frees: tuple of
 //     slots released after the step.  Slot 0 is the input.
@@ -61,7 +61,8 @@ void destroy(PyObject* capsule) { delete static_cast<Program*>(PyCapsule_GetPoin
 // The IValue of a constant argument for a schema argument of type `t`; false where the pair is
 // not one a program holds (the caller then keeps the Python replay).
 bool constant(PyObject* o, const c10::TypePtr& t, c10::IValue* v) {
-  const c10::TypePtr& real = t->kind() == c10::TypeKind::OptionalType ? t->castRaw<c10::OptionalType>()->getElementType() : t;
+  const c10::TypePtr& real =
+      t->kind() == c10::TypeKind::OptionalType ? t->castRaw<c10::OptionalType>()->getElementType() : t;
   if (o == Py_None) {
     if (t->kind() != c10::TypeKind::OptionalType) return false;
     *v = c10::IValue();
@@ -158,7 +159,8 @@ bool make_step(PyObject* t, int64_t nslots, Step* s) {
   PyObject* overload = PyTuple_GET_ITEM(t, 1);
   PyObject* args = PyTuple_GET_ITEM(t, 2);
   PyObject* slots = PyTuple_GET_ITEM(t, 3);
-  if (!PyUnicode_Check(name) || !PyUnicode_Check(overload) || !PyTuple_Check(args) || !PyTuple_Check(slots)) return false;
+  if (!PyUnicode_Check(name) || !PyUnicode_Check(overload) || !PyTuple_Check(args) || !PyTuple_Check(slots))
+    return false;
   const char* n = PyUnicode_AsUTF8(name);
   const char* ov = PyUnicode_AsUTF8(overload);
   if (n == nullptr || ov == nullptr) {
