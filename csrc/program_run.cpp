@@ -58,6 +58,18 @@ constexpr const char* kCapsule = "googlenet_fast.cpu_program";
 
 void destroy(PyObject* capsule) { delete static_cast<Program*>(PyCapsule_GetPointer(capsule, kCapsule)); }
 
+// A Python int (not a bool) that fits int64_t; false (no Python error left set) otherwise.
+bool to_int64(PyObject* o, int64_t* out) {
+  if (!PyLong_Check(o) || PyBool_Check(o)) return false;
+  const long long i = PyLong_AsLongLong(o);
+  if (i == -1 && PyErr_Occurred()) {
+    PyErr_Clear();
+    return false;
+  }
+  *out = static_cast<int64_t>(i);
+  return true;
+}
+
 // The IValue of a constant argument for a schema argument of type `t`; false where the pair is
 // not one a program holds (the caller then keeps the Python replay).
 bool constant(PyObject* o, const c10::TypePtr& t, c10::IValue* v) {
@@ -91,13 +103,9 @@ bool constant(PyObject* o, const c10::TypePtr& t, c10::IValue* v) {
         *v = static_cast<int64_t>(reinterpret_cast<THPLayout*>(o)->layout);
         return true;
       }
-      if (!PyLong_Check(o) || PyBool_Check(o)) return false;
-      const long long i = PyLong_AsLongLong(o);
-      if (i == -1 && PyErr_Occurred()) {
-        PyErr_Clear();
-        return false;
-      }
-      *v = static_cast<int64_t>(i);
+      int64_t i;
+      if (!to_int64(o, &i)) return false;
+      *v = i;
       return true;
     }
     case c10::TypeKind::SymIntType:
@@ -145,9 +153,9 @@ bool constant(PyObject* o, const c10::TypePtr& t, c10::IValue* v) {
 bool int_tuple(PyObject* o, std::vector<int64_t>* out) {
   if (!PyTuple_Check(o)) return false;
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(o); ++i) {
-    PyObject* e = PyTuple_GET_ITEM(o, i);
-    if (!PyLong_Check(e)) return false;
-    out->push_back(PyLong_AsLongLong(e));
+    int64_t e;
+    if (!to_int64(PyTuple_GET_ITEM(o, i), &e)) return false;
+    out->push_back(e);
   }
   return true;
 }
@@ -183,11 +191,10 @@ bool make_step(PyObject* t, int64_t nslots, Step* s) {
   std::vector<bool> is_slot(nargs, false);
   for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(slots); ++i) {
     PyObject* p = PyTuple_GET_ITEM(slots, i);
-    if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 2 || !PyLong_Check(PyTuple_GET_ITEM(p, 0)) ||
-        !PyLong_Check(PyTuple_GET_ITEM(p, 1)))
+    int64_t pos, slot;
+    if (!PyTuple_Check(p) || PyTuple_GET_SIZE(p) != 2 || !to_int64(PyTuple_GET_ITEM(p, 0), &pos) ||
+        !to_int64(PyTuple_GET_ITEM(p, 1), &slot))
       return false;
-    const long long pos = PyLong_AsLongLong(PyTuple_GET_ITEM(p, 0));
-    const long long slot = PyLong_AsLongLong(PyTuple_GET_ITEM(p, 1));
     if (pos < 0 || pos >= nargs || slot < 0 || slot >= nslots || is_slot[pos]) return false;
     const c10::TypePtr& ft = formals[pos].type();
     const bool tensor = ft->kind() == c10::TypeKind::TensorType ||
@@ -262,9 +269,8 @@ PyObject* py_program_make(PyObject*, PyObject* const* args, Py_ssize_t nargs) {
     return nullptr;
   }
   auto p = std::make_unique<Program>();
-  p->nslots = PyLong_AsLongLong(args[0]);
-  p->out = PyLong_AsLongLong(args[1]);
-  if (p->nslots < 1 || p->out < 0 || p->out >= p->nslots) {
+  if (!to_int64(args[0], &p->nslots) || !to_int64(args[1], &p->out) || p->nslots < 1 || p->out < 0 ||
+      p->out >= p->nslots) {
     PyErr_SetString(PyExc_ValueError, "_program_make: expected 0 <= out < nslots");
     return nullptr;
   }

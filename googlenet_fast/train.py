@@ -664,7 +664,8 @@ def _train(args, d: Dist, log, t_start: float) -> TrainResult:
         f"{torch.get_num_threads()} threads, {workers} DataLoader workers"
         f"{'' if args.workers is not None else ' (default)'}, amp {s['amp_dtype'] if s['amp'] else 'off'}; "
         f"{s['optimizer']} lr {s['lr']:g} wd {s['weight_decay']:g}, cosine per step, warm-up "
-        f"{s['warmup_steps']}, label smoothing {s['label_smoothing']:g}; {s['epochs']} epoch{'' if s['epochs'] == 1 else 's'} x "
+        f"{s['warmup_steps']}, label smoothing {s['label_smoothing']:g}; {s['epochs']} "
+        f"epoch{'' if s['epochs'] == 1 else 's'} x "
         f"{steps_per_epoch} steps of batch {s['batch_size']}"
         f"{' per process' if d.world_size > 1 else ''}; seed {s['seed']}")
     if kept_memory:

@@ -372,8 +372,12 @@ def test_cpp_replay_declines_what_it_cannot_take():
     assert make(2, 1, (("googlenet_fast::no_such_op", "", (t,), (), (1,), False, ()),)) is None
     assert make(2, 1, (("aten::add", "Tensor", (t, t), ((0, 5),), (1,), False, ()),)) is None  # slot out of range
     assert make(2, 1, (("aten::add", "Tensor", (t,), (), (1,), False, ()),)) is None  # `other` has no default
+    assert make(2, 1, (("aten::add", "Tensor", (t, t), ((2 ** 70, 0),), (1,), False, ()),)) is None  # no int64
+    assert make(2, 1, (("aten::add", "Tensor", (t, t), (), (2 ** 70,), False, ()),)) is None
     with pytest.raises(ValueError, match="out < nslots"):
         make(2, 2, ())
+    with pytest.raises(ValueError, match="out < nslots"):
+        make(2 ** 70, 0, ())
     with pytest.raises(TypeError, match="_program_run"):
         native._C._program_run(object(), t)
 
