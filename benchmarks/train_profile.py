@@ -53,7 +53,7 @@ def classify(name: str, phase: str) -> str:
         return GEMM_FC if phase == "forward" else GEMM_BWD
     if name in ("aten::native_batch_norm", "aten::_native_batch_norm_legit", "aten::var_mean",
                 "aten::_batch_norm_impl_index", "aten::batch_norm", "googlenet_fast::bn_relu_train",
-                "aten::batch_norm_update_stats", "googlenet_fast::bn_relu_apply"):
+                "aten::batch_norm_update_stats", "googlenet_fast::bn_relu_apply", "googlenet_fast::bn_relu_apply_into"):
         return "BatchNorm forward (incl. batch statistics)"
     if name in ("aten::native_batch_norm_backward", "googlenet_fast::bn_relu_backward"):
         return "BatchNorm backward (+ fused ReLU backward)"

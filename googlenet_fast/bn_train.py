@@ -221,6 +221,9 @@ def _backward(ctx, grad_out, *_non_differentiable):
 # Whether eager CPU training runs :func:`inception_bn_relu_train` (False: the op + F.batch_norm
 # composition that torch.compile traces; tests compare a compiled step with that eager twin).
 CPU_FAST_PATH = True
+# The train-mode Inception's BatchNorms through bn_relu_apply_into where it gives ATen's bits
+# (:func:`_apply_into_exact`); False: the cat + native_batch_norm composition (A/B, tests).
+APPLY_INTO = True
 
 
 def cpu_fast_path_applies(x: Tensor) -> bool:
@@ -271,24 +274,114 @@ def _float32_mask_from_pre() -> bool:
     return bool(torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32))
 
 
+def _apply_into_exact(m: Tensor, gammas: Tensor, bns) -> bool:
+    """Whether the Inception's BatchNorms may run as ATen's statistics + ``bn_relu_apply_into``
+    with ATen's bits: float32 activations and parameters where ATen's float32 apply is the fma
+    the op computes (``bn_relu_mask_from_pre(torch.float32)``), or bfloat16 activations with
+    float32 parameters (autocast) where the exact bfloat16 apply is on."""
+    params = [gammas] + [t for bn in bns for t in (bn.running_mean, bn.running_var)]
+    if not APPLY_INTO or not all(t is not None and t.dtype == torch.float32 for t in params):
+        return False
+    if m.dtype == torch.float32:
+        return _float32_mask_from_pre()
+    return m.dtype == torch.bfloat16 and bool(torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
+
+
+def _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
+    """The Inception's six train-mode BatchNorm + ReLUs from where the convolutions left their
+    outputs (see :func:`_apply_into_exact` for when): ATen's statistics per convolution output
+    (``batch_norm_update_stats``: the merged 1x1 output ``m`` once for its three BatchNorms, the
+    KxK and pool-projection outputs each; a channel's statistics do not depend on its
+    neighbours), then ``bn_relu_apply_into``: the reduce channels of ``m`` -> the KxK convolutions'
+    dense inputs; ``m``'s branch-1 channels and the three other outputs -> the concatenated
+    output.  No cat of the pre-BN outputs, no separate ReLU pass; the same bits as
+    :func:`_bn_relu_cat`."""
+    gf = torch.ops.googlenet_fast
+    c1, r3, c3, r5, c5, cp = sizes
+    n, _, h, w = m.shape
+    cl = torch.channels_last
+    m_bns = (bns[0], bns[1], bns[3])
+    rm = torch.cat([bn.running_mean for bn in m_bns])
+    rv = torch.cat([bn.running_var for bn in m_bns])
+    mean_m, var_m = torch.batch_norm_update_stats(m, rm, rv, momentum)
+    for bn, a, v in zip(m_bns, rm.split([c1, r3, r5]), rv.split([c1, r3, r5])):
+        bn.running_mean.copy_(a)
+        bn.running_var.copy_(v)
+    act3, act5 = (torch.empty((n, c, h, w), dtype=m.dtype, memory_format=cl) for c in (r3, r5))
+    gamma_r, beta_r = torch.cat([g[1], g[3]]), torch.cat([b[1], b[3]])
+    mean_r = mean_m[c1:]
+    invstd_r = gf.bn_relu_apply_into([m[:, c1:]], mean_r, var_m[c1:], gamma_r, beta_r, eps, [act3, act5])
+    y3 = F.conv2d(act3, w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
+    y5 = F.conv2d(act5, w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
+    stats = [torch.batch_norm_update_stats(t, bn.running_mean, bn.running_var, momentum)
+             for t, bn in ((y3, bns[2]), (y5, bns[4]), (yp, bns[5]))]
+    mean_o = torch.cat([mean_m[:c1]] + [s[0] for s in stats])
+    var_o = torch.cat([var_m[:c1]] + [s[1] for s in stats])
+    gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
+    pre_o = (m[:, :c1], y3, y5, yp)
+    y = torch.empty((n, c1 + c3 + c5 + cp, h, w), dtype=m.dtype, memory_format=cl)
+    invstd_o = gf.bn_relu_apply_into(list(pre_o), mean_o, var_o, gamma_o, beta_o, eps, [y])
+    return y, (act3, act5, mean_o, invstd_o, gamma_o, beta_o, mean_r, invstd_r, gamma_r, beta_r, (True, True),
+               pre_o)
+
+
+def _bn_relu_cat(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
+    """The Inception's six train-mode BatchNorm + ReLUs where :func:`_apply_into_exact` does not
+    hold (float64, mixed parameter dtypes): ATen's ``native_batch_norm`` (through
+    :func:`_bn_relu_forward`) on dense copies of the reduce channels and on the concatenated
+    pre-BN outputs."""
+    c1, r3, c3, r5, c5, cp = sizes
+    cl = torch.channels_last
+    # The reduce branches' BatchNorm (ATen's, running statistics included) + ReLU in place:
+    # the KxK convolutions' dense inputs, saved for their wgrad.
+    acts, red_stats = [], []
+    for lo, hi, i in ((c1, c1 + r3, 1), (c1 + r3, c1 + r3 + r5, 3)):
+        # (a dense copy first: ATen's batch_norm on a channel slice is ~4x slower than the copy
+        # and the batch_norm of the dense tensor together)
+        a, mean, invstd, mb = _bn_relu_forward(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
+                                               bns[i].running_mean, bns[i].running_var, momentum, eps)
+        acts.append(a.contiguous(memory_format=cl))
+        red_stats.append((mean, invstd, mb))
+    y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
+    y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
+    gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
+    # ONE BatchNorm over all output channels: ATen's (its float32 rounding is torchvision's:
+    # a ReLU input near 0 goes the same way), its running statistics concatenated.
+    out = torch.cat([m[:, :c1], y3, y5, yp], 1)
+    out_bns = (bns[0], bns[2], bns[4], bns[5])
+    running_mean = torch.cat([bn.running_mean for bn in out_bns])
+    running_var = torch.cat([bn.running_var for bn in out_bns])
+    y, mean_o, invstd_o, mask_beta_o = _bn_relu_forward(out, gamma_o, beta_o, running_mean, running_var,
+                                                        momentum, eps)
+    osizes = [c1, c3, c5, cp]
+    for bn, rm, rv in zip(out_bns, running_mean.split(osizes), running_var.split(osizes)):
+        bn.running_mean.copy_(rm)
+        bn.running_var.copy_(rv)
+    mask_from_pre = (mask_beta_o is not None, red_stats[0][2] is not None and red_stats[1][2] is not None)
+    mean_r = torch.cat([red_stats[0][0], red_stats[1][0]])
+    invstd_r = torch.cat([red_stats[0][1], red_stats[1][1]])
+    return y, (acts[0], acts[1], mean_o, invstd_o, gamma_o, beta_o, mean_r, invstd_r, torch.cat([g[1], g[3]]),
+               torch.cat([b[1], b[3]]), mask_from_pre, (out,))
+
 class _InceptionBnReluTrain(torch.autograd.Function):
     """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
 
     Every convolution runs through oneDNN as torchvision's do (``F.conv2d`` forward,
     ``aten.convolution_backward`` dgrad + wgrad, channels_last); the forward's BatchNorms are
     ATen's bits (their rounding is torchvision's, so a ReLU input near 0 goes the same way:
-    ATen's ops, or for bfloat16 ATen's statistics and the extension's exact apply + ReLU, see
-    :func:`_bn_relu_forward`); the backward between the convolutions is the extension's
+    ATen's statistics and the extension's exact apply + ReLU from the convolutions' outputs where
+    they lie, :func:`_bn_relu_pieces`, or ATen's ops, :func:`_bn_relu_cat`); the backward
+    between the convolutions is the extension's
     ``bn_relu_backward`` (csrc/cpu/bn_relu_train_cpu.cpp; bfloat16: its ReLU mask recomputed
     from the pre-BatchNorm values, y not read).
 
     Forward: ONE 1x1 convolution for the three sibling 1x1s (x read once, weights concatenated)
     -> ``m``; the max pool with its argmax as one-byte taps (``max_pool2d_tap``, saved: no
     recompute in backward) and the pool projection; BatchNorm + ReLU of the two reduce branches
-    (:func:`_bn_relu_forward`; dense activations, saved for the KxK wgrad); the two KxK
-    convolutions; the four pre-BN branch outputs concatenated and ONE BatchNorm + ReLU over all
-    output channels.  Running statistics of all six BatchNorms as nn.BatchNorm2d's (ATen updates
-    them).
+    (dense activations, saved for the KxK wgrad); the two KxK convolutions; ONE BatchNorm + ReLU
+    over all output channels, written into the concatenated output (from the four pre-BN branch
+    outputs where they lie, or from their cat).  Running statistics of all six BatchNorms as
+    nn.BatchNorm2d's (ATen updates them).
 
     Backward: ``bn_relu_backward`` over all output channels (ReLU mask and BatchNorm backward in
     two passes) writes branch 1's gradient into the first columns of the merged 1x1 gradient
@@ -310,43 +403,23 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         # the pool branch's max pool with one-byte argmax taps (googlenet_fast/pool_train.py)
         pooled, tap = torch.ops.googlenet_fast.max_pool2d_tap(x, 3, 1, 1, True)
         yp = F.conv2d(pooled, wp).contiguous(memory_format=cl)
-        # The reduce branches' BatchNorm (ATen's, running statistics included) + ReLU in place:
-        # the KxK convolutions' dense inputs, saved for their wgrad.
-        acts, red_stats = [], []
-        for lo, hi, i in ((c1, c1 + r3, 1), (c1 + r3, c1 + r3 + r5, 3)):
-            # (a dense copy first: ATen's batch_norm on a channel slice is ~4x slower than the copy
-            # and the batch_norm of the dense tensor together)
-            a, mean, invstd, mb = _bn_relu_forward(m[:, lo:hi].contiguous(memory_format=cl), g[i], b[i],
-                                                   bns[i].running_mean, bns[i].running_var, momentum, eps)
-            acts.append(a.contiguous(memory_format=cl))
-            red_stats.append((mean, invstd, mb))
-        y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
-        y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
-        gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
-        # ONE BatchNorm over all output channels: ATen's (its float32 rounding is torchvision's:
-        # a ReLU input near 0 goes the same way), its running statistics concatenated.
-        out = torch.cat([m[:, :c1], y3, y5, yp], 1)
-        out_bns = (bns[0], bns[2], bns[4], bns[5])
-        running_mean = torch.cat([bn.running_mean for bn in out_bns])
-        running_var = torch.cat([bn.running_var for bn in out_bns])
-        y, mean_o, invstd_o, mask_beta_o = _bn_relu_forward(out, gamma_o, beta_o, running_mean, running_var,
-                                                            momentum, eps)
-        osizes = [c1, c3, c5, cp]
-        for bn, rm, rv in zip(out_bns, running_mean.split(osizes), running_var.split(osizes)):
-            bn.running_mean.copy_(rm)
-            bn.running_var.copy_(rv)
+        if _apply_into_exact(m, gammas, bns):
+            y, saved = _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum)
+        else:
+            y, saved = _bn_relu_cat(m, yp, w3, w5, sizes, g, b, bns, eps, momentum)
+        (act3, act5, mean_o, invstd_o, gamma_o, beta_o, mean_r, invstd_r, gamma_r, beta_r, mask_from_pre,
+         pre_o) = saved
         ctx.sizes = sizes
         # the betas for bn_relu_backward's mask from pre where the forward computed y exactly so
-        ctx.mask_from_pre = (mask_beta_o is not None, red_stats[0][2] is not None and red_stats[1][2] is not None)
-        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, tap, acts[0], acts[1], out, y,
-                              mean_o, invstd_o, gamma_o, beta_o, red_stats[0][0], red_stats[0][1], g[1], b[1],
-                              red_stats[1][0], red_stats[1][1], g[3], b[3])
+        ctx.mask_from_pre = mask_from_pre
+        ctx.save_for_backward(x, w3, w5, wp, wm, m, pooled, tap, act3, act5, y, mean_o, invstd_o, gamma_o, beta_o,
+                              mean_r, invstd_r, gamma_r, beta_r, *pre_o)
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (x, w3, w5, wp, wm, m, pooled, tap, act3, act5, out, y, mean_o, invstd_o, gamma_o, beta_o,
-         mean3, invstd3, gamma3, beta3, mean5, invstd5, gamma5, beta5) = ctx.saved_tensors
+        (x, w3, w5, wp, wm, m, pooled, tap, act3, act5, y, mean_o, invstd_o, gamma_o, beta_o,
+         mean_r, invstd_r, gamma_r, beta_r, *pre_o) = ctx.saved_tensors
         aten = torch.ops.aten
         gf = torch.ops.googlenet_fast
         c1, r3, c3, r5, c5, cp = ctx.sizes
@@ -360,15 +433,14 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         # (beta: the ReLU mask recomputed from the pre-BatchNorm values where ATen's forward
         # arithmetic is reproduced exactly, instead of reading y; csrc/cpu/bn_relu_train_cpu.cpp)
         out_pre, red_pre = ctx.mask_from_pre
-        gg_o, gb_o = gf.bn_relu_backward([gy], [y], [out], mean_o, invstd_o, gamma_o,
+        gg_o, gb_o = gf.bn_relu_backward([gy], [y], pre_o, mean_o, invstd_o, gamma_o,
                                          [da[:, :c1], g2, g3, g4], beta_o if out_pre else None)
         da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
         da5, gw5, _ = aten.convolution_backward(g3, act5, w5, None, [1, 1], [w5.shape[-1] // 2] * 2, [1, 1],
                                                 False, [0, 0], 1, [True, True, False])
-        gg_r, gb_r = gf.bn_relu_backward([da3, da5], [act3, act5], [m[:, c1:]], torch.cat([mean3, mean5]),
-                                         torch.cat([invstd3, invstd5]), torch.cat([gamma3, gamma5]), [da[:, c1:]],
-                                         torch.cat([beta3, beta5]) if red_pre else None)
+        gg_r, gb_r = gf.bn_relu_backward([da3, da5], [act3, act5], [m[:, c1:]], mean_r, invstd_r, gamma_r,
+                                         [da[:, c1:]], beta_r if red_pre else None)
         gx, gwm, _ = aten.convolution_backward(da, x, wm, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
                                                [need_x, True, False])
         dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
@@ -412,8 +484,9 @@ class _BnReluTrain(torch.autograd.Function):
 
 
 class _BnReluMaxPoolTrain(torch.autograd.Function):
-    """``max_pool2d(relu(batch_norm(pre)))`` with batch statistics as one autograd node, bfloat16
-    only (exact apply on): ATen's statistics, then ``max_pool2d_tap_bn_relu`` computes each
+    """``max_pool2d(relu(batch_norm(pre)))`` with batch statistics as one autograd node, float32
+    or bfloat16 where the extension's apply gives ATen's bits (see
+    :func:`bn_relu_max_pool_train_applies`): ATen's statistics, then ``max_pool2d_tap_bn_relu`` computes each
     window value as ``bn_relu_apply`` would and pools it, so relu(batch_norm(pre)) is never
     written; backward: the pool's gradient through the saved taps, then ``bn_relu_backward`` with
     the ReLU mask recomputed from ``pre``.  The same bits as ``bn_relu_train`` + the tap max pool."""
@@ -443,17 +516,24 @@ class _BnReluMaxPoolTrain(torch.autograd.Function):
 
 def bn_relu_max_pool_train_applies(pre: Tensor, bn: nn.BatchNorm2d) -> bool:
     """Whether :func:`bn_relu_max_pool_train` computes ``pool(bn_relu_train(pre, bn))`` for
-    ``pre``: bfloat16 channels_last, float32 BatchNorm parameters and running statistics
-    (autocast), and the exact bfloat16 apply on (``bn_relu_bf16_exact_apply()``)."""
-    return (pre.device.type == "cpu" and _autocast_bf16_bn(pre, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-            and pre.is_contiguous(memory_format=torch.channels_last)
-            and torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
+    ``pre``: channels_last on the CPU, float32 BatchNorm parameters and running statistics, and
+    the extension's apply giving ATen's bits for pre's dtype: bfloat16 (autocast) where
+    ``bn_relu_bf16_exact_apply()``, float32 where ``bn_relu_mask_from_pre(torch.float32)``;
+    :data:`APPLY_INTO` set."""
+    if not (APPLY_INTO and pre.device.type == "cpu" and pre.is_contiguous(memory_format=torch.channels_last)
+            and bn.running_mean is not None and bn.running_var is not None
+            and all(t is not None and t.dtype == torch.float32
+                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))):
+        return False
+    if pre.dtype == torch.float32:
+        return _float32_mask_from_pre()
+    return pre.dtype == torch.bfloat16 and bool(torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
 
 
 def bn_relu_max_pool_train(pre: Tensor, bn: nn.BatchNorm2d, window) -> Tensor:
     """``F.max_pool2d(relu(bn(pre)), *window)`` for a train-mode ``nn.BatchNorm2d`` as one
     autograd node where :func:`bn_relu_max_pool_train_applies` (the stem's conv1 -> maxpool1 and
-    conv3 -> maxpool2 under bf16 autocast): relu(bn(pre)) is never written (its write and the
+    conv3 -> maxpool2, float32 or under bf16 autocast): relu(bn(pre)) is never written (its write and the
     pool's read of it saved).  ``window``: (kernel, stride, padding, ceil_mode) as
     :func:`googlenet_fast.pool_train.pool_window` gives it.  Updates ``bn``'s running statistics
     and num_batches_tracked as ``bn(pre)`` would; values, taps and gradients are those of
@@ -515,6 +595,10 @@ def _register():
         @torch.library.register_fake("googlenet_fast::bn_relu_apply")
         def _fake_bn_relu_apply(x, mean, var, gamma, beta, eps):
             return torch.empty_like(x), torch.empty_like(mean)
+
+        @torch.library.register_fake("googlenet_fast::bn_relu_apply_into")
+        def _fake_bn_relu_apply_into(xs, mean, var, gamma, beta, eps, outs):
+            return torch.empty_like(mean)
 
         @torch.library.register_fake("googlenet_fast::bn_relu_backward")
         def _fake_bn_relu_backward(grads, y, pre, mean, invstd, gamma, outs, beta=None):

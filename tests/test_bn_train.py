@@ -544,22 +544,30 @@ def test_bf16_exact_apply_is_on_with_avx512():
         assert not on
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,window", [((4, 64, 28, 28), (3, 2, 0, True)), ((2, 37, 9, 11), (3, 2, 0, True)),
                                           ((3, 20, 7, 7), (3, 1, 1, True)), ((2, 5, 6, 6), (2, 2, 0, False))])
-def test_bn_relu_max_pool_train_equals_the_two_nodes_bf16(shape, window):
+def test_bn_relu_max_pool_train_equals_the_two_nodes(shape, window, dtype):
     """bn_relu_max_pool_train (the pool reads relu(batch_norm(pre)) computed in its window scan)
     == bn_relu_train followed by the tap max pool: pooled values, every gradient, running
     statistics and num_batches_tracked bit for bit (stem windows 3/2/0 ceil, a padded stride-1
-    window, channel tails)."""
+    window, channel tails).  float32: bn_relu_train's forward is ATen's native_batch_norm +
+    relu_, so this also holds the op's fma to ATen's float32 apply."""
     import copy
     from googlenet_fast import pool_train
-    if not torch.ops.googlenet_fast.bn_relu_bf16_exact_apply():
+    exact = (torch.ops.googlenet_fast.bn_relu_bf16_exact_apply() if dtype == torch.bfloat16
+             else torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32))
+    if not exact:
         with pytest.raises(ValueError, match="exact"):
             x, *_ = _bf16_case(shape, seed=1)
+            x = x.to(dtype)
             m, v = torch.batch_norm_update_stats(x, torch.zeros(shape[1]), torch.ones(shape[1]), 0.1)
             torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(x, m, v, m, m, 1e-3, 3, 2, 0, True)
         return
     x, gamma, beta, rm, rv = _bf16_case(shape, seed=shape[1])
+    if dtype == torch.float32:  # bfloat16 values widened, then a float32 tail (more mantissa bits)
+        x = (x.float() + torch.randn(x.shape, generator=torch.Generator().manual_seed(9)) * 1e-3).contiguous(
+            memory_format=torch.channels_last)
     bn = torch.nn.BatchNorm2d(shape[1], eps=1e-3)
     with torch.no_grad():
         bn.weight.copy_(gamma)
@@ -574,7 +582,7 @@ def test_bn_relu_max_pool_train_equals_the_two_nodes_bf16(shape, window):
     assert y1.grad_fn is not None and "BnReluMaxPool" in type(y1.grad_fn).__name__
     assert torch.equal(_bits(y1), _bits(y2))
     g = torch.Generator().manual_seed(5)
-    gy = torch.randn(y1.shape, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    gy = torch.randn(y1.shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
     y1.backward(gy)
     y2.backward(gy)
     for a, b in ((pre1.grad, pre2.grad), (bn.weight.grad, bn2.weight.grad), (bn.bias.grad, bn2.bias.grad),
@@ -623,7 +631,144 @@ def test_opcheck_max_pool2d_tap_bn_relu():
     if torch.ops.googlenet_fast.bn_relu_bf16_exact_apply():
         torch.library.opcheck(torch.ops.googlenet_fast.max_pool2d_tap_bn_relu.default, args)
     else:
-        with pytest.raises(ValueError, match="bn_relu_bf16_exact_apply"):
+        with pytest.raises(ValueError, match="bn_relu_mask_from_pre"):
             torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(*args)
-    with pytest.raises(ValueError, match="channels_last bfloat16"):
-        torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(x.float(), *args[1:])
+    with pytest.raises(ValueError, match="channels_last float32 or bfloat16"):
+        torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(x.double(), *args[1:])
+    with pytest.raises(ValueError, match="channels_last float32 or bfloat16"):
+        torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(x.contiguous(), *args[1:])
+    if torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32):
+        xf = x.float().contiguous(memory_format=torch.channels_last)
+        torch.library.opcheck(torch.ops.googlenet_fast.max_pool2d_tap_bn_relu.default, (xf,) + args[1:])
+
+
+# ------------------------------------------------------------------------------------------------
+# bn_relu_apply_into: the train-mode Inception's BatchNorm + ReLU from where the convolutions
+# left their outputs (no cat of the pre-BatchNorm outputs, no separate ReLU pass).
+
+
+def _apply_into_exact(dtype):
+    gf = torch.ops.googlenet_fast
+    return bool(gf.bn_relu_bf16_exact_apply() if dtype == torch.bfloat16 else gf.bn_relu_mask_from_pre(dtype))
+
+
+def _apply_formula(x, mean, invstd, gamma, beta):
+    """relu(fma(x, alpha, fma(-mean, alpha, beta))), alpha = invstd * gamma, rounded to x's dtype
+    through float32: float32 products are exact in float64, so the float64 sums rounded to float32
+    are the fmas (barring a double-rounding tie, absent from these seeded inputs)."""
+    sh = (1, -1, 1, 1)
+    alpha = invstd * gamma
+    b = (-mean.double() * alpha.double() + beta.double()).float()
+    v = (x.double() * alpha.double().view(sh) + b.double().view(sh)).float().to(x.dtype)
+    return torch.where(v.float() < 0, torch.zeros_like(v), v)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_bn_relu_apply_into_equals_aten_on_the_cat(dtype):
+    """Statistics of each piece (batch_norm_update_stats; one of them a channel slice's parent,
+    read whole) + bn_relu_apply_into from the pieces into one output: the op's formula bit for bit
+    (AVX-512 or portable loop), invstd ATen's; where the extension's apply is ATen's (always on an
+    AVX-512 CPU with this ATen, the switch the model checks) == ATen's native_batch_norm
+    (training) + relu_ on the concatenated tensor: output, mean, invstd, running statistics (channel
+    counts with tails: 37, 5, 20; a channel-slice input; zeros and -0.0)."""
+    parent, g0, b0, rm0, rv0 = _bf16_case((2, 45, 6, 7), seed=11)
+    a, g1, b1, rm1, rv1 = _bf16_case((2, 5, 6, 7), seed=12)
+    b, g2, b2, rm2, rv2 = _bf16_case((2, 20, 6, 7), seed=13)
+    noise = torch.Generator().manual_seed(3)
+    parent, a, b = ((t.float() + torch.randn(t.shape, generator=noise) * 1e-3).to(dtype).contiguous(
+        memory_format=torch.channels_last) if dtype == torch.float32 else t for t in (parent, a, b))
+    sl = parent[:, :37]  # the branch-1 channels of the merged 1x1 output
+    gamma, beta = torch.cat([g0[:37], g1, g2]), torch.cat([b0[:37], b1, b2])
+    rm, rv = torch.cat([rm0[:37], rm1, rm2]), torch.cat([rv0[:37], rv1, rv2])
+    cat = torch.cat([sl, a, b], 1)
+    y_ref, mean_ref, invstd_ref = torch.native_batch_norm(cat, gamma, beta, rm, rv, True, 0.1, 1e-3)
+    y_ref = y_ref.relu_()
+    stats = [torch.batch_norm_update_stats(parent, rm0, rv0, 0.1), torch.batch_norm_update_stats(a, rm1, rv1, 0.1),
+             torch.batch_norm_update_stats(b, rm2, rv2, 0.1)]
+    mean = torch.cat([stats[0][0][:37], stats[1][0], stats[2][0]])
+    var = torch.cat([stats[0][1][:37], stats[1][1], stats[2][1]])
+    y = torch.empty(cat.shape, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    invstd = torch.ops.googlenet_fast.bn_relu_apply_into([sl, a, b], mean, var, gamma, beta, 1e-3, [y])
+    formula = _apply_formula(cat, mean, invstd, gamma, beta)
+    assert (y == 0).any() and (y > 0).any()
+    for got, want in ((y, formula), (mean, mean_ref), (invstd, invstd_ref),
+                      (torch.cat([rm0[:37], rm1, rm2]), rm), (torch.cat([rv0[:37], rv1, rv2]), rv)):
+        assert torch.equal(_bits(got), _bits(want))
+    if _apply_into_exact(dtype):
+        assert torch.equal(_bits(y), _bits(y_ref))
+    # into several outputs (the reduce branches: one slice in, two dense KxK inputs out)
+    o1, o2 = (torch.empty((2, c, 6, 7), dtype=dtype).contiguous(memory_format=torch.channels_last) for c in (30, 7))
+    torch.ops.googlenet_fast.bn_relu_apply_into([sl], mean[:37], var[:37], gamma[:37], beta[:37], 1e-3, [o1, o2])
+    assert torch.equal(_bits(torch.cat([o1, o2], 1)), _bits(formula[:, :37]))
+
+
+def test_bn_relu_apply_into_argument_errors():
+    f = torch.ops.googlenet_fast.bn_relu_apply_into
+    x = torch.randn(2, 8, 3, 3).contiguous(memory_format=torch.channels_last)
+    v = torch.ones(8)
+    out = torch.empty_like(x)
+    with pytest.raises(ValueError, match="xs: expected float32 or bfloat16"):
+        f([x.double()], v, v, v, v, 1e-3, [out.double()])
+    with pytest.raises(ValueError, match="outs: expected 8 channels"):
+        f([x], v, v, v, v, 1e-3, [out[:, :5]])
+    with pytest.raises(ValueError, match="outs: expected channels_last tensors"):
+        f([x], v, v, v, v, 1e-3, [out.contiguous()])
+    with pytest.raises(ValueError, match="mean, var, gamma, beta"):
+        f([x], v[:3], v, v, v, 1e-3, [out])
+    with pytest.raises(ValueError, match="eps"):
+        f([x], v, v, v, v, -1.0, [out])
+    with pytest.raises(ValueError, match="xs: expected"):
+        f([x, torch.randn(3, 2, 3, 3)], torch.ones(10), torch.ones(10), torch.ones(10), torch.ones(10), 1e-3,
+          [torch.empty(2, 10, 3, 3).contiguous(memory_format=torch.channels_last)])
+
+
+def test_opcheck_bn_relu_apply_into():
+    x = torch.randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last)
+    mean, var = torch.batch_norm_update_stats(x, None, None, 0.1)
+    out = torch.empty_like(x)
+    torch.library.opcheck(torch.ops.googlenet_fast.bn_relu_apply_into.default,
+                          ([x[:, :4], x[:, 4:]], mean, var, torch.ones(6), torch.zeros(6), 1e-3, [out]))
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_train_step_apply_into_switch_changes_no_bit(amp, monkeypatch):
+    """The fused train step with bn_train.APPLY_INTO (statistics per convolution output, the
+    Inception's BatchNorms applied from the pieces, float32 stem BatchNorm + ReLU inside the max
+    pool) and without it (the cat + native_batch_norm composition): the same outputs (main and
+    both aux heads), every gradient, running statistics and num_batches_tracked, bit for bit;
+    float32 and bf16 autocast."""
+    import copy
+    from googlenet_fast import GoogLeNet, bench
+    torch.manual_seed(0)
+    base = GoogLeNet(aux_logits=True, init_weights=True, fused=True).train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).contiguous(
+        memory_format=torch.channels_last)
+    calls = []
+    for name in ("_bn_relu_pieces", "bn_relu_max_pool_train"):
+        real = getattr(bn_train, name)
+        monkeypatch.setattr(bn_train, name, lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    exact = _apply_into_exact(torch.bfloat16 if amp else torch.float32)
+    runs = []
+    for flag in (True, False):
+        calls.clear()
+        bn_train.APPLY_INTO = flag
+        try:
+            model = copy.deepcopy(base)
+            torch.manual_seed(5)  # dropout
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+                out = model(x)
+                loss = bench.train_loss(out, bench.train_labels(2))
+            loss.backward()
+        finally:
+            bn_train.APPLY_INTO = True
+        runs.append((out, model))
+        # on: nine Inception modules from the pieces, the two stem pools with BatchNorm + ReLU
+        expected = 9 * ["_bn_relu_pieces"] + 2 * ["bn_relu_max_pool_train"] if flag and exact else []
+        assert sorted(calls) == sorted(expected)
+    (out_a, ma), (out_b, mb) = runs
+    for a, b in zip(out_a, out_b):
+        assert torch.equal(_bits(a), _bits(b))
+    for (n, p), (_, q) in zip(ma.named_parameters(), mb.named_parameters()):
+        assert torch.equal(_bits(p.grad), _bits(q.grad)), n
+    for (n, p), (_, q) in zip(ma.named_buffers(), mb.named_buffers()):
+        assert torch.equal(p, q), n

@@ -14,6 +14,10 @@ namespace googlenet_fast {
 // bn_relu_train_cpu.cpp).
 bool bn_bf16_exact_apply();
 
+// Whether bn_relu_backward may recompute the ReLU mask from pre for dtype: for float32, whether
+// ATen's float32 apply is fma(x, alpha, fma(-mean, alpha, beta)) and the AVX-512 loops run.
+bool bn_mask_from_pre(at::ScalarType dtype);
+
 // invstd as ATen's InvStd<double> of the biased variance: 1 / sqrt(var + eps) in double, 0 where
 // var and eps are both 0.  var: (C,) float32; returns (C,) float32.
 at::Tensor bn_invstd(const at::Tensor& var, double eps);

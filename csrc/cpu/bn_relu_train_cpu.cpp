@@ -10,6 +10,13 @@
 //   relu(batch_norm(x)) from batch_norm_update_stats' mean and biased var, bit for bit what
 //   native_batch_norm(training) + relu_ give, in one pass instead of two (bfloat16 channels_last
 //   with AVX-512 where exact_apply<bfloat16>(); otherwise ATen's own ops).
+// googlenet_fast::bn_relu_apply_into(xs[], mean, var, gamma, beta, eps, outs[]) -> invstd
+//   y = relu(fma(x, alpha, fma(-mean, alpha, beta))) rounded to x's dtype (float32 or bfloat16),
+//   alpha = invstd * gamma, from channel lists into channel lists: the train-mode Inception's
+//   output BatchNorm reads its four branches' pre-BN outputs where they are (no cat) and writes
+//   the concatenated output; its reduce BatchNorms read their channels of the merged 1x1 output
+//   and write the KxK convolutions' dense inputs.  ATen's bits where bn_relu_mask_from_pre(dtype)
+//   (ATen's apply is that fma: the caller checks it).
 // googlenet_fast::bn_relu_backward(grads[], y[], pre[], mean, invstd, gamma, outs[], beta?) -> (dgamma, dbeta)
 //   the gradient of `pre` (written into `outs`) and of gamma and beta: ATen's threshold_backward
 //   followed by native_batch_norm_backward, in two passes instead of four:
@@ -188,6 +195,19 @@ GF_AVX512_FN void bn_relu_apply_rows_avx512(const c10::BFloat16* x, c10::BFloat1
       v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
       avx512::store16(y + p * C + c, mk, v);
     }
+  }
+}
+// bn_relu_apply_into's row of n channels (float32 or bfloat16): y = relu(round(fma(x, alpha, beta)))
+// with bn_relu_apply_rows_avx512's ReLU (x < 0 ? +0 : x after the rounding: -0 and NaN stay).
+template <typename T>
+GF_AVX512_FN void bn_relu_apply_row_avx512(const T* x, T* y, const float* al, const float* be, int64_t n) {
+  const __m512 zero = _mm512_setzero_ps();
+  for (int64_t c = 0; c < n; c += 16) {
+    const __mmask16 mk = avx512::lanes(n - c);
+    __m512 v = _mm512_fmadd_ps(avx512::load16(x + c, mk), avx512::load16(al + c, mk), avx512::load16(be + c, mk));
+    if constexpr (std::is_same_v<T, c10::BFloat16>) v = avx512::round_bf16(v);
+    v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
+    avx512::store16(y + c, mk, v);
   }
 }
 #pragma GCC diagnostic pop
@@ -489,6 +509,58 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
   return {y, invstd};
 }
 
+
+// ---- forward: BatchNorm apply + ReLU from channel lists into channel lists --------------------------
+// The portable row: the same arithmetic as bn_relu_apply_row_avx512 (one fma, one rounding to T).
+template <typename T>
+void bn_relu_apply_row(const T* x, T* y, const float* al, const float* be, int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const T r = static_cast<T>(std::fma(static_cast<float>(x[c]), al[c], be[c]));
+    y[c] = static_cast<float>(r) < 0.0f ? T(0.0f) : r;
+  }
+}
+
+at::Tensor bn_relu_apply_into_cpu(at::TensorList xs, const at::Tensor& mean, const at::Tensor& var,
+                                  const at::Tensor& gamma, const at::Tensor& beta, double eps, at::TensorList outs) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  TORCH_CHECK_VALUE(!xs.empty() && xs[0].dim() == 4, "xs: expected a list of 4-D (N, Ci, H, W) tensors");
+  const at::Tensor& first = xs[0];
+  TORCH_CHECK_VALUE(first.device().is_cpu(), "xs: expected CPU tensors, got ", first.device());
+  TORCH_CHECK_VALUE(first.scalar_type() == at::kFloat || first.scalar_type() == at::kBFloat16,
+                    "xs: expected float32 or bfloat16 tensors, got ", first.scalar_type());
+  const ChannelList X = channel_list(xs, first, false, "xs"), O = channel_list(outs, first, true, "outs");
+  const int64_t C = X.off.back();
+  TORCH_CHECK_VALUE(O.off.back() == C, "outs: expected ", C, " channels in all (xs'), got ", O.off.back());
+  for (const at::Tensor* v : {&mean, &var, &gamma, &beta})
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
+                      "mean, var, gamma, beta: expected float32 tensors of shape (", C, ",)");
+  TORCH_CHECK_VALUE(eps >= 0, "eps: expected a value >= 0, got ", eps);
+  const at::Tensor invstd = bn_invstd(var, eps);
+  std::vector<float> al, be;
+  bn_alpha_beta(mean, invstd, gamma, beta, al, be);
+  const int64_t P = first.size(0) * first.size(2) * first.size(3);
+  if (P == 0) return invstd;
+  const auto ps = pieces<2>({&X, &O}, first.element_size());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, first.scalar_type(), "bn_relu_apply_into_cpu", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+#if GF_AVX512
+      if (avx512::available()) {
+        for_pixels(P, ps, [&](const Piece<2>& pc, int64_t p) {
+          bn_relu_apply_row_avx512(at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p), al.data() + pc.c0,
+                                   be.data() + pc.c0, pc.c1 - pc.c0);
+        });
+        return;
+      }
+#endif
+      for_pixels(P, ps, [&](const Piece<2>& pc, int64_t p) {
+        bn_relu_apply_row(at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p), al.data() + pc.c0,
+                          be.data() + pc.c0, pc.c1 - pc.c0);
+      });
+    }
+  });
+  return invstd;
+}
+
 }  // namespace
 
 bool bn_bf16_exact_apply() { return exact_apply<c10::BFloat16>(); }
@@ -532,6 +604,9 @@ TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
         "Tensor(a!)[] outs, Tensor? beta=None) -> (Tensor grad_gamma, Tensor grad_beta)");
   // relu(batch_norm(x)) from batch_norm_update_stats' mean and biased var: (y, invstd), ATen's bits
   m.def("bn_relu_apply(Tensor x, Tensor mean, Tensor var, Tensor gamma, Tensor beta, float eps) -> (Tensor y, Tensor invstd)");
+  // relu(fma(x, alpha, beta)) over channel lists, written into channel lists: invstd
+  m.def("bn_relu_apply_into(Tensor[] xs, Tensor mean, Tensor var, Tensor gamma, Tensor beta, float eps, "
+        "Tensor(a!)[] outs) -> Tensor invstd");
   // whether bfloat16 runs the exact apply and the backward's mask from pre (else ATen / y)
   m.def("bn_relu_bf16_exact_apply() -> bool");
   // whether bn_relu_backward recomputes the ReLU mask from pre (given beta) for this dtype
@@ -546,6 +621,7 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CompositeExplicitAutograd, m) {
 TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("bn_relu_backward", &bn_relu_backward_cpu);
   m.impl("bn_relu_apply", &bn_relu_apply_cpu);
+  m.impl("bn_relu_apply_into", &bn_relu_apply_into_cpu);
 }
 
 }  // namespace googlenet_fast

@@ -51,9 +51,10 @@ using avx512::round_bf16;
 using avx512::store16;
 
 // The forward over output rows [begin, end) (row = n * OH + oh), all channels: Y (values) and TP
-// (taps), both channels_last, as tap_forward_rows_impl computes them.  kBnRelu (bfloat16): the
-// pool of relu(batch_norm(X)) instead, each input value first computed as bn_relu_apply computes
-// it (round_bf16(fma(x, al, be)), then x < 0 ? +0 : x), al / be the per-channel alpha and beta.
+// (taps), both channels_last, as tap_forward_rows_impl computes them.  kBnRelu (float32 or
+// bfloat16): the pool of relu(batch_norm(X)) instead, each input value first computed as
+// bn_relu_apply_into computes it (fma(x, al, be), rounded to bfloat16 for bfloat16, then
+// x < 0 ? +0 : x), al / be the per-channel alpha and beta.
 template <typename T, bool kBnRelu = false>
 GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin, int64_t end, int64_t H,
                                    int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
@@ -89,7 +90,8 @@ GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin,
             for (int j = 0; j < kRegs; ++j) {
               __m512 v = load16(src + 16 * j, mk[j]);
               if constexpr (kBnRelu) {
-                v = round_bf16(_mm512_fmadd_ps(v, a[j], b[j]));
+                v = _mm512_fmadd_ps(v, a[j], b[j]);
+                if constexpr (std::is_same_v<T, c10::BFloat16>) v = round_bf16(v);
                 v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), _mm512_setzero_ps());
               }
               const __mmask16 u = _mm512_cmp_ps_mask(v, m[j], _CMP_GT_OQ) | _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);

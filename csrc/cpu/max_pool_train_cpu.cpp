@@ -301,19 +301,22 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
   return {y, tap};
 }
 
-// relu(batch_norm(x)) pooled, without writing relu(batch_norm(x)): bfloat16 channels_last x with
-// float32 statistics where bn_bf16_exact_apply(); the same bits as bn_relu_apply followed by
-// max_pool2d_tap (each window value computed as bn_relu_apply computes it).
+// relu(batch_norm(x)) pooled, without writing relu(batch_norm(x)): channels_last x, bfloat16
+// where bn_bf16_exact_apply() or float32 where bn_mask_from_pre(float32) (ATen's apply is the
+// fma computed here), float32 statistics; the same bits as bn_relu_apply(_into) followed by
+// max_pool2d_tap (each window value computed as they compute it).
 std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_cpu(
     const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var, const at::Tensor& gamma,
     const at::Tensor& beta, double eps, int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_pool_tensor(x, "x");
   check_window(kernel, stride, padding);
-  TORCH_CHECK_VALUE(x.scalar_type() == at::kBFloat16 && x.is_contiguous(at::MemoryFormat::ChannelsLast),
-                    "x: expected a channels_last bfloat16 tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(bn_bf16_exact_apply(), "max_pool2d_tap_bn_relu: needs the exact bfloat16 BatchNorm apply "
-                    "(torch.ops.googlenet_fast.bn_relu_bf16_exact_apply() is False here)");
+  const bool bf16 = x.scalar_type() == at::kBFloat16;
+  TORCH_CHECK_VALUE((bf16 || x.scalar_type() == at::kFloat) && x.is_contiguous(at::MemoryFormat::ChannelsLast),
+                    "x: expected a channels_last float32 or bfloat16 tensor, got ", x.scalar_type());
+  TORCH_CHECK_VALUE(bf16 ? bn_bf16_exact_apply() : bn_mask_from_pre(at::kFloat),
+                    "max_pool2d_tap_bn_relu: needs the exact BatchNorm apply for ", x.scalar_type(),
+                    " (torch.ops.googlenet_fast.bn_relu_mask_from_pre(", x.scalar_type(), ") is False here)");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   for (const at::Tensor* v : {&mean, &var, &gamma, &beta})
     TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
@@ -332,12 +335,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_cpu(
   if (y.numel() == 0) return {y, tap, invstd};
 #if GF_AVX512
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, OW * kernel * kernel * C));
-  const auto* X = x.const_data_ptr<c10::BFloat16>();
-  auto* Y = y.data_ptr<c10::BFloat16>();
   uint8_t* TP = tap.data_ptr<uint8_t>();
-  at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {
-    pool_avx512::tap_forward_rows<c10::BFloat16, true>(X, Y, TP, begin, end, H, W, C, OH, OW, kernel, stride,
-                                                       padding, al.data(), be.data());
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, x.scalar_type(), "max_pool2d_tap_bn_relu_cpu", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+      const auto* X = x.const_data_ptr<scalar_t>();
+      auto* Y = y.data_ptr<scalar_t>();
+      at::parallel_for(0, N * OH, grain, [&](int64_t begin, int64_t end) {
+        pool_avx512::tap_forward_rows<scalar_t, true>(X, Y, TP, begin, end, H, W, C, OH, OW, kernel, stride,
+                                                      padding, al.data(), be.data());
+      });
+    }
   });
 #endif
   return {y, tap, invstd};

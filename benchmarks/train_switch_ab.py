@@ -1,0 +1,74 @@
+#!/usr/bin/env python
+"""A/B of one switch of the fused CPU train path: the train step (``bench.TrainStep``: forward
+with both aux heads, loss, backward, SGD momentum step; 224x224 channels_last, 2 threads) of
+torchvision's model, GoogLeNet(fused=True) with the switch on and with it off, interleaved round
+by round in one process (the same machine load for all three), median and min per step.
+
+    python benchmarks/train_switch_ab.py                       # bn_train.APPLY_INTO, batch 8, float32
+    python benchmarks/train_switch_ab.py --amp --batch 8 32 --rounds 9
+    python benchmarks/train_switch_ab.py --switch CPU_FAST_PATH
+
+The switch is a boolean attribute of googlenet_fast.bn_train, set before each step of its arm.
+Both arms train copies of the same seeded model; before timing, one step of each is checked to
+give the same loss bits (a switch changes speed, never values).
+"""
+import argparse
+import copy
+import statistics
+import time
+
+import torch
+
+from googlenet_fast import bench, bn_train, cpu_alloc
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--switch", default="APPLY_INTO", help="boolean attribute of googlenet_fast.bn_train")
+    p.add_argument("--batch", type=int, nargs="+", default=[8])
+    p.add_argument("--amp", action="store_true", help="torch.autocast('cpu', bfloat16)")
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--threads", type=int, default=2)
+    a = p.parse_args()
+    if not isinstance(getattr(bn_train, a.switch, None), bool):
+        p.error(f"--switch: expected a boolean attribute of googlenet_fast.bn_train, got {a.switch!r}")
+    if any(b < 1 for b in a.batch) or a.rounds < 1 or a.threads < 1:
+        p.error("--batch, --rounds, --threads: expected positive integers")
+    torch.set_num_threads(a.threads)
+    cpu_alloc.keep_freed_memory()  # as bench --mode train
+    nets = bench.build_train_networks(seed=0)
+    arms = {"torchvision": (bench.TrainStep(nets.torchvision, amp=a.amp), None),
+            "fused, on": (bench.TrainStep(copy.deepcopy(nets.fused), amp=a.amp), True),
+            "fused, off": (bench.TrainStep(copy.deepcopy(nets.fused), amp=a.amp), False)}
+
+    def step(name, x):
+        fn, value = arms[name]
+        if value is not None:
+            setattr(bn_train, a.switch, value)
+        torch.manual_seed(0)  # the dropout masks: the same in both fused arms
+        t0 = time.perf_counter()
+        loss = fn(x)
+        return (time.perf_counter() - t0) * 1e3, loss
+
+    print(f"switch bn_train.{a.switch}; {'bf16 autocast' if a.amp else 'float32'}, {a.threads} threads, "
+          f"torch {torch.__version__}; ms per train step, median (min) of {a.rounds} rounds")
+    for b in a.batch:
+        x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(0)).contiguous(
+            memory_format=torch.channels_last)
+        first = {k: step(k, x)[1] for k in arms}
+        if not torch.equal(first["fused, on"], first["fused, off"]):
+            raise SystemExit(f"batch {b}: the two fused arms' first losses differ "
+                             f"({first['fused, on'].item()!r} vs {first['fused, off'].item()!r})")
+        times = {k: [] for k in arms}
+        for _ in range(a.rounds):
+            for k in arms:
+                times[k].append(step(k, x)[0])
+        med = {k: statistics.median(v) for k, v in times.items()}
+        row = ", ".join(f"{k} {med[k]:.1f} ({min(times[k]):.1f})" for k in arms)
+        print(f"batch {b}: {row}; on/off {med['fused, off'] / med['fused, on']:.3f}x faster, "
+              f"torchvision/fused on {med['torchvision'] / med['fused, on']:.3f}x "
+              f"(off {med['torchvision'] / med['fused, off']:.3f}x)", flush=True)
+
+
+if __name__ == "__main__":
+    main()
