@@ -1,16 +1,17 @@
 #!/usr/bin/env python
 """A/B of one switch of the fused CPU train path: the train step (``bench.TrainStep``: forward
-with both aux heads, loss, backward, SGD momentum step; 224x224 channels_last, 2 threads) of
+with both aux heads, loss, backward, SGD momentum step; 224x224 or --image-size, channels_last, 2 threads) of
 torchvision's model, GoogLeNet(fused=True) with the switch on and with it off, interleaved round
 by round in one process (the same machine load for all three), median and min per step.
 
     python benchmarks/train_switch_ab.py                       # bn_train.APPLY_INTO, batch 8, float32
     python benchmarks/train_switch_ab.py --amp --batch 8 32 --rounds 9
-    python benchmarks/train_switch_ab.py --switch CPU_FAST_PATH
+    python benchmarks/train_switch_ab.py --switch ONE_PIXEL_GEMM --image-size 32 --batch 64
 
 The switch is a boolean attribute of googlenet_fast.bn_train, set before each step of its arm.
-Both arms train copies of the same seeded model; before timing, one step of each is checked to
-give the same loss bits (a switch changes speed, never values).
+Both arms train copies of the same seeded model; the first step's losses of the two fused arms
+are compared and printed (APPLY_INTO: the same bits; ONE_PIXEL_GEMM: GEMMs instead of
+convolutions round differently).
 """
 import argparse
 import copy
@@ -29,11 +30,12 @@ def main() -> None:
     p.add_argument("--amp", action="store_true", help="torch.autocast('cpu', bfloat16)")
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--image-size", type=int, default=224)
     a = p.parse_args()
     if not isinstance(getattr(bn_train, a.switch, None), bool):
         p.error(f"--switch: expected a boolean attribute of googlenet_fast.bn_train, got {a.switch!r}")
-    if any(b < 1 for b in a.batch) or a.rounds < 1 or a.threads < 1:
-        p.error("--batch, --rounds, --threads: expected positive integers")
+    if any(b < 1 for b in a.batch) or a.rounds < 1 or a.threads < 1 or a.image_size < 15:
+        p.error("--batch, --rounds, --threads: expected positive integers; --image-size: at least 15")
     torch.set_num_threads(a.threads)
     cpu_alloc.keep_freed_memory()  # as bench --mode train
     nets = bench.build_train_networks(seed=0)
@@ -50,15 +52,16 @@ def main() -> None:
         loss = fn(x)
         return (time.perf_counter() - t0) * 1e3, loss
 
-    print(f"switch bn_train.{a.switch}; {'bf16 autocast' if a.amp else 'float32'}, {a.threads} threads, "
+    print(f"switch bn_train.{a.switch}; {a.image_size}x{a.image_size}, {'bf16 autocast' if a.amp else 'float32'}, "
+          f"{a.threads} threads, "
           f"torch {torch.__version__}; ms per train step, median (min) of {a.rounds} rounds")
     for b in a.batch:
-        x = torch.randn(b, 3, 224, 224, generator=torch.Generator().manual_seed(0)).contiguous(
+        x = torch.randn(b, 3, a.image_size, a.image_size, generator=torch.Generator().manual_seed(0)).contiguous(
             memory_format=torch.channels_last)
         first = {k: step(k, x)[1] for k in arms}
-        if not torch.equal(first["fused, on"], first["fused, off"]):
-            raise SystemExit(f"batch {b}: the two fused arms' first losses differ "
-                             f"({first['fused, on'].item()!r} vs {first['fused, off'].item()!r})")
+        on, off = first["fused, on"].item(), first["fused, off"].item()
+        print(f"batch {b}: first loss on {on!r}, off {off!r} "
+              f"({'the same bits' if on == off else f'rel. difference {abs(on - off) / abs(off):.1e}'})")
         times = {k: [] for k in arms}
         for _ in range(a.rounds):
             for k in arms:

@@ -224,6 +224,9 @@ CPU_FAST_PATH = True
 # The train-mode Inception's BatchNorms through bn_relu_apply_into where it gives ATen's bits
 # (:func:`_apply_into_exact`); False: the cat + native_batch_norm composition (A/B, tests).
 APPLY_INTO = True
+# The Inception's convolutions on a 1x1 map as GEMMs (:func:`_conv`); False: oneDNN's convolution
+# there too (A/B, tests).
+ONE_PIXEL_GEMM = True
 
 
 def cpu_fast_path_applies(x: Tensor) -> bool:
@@ -274,6 +277,39 @@ def _float32_mask_from_pre() -> bool:
     return bool(torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32))
 
 
+def _conv(a: Tensor, w: Tensor) -> Tensor:
+    """``conv2d(a, w, padding=k // 2)`` (stride 1, k odd), channels_last: oneDNN's convolution as
+    torchvision's ``F.conv2d``; for a 1x1 map a GEMM of the pixels with the centre tap (the only
+    tap that sees the pixel).  There ATen hands oneDNN NCHW-blocked tensors (a 1x1 map is
+    contiguous in both layouts) and its 1x1 path ran 4-5x slower than the GEMM (64x832x1x1 with
+    624 output channels, 2-core Xeon, 2026-12-06: 1.03 ms in oneDNN, weight reorder 0.16 ms)."""
+    k = w.shape[-1]
+    if ONE_PIXEL_GEMM and a.shape[-2:] == (1, 1) and a.shape[0] > 0:
+        n = a.shape[0]
+        return torch.mm(a.reshape(n, a.shape[1]), w[:, :, k // 2, k // 2].t()).view(n, w.shape[0], 1, 1)
+    return F.conv2d(a, w, padding=k // 2).contiguous(memory_format=torch.channels_last)
+
+
+def _conv_backward(g: Tensor, a: Tensor, w: Tensor, need_input: bool):
+    """(grad of a or None, grad of w) of :func:`_conv`: ``aten.convolution_backward`` (oneDNN's
+    dgrad + wgrad in one call), for a 1x1 map the two GEMMs (the weight gradient is zero off the
+    centre tap)."""
+    k = w.shape[-1]
+    if not ONE_PIXEL_GEMM or a.shape[-2:] != (1, 1) or a.shape[0] == 0:
+        ga, gw, _ = torch.ops.aten.convolution_backward(g, a, w, None, [1, 1], [k // 2] * 2, [1, 1], False, [0, 0],
+                                                        1, [need_input, True, False])
+        return ga, gw
+    n, o, i = a.shape[0], w.shape[0], w.shape[1]
+    g2 = g.reshape(n, o)
+    ga = torch.mm(g2, w[:, :, k // 2, k // 2]).view(n, i, 1, 1) if need_input else None
+    gwc = torch.mm(g2.t(), a.reshape(n, i))
+    if k == 1:
+        return ga, gwc.view(o, i, 1, 1)
+    gw = torch.zeros_like(w, memory_format=torch.contiguous_format)
+    gw[:, :, k // 2, k // 2] = gwc
+    return ga, gw
+
+
 def _apply_into_exact(m: Tensor, gammas: Tensor, bns) -> bool:
     """Whether the Inception's BatchNorms may run as ATen's statistics + ``bn_relu_apply_into``
     with ATen's bits: float32 activations and parameters where ATen's float32 apply is the fma
@@ -311,8 +347,7 @@ def _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
     gamma_r, beta_r = torch.cat([g[1], g[3]]), torch.cat([b[1], b[3]])
     mean_r = mean_m[c1:]
     invstd_r = gf.bn_relu_apply_into([m[:, c1:]], mean_r, var_m[c1:], gamma_r, beta_r, eps, [act3, act5])
-    y3 = F.conv2d(act3, w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
-    y5 = F.conv2d(act5, w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
+    y3, y5 = _conv(act3, w3), _conv(act5, w5)
     stats = [torch.batch_norm_update_stats(t, bn.running_mean, bn.running_var, momentum)
              for t, bn in ((y3, bns[2]), (y5, bns[4]), (yp, bns[5]))]
     mean_o = torch.cat([mean_m[:c1]] + [s[0] for s in stats])
@@ -342,8 +377,7 @@ def _bn_relu_cat(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
                                                bns[i].running_mean, bns[i].running_var, momentum, eps)
         acts.append(a.contiguous(memory_format=cl))
         red_stats.append((mean, invstd, mb))
-    y3 = F.conv2d(acts[0], w3, padding=w3.shape[-1] // 2).contiguous(memory_format=cl)
-    y5 = F.conv2d(acts[1], w5, padding=w5.shape[-1] // 2).contiguous(memory_format=cl)
+    y3, y5 = _conv(acts[0], w3), _conv(acts[1], w5)
     gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
     # ONE BatchNorm over all output channels: ATen's (its float32 rounding is torchvision's:
     # a ReLU input near 0 goes the same way), its running statistics concatenated.
@@ -367,7 +401,8 @@ class _InceptionBnReluTrain(torch.autograd.Function):
     """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
 
     Every convolution runs through oneDNN as torchvision's do (``F.conv2d`` forward,
-    ``aten.convolution_backward`` dgrad + wgrad, channels_last); the forward's BatchNorms are
+    ``aten.convolution_backward`` dgrad + wgrad, channels_last; on a 1x1 map GEMMs, see
+    :func:`_conv`); the forward's BatchNorms are
     ATen's bits (their rounding is torchvision's, so a ReLU input near 0 goes the same way:
     ATen's statistics and the extension's exact apply + ReLU from the convolutions' outputs where
     they lie, :func:`_bn_relu_pieces`, or ATen's ops, :func:`_bn_relu_cat`); the backward
@@ -399,10 +434,10 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         g, b = gammas.split(sizes), betas.split(sizes)
         cl = torch.channels_last
         wm = torch.cat([w1, w3r, w5r])
-        m = F.conv2d(x, wm).contiguous(memory_format=cl)
+        m = _conv(x, wm)
         # the pool branch's max pool with one-byte argmax taps (googlenet_fast/pool_train.py)
         pooled, tap = torch.ops.googlenet_fast.max_pool2d_tap(x, 3, 1, 1, True)
-        yp = F.conv2d(pooled, wp).contiguous(memory_format=cl)
+        yp = _conv(pooled, wp)
         if _apply_into_exact(m, gammas, bns):
             y, saved = _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum)
         else:
@@ -420,7 +455,6 @@ class _InceptionBnReluTrain(torch.autograd.Function):
     def backward(ctx, gy):
         (x, w3, w5, wp, wm, m, pooled, tap, act3, act5, y, mean_o, invstd_o, gamma_o, beta_o,
          mean_r, invstd_r, gamma_r, beta_r, *pre_o) = ctx.saved_tensors
-        aten = torch.ops.aten
         gf = torch.ops.googlenet_fast
         c1, r3, c3, r5, c5, cp = ctx.sizes
         n, cin, h, w = x.shape
@@ -435,16 +469,12 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         out_pre, red_pre = ctx.mask_from_pre
         gg_o, gb_o = gf.bn_relu_backward([gy], [y], pre_o, mean_o, invstd_o, gamma_o,
                                          [da[:, :c1], g2, g3, g4], beta_o if out_pre else None)
-        da3, gw3, _ = aten.convolution_backward(g2, act3, w3, None, [1, 1], [w3.shape[-1] // 2] * 2, [1, 1],
-                                                False, [0, 0], 1, [True, True, False])
-        da5, gw5, _ = aten.convolution_backward(g3, act5, w5, None, [1, 1], [w5.shape[-1] // 2] * 2, [1, 1],
-                                                False, [0, 0], 1, [True, True, False])
+        da3, gw3 = _conv_backward(g2, act3, w3, True)
+        da5, gw5 = _conv_backward(g3, act5, w5, True)
         gg_r, gb_r = gf.bn_relu_backward([da3, da5], [act3, act5], [m[:, c1:]], mean_r, invstd_r, gamma_r,
                                          [da[:, c1:]], beta_r if red_pre else None)
-        gx, gwm, _ = aten.convolution_backward(da, x, wm, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                               [need_x, True, False])
-        dpooled, gwp, _ = aten.convolution_backward(g4, pooled, wp, None, [1, 1], [0, 0], [1, 1], False, [0, 0], 1,
-                                                    [need_x, True, False])
+        gx, gwm = _conv_backward(da, x, wm, need_x)
+        dpooled, gwp = _conv_backward(g4, pooled, wp, need_x)
         if need_x:
             # gx += the pool's input gradient (ATen's max pool backward + add_, bit for bit), in
             # cache; gx has x's layout (convolution_backward's), the op writes channels_last

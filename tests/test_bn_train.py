@@ -772,3 +772,27 @@ def test_train_step_apply_into_switch_changes_no_bit(amp, monkeypatch):
         assert torch.equal(_bits(p.grad), _bits(q.grad)), n
     for (n, p), (_, q) in zip(ma.named_buffers(), mb.named_buffers()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+@pytest.mark.parametrize("hw", [1, 3])
+def test_conv_and_its_backward_one_pixel_gemm(k, hw):
+    """bn_train._conv / _conv_backward == F.conv2d(padding=k // 2) / aten.convolution_backward
+    (float64, 1e-12): on a 1x1 map the GEMM with the centre tap (weight gradient zero off it),
+    on a larger map oneDNN's convolution itself; the input gradient only when asked for."""
+    g = torch.Generator().manual_seed(k + hw)
+    a = torch.randn(5, 12, hw, hw, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(7, 12, k, k, generator=g, dtype=torch.float64)
+    y = bn_train._conv(a, w)
+    ref = torch.nn.functional.conv2d(a, w, padding=k // 2)
+    assert y.shape == ref.shape and y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, ref, rtol=1e-12, atol=1e-12)
+    gy = torch.randn(ref.shape, generator=g, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    ga_ref, gw_ref, _ = torch.ops.aten.convolution_backward(gy, a, w, None, [1, 1], [k // 2] * 2, [1, 1], False,
+                                                            [0, 0], 1, [True, True, False])
+    ga, gw = bn_train._conv_backward(gy, a, w, True)
+    torch.testing.assert_close(ga, ga_ref, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gw, gw_ref, rtol=1e-12, atol=1e-12)
+    assert bn_train._conv_backward(gy, a, w, False)[0] is None
+    if hw == 1 and k > 1:
+        assert (gw[:, :, 0, 0] == 0).all() and (gw[:, :, k // 2, k // 2] != 0).all()
