@@ -730,18 +730,18 @@ def test_opcheck_bn_relu_apply_into():
                           ([x[:, :4], x[:, 4:]], mean, var, torch.ones(6), torch.zeros(6), 1e-3, [out]))
 
 
-@pytest.mark.parametrize("amp", [False, True])
-def test_train_step_apply_into_switch_changes_no_bit(amp, monkeypatch):
+@pytest.mark.parametrize("amp,size", [(False, 64), (True, 64), (False, 32)])
+def test_train_step_apply_into_switch_changes_no_bit(amp, size, monkeypatch):
     """The fused train step with bn_train.APPLY_INTO (statistics per convolution output, the
     Inception's BatchNorms applied from the pieces, float32 stem BatchNorm + ReLU inside the max
     pool) and without it (the cat + native_batch_norm composition): the same outputs (main and
     both aux heads), every gradient, running statistics and num_batches_tracked, bit for bit;
-    float32 and bf16 autocast."""
+    float32 and bf16 autocast; 32 px: inception5a/5b on 1x1 maps (their convolutions GEMMs)."""
     import copy
     from googlenet_fast import GoogLeNet, bench
     torch.manual_seed(0)
     base = GoogLeNet(aux_logits=True, init_weights=True, fused=True).train()
-    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1)).contiguous(
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(
         memory_format=torch.channels_last)
     calls = []
     for name in ("_bn_relu_pieces", "bn_relu_max_pool_train"):
