@@ -76,6 +76,25 @@ def _exporting_to_onnx() -> bool:
             and torch.onnx.is_in_onnx_export())
 
 
+# bfloat16 merged 1x1 weights get zero rows up to a multiple of 32 where their row count is not a
+# multiple of 16 (see _merged_pad_rows); False: never (A/B, tests).
+PAD_MERGED_ROWS = True
+
+
+def _merged_pad_rows(w1: Tensor, rows: int) -> List[Tensor]:
+    """Zero rows to append to the merged [ch1x1 + ch3x3red + ch5x5red, Cin, 1, 1] bfloat16 weight
+    so that stage 1's GEMM (csrc/cpu/inception_cpu.cpp) can run with a row count oneDNN's AMX
+    kernels block well: up to the next multiple of 32 where ``rows`` is not a multiple of 16
+    (4b: 296 -> 320, 4c: 280 -> 288).  The views the module uses keep their shapes; the GEMM reads
+    the rows past them (their output columns are never read).  oneDNN's bf16 inner product, one
+    thread, 392 rows x 512: 280 columns 160 us, 288 107 us; 296 166 us, 320 122 us; 304 and 624
+    gained nothing from padding (2-core Xeon, AMX, 2026-12-06).  Other dtypes: none (float32 296
+    -> 320 ran slower)."""
+    if not PAD_MERGED_ROWS or w1.dtype != torch.bfloat16 or rows % 16 == 0:
+        return []
+    return [w1.new_zeros((-rows % 32,) + tuple(w1.shape[1:]))]
+
+
 def _foldable_block(block: nn.Module, kernel: int) -> bool:
     """True when ``block`` is a plain BasicConv2d/ConvReLU with the conv the fused op computes."""
     if type(block).forward not in (BasicConv2d.forward, ConvReLU.forward):
@@ -368,8 +387,8 @@ class Inception(_FoldedWeightsCache, nn.Module):
             _fold_conv_block(b, dtype) for b in self._blocks())
         # The three sibling 1x1 weights as adjacent row slices of one buffer (the fused kernels
         # read the merged [ch1x1 + ch3x3red + ch5x5red, Cin] GEMM operand in place).
-        merged = torch.cat([w1, w3r, w5r], 0)
         c1, r3 = w1.shape[0], w3r.shape[0]
+        merged = torch.cat([w1, w3r, w5r] + _merged_pad_rows(w1, c1 + r3 + w5r.shape[0]), 0)
         w1 = merged.narrow(0, 0, c1)
         w3r = merged.narrow(0, c1, r3)
         w5r = merged.narrow(0, c1 + r3, w5r.shape[0])

@@ -716,3 +716,56 @@ def test_meta_device_forward_gives_shapes_like_torchvision():
     x = torch.empty(2, 3, 64, 64, device="meta")
     assert tv(x).shape == ours(x).shape == (2, 1000)
     assert ours(x).device.type == "meta"
+
+
+@pytest.mark.parametrize("sizes", [(160, 112, 224, 24, 64, 64), (128, 128, 256, 24, 64, 64), (64, 96, 128, 16, 32, 32)])
+def test_bf16_merged_1x1_weight_padding_changes_no_bit(sizes, monkeypatch):
+    """bfloat16 folds append zero rows to the merged 1x1 weight where ch1x1 + ch3x3red + ch5x5red
+    is not a multiple of 16 (4b: 296 -> 320, 4c: 280 -> 288; 3a's 176: none), so stage 1's GEMM
+    runs with oneDNN's well-blocked column counts; the module's views keep their shapes and the
+    output keeps its bits (padding on vs off, eval, batch 1 and 3)."""
+    from googlenet_fast import model as gm
+    c1, r3, c3, r5, c5, cp = sizes
+    torch.manual_seed(0)
+    inc = gm.Inception(512, c1, r3, c3, r5, c5, cp).eval()
+    for mod in inc.modules():
+        if isinstance(mod, torch.nn.BatchNorm2d):
+            torch.nn.init.uniform_(mod.running_var, 0.5, 1.5)
+            torch.nn.init.normal_(mod.running_mean, 0, 0.2)
+    inc = inc.to(torch.bfloat16)
+    nm = c1 + r3 + r5
+    outs = {}
+    for pad in (True, False):
+        monkeypatch.setattr(gm, "PAD_MERGED_ROWS", pad)
+        inc.clear_folded_cache()
+        with torch.no_grad():
+            w1, _, w3r, _, _, _, w5r, *_ = inc.folded_params()
+            assert (w1.shape[0], w3r.shape[0], w5r.shape[0]) == (c1, r3, r5)
+            rows = w1.untyped_storage().nbytes() // (512 * 2)
+            assert rows == (nm + (-nm % 32) if pad and nm % 16 else nm)
+            if rows > nm:
+                assert torch.equal(w1.new_empty(0).set_(w1.untyped_storage()).view(rows, 512)[nm:],
+                                   torch.zeros(rows - nm, 512, dtype=torch.bfloat16))
+            outs[pad] = [inc(torch.randn(b, 512, 7, 7, generator=torch.Generator().manual_seed(b)).to(
+                torch.bfloat16).contiguous(memory_format=torch.channels_last)) for b in (1, 3)]
+    for a, b in zip(outs[True], outs[False]):
+        assert torch.equal(a, b)
+
+
+def test_merged_1x1_weight_rows_past_the_views_are_never_read():
+    """The fused op reads the merged 1x1 weight's buffer past the three views (up to a multiple of
+    32 rows, bfloat16) where the buffer has room: NaN there changes no output value."""
+    from googlenet_fast import ops
+    g = torch.Generator().manual_seed(0)
+    c1, r3, c3, r5, c5, cp, cin = 40, 24, 32, 8, 16, 16, 64  # 72 rows: read as 96
+    rnd = lambda *s: (torch.randn(*s, generator=g) * 0.1).to(torch.bfloat16)
+    x = rnd(2, cin, 5, 5).contiguous(memory_format=torch.channels_last)
+    buf = torch.full((96, cin, 1, 1), float("nan"), dtype=torch.bfloat16)
+    buf[:72] = rnd(72, cin, 1, 1)
+    w1, w3r, w5r = buf[:c1], buf[c1:c1 + r3], buf[c1 + r3:72]
+    rest = [rnd(c3, r3, 3, 3), rnd(c5, r5, 5, 5), rnd(cp, cin, 1, 1)]
+    biases = [rnd(c) for c in (c1, r3, c3, r5, c5, cp)]
+    args = [w1, biases[0], w3r, biases[1], rest[0], biases[2], w5r, biases[3], rest[1], biases[4], rest[2], biases[5]]
+    y = ops.inception(x, *args)
+    y_ref = ops.inception(x, *[a.clone() for a in args])  # separate buffers: no room, no padding
+    assert not torch.isnan(y).any() and torch.equal(y, y_ref)
