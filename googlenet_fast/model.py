@@ -89,8 +89,8 @@ def _merged_pad_rows(w1: Tensor, rows: int) -> List[Tensor]:
     the rows past them (their output columns are never read).  oneDNN's bf16 inner product, one
     thread, 392 rows x 512: 280 columns 160 us, 288 107 us; 296 166 us, 320 122 us; 304 and 624
     gained nothing from padding (2-core Xeon, AMX, 2026-12-06).  Other dtypes: none (float32 296
-    -> 320 ran slower)."""
-    if not PAD_MERGED_ROWS or w1.dtype != torch.bfloat16 or rows % 16 == 0:
+    -> 320 ran slower) and other devices (the GPU kernels read only the three views' rows)."""
+    if not PAD_MERGED_ROWS or w1.dtype != torch.bfloat16 or w1.device.type != "cpu" or rows % 16 == 0:
         return []
     return [w1.new_zeros((-rows % 32,) + tuple(w1.shape[1:]))]
 

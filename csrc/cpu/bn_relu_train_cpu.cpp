@@ -509,7 +509,6 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
   return {y, invstd};
 }
 
-
 // ---- forward: BatchNorm apply + ReLU from channel lists into channel lists --------------------------
 // The portable row: the same arithmetic as bn_relu_apply_row_avx512 (one fma, one rounding to T).
 template <typename T>
