@@ -227,6 +227,9 @@ APPLY_INTO = True
 # The Inception's convolutions on a 1x1 map as GEMMs (:func:`_conv`); False: oneDNN's convolution
 # there too (A/B, tests).
 ONE_PIXEL_GEMM = True
+# float32 batch statistics through the extension's bn_batch_stats (ATen's bits at memory speed,
+# csrc/cpu/bn_stats_cpu.cpp); False: ATen's batch_norm_update_stats (A/B, tests).
+FAST_BATCH_STATS = True
 
 
 def cpu_fast_path_applies(x: Tensor) -> bool:
@@ -276,6 +279,16 @@ def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Ten
 def _float32_mask_from_pre() -> bool:
     return bool(torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32))
 
+
+def _batch_stats(x: Tensor, running_mean, running_var, momentum: float):
+    """``torch.batch_norm_update_stats(x, running_mean, running_var, momentum)``: (mean, biased
+    var), running statistics updated in place.  float32 channels_last through the extension's
+    ``bn_batch_stats`` (ATen's summation order and epilogue, its two read passes at memory speed
+    instead of ATen's per-pixel buffer updates; checked bit for bit against ATen once per
+    process, else ATen's op runs inside it); everything else ATen's op."""
+    if FAST_BATCH_STATS and x.dtype == torch.float32:
+        return torch.ops.googlenet_fast.bn_batch_stats(x, running_mean, running_var, momentum)
+    return torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
 
 def _conv(a: Tensor, w: Tensor) -> Tensor:
     """``conv2d(a, w, padding=k // 2)`` (stride 1, k odd), channels_last: oneDNN's convolution as
@@ -339,7 +352,7 @@ def _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
     m_bns = (bns[0], bns[1], bns[3])
     rm = torch.cat([bn.running_mean for bn in m_bns])
     rv = torch.cat([bn.running_var for bn in m_bns])
-    mean_m, var_m = torch.batch_norm_update_stats(m, rm, rv, momentum)
+    mean_m, var_m = _batch_stats(m, rm, rv, momentum)
     for bn, a, v in zip(m_bns, rm.split([c1, r3, r5]), rv.split([c1, r3, r5])):
         bn.running_mean.copy_(a)
         bn.running_var.copy_(v)
@@ -348,13 +361,18 @@ def _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
     mean_r = mean_m[c1:]
     invstd_r = gf.bn_relu_apply_into([m[:, c1:]], mean_r, var_m[c1:], gamma_r, beta_r, eps, [act3, act5])
     y3, y5 = _conv(act3, w3), _conv(act5, w5)
-    stats = [torch.batch_norm_update_stats(t, bn.running_mean, bn.running_var, momentum)
+    stats = [_batch_stats(t, bn.running_mean, bn.running_var, momentum)
              for t, bn in ((y3, bns[2]), (y5, bns[4]), (yp, bns[5]))]
     mean_o = torch.cat([mean_m[:c1]] + [s[0] for s in stats])
     var_o = torch.cat([var_m[:c1]] + [s[1] for s in stats])
     gamma_o, beta_o = torch.cat([g[0], g[2], g[4], g[5]]), torch.cat([b[0], b[2], b[4], b[5]])
     pre_o = (m[:, :c1], y3, y5, yp)
-    y = torch.empty((n, c1 + c3 + c5 + cp, h, w), dtype=m.dtype, memory_format=cl)
+    # (on a 1x1 map both layouts are dense: the one _bn_relu_cat's output has there, float32
+    # native_batch_norm's contiguous one, bfloat16 bn_relu_apply's channels_last one, so that what
+    # reads y next, e.g. an aux head's average pool and its bfloat16 wgrad, sees the same strides)
+    one_px_nchw = h * w == 1 and m.dtype != torch.bfloat16
+    y = torch.empty((n, c1 + c3 + c5 + cp, h, w), dtype=m.dtype,
+                    memory_format=torch.contiguous_format if one_px_nchw else cl)
     invstd_o = gf.bn_relu_apply_into(list(pre_o), mean_o, var_o, gamma_o, beta_o, eps, [y])
     return y, (act3, act5, mean_o, invstd_o, gamma_o, beta_o, mean_r, invstd_r, gamma_r, beta_r, (True, True),
                pre_o)
@@ -523,7 +541,7 @@ class _BnReluMaxPoolTrain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, pre, gamma, beta, bn, eps, momentum, window):
-        mean, var = torch.batch_norm_update_stats(pre, bn.running_mean, bn.running_var, momentum)
+        mean, var = _batch_stats(pre, bn.running_mean, bn.running_var, momentum)
         k, s, p, ceil = window
         y, tap, invstd = torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(pre, mean, var, gamma, beta, eps, k, s, p,
                                                                          ceil)
@@ -625,6 +643,10 @@ def _register():
         @torch.library.register_fake("googlenet_fast::bn_relu_apply")
         def _fake_bn_relu_apply(x, mean, var, gamma, beta, eps):
             return torch.empty_like(x), torch.empty_like(mean)
+
+        @torch.library.register_fake("googlenet_fast::bn_batch_stats")
+        def _fake_bn_batch_stats(x, running_mean, running_var, momentum):
+            return x.new_empty((x.shape[1],)), x.new_empty((x.shape[1],))
 
         @torch.library.register_fake("googlenet_fast::bn_relu_apply_into")
         def _fake_bn_relu_apply_into(xs, mean, var, gamma, beta, eps, outs):

@@ -204,7 +204,11 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         return folded
 
     def _can_fold(self) -> bool:
-        return self._modules.get("bn") is not None and _block_sources(self) is not None
+        """Whether eval mode may fold the BatchNorm: there is one, in eval mode itself (a
+        BatchNorm left in train mode inside an eval model normalizes with batch statistics and
+        updates its running ones, as in torchvision's model), and the block is foldable."""
+        bn = self._modules.get("bn")
+        return bn is not None and not bn.training and _block_sources(self) is not None
 
     def _eval_conv(self, x: Tensor, relu: bool = True, pool: Optional[Tuple[int, int]] = None) -> Optional[Tensor]:
         """The fused eval path: ``relu(conv(x))`` (``relu=False``: ``conv(x)``) with the folded
@@ -239,12 +243,14 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
     def _train_bn_relu_applies(self, x: Tensor) -> bool:
         """Train-mode fused path: BatchNorm + ReLU as one node (bn_train.bn_relu_train) when fused,
         training, on the CPU fast path, and ``bn`` a plain affine nn.BatchNorm2d with running
-        statistics and a numeric momentum, without hooks on the block or its children."""
+        statistics and a numeric momentum, itself in train mode (a BatchNorm set to eval inside a
+        training model uses its running statistics: the plain modules run), without hooks on the
+        block or its children."""
         if not (self.fused and self.training and bn_train.cpu_fast_path_applies(x)):
             return False
         bn = self._modules.get("bn")
-        return (type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats and bn.running_mean is not None
-                and bn.momentum is not None and not _has_hooks(self, self.conv, bn))
+        return (type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats
+                and bn.running_mean is not None and bn.momentum is not None and not _has_hooks(self, self.conv, bn))
 
     def forward(self, x: Tensor) -> Tensor:
         y = self._eval_conv(x)
@@ -419,10 +425,11 @@ class Inception(_FoldedWeightsCache, nn.Module):
     def _train_bns(self) -> Optional[List[nn.BatchNorm2d]]:
         """The six BatchNorms in block order when the train-mode fused path applies to them:
         each exactly ``nn.BatchNorm2d`` (not SyncBatchNorm, whose statistics span processes)
-        with affine parameters, running statistics and a numeric momentum, all with one eps and
-        one momentum.  None otherwise (the plain modules run)."""
+        with affine parameters, running statistics and a numeric momentum, in train mode (a
+        BatchNorm set to eval inside a training model normalizes with its running statistics),
+        all with one eps and one momentum.  None otherwise (the plain modules run)."""
         bns = [getattr(b, "bn", None) for b in self._blocks()]
-        if not all(type(bn) is nn.BatchNorm2d and bn.affine and bn.track_running_stats
+        if not all(type(bn) is nn.BatchNorm2d and bn.training and bn.affine and bn.track_running_stats
                    and bn.running_mean is not None and bn.momentum is not None for bn in bns):
             return None
         if len({bn.eps for bn in bns}) != 1 or len({bn.momentum for bn in bns}) != 1:
@@ -516,6 +523,12 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 return y
         return torch.cat(self._forward(x), 1)
 
+    def _bns_in_eval(self) -> bool:
+        """Whether no block's BatchNorm is in train mode: eval mode folds the BatchNorms, which a
+        BatchNorm left in train mode inside an eval model (test-time adaptation) must not: it
+        normalizes with batch statistics and updates its running ones (the plain branches run)."""
+        return not any(getattr(b, "bn", None) is not None and b.bn.training for b in self._blocks())
+
     def _forward_fused(self, x: Tensor) -> Optional[Tensor]:
         """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
         weights), or None where they do not apply (the plain branches then run).  An empty batch
@@ -529,7 +542,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
                 y = self._forward_train_fused(x, dtype)
                 if y is not None:
                     return y
-        if not self.training and self._weight_dtype() is not None:
+        if not self.training and self._weight_dtype() is not None and self._bns_in_eval():
             dtype = _compute_dtype(x, self._weight_dtype())
             # The C++ CPU kernel has no float16 (ATen's CPU convolutions do): plain path there.
             if not (dtype == torch.float16 and x.device.type == "cpu"):

@@ -713,10 +713,14 @@ def test_bn_relu_apply_into_argument_errors():
         f([x], v, v, v, v, 1e-3, [out[:, :5]])
     with pytest.raises(ValueError, match="outs: expected channels_last tensors"):
         f([x], v, v, v, v, 1e-3, [out.contiguous()])
-    with pytest.raises(ValueError, match="mean, var, gamma, beta"):
+    with pytest.raises(ValueError, match=r"mean: expected a float32 tensor of shape \(8,\), got Float \[3\]"):
         f([x], v[:3], v, v, v, 1e-3, [out])
+    with pytest.raises(ValueError, match="var: expected a float32 tensor .* got Double"):
+        f([x], v, v.double(), v, v, 1e-3, [out])
     with pytest.raises(ValueError, match="eps"):
         f([x], v, v, v, v, -1.0, [out])
+    with pytest.raises(ValueError, match="outs: expected tensors that do not require grad"):
+        f([x], v, v, v, v, 1e-3, [out.requires_grad_()])
     with pytest.raises(ValueError, match="xs: expected"):
         f([x, torch.randn(3, 2, 3, 3)], torch.ones(10), torch.ones(10), torch.ones(10), torch.ones(10), 1e-3,
           [torch.empty(2, 10, 3, 3).contiguous(memory_format=torch.channels_last)])
@@ -730,18 +734,19 @@ def test_opcheck_bn_relu_apply_into():
                           ([x[:, :4], x[:, 4:]], mean, var, torch.ones(6), torch.zeros(6), 1e-3, [out]))
 
 
-@pytest.mark.parametrize("amp,size", [(False, 64), (True, 64), (False, 32)])
+@pytest.mark.parametrize("amp,size", [(False, 64), (True, 64), (False, 32), (False, 17), (True, 17)])
 def test_train_step_apply_into_switch_changes_no_bit(amp, size, monkeypatch):
     """The fused train step with bn_train.APPLY_INTO (statistics per convolution output, the
     Inception's BatchNorms applied from the pieces, float32 stem BatchNorm + ReLU inside the max
     pool) and without it (the cat + native_batch_norm composition): the same outputs (main and
     both aux heads), every gradient, running statistics and num_batches_tracked, bit for bit;
-    float32 and bf16 autocast; 32 px: inception5a/5b on 1x1 maps (their convolutions GEMMs)."""
+    float32 and bf16 autocast; 32 px: inception5a/5b on 1x1 maps (their convolutions GEMMs); 17 px:
+    4a-4e on 1x1 maps too (the output's strides there are the cat's: the aux heads read them)."""
     import copy
     from googlenet_fast import GoogLeNet, bench
     torch.manual_seed(0)
     base = GoogLeNet(aux_logits=True, init_weights=True, fused=True).train()
-    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(
+    x = torch.randn(3, 3, size, size, generator=torch.Generator().manual_seed(1)).contiguous(
         memory_format=torch.channels_last)
     calls = []
     for name in ("_bn_relu_pieces", "bn_relu_max_pool_train"):
@@ -757,7 +762,7 @@ def test_train_step_apply_into_switch_changes_no_bit(amp, size, monkeypatch):
             torch.manual_seed(5)  # dropout
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 out = model(x)
-                loss = bench.train_loss(out, bench.train_labels(2))
+                loss = bench.train_loss(out, bench.train_labels(3))
             loss.backward()
         finally:
             bn_train.APPLY_INTO = True
@@ -796,3 +801,89 @@ def test_conv_and_its_backward_one_pixel_gemm(k, hw):
     assert bn_train._conv_backward(gy, a, w, False)[0] is None
     if hw == 1 and k > 1:
         assert (gw[:, :, 0, 0] == 0).all() and (gw[:, :, k // 2, k // 2] != 0).all()
+
+
+# ------------------------------------------------------------------------------------------------
+# bn_batch_stats: ATen's train-mode batch statistics of float32 channels_last tensors, faster.
+
+
+@pytest.mark.parametrize("threads", [2, 1])
+@pytest.mark.parametrize("shape", [(8, 64, 28, 28), (3, 37, 5, 7), (2, 300, 7, 7), (1, 5, 1, 2), (2, 9, 1, 1),
+                                   (1, 130, 3, 1)])
+def test_bn_batch_stats_equals_aten_bit_for_bit(shape, threads):
+    """mean, biased var and both running statistics == torch.batch_norm_update_stats bit for bit:
+    ATen's row split across threads (2 and 1), its scalar path (rows <= threads), channel tails,
+    two momenta, no running statistics; a 1x1 map (NCHW-contiguous too) goes to ATen's op."""
+    gf = torch.ops.googlenet_fast
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(shape[1])
+        x = (torch.randn(shape, generator=g) * 3 + 1).contiguous(memory_format=torch.channels_last)
+        c = shape[1]
+        rm, rv = torch.randn(c, generator=g), torch.rand(c, generator=g) + 0.5
+        rm2, rv2 = rm.clone(), rv.clone()
+        for momentum in (0.1, 0.37):
+            want = torch.batch_norm_update_stats(x, rm, rv, momentum)
+            got = gf.bn_batch_stats(x, rm2, rv2, momentum)
+            for a, b in zip(want + (rm, rv), got + (rm2, rv2)):
+                assert torch.equal(_bits(a), _bits(b))
+        want = torch.batch_norm_update_stats(x, None, None, 0.1)
+        got = gf.bn_batch_stats(x, None, None, 0.1)
+        assert all(torch.equal(_bits(a), _bits(b)) for a, b in zip(want, got))
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_bn_batch_stats_other_inputs_and_errors():
+    """Other dtypes and layouts: ATen's op (same results); running statistics of the wrong shape
+    or dtype: ValueError naming them; on an AVX-512 CPU with this ATen the own loops run."""
+    gf = torch.ops.googlenet_fast
+    x = torch.randn(2, 6, 4, 5)
+    for t in (x, x.double().contiguous(memory_format=torch.channels_last),
+              x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)):
+        assert all(torch.equal(a, b) for a, b in zip(gf.bn_batch_stats(t, None, None, 0.1),
+                                                     torch.batch_norm_update_stats(t, None, None, 0.1)))
+    xc = x.contiguous(memory_format=torch.channels_last)
+    with pytest.raises(ValueError, match="running_mean, running_var"):
+        gf.bn_batch_stats(xc, torch.zeros(5), torch.ones(6), 0.1)
+    with pytest.raises(ValueError, match="running_mean, running_var"):
+        gf.bn_batch_stats(xc, torch.zeros(6), torch.ones(6).double(), 0.1)
+    portable = os.environ.get("GOOGLENET_FAST_PORTABLE_LOOPS", "") not in ("", "0")
+    if torch.backends.cpu.get_cpu_capability() == "AVX512" and not portable:
+        assert gf.bn_batch_stats_exact()
+    if portable:
+        assert not gf.bn_batch_stats_exact()
+
+
+def test_opcheck_bn_batch_stats():
+    x = torch.randn(2, 6, 3, 4).contiguous(memory_format=torch.channels_last)
+    torch.library.opcheck(torch.ops.googlenet_fast.bn_batch_stats.default, (x, torch.zeros(6), torch.ones(6), 0.1))
+
+
+def test_train_step_fast_batch_stats_switch_changes_no_bit():
+    """The float32 fused train step with bn_train.FAST_BATCH_STATS on and off: outputs, every
+    gradient, running statistics, bit for bit."""
+    import copy
+    from googlenet_fast import GoogLeNet, bench
+    torch.manual_seed(0)
+    base = GoogLeNet(aux_logits=True, init_weights=True, fused=True).train()
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(2)).contiguous(
+        memory_format=torch.channels_last)
+    runs = []
+    for flag in (True, False):
+        bn_train.FAST_BATCH_STATS = flag
+        try:
+            model = copy.deepcopy(base)
+            torch.manual_seed(5)
+            out = model(x)
+            bench.train_loss(out, bench.train_labels(2)).backward()
+        finally:
+            bn_train.FAST_BATCH_STATS = True
+        runs.append((out, model))
+    (out_a, ma), (out_b, mb) = runs
+    assert all(torch.equal(a, b) for a, b in zip(out_a, out_b))
+    for (n, p), (_, q) in zip(ma.named_parameters(), mb.named_parameters()):
+        assert torch.equal(p.grad, q.grad), n
+    for (n, p), (_, q) in zip(ma.named_buffers(), mb.named_buffers()):
+        assert torch.equal(p, q), n

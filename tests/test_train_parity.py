@@ -380,3 +380,32 @@ def test_sync_batchnorm_conversion_single_process():
         assert int(m.num_batches_tracked) == int(r.num_batches_tracked) == 1
         torch.testing.assert_close(m.running_mean, r.running_mean, rtol=0, atol=1e-12)
         torch.testing.assert_close(m.running_var, r.running_var, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", ["train_model_eval_bns", "eval_model_train_bns", "mixed"])
+def test_batchnorm_mode_differs_from_the_model_float64(case):
+    """A BatchNorm whose mode differs from the model's: frozen statistics while fine-tuning
+    (model.train(), BatchNorms .eval()), test-time adaptation (model.eval(), BatchNorms .train()),
+    and every other BatchNorm flipped.  The fused model follows each BatchNorm's own mode as
+    torchvision's does: outputs, gradients, running statistics and num_batches_tracked (float64,
+    1e-10; the fused paths step aside for such modules)."""
+    fused, ref = make_pair("torchvision")
+    fused, ref = fused.double(), ref.double()
+    for m in (fused, ref):
+        m.train(case != "eval_model_train_bns")
+        for i, bn in enumerate(b for b in m.modules() if isinstance(b, nn.BatchNorm2d)):
+            bn.train({"train_model_eval_bns": False, "eval_model_train_bns": True, "mixed": i % 2 == 0}[case])
+    x, y = batch(X64, dtype=torch.float64)
+    if case == "eval_model_train_bns":
+        out, ref_out = fused(x), ref(x)
+        assert (out - ref_out).abs().max().item() <= RTOL64 * ref_out.abs().max().item()
+    else:
+        out, _, grads = forward_backward(fused, x, y)
+        ref_out, _, ref_grads = forward_backward(ref, x, y)
+        check_outputs(out, ref_out, RTOL64)
+        errs = grad_errors(grads, ref_grads)
+        assert max(errs.values()) <= RTOL64, {n: e for n, e in errs.items() if e > RTOL64}
+    for a, b in zip(bns(fused), bns(ref)):
+        assert int(a.num_batches_tracked) == int(b.num_batches_tracked)
+        torch.testing.assert_close(a.running_mean, b.running_mean, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(a.running_var, b.running_var, rtol=1e-10, atol=1e-12)

@@ -530,9 +530,14 @@ at::Tensor bn_relu_apply_into_cpu(at::TensorList xs, const at::Tensor& mean, con
   const ChannelList X = channel_list(xs, first, false, "xs"), O = channel_list(outs, first, true, "outs");
   const int64_t C = X.off.back();
   TORCH_CHECK_VALUE(O.off.back() == C, "outs: expected ", C, " channels in all (xs'), got ", O.off.back());
-  for (const at::Tensor* v : {&mean, &var, &gamma, &beta})
-    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
-                      "mean, var, gamma, beta: expected float32 tensors of shape (", C, ",)");
+  for (const at::Tensor& o : outs)
+    TORCH_CHECK_VALUE(!o.requires_grad(), "outs: expected tensors that do not require grad (the op writes them and "
+                      "is not differentiable)");
+  const std::pair<const at::Tensor*, const char*> stats[] = {{&mean, "mean"}, {&var, "var"}, {&gamma, "gamma"},
+                                                             {&beta, "beta"}};
+  for (const auto& [v, name] : stats)
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat, name,
+                      ": expected a float32 tensor of shape (", C, ",), got ", v->scalar_type(), " ", v->sizes());
   TORCH_CHECK_VALUE(eps >= 0, "eps: expected a value >= 0, got ", eps);
   const at::Tensor invstd = bn_invstd(var, eps);
   std::vector<float> al, be;

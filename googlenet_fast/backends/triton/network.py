@@ -557,6 +557,8 @@ def fused_forward_supported(model, x: Tensor) -> Optional[str]:
             m = getattr(model, name)
             if not hasattr(m, "_can_fuse") or not m._can_fuse():
                 return f"{name} is not a module the fused Inception op computes"
+            if hasattr(m, "_bns_in_eval") and not m._bns_in_eval():
+                return f"{name} has a BatchNorm in train mode (batch statistics: not foldable)"
         if type(model.avgpool) is not nn.AdaptiveAvgPool2d or model.avgpool.output_size not in (1, (1, 1)):
             return "avgpool is not a global average pool"
         if type(model.fc) is not nn.Linear or type(model.dropout) is not nn.Dropout:
