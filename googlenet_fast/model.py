@@ -527,7 +527,11 @@ class Inception(_FoldedWeightsCache, nn.Module):
         """Whether no block's BatchNorm is in train mode: eval mode folds the BatchNorms, which a
         BatchNorm left in train mode inside an eval model (test-time adaptation) must not: it
         normalizes with batch statistics and updates its running ones (the plain branches run)."""
-        return not any(getattr(b, "bn", None) is not None and b.bn.training for b in self._blocks())
+        try:
+            blocks = self._blocks()
+        except (AttributeError, IndexError, KeyError, TypeError):  # not the plain structure: no fold
+            return False
+        return not any(getattr(b, "bn", None) is not None and b.bn.training for b in blocks)
 
     def _forward_fused(self, x: Tensor) -> Optional[Tensor]:
         """The fused paths (train: :meth:`_forward_train_fused`, eval: the fused op on the folded
