@@ -269,15 +269,25 @@ def _bn_relu_forward(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean: Ten
     y, mean, invstd = torch.native_batch_norm(pre, gamma, beta, running_mean, running_var, True, momentum, eps)
     # float32: ATen's own forward; the backward may still recompute the mask from a dense pre where
     # ATen's float32 apply is fma(x, alpha, beta) (checked once per process by the extension)
-    same_dtype = all(t is not None and t.dtype == torch.float32 for t in (gamma, beta, running_mean, running_var))
-    if pre.dtype == torch.float32 and same_dtype and dense and _float32_mask_from_pre():
+    if pre.dtype == torch.float32 and dense and _exact_apply(pre.dtype, (gamma, beta, running_mean, running_var)):
         return y.relu_(), mean, invstd, beta
     return y.relu_(), mean, invstd, None
 
 
 @functools.lru_cache(maxsize=None)
-def _float32_mask_from_pre() -> bool:
-    return bool(torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32))
+def _apply_is_atens(dtype: torch.dtype) -> bool:
+    """``bn_relu_mask_from_pre(dtype)``, asked once per dtype: whether the extension's BatchNorm
+    apply (bn_relu_apply_into, max_pool2d_tap_bn_relu, bn_relu_backward's mask from pre) is
+    ATen's train-mode arithmetic for activations of ``dtype`` (float32: ATen's float32 apply is
+    the fma, bfloat16: the exact bfloat16 apply; checked per process by the extension)."""
+    return bool(torch.ops.googlenet_fast.bn_relu_mask_from_pre(dtype))
+
+
+def _exact_apply(dtype: torch.dtype, params) -> bool:
+    """Whether the extension's apply gives ATen's bits for activations of ``dtype`` with these
+    BatchNorm tensors (weight, bias, running statistics...): all float32 (a model's own, or
+    autocast's for bfloat16 activations) and :func:`_apply_is_atens`."""
+    return all(t is not None and t.dtype == torch.float32 for t in params) and _apply_is_atens(dtype)
 
 
 def _batch_stats(x: Tensor, running_mean, running_var, momentum: float):
@@ -289,6 +299,7 @@ def _batch_stats(x: Tensor, running_mean, running_var, momentum: float):
     if FAST_BATCH_STATS and x.dtype == torch.float32:
         return torch.ops.googlenet_fast.bn_batch_stats(x, running_mean, running_var, momentum)
     return torch.batch_norm_update_stats(x, running_mean, running_var, momentum)
+
 
 def _conv(a: Tensor, w: Tensor) -> Tensor:
     """``conv2d(a, w, padding=k // 2)`` (stride 1, k odd), channels_last: oneDNN's convolution as
@@ -328,12 +339,7 @@ def _apply_into_exact(m: Tensor, gammas: Tensor, bns) -> bool:
     with ATen's bits: float32 activations and parameters where ATen's float32 apply is the fma
     the op computes (``bn_relu_mask_from_pre(torch.float32)``), or bfloat16 activations with
     float32 parameters (autocast) where the exact bfloat16 apply is on."""
-    params = [gammas] + [t for bn in bns for t in (bn.running_mean, bn.running_var)]
-    if not APPLY_INTO or not all(t is not None and t.dtype == torch.float32 for t in params):
-        return False
-    if m.dtype == torch.float32:
-        return _float32_mask_from_pre()
-    return m.dtype == torch.bfloat16 and bool(torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
+    return APPLY_INTO and _exact_apply(m.dtype, [gammas] + [t for bn in bns for t in (bn.running_mean, bn.running_var)])
 
 
 def _bn_relu_pieces(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
@@ -415,6 +421,7 @@ def _bn_relu_cat(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
     return y, (acts[0], acts[1], mean_o, invstd_o, gamma_o, beta_o, mean_r, invstd_r, torch.cat([g[1], g[3]]),
                torch.cat([b[1], b[3]]), mask_from_pre, (out,))
 
+
 class _InceptionBnReluTrain(torch.autograd.Function):
     """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
 
@@ -450,7 +457,6 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         # (branch1, 3x3 reduce, 3x3, 5x5 reduce, 5x5, pool projection).
         c1, r3, c3, r5, c5, cp = sizes = [w.shape[0] for w in (w1, w3r, w3, w5r, w5, wp)]
         g, b = gammas.split(sizes), betas.split(sizes)
-        cl = torch.channels_last
         wm = torch.cat([w1, w3r, w5r])
         m = _conv(x, wm)
         # the pool branch's max pool with one-byte argmax taps (googlenet_fast/pool_train.py)
@@ -568,14 +574,8 @@ def bn_relu_max_pool_train_applies(pre: Tensor, bn: nn.BatchNorm2d) -> bool:
     the extension's apply giving ATen's bits for pre's dtype: bfloat16 (autocast) where
     ``bn_relu_bf16_exact_apply()``, float32 where ``bn_relu_mask_from_pre(torch.float32)``;
     :data:`APPLY_INTO` set."""
-    if not (APPLY_INTO and pre.device.type == "cpu" and pre.is_contiguous(memory_format=torch.channels_last)
-            and bn.running_mean is not None and bn.running_var is not None
-            and all(t is not None and t.dtype == torch.float32
-                    for t in (bn.weight, bn.bias, bn.running_mean, bn.running_var))):
-        return False
-    if pre.dtype == torch.float32:
-        return _float32_mask_from_pre()
-    return pre.dtype == torch.bfloat16 and bool(torch.ops.googlenet_fast.bn_relu_bf16_exact_apply())
+    return (APPLY_INTO and pre.device.type == "cpu" and pre.is_contiguous(memory_format=torch.channels_last)
+            and _exact_apply(pre.dtype, (bn.weight, bn.bias, bn.running_mean, bn.running_var)))
 
 
 def bn_relu_max_pool_train(pre: Tensor, bn: nn.BatchNorm2d, window) -> Tensor:

@@ -181,24 +181,6 @@ GF_AVX512_FN void bwd_grad_row_avx512(const T* g, const T* y, const T* x, const 
     avx512::store16(o + c, mk, _mm512_mul_ps(t, avx512::load16(a + c, mk)));
   }
 }
-// bn_relu_apply's rows [p0, p1) of C channels (bfloat16, NHWC): y = relu(round(fma(x, alpha, beta))),
-// the ReLU as ATen's (x < 0 ? +0 : x: -0 and NaN stay), after the rounding (a tiny negative sum
-// rounds to -0, which ATen's ReLU keeps).
-GF_AVX512_FN void bn_relu_apply_rows_avx512(const c10::BFloat16* x, c10::BFloat16* y, const float* al,
-                                            const float* be, int64_t p0, int64_t p1, int64_t C) {
-  const __m512 zero = _mm512_setzero_ps();
-  for (int64_t p = p0; p < p1; ++p) {
-    for (int64_t c = 0; c < C; c += 16) {
-      const __mmask16 mk = avx512::lanes(C - c);
-      __m512 v = avx512::round_bf16(
-          _mm512_fmadd_ps(avx512::load16(x + p * C + c, mk), avx512::load16(al + c, mk), avx512::load16(be + c, mk)));
-      v = _mm512_mask_mov_ps(v, _mm512_cmp_ps_mask(v, zero, _CMP_LT_OQ), zero);
-      avx512::store16(y + p * C + c, mk, v);
-    }
-  }
-}
-// bn_relu_apply_into's row of n channels (float32 or bfloat16): y = relu(round(fma(x, alpha, beta)))
-// with bn_relu_apply_rows_avx512's ReLU (x < 0 ? +0 : x after the rounding: -0 and NaN stay).
 template <typename T>
 GF_AVX512_FN void bn_relu_apply_row_avx512(const T* x, T* y, const float* al, const float* be, int64_t n) {
   const __m512 zero = _mm512_setzero_ps();
@@ -503,7 +485,7 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const 
   const auto* X = x.const_data_ptr<c10::BFloat16>();
   auto* Y = y.data_ptr<c10::BFloat16>();
   at::parallel_for(0, P, std::max<int64_t>(1, 16384 / std::max<int64_t>(1, C)), [&](int64_t p0, int64_t p1) {
-    bn_relu_apply_rows_avx512(X, Y, al.data(), be.data(), p0, p1, C);
+    for (int64_t p = p0; p < p1; ++p) bn_relu_apply_row_avx512(X + p * C, Y + p * C, al.data(), be.data(), C);
   });
 #endif
   return {y, invstd};

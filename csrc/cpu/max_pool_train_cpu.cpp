@@ -314,7 +314,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_cpu(
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   TORCH_CHECK_VALUE((bf16 || x.scalar_type() == at::kFloat) && x.is_contiguous(at::MemoryFormat::ChannelsLast),
                     "x: expected a channels_last float32 or bfloat16 tensor, got ", x.scalar_type());
-  TORCH_CHECK_VALUE(bf16 ? bn_bf16_exact_apply() : bn_mask_from_pre(at::kFloat),
+  TORCH_CHECK_VALUE(bn_mask_from_pre(x.scalar_type()),  // bfloat16: the exact apply; float32: ATen's fma
                     "max_pool2d_tap_bn_relu: needs the exact BatchNorm apply for ", x.scalar_type(),
                     " (torch.ops.googlenet_fast.bn_relu_mask_from_pre(", x.scalar_type(), ") is False here)");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
