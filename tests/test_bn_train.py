@@ -887,3 +887,36 @@ def test_train_step_fast_batch_stats_switch_changes_no_bit():
         assert torch.equal(p.grad, q.grad), n
     for (n, p), (_, q) in zip(ma.named_buffers(), mb.named_buffers()):
         assert torch.equal(p, q), n
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_one_by_one_conv_gemm(dtype, channels_last):
+    """bn_train._conv / _conv_backward of a 1x1 convolution on a 4x4 map: with ONE_BY_ONE_GEMM and
+    dense channels_last tensors the GEMMs over the pixels (aten::mm, no oneDNN convolution; output
+    and input gradient channels_last), else oneDNN's convolution; equal to F.conv2d /
+    aten.convolution_backward (float64 1e-12, float32 1e-5, bfloat16 one rounding of the float32
+    sum: 1e-2 relative)."""
+    from torch.profiler import ProfilerActivity, profile
+    g = torch.Generator().manual_seed(7)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    a = torch.randn(3, 40, 4, 4, generator=g, dtype=torch.float64).to(dtype).contiguous(memory_format=fmt)
+    w = torch.randn(24, 40, 1, 1, generator=g, dtype=torch.float64).to(dtype)
+    gy = torch.randn(3, 24, 4, 4, generator=g, dtype=torch.float64).to(dtype).contiguous(memory_format=fmt)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        y = bn_train._conv(a, w)
+        ga, gw = bn_train._conv_backward(gy, a, w, True)
+        _, gw_only = bn_train._conv_backward(gy, a, w, False)
+    names = {e.key for e in prof.key_averages()}
+    assert ("aten::convolution_backward" in names) != channels_last
+    assert ("aten::mm" in names) == channels_last
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    if channels_last:
+        assert ga.is_contiguous(memory_format=torch.channels_last)
+    a64, w64, gy64 = (t.double() for t in (a, w, gy))
+    ga_ref, gw_ref, _ = torch.ops.aten.convolution_backward(gy64, a64, w64, None, [1, 1], [0, 0], [1, 1], False,
+                                                            [0, 0], 1, [True, True, False])
+    tol = {torch.float64: 1e-12, torch.float32: 1e-5, torch.bfloat16: 1e-2}[dtype]
+    for got, ref in ((y, torch.nn.functional.conv2d(a64, w64)), (ga, ga_ref), (gw, gw_ref), (gw_only, gw_ref)):
+        assert got.dtype == dtype and got.shape == ref.shape
+        assert (got.double() - ref).abs().max().item() <= tol * ref.abs().max().item()
