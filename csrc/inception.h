@@ -94,6 +94,7 @@ void inception_forward_cpu(const InceptionArgs& a, const InceptionShape& s, at::
 bool weight_prepacking_enabled();
 bool set_weight_prepacking(bool enabled);
 int64_t prepacked_weight_count();  // keys in the cache (tests)
+void clear_prepacked_weights();  // drop every packed copy (see PackedWeights::clear)
 int64_t prepacked_weight_tensors();  // distinct packed tensors they hold (tests)
 int64_t prepacked_weight_capacity();  // the most keys it holds (tests)
 

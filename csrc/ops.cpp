@@ -309,6 +309,11 @@ static PyObject* gf_prepacked_weight_count(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::prepacked_weight_count());
 }
 
+static PyObject* gf_clear_prepacked_weights(PyObject*, PyObject*) {
+  googlenet_fast::clear_prepacked_weights();
+  Py_RETURN_NONE;
+}
+
 static PyObject* gf_prepacked_weight_tensors(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::prepacked_weight_tensors());
 }
@@ -357,6 +362,9 @@ static PyMethodDef gf_methods[] = {
      "googlenet_fast.ops.weight_prepacking); returns the previous setting."},
     {"_prepacked_weight_count", gf_prepacked_weight_count, METH_NOARGS,
      "Number of keys (weight, input shape, thread count) the packed-weight cache holds (for tests)."},
+    {"_clear_prepacked_weights", gf_clear_prepacked_weights, METH_NOARGS,
+     "Drop every packed weight copy (GoogLeNet.clear_folded_cache(), optimizer steps: writes no version "
+     "counter sees)."},
     {"_prepacked_weight_tensors", gf_prepacked_weight_tensors, METH_NOARGS,
      "Number of distinct packed weight tensors those keys hold: keys in one oneDNN layout share one (for tests)."},
     {"_prepacked_weight_capacity", gf_prepacked_weight_capacity, METH_NOARGS,

@@ -458,9 +458,9 @@ def _bn_relu_cat(m, yp, w3, w5, sizes, g, b, bns, eps, momentum):
 class _InceptionBnReluTrain(torch.autograd.Function):
     """The whole train-mode torchvision Inception module as one autograd node (eager CPU).
 
-    Every convolution runs through oneDNN as torchvision's do (``F.conv2d`` forward,
-    ``aten.convolution_backward`` dgrad + wgrad, channels_last; on a 1x1 map GEMMs, see
-    :func:`_conv`); the forward's BatchNorms are
+    The KxK convolutions run through oneDNN as torchvision's do (``F.conv2d`` forward,
+    ``aten.convolution_backward`` dgrad + wgrad, channels_last), the 1x1 ones and those on a 1x1
+    map as GEMMs (:func:`_conv`, :func:`_conv_backward`); the forward's BatchNorms are
     ATen's bits (their rounding is torchvision's, so a ReLU input near 0 goes the same way:
     ATen's statistics and the extension's exact apply + ReLU from the convolutions' outputs where
     they lie, :func:`_bn_relu_pieces`, or ATen's ops, :func:`_bn_relu_cat`); the backward

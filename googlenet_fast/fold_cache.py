@@ -195,6 +195,17 @@ _OPTIMIZER_STEPS = [0]
 
 def _count_optimizer_step(optimizer, args, kwargs) -> None:
     _OPTIMIZER_STEPS[0] += 1
+    clear_packed_parameters()
+
+
+def clear_packed_parameters() -> None:
+    """Drop the CPU ops' packed weight copies (csrc/cpu/packed_weights.h): the eval head packs
+    ``fc.weight``, a parameter itself, which fused optimizers and writes through ``.data`` change
+    without bumping its version counter.  Called after every optimizer step and by
+    ``GoogLeNet.clear_folded_cache()``; a no-op without the extension."""
+    clear = getattr(native._C, "_clear_prepacked_weights", None) if native.available() else None
+    if clear is not None:
+        clear()
 
 
 register_optimizer_step_post_hook(_count_optimizer_step)

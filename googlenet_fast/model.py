@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bn_train, cpu_program, ops, pool_train
+from . import bn_train, cpu_program, fold_cache, ops, pool_train
 from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
@@ -79,6 +79,9 @@ def _exporting_to_onnx() -> bool:
 # bfloat16 merged 1x1 weights get zero rows up to a multiple of 32 where their row count is not a
 # multiple of 16 (see _merged_pad_rows); False: never (A/B, tests).
 PAD_MERGED_ROWS = True
+# The CPU eval head hands oneDNN fc.weight packed once (see GoogLeNet._head); False: the plain
+# weight, copied into oneDNN's layout by every call (A/B, tests).
+HEAD_PREPACK = True
 
 
 def _merged_pad_rows(w1: Tensor, rows: int) -> List[Tensor]:
@@ -836,6 +839,7 @@ class GoogLeNet(nn.Module):
         for m in self.modules():
             if isinstance(m, _FoldedWeightsCache):
                 m.clear_folded_cache()
+        fold_cache.clear_packed_parameters()  # the head's packed fc.weight (see _head)
 
     def _drop_programs(self) -> None:
         for attr in PROGRAM_ATTRS:
@@ -984,7 +988,10 @@ class GoogLeNet(nn.Module):
                 and type(dropout) is nn.Dropout and not dropout.training and type(fc) is nn.Linear
                 and fc.weight.dtype == x.dtype and x.dtype in (torch.float32, torch.bfloat16, torch.float64)
                 and not torch.is_autocast_enabled("cpu") and not _has_hooks(avgpool, dropout, fc)):
-            with _below_autograd_without_grad():
+            # fc.weight packed once for oneDNN where nothing needs its gradient (its copies are
+            # dropped by clear_folded_cache() and optimizer steps: fold_cache.clear_packed_parameters)
+            pack = HEAD_PREPACK and not (torch.is_grad_enabled() and fc.weight.requires_grad)
+            with ops.weight_prepacking(pack), _below_autograd_without_grad():
                 return ops.avgpool_linear(x, fc.weight, fc.bias)
         x = avgpool(x)
         x = torch.flatten(x, 1)

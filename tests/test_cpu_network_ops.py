@@ -294,6 +294,60 @@ def test_model_head_runs_as_one_op_only_where_the_modules_allow():
         assert "googlenet_fast.avgpool_linear" not in mode.names and y_amp.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_model_head_packs_fc_weight_once(dtype, monkeypatch):
+    """The eval head hands oneDNN fc.weight packed once (model.HEAD_PREPACK): the same bits as the
+    plain weight, one packed copy made by the first forward and reused by the next; an in-place
+    update under no_grad (version counter), a write through .data followed by
+    clear_folded_cache(), and an optimizer step each reach the logits.  With gradients to
+    fc.weight nothing is packed."""
+    from googlenet_fast import model as gm
+    ours = ours_from(tv_model()).to(dtype)
+    x = make_input(2, 3, 40, 40, seed=47).to(dtype)
+    fc = ours.fc
+
+    def logits(prepack):
+        monkeypatch.setattr(gm, "HEAD_PREPACK", prepack)
+        ours.clear_folded_cache()
+        with torch.no_grad():
+            return ours(x)
+
+    def packed_by_one_forward():
+        before = native._C._prepacked_weight_count()
+        with torch.no_grad():
+            y = ours(x)
+        return y, native._C._prepacked_weight_count() - before
+
+    for change in (None, "in_place", "data_then_clear", "sgd_step"):
+        if change == "in_place":
+            with torch.no_grad():
+                fc.weight.mul_(-0.5)
+        elif change == "data_then_clear":
+            fc.weight.data.add_(0.25)
+            ours.clear_folded_cache()
+        elif change == "sgd_step":
+            opt = torch.optim.SGD([fc.weight], lr=1.0)
+            fc.weight.grad = torch.full_like(fc.weight, 0.5)
+            opt.step()
+            fc.weight.grad = None
+        monkeypatch.setattr(gm, "HEAD_PREPACK", True)
+        y, made_first = packed_by_one_forward()  # (re)packs where the weight changed
+        if change == "in_place":
+            assert made_first == 1  # fc.weight alone changed: the head's copy, no module refolds
+        y_again, made = packed_by_one_forward()
+        assert made == 0, change
+        plain = logits(False)
+        assert torch.equal(y, plain) and torch.equal(y_again, plain), change
+    monkeypatch.setattr(gm, "HEAD_PREPACK", True)
+    ours.clear_folded_cache()
+    with torch.no_grad():
+        ours(x)  # the modules' folds and packed copies
+    with torch.enable_grad():
+        before = native._C._prepacked_weight_count()
+        ours(x)  # gradients to the parameters: folds inline, nothing packed
+        assert native._C._prepacked_weight_count() == before
+
+
 def test_max_pool_nhwc_gradcheck_and_opcheck():
     x = make_input(1, 3, 7, 7, seed=23, dtype=torch.float64).requires_grad_()
     assert torch.autograd.gradcheck(lambda x: ops.max_pool_nhwc(x, 3, 2, True), (x,))

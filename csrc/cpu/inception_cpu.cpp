@@ -782,6 +782,8 @@ bool weight_prepacking_enabled() { return t_weight_prepacking; }
 
 int64_t prepacked_weight_count() { return static_cast<int64_t>(packed_weights().size()); }
 
+void clear_prepacked_weights() { packed_weights().clear(); }
+
 int64_t prepacked_weight_tensors() { return static_cast<int64_t>(packed_weights().tensors()); }
 
 int64_t prepacked_weight_capacity() { return static_cast<int64_t>(PackedWeights::capacity()); }
@@ -879,10 +881,13 @@ at::Tensor conv2d_relu_max_pool_cpu(const at::Tensor& x, const at::Tensor& weigh
 
 // The classifier head: fc(flatten(adaptive_avg_pool2d(x, 1))).  The channel means of the NHWC
 // input in the accumulator type (rounded once to x's dtype, as ATen's mean), then the fc layer
-// through oneDNN's inner product with the weight as given (no packed copy: fc.weight is a plain
-// parameter, written through .data by some training code, which a packed copy would miss), which
-// threads the batch-1 GEMV over the output features (MKL's sgemv behind addmm did not: 0.10 vs
-// 0.155 ms with the 4 MB weight out of cache, 2-core EPYC, 2026-12-05); float64 through addmm.
+// through oneDNN's inner product, which threads the batch-1 GEMV over the output features (MKL's
+// sgemv behind addmm did not: 0.10 vs 0.155 ms with the 4 MB weight out of cache, 2-core EPYC,
+// 2026-12-05); float64 through addmm.  The weight is packed once and reused under this thread's
+// weight prepacking (GoogLeNet's eval head sets it: fc.weight is a parameter, so its copies are
+// dropped by clear_folded_cache() and optimizer steps, PackedWeights::clear); otherwise oneDNN
+// reads it as given (bfloat16 batch 1: 73 vs 35 us a call hot, the plain weight copied into
+// oneDNN's layout each call; 2-core Xeon, 2026-12-06).
 at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   const int64_t N = x.size(0), C = x.size(1), HW = x.size(2) * x.size(3);
@@ -912,7 +917,7 @@ at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, con
   });
   const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
   if (direct_onednn_enabled() && weight.is_contiguous()) {  // the plain weight, as below
-    at::Tensor y = direct_inner_product(pooled, weight, b, N, /*cache=*/false, {});
+    at::Tensor y = direct_inner_product(pooled, weight, b, N, weight_prepacking_enabled(), {&weight});
     if (y.defined()) return y;
   }
   static const c10::optional<c10::OperatorHandle> linear = mkldnn_op("mkldnn::_linear_pointwise");

@@ -120,6 +120,14 @@ class PackedWeights {
     return count_;
   }
 
+  // Drop every key (the packed tensors live on while a caller holds them): the copies of weights
+  // written where no version counter sees it (GoogLeNet.clear_folded_cache(), optimizer steps).
+  void clear() {
+    std::lock_guard<std::mutex> lock(mu_);
+    by_data_.clear();
+    count_ = 0;
+  }
+
   // Distinct packed tensors the keys hold (keys in one layout share one).
   size_t tensors() {
     std::lock_guard<std::mutex> lock(mu_);
