@@ -210,3 +210,18 @@ def test_float32_and_autocast_bfloat16_calls_alternate_without_refolding():
             want = fresh(x)
         assert torch.equal(got, want)
     assert folds == [torch.float32, torch.bfloat16]  # the changed module, once per dtype
+
+
+def test_head_data_write_seen_under_verify_folded_cache(monkeypatch):
+    """With verify_folded_cache set (content checks instead of clear_folded_cache() after .data
+    writes) the eval head does not pack fc.weight: a .data write to it alone reaches the logits."""
+    from googlenet_fast.model import BasicConv2d, Inception
+    monkeypatch.setattr(Inception, "verify_folded_cache", True)
+    monkeypatch.setattr(BasicConv2d, "verify_folded_cache", True)
+    m = ours_from(tv_model())
+    with torch.no_grad():
+        m(X)
+        m.fc.weight.data.mul_(-2.0)
+        m.fc.bias.data.add_(0.5)
+    a, b = fused_and_plain(m)
+    assert rel_err(a, b) <= 1e-4
