@@ -691,9 +691,9 @@ def avgpool_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> 
     forward), and the fc GEMV through oneDNN's inner product, which threads the batch-1 GEMV
     (0.19 vs 0.27 ms for the head with the weights out of cache, float32 batch 1, 2-core EPYC,
     2026-12-05).  Under :func:`weight_prepacking` the weight is packed for oneDNN once and reused
-    (GoogLeNet's eval head: bfloat16 batch 1 35 vs 73 us a call hot, 2-core Xeon, 2026-12-06;
-    its copies are dropped by ``GoogLeNet.clear_folded_cache()`` and optimizer steps); otherwise
-    it is used as given.
+    (bfloat16 batch 1 35 vs 73 us a call hot, 2-core Xeon, 2026-12-06; GoogLeNet's eval head
+    does so with ``googlenet_fast.model.HEAD_PREPACK = True``, its copies dropped by
+    ``GoogLeNet.clear_folded_cache()`` and optimizer steps); otherwise it is used as given.
 
     Args:
         x: (N, C, H, W) float tensor on the CPU (float32/float64/bfloat16), any layout.

@@ -215,7 +215,9 @@ def test_float32_and_autocast_bfloat16_calls_alternate_without_refolding():
 def test_head_data_write_seen_under_verify_folded_cache(monkeypatch):
     """With verify_folded_cache set (content checks instead of clear_folded_cache() after .data
     writes) the eval head does not pack fc.weight: a .data write to it alone reaches the logits."""
+    from googlenet_fast import model as gm
     from googlenet_fast.model import BasicConv2d, Inception
+    monkeypatch.setattr(gm, "HEAD_PREPACK", True)  # the opt-in packing
     monkeypatch.setattr(Inception, "verify_folded_cache", True)
     monkeypatch.setattr(BasicConv2d, "verify_folded_cache", True)
     m = ours_from(tv_model())
@@ -223,5 +225,17 @@ def test_head_data_write_seen_under_verify_folded_cache(monkeypatch):
         m(X)
         m.fc.weight.data.mul_(-2.0)
         m.fc.bias.data.add_(0.5)
+    a, b = fused_and_plain(m)
+    assert rel_err(a, b) <= 1e-4
+
+
+def test_head_data_write_seen_by_default():
+    """By default (model.HEAD_PREPACK off) the eval head hands oneDNN fc.weight itself: a write
+    through fc.weight.data alone, without clear_folded_cache() (fine-tuning code does this to the
+    classifier), reaches the logits (found by a new-user trial: with the packing on it did not)."""
+    m = ours_from(tv_model())
+    with torch.no_grad():
+        m(X)
+        m.fc.weight.data.mul_(0.5)
     a, b = fused_and_plain(m)
     assert rel_err(a, b) <= 1e-4

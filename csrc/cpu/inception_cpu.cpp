@@ -884,8 +884,9 @@ at::Tensor conv2d_relu_max_pool_cpu(const at::Tensor& x, const at::Tensor& weigh
 // through oneDNN's inner product, which threads the batch-1 GEMV over the output features (MKL's
 // sgemv behind addmm did not: 0.10 vs 0.155 ms with the 4 MB weight out of cache, 2-core EPYC,
 // 2026-12-05); float64 through addmm.  The weight is packed once and reused under this thread's
-// weight prepacking (GoogLeNet's eval head sets it: fc.weight is a parameter, so its copies are
-// dropped by clear_folded_cache() and optimizer steps, PackedWeights::clear); otherwise oneDNN
+// weight prepacking (GoogLeNet's eval head sets it with model.HEAD_PREPACK, opt-in: fc.weight is a
+// parameter, so its copies are dropped by clear_folded_cache() and optimizer steps,
+// PackedWeights::clear, and a write through .data goes unseen); otherwise oneDNN
 // reads it as given (bfloat16 batch 1: 73 vs 35 us a call hot, the plain weight copied into
 // oneDNN's layout each call; 2-core Xeon, 2026-12-06).
 at::Tensor avgpool_linear_cpu(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias) {
