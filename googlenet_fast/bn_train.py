@@ -534,7 +534,8 @@ class _InceptionBnReluTrain(torch.autograd.Function):
         dpooled, gwp = _conv_backward(g4, pooled, wp, need_x)
         if need_x:
             # gx += the pool's input gradient (ATen's max pool backward + add_, bit for bit), in
-            # cache; gx has x's layout (convolution_backward's), the op writes channels_last
+            # cache; gx is channels_last from the GEMM, x's layout from oneDNN's dgrad (made
+            # channels_last here: the op writes it)
             gx = gx.contiguous(memory_format=cl)
             gf.max_pool2d_tap_backward_(gx, dpooled, tap, 3, 1, 1, True)
         gw1, gw3r, gw5r = gwm.split([c1, r3, r5])
@@ -605,7 +606,8 @@ def bn_relu_max_pool_train_applies(pre: Tensor, bn: nn.BatchNorm2d) -> bool:
     """Whether :func:`bn_relu_max_pool_train` computes ``pool(bn_relu_train(pre, bn))`` for
     ``pre``: channels_last on the CPU, float32 BatchNorm parameters and running statistics, and
     the extension's apply giving ATen's bits for pre's dtype: bfloat16 (autocast) where
-    ``bn_relu_bf16_exact_apply()``, float32 where ``bn_relu_mask_from_pre(torch.float32)``;
+    the exact bfloat16 apply is on, float32 where ATen's apply is the fma (both
+    :func:`_exact_apply`: ``bn_relu_mask_from_pre(dtype)``);
     :data:`APPLY_INTO` set."""
     return (APPLY_INTO and pre.device.type == "cpu" and pre.is_contiguous(memory_format=torch.channels_last)
             and _exact_apply(pre.dtype, (bn.weight, bn.bias, bn.running_mean, bn.running_var)))

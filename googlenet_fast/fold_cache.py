@@ -198,6 +198,13 @@ def _count_optimizer_step(optimizer, args, kwargs) -> None:
     clear_packed_parameters()
 
 
+def verifying(modules) -> bool:
+    """Whether any of these folded-weight cache modules checks its sources' contents on every hit
+    (``verify_folded_cache``): then nothing may bypass those checks (a recorded program, a packed
+    parameter)."""
+    return any(getattr(m, "verify_folded_cache", False) for m in modules)
+
+
 def clear_packed_parameters() -> None:
     """Drop the CPU ops' packed weight copies (csrc/cpu/packed_weights.h): the eval head packs
     ``fc.weight``, a parameter itself, which fused optimizers and writes through ``.data`` change

@@ -991,13 +991,11 @@ class GoogLeNet(nn.Module):
                 and type(dropout) is nn.Dropout and not dropout.training and type(fc) is nn.Linear
                 and fc.weight.dtype == x.dtype and x.dtype in (torch.float32, torch.bfloat16, torch.float64)
                 and not torch.is_autocast_enabled("cpu") and not _has_hooks(avgpool, dropout, fc)):
-            # fc.weight packed once for oneDNN where nothing needs its gradient (its copies are
-            # dropped by clear_folded_cache() and optimizer steps: fold_cache.clear_packed_parameters)
-            # (not where a module checks its folds' contents, verify_folded_cache: .data writes
-            # then need no clear_folded_cache(), and a packed fc.weight would miss them)
+            # opt-in: fc.weight packed once for oneDNN where nothing needs its gradient (copies
+            # dropped by clear_folded_cache() and optimizer steps), not where a module checks its
+            # folds' contents (verify_folded_cache: .data writes need no clear_folded_cache() there)
             pack = (HEAD_PREPACK and not (torch.is_grad_enabled() and fc.weight.requires_grad)
-                    and not any(getattr(m, "verify_folded_cache", False) for m in self.modules()
-                                if isinstance(m, _FoldedWeightsCache)))
+                    and not fold_cache.verifying(m for m in self.modules() if isinstance(m, _FoldedWeightsCache)))
             with ops.weight_prepacking(pack), _below_autograd_without_grad():
                 return ops.avgpool_linear(x, fc.weight, fc.bias)
         x = avgpool(x)

@@ -131,7 +131,7 @@ class ModelState:
     def verifying(self) -> bool:
         """Whether a folded-weight cache of the model checks its sources' contents on every hit
         (``verify_folded_cache``, CPU only): the program must not bypass that."""
-        return any(getattr(m, "verify_folded_cache", False) for m in self.fold_modules)
+        return fold_cache.verifying(self.fold_modules)
 
 
 def _safe_version(t: Tensor):
