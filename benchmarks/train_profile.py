@@ -55,7 +55,9 @@ def classify(name: str, phase: str) -> str:
                 "aten::_batch_norm_impl_index", "aten::batch_norm", "googlenet_fast::bn_relu_train",
                 "aten::batch_norm_update_stats", "googlenet_fast::bn_relu_apply", "googlenet_fast::bn_relu_apply_into"):
         return "BatchNorm forward (incl. batch statistics)"
-    if name in ("aten::native_batch_norm_backward", "googlenet_fast::bn_relu_backward"):
+    if name in ("aten::native_batch_norm_backward", "googlenet_fast::bn_relu_backward",
+                "googlenet_fast::max_pool2d_tap_bn_relu_backward"):
+        # (the last: the stem's BatchNorm + ReLU backward with its max pool's backward, float32)
         return "BatchNorm backward (+ fused ReLU backward)"
     if name in ("aten::relu", "aten::relu_", "aten::clamp_min", "aten::clamp_min_", "aten::threshold_backward"):
         return "ReLU forward/backward"

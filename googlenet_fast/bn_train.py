@@ -234,6 +234,12 @@ ONE_BY_ONE_GEMM = True
 # float32 batch statistics through the extension's bn_batch_stats (ATen's bits at memory speed,
 # csrc/cpu/bn_stats_cpu.cpp); False: ATen's batch_norm_update_stats (A/B, tests).
 FAST_BATCH_STATS = True
+# The stem's max_pool2d(relu(batch_norm(pre))) backward (float32) as one op,
+# ``max_pool2d_tap_bn_relu_backward``: the pool's input gradient gathered where the BatchNorm
+# backward's two passes read it, never written; False: ``max_pool2d_tap_backward_`` then
+# ``bn_relu_backward`` (A/B, tests).
+FUSED_POOL_BN_BACKWARD = True
+_FUSED_POOL_BN_DTYPES = (torch.float32,)
 
 
 def cpu_fast_path_applies(x: Tensor) -> bool:
@@ -577,7 +583,8 @@ class _BnReluMaxPoolTrain(torch.autograd.Function):
     :func:`bn_relu_max_pool_train_applies`): ATen's statistics, then ``max_pool2d_tap_bn_relu`` computes each
     window value as ``bn_relu_apply`` would and pools it, so relu(batch_norm(pre)) is never
     written; backward: the pool's gradient through the saved taps, then ``bn_relu_backward`` with
-    the ReLU mask recomputed from ``pre``.  The same bits as ``bn_relu_train`` + the tap max pool."""
+    the ReLU mask recomputed from ``pre`` (float32: in one op, ``max_pool2d_tap_bn_relu_backward``,
+    see :data:`FUSED_POOL_BN_BACKWARD`).  The same bits as ``bn_relu_train`` + the tap max pool."""
 
     @staticmethod
     def forward(ctx, pre, gamma, beta, bn, eps, momentum, window):
@@ -594,6 +601,9 @@ class _BnReluMaxPoolTrain(torch.autograd.Function):
     def backward(ctx, gp):
         pre, tap, mean, invstd, gamma, beta = ctx.saved_tensors
         gf = torch.ops.googlenet_fast
+        if FUSED_POOL_BN_BACKWARD and pre.dtype in _FUSED_POOL_BN_DTYPES:
+            dpre, gg, gb = gf.max_pool2d_tap_bn_relu_backward(gp, tap, pre, mean, invstd, gamma, beta, *ctx.window)
+            return dpre, gg, gb, None, None, None, None
         dy = torch.empty_like(pre, memory_format=torch.channels_last)
         gf.max_pool2d_tap_backward_(dy, gp, tap, *ctx.window, False)
         dpre = torch.empty_like(pre, memory_format=torch.channels_last)
@@ -674,6 +684,12 @@ def _register():
             cl = torch.channels_last
             return (torch.empty(shape, dtype=x.dtype, memory_format=cl),
                     torch.empty(shape, dtype=torch.uint8, memory_format=cl), torch.empty_like(mean))
+
+        @torch.library.register_fake("googlenet_fast::max_pool2d_tap_bn_relu_backward")
+        def _fake_max_pool2d_tap_bn_relu_backward(grad_y, tap, pre, mean, invstd, gamma, beta, kernel, stride,
+                                                  padding):
+            return (torch.empty_like(pre, memory_format=torch.channels_last), torch.empty_like(gamma),
+                    torch.empty_like(gamma))
 
         @torch.library.register_fake("googlenet_fast::bn_relu_apply")
         def _fake_bn_relu_apply(x, mean, var, gamma, beta, eps):

@@ -544,16 +544,19 @@ def test_bf16_exact_apply_is_on_with_avx512():
         assert not on
 
 
+@pytest.mark.parametrize("fused_backward", [True, False])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape,window", [((4, 64, 28, 28), (3, 2, 0, True)), ((2, 37, 9, 11), (3, 2, 0, True)),
                                           ((3, 20, 7, 7), (3, 1, 1, True)), ((2, 5, 6, 6), (2, 2, 0, False))])
-def test_bn_relu_max_pool_train_equals_the_two_nodes(shape, window, dtype):
+def test_bn_relu_max_pool_train_equals_the_two_nodes(shape, window, dtype, fused_backward, monkeypatch):
     """bn_relu_max_pool_train (the pool reads relu(batch_norm(pre)) computed in its window scan)
     == bn_relu_train followed by the tap max pool: pooled values, every gradient, running
     statistics and num_batches_tracked bit for bit (stem windows 3/2/0 ceil, a padded stride-1
-    window, channel tails).  float32: bn_relu_train's forward is ATen's native_batch_norm +
-    relu_, so this also holds the op's fma to ATen's float32 apply."""
+    window, channel tails), its backward as one op (float32, FUSED_POOL_BN_BACKWARD) or as the
+    two.  float32: bn_relu_train's forward is ATen's native_batch_norm + relu_, so this also
+    holds the op's fma to ATen's float32 apply."""
     import copy
+    monkeypatch.setattr(bn_train, "FUSED_POOL_BN_BACKWARD", fused_backward)
     from googlenet_fast import pool_train
     exact = (torch.ops.googlenet_fast.bn_relu_bf16_exact_apply() if dtype == torch.bfloat16
              else torch.ops.googlenet_fast.bn_relu_mask_from_pre(torch.float32))
@@ -589,6 +592,85 @@ def test_bn_relu_max_pool_train_equals_the_two_nodes(shape, window, dtype):
                  (bn.running_mean, bn2.running_mean), (bn.running_var, bn2.running_var)):
         assert torch.equal(_bits(a), _bits(b))
     assert int(bn.num_batches_tracked) == int(bn2.num_batches_tracked) == 1
+
+
+def _pool_bn_case(shape, window, dtype, seed):
+    """pre, its statistics, gamma, beta, the forward's taps and a gradient of the pooled output
+    for max_pool2d_tap_bn_relu_backward."""
+    g = torch.Generator().manual_seed(seed)
+    c = shape[1]
+    pre = (torch.randn(shape, generator=g) * 2 + 0.3).to(dtype).contiguous(memory_format=torch.channels_last)
+    gamma = torch.rand(c, generator=g) + 0.5
+    beta = torch.randn(c, generator=g) * 0.5
+    mean, var = torch.batch_norm_update_stats(pre, None, None, 0.1)
+    y, tap, invstd = torch.ops.googlenet_fast.max_pool2d_tap_bn_relu(pre, mean.float(), var.float(), gamma, beta,
+                                                                     1e-3, *window)
+    gy = torch.randn(y.shape, generator=g).to(dtype).contiguous(memory_format=torch.channels_last)
+    return pre, mean.float(), invstd, gamma, beta, tap, gy
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape,window", [((2, 64, 28, 28), (3, 2, 0, True)), ((2, 37, 15, 13), (3, 2, 0, True)),
+                                          ((1, 80, 9, 11), (2, 2, 0, False)), ((3, 19, 8, 8), (3, 1, 1, True)),
+                                          ((2, 70, 17, 17), (3, 2, 1, False))])
+def test_max_pool2d_tap_bn_relu_backward_equals_the_two_ops(shape, window, dtype):
+    """The fused stem backward == max_pool2d_tap_backward_ then bn_relu_backward (mask from pre),
+    bit for bit: grad_pre, dgamma, dbeta; channel tails (37, 19, 70 = 64 + 6, 80), padded and
+    stride-1 windows, ceil_mode, 1 and 2 threads (the pixel blocks fix the sums' order)."""
+    gf = torch.ops.googlenet_fast
+    k, s, p, ceil = window
+    if not gf.bn_relu_mask_from_pre(dtype):  # (portable loops, a CPU without AVX-512): the op refuses
+        pre = torch.randn(shape).to(dtype).contiguous(memory_format=torch.channels_last)
+        gy, tap = gf.max_pool2d_tap(pre, k, s, p, ceil)
+        v = torch.ones(shape[1])
+        with pytest.raises(ValueError, match="bn_relu_mask_from_pre"):
+            gf.max_pool2d_tap_bn_relu_backward(gy, tap, pre, v, v, v, v, k, s, p)
+        return
+    pre, mean, invstd, gamma, beta, tap, gy = _pool_bn_case(shape, window, dtype, seed=shape[1])
+    dy, want = torch.empty_like(pre), torch.empty_like(pre)
+    gf.max_pool2d_tap_backward_(dy, gy, tap, k, s, p, False)
+    want_gamma, want_beta = gf.bn_relu_backward([dy], [pre], [pre], mean, invstd, gamma, [want], beta)
+    threads = torch.get_num_threads()
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            got, got_gamma, got_beta = gf.max_pool2d_tap_bn_relu_backward(gy, tap, pre, mean, invstd, gamma, beta,
+                                                                          k, s, p)
+            assert got.is_contiguous(memory_format=torch.channels_last) and got.dtype == dtype
+            assert torch.equal(_bits(got), _bits(want)), t
+            assert torch.equal(_bits(got_gamma), _bits(want_gamma)) and torch.equal(_bits(got_beta), _bits(want_beta))
+    finally:
+        torch.set_num_threads(threads)
+    assert want.abs().sum() > 0 and want_gamma.abs().sum() > 0  # not a vacuous comparison
+
+
+def test_max_pool2d_tap_bn_relu_backward_errors_and_opcheck():
+    """Each argument checked with a ValueError naming it; the fake kernel and schema (opcheck)."""
+    gf = torch.ops.googlenet_fast
+    op = gf.max_pool2d_tap_bn_relu_backward
+    if not gf.bn_relu_mask_from_pre(torch.float32):
+        pre = torch.randn(2, 6, 7, 7).contiguous(memory_format=torch.channels_last)
+        v = torch.ones(6)
+        with pytest.raises(ValueError, match="bn_relu_mask_from_pre"):
+            op(torch.zeros(2, 6, 3, 3), torch.zeros(2, 6, 3, 3, dtype=torch.uint8), pre, v, v, v, v, 3, 2, 0)
+        return
+    pre, mean, invstd, gamma, beta, tap, gy = _pool_bn_case((2, 6, 7, 7), (3, 2, 0, True), torch.float32, seed=3)
+    args = (gy, tap, pre, mean, invstd, gamma, beta, 3, 2, 0)
+    torch.library.opcheck(op.default, args)
+    with pytest.raises(ValueError, match="pre: expected a channels_last"):
+        op(gy, tap, pre.contiguous(), *args[3:])
+    with pytest.raises(ValueError, match="pre: expected a channels_last"):
+        op(gy.double(), tap, pre.double(), *args[3:])
+    with pytest.raises(ValueError, match="grad_y: expected"):
+        op(gy.bfloat16(), tap, *args[2:])
+    with pytest.raises(ValueError, match="tap: expected a uint8"):
+        op(gy, tap.int(), *args[2:])
+    with pytest.raises(ValueError, match="grad_y: spatial size"):
+        op(gy, tap, *args[2:7], 3, 1, 1)
+    with pytest.raises(ValueError, match="mean, invstd, gamma, beta"):
+        op(gy, tap, pre, mean[:5], *args[4:])
+    with pytest.raises(ValueError, match="kernel, stride, padding"):
+        op(gy, tap, *args[2:7], 3, 2, 2)
 
 
 def test_bf16_train_step_takes_the_stem_bn_relu_pool_node(monkeypatch):

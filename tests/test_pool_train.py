@@ -187,7 +187,9 @@ def test_fused_train_mode_runs_the_tap_pools():
     stem_bn = 2 if gf.bn_relu_mask_from_pre(torch.float32) else 0
     assert names.count("googlenet_fast::max_pool2d_tap_bn_relu") == stem_bn
     assert names.count("googlenet_fast::max_pool2d_tap") == 13 - stem_bn
-    assert names.count("googlenet_fast::max_pool2d_tap_backward_") == 13
+    # their backward: the pool's and the BatchNorm's in one op (float32, bn_train.FUSED_POOL_BN_BACKWARD)
+    assert names.count("googlenet_fast::max_pool2d_tap_bn_relu_backward") == stem_bn
+    assert names.count("googlenet_fast::max_pool2d_tap_backward_") == 13 - stem_bn
     assert not any("max_pool2d_with_indices" in n for n in names)
     model.eval()  # eval: the extension's inference ops, no tap pools
     with torch.no_grad(), torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:

@@ -28,6 +28,11 @@
 //     mean)) * invstd^2 / M (ATen's formula), written straight into the destinations (e.g. a
 //     channel slice of the buffer the merged 1x1 dgrad reads, dense per-branch buffers the KxK
 //     backward reads): no split copies.  dgamma = sum(dz * (pre - mean)) * invstd, dbeta = sum(dz).
+// googlenet_fast::max_pool2d_tap_bn_relu_backward(grad_y, tap, pre, mean, invstd, gamma, beta, kernel,
+//     stride, padding) -> (grad_pre, dgamma, dbeta)
+//   the backward of max_pool2d_tap_bn_relu (the stem's BatchNorm + ReLU + max pool, train mode):
+//   max_pool2d_tap_backward_ then bn_relu_backward with the mask from pre, bit for bit, the pool's
+//   input gradient gathered where each pass reads it instead of written between them.
 //
 // Every tensor is (N, Ci, H, W), read as its NHWC rows (channels_last, or a channel slice of a
 // channels_last buffer); inputs in other layouts are copied to channels_last first, destinations
@@ -52,6 +57,7 @@
 #include "acc_convert.h"
 #include "avx512_lanes.h"
 #include "bn_exact.h"
+#include "max_pool_tap_avx512.h"
 
 namespace googlenet_fast {
 namespace {
@@ -460,6 +466,143 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
   return {ggamma.to(gamma.scalar_type()), gbeta.to(gamma.scalar_type())};
 }
 
+// ---- backward of max_pool2d(relu(batch_norm(pre))) in one op ---------------------------------------
+#if GF_AVX512
+// The pool geometry and the BatchNorm's per-channel vectors of one call.
+template <typename T>
+struct PoolBnBackward {
+  const T* GY;
+  const uint8_t* TP;
+  const T* X;  // pre
+  T* GX;       // grad_pre
+  int64_t H, W, C, OH, OW, k, s, pd;
+  const float *M, *AL, *BE;
+};
+
+// dy of pixel p (p = (n * H + ih) * W + iw) into row[0, C).
+template <typename T>
+GF_AVX512_INLINE void pool_grad_row(const PoolBnBackward<T>& a, int64_t p, T* row) {
+  const int64_t n = p / (a.H * a.W), ih = (p / a.W) % a.H, iw = p % a.W;
+  int64_t oh0, oh1, ow0, ow1;
+  pool_avx512::covering_outputs(ih, a.OH, a.k, a.s, a.pd, oh0, oh1);
+  pool_avx512::covering_outputs(iw, a.OW, a.k, a.s, a.pd, ow0, ow1);
+  pool_avx512::tap_backward_gather_pixel(a.GY, a.TP, row, n, ih, iw, oh0, oh1, ow0, ow1, a.C, a.OH, a.OW, a.k, a.s,
+                                         a.pd, false);
+}
+
+// Pass 1 over pixels [p0, p1): the channel sums of dz and dz * (pre - mean) added into s1 / s2.
+template <typename T>
+GF_AVX512_FN void pool_bn_sums(const PoolBnBackward<T>& a, int64_t p0, int64_t p1, T* buf, float* s1, float* s2) {
+  for (int64_t p = p0; p < p1; ++p) {
+    pool_grad_row(a, p, buf);
+    bwd_sums_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, s1, s2, a.C);
+  }
+}
+
+// Pass 2 over pixels [p0, p1): grad_pre.
+template <typename T>
+GF_AVX512_FN void pool_bn_grad(const PoolBnBackward<T>& a, int64_t p0, int64_t p1, T* buf, const float* gm,
+                               const float* kk, const float* al) {
+  for (int64_t p = p0; p < p1; ++p) {
+    pool_grad_row(a, p, buf);
+    bwd_grad_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, gm, kk, al, a.GX + p * a.C, a.C);
+  }
+}
+
+// What max_pool2d_tap_backward_ (gather form) followed by bn_relu_backward([dy], [pre], [pre], ...,
+// beta) computes, bit for bit, without the pool's input gradient dy in memory: each pixel's dy row
+// is gathered from grad_y and the taps into a per-thread buffer (tap_backward_gather_pixel, the
+// same sums) right where a pass reads it.  Pass 1 (the channel sums, in bn_relu_backward's pixel
+// blocks and order) and pass 2 (grad_pre) each gather it: memory traffic of ~3.6 pre-sized tensors
+// instead of ~6.3 (dy written once, read twice) for a second gather.  Compute-bound in bfloat16
+// (its gather rounds after every add): there the two ops ran 1.5x faster (bn_train.py uses this
+// op for float32 only).
+template <typename T>
+void pool_bn_relu_backward_avx512(const PoolBnBackward<T>& a, int64_t N, const float* IS, const float* GA, float* GG,
+                                  float* GB) {
+  const int64_t C = a.C, P = N * a.H * a.W, kBlock = block_pixels(P), nb = (P + kBlock - 1) / kBlock;
+  std::vector<float> part(static_cast<size_t>(nb * 2 * C));
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(static_cast<size_t>(C));
+    for (int64_t b = b0; b < b1; ++b) {
+      float* sm = part.data() + b * 2 * C;
+      std::fill(sm, sm + 2 * C, 0.0f);
+      pool_bn_sums(a, b * kBlock, std::min(P, (b + 1) * kBlock), buf.data(), sm, sm + C);
+    }
+  });
+  std::vector<double> sum(static_cast<size_t>(2 * C), 0.0);
+  for (int64_t b = 0; b < nb; ++b)
+    for (int64_t i = 0; i < 2 * C; ++i) sum[i] += static_cast<double>(part[b * 2 * C + i]);
+  // bn_relu_backward's epilogue, the same expressions
+  std::vector<float> gmean(C), kk(C), al(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const float sm = static_cast<float>(sum[c]), dot = static_cast<float>(sum[C + c]);
+    gmean[c] = sm / static_cast<float>(P);
+    kk[c] = dot * IS[c] * IS[c] / static_cast<float>(P);
+    al[c] = IS[c] * GA[c];
+    GG[c] = dot * IS[c];
+    GB[c] = sm;
+  }
+  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<T> buf(static_cast<size_t>(C));
+    pool_bn_grad(a, b0 * kBlock, std::min(P, b1 * kBlock), buf.data(), gmean.data(), kk.data(), al.data());
+  });
+}
+#endif
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_backward_cpu(
+    const at::Tensor& grad_y, const at::Tensor& tap, const at::Tensor& pre, const at::Tensor& mean,
+    const at::Tensor& invstd, const at::Tensor& gamma, const at::Tensor& beta, int64_t kernel, int64_t stride,
+    int64_t padding) {
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const auto cl = at::MemoryFormat::ChannelsLast;
+  TORCH_CHECK_VALUE(pre.dim() == 4 && pre.device().is_cpu() && pre.is_contiguous(cl) &&
+                        (pre.scalar_type() == at::kFloat || pre.scalar_type() == at::kBFloat16),
+                    "pre: expected a channels_last (N, C, H, W) float32 or bfloat16 CPU tensor, got ",
+                    pre.scalar_type(), " ", pre.sizes());
+  TORCH_CHECK_VALUE(bn_mask_from_pre(pre.scalar_type()),
+                    "max_pool2d_tap_bn_relu_backward: needs the exact BatchNorm apply for ", pre.scalar_type(),
+                    " (torch.ops.googlenet_fast.bn_relu_mask_from_pre(", pre.scalar_type(), ") is False here)");
+  TORCH_CHECK_VALUE(kernel >= 1 && kernel <= 16 && stride >= 1 && padding >= 0 && padding <= kernel / 2,
+                    "kernel, stride, padding: expected 1 <= kernel <= 16, stride >= 1, 0 <= padding <= kernel / 2, "
+                    "got ", kernel, ", ", stride, ", ", padding);
+  const int64_t N = pre.size(0), C = pre.size(1), H = pre.size(2), W = pre.size(3);
+  TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == N && grad_y.size(1) == C &&
+                        grad_y.scalar_type() == pre.scalar_type() && grad_y.device().is_cpu(),
+                    "grad_y: expected an (", N, ", ", C, ", OH, OW) CPU tensor of pre's dtype, got ",
+                    grad_y.scalar_type(), " ", grad_y.sizes());
+  TORCH_CHECK_VALUE(tap.scalar_type() == at::kByte && tap.sizes() == grad_y.sizes(),
+                    "tap: expected a uint8 tensor of grad_y's shape ", grad_y.sizes(), " (max_pool2d_tap_bn_relu's), got ",
+                    tap.scalar_type(), " ", tap.sizes());
+  const int64_t OH = grad_y.size(2), OW = grad_y.size(3);
+  TORCH_CHECK_VALUE(OH >= 1 && OW >= 1 && (OH - 1) * stride - padding < H && (OW - 1) * stride - padding < W &&
+                        (H + 2 * padding - kernel) / stride + 1 <= OH && (W + 2 * padding - kernel) / stride + 1 <= OW,
+                    "grad_y: spatial size ", OH, "x", OW, " is not the ", kernel, "x", kernel, " / stride ", stride,
+                    " / padding ", padding, " pool of pre's ", H, "x", W);
+  for (const at::Tensor* v : {&mean, &invstd, &gamma, &beta})
+    TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
+                      "mean, invstd, gamma, beta: expected float32 tensors of shape (", C, ",)");
+  at::Tensor grad_pre = at::empty_like(pre, pre.options().memory_format(cl));
+  at::Tensor ggamma = at::zeros({C}, gamma.options()), gbeta = at::zeros({C}, gamma.options());
+  if (pre.numel() == 0) return {grad_pre, ggamma, gbeta};
+  const at::Tensor gy = grad_y.contiguous(cl), tp = tap.contiguous(cl);
+  const at::Tensor m = mean.contiguous(), is = invstd.contiguous(), ga = gamma.contiguous();
+  std::vector<float> al, be;
+  bn_alpha_beta(m, is, ga, beta, al, be);
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, pre.scalar_type(), "max_pool2d_tap_bn_relu_backward_cpu", [&] {
+    if constexpr (std::is_same_v<scalar_t, float> || std::is_same_v<scalar_t, c10::BFloat16>) {
+#if GF_AVX512
+      const PoolBnBackward<scalar_t> a{gy.const_data_ptr<scalar_t>(), tp.const_data_ptr<uint8_t>(),
+                                       pre.const_data_ptr<scalar_t>(), grad_pre.data_ptr<scalar_t>(), H, W, C, OH,
+                                       OW, kernel, stride, padding, m.const_data_ptr<float>(), al.data(), be.data()};
+      pool_bn_relu_backward_avx512(a, N, is.const_data_ptr<float>(), ga.const_data_ptr<float>(),
+                                   ggamma.data_ptr<float>(), gbeta.data_ptr<float>());
+#endif
+    }
+  });
+  return {grad_pre, ggamma, gbeta};
+}
+
 // ---- forward: BatchNorm apply + ReLU ---------------------------------------------------------------
 std::tuple<at::Tensor, at::Tensor> bn_relu_apply_cpu(const at::Tensor& x, const at::Tensor& mean, const at::Tensor& var,
                                                      const at::Tensor& gamma, const at::Tensor& beta, double eps) {
@@ -597,6 +740,10 @@ TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
   m.def("bn_relu_bf16_exact_apply() -> bool");
   // whether bn_relu_backward recomputes the ReLU mask from pre (given beta) for this dtype
   m.def("bn_relu_mask_from_pre(ScalarType dtype) -> bool");
+  // the backward of max_pool2d_tap_bn_relu: (grad_pre, grad_gamma, grad_beta)
+  m.def("max_pool2d_tap_bn_relu_backward(Tensor grad_y, Tensor tap, Tensor pre, Tensor mean, Tensor invstd, "
+        "Tensor gamma, Tensor beta, int kernel, int stride, int padding) -> (Tensor grad_pre, Tensor grad_gamma, "
+        "Tensor grad_beta)");
 }
 
 TORCH_LIBRARY_IMPL(googlenet_fast, CompositeExplicitAutograd, m) {
@@ -608,6 +755,7 @@ TORCH_LIBRARY_IMPL(googlenet_fast, CPU, m) {
   m.impl("bn_relu_backward", &bn_relu_backward_cpu);
   m.impl("bn_relu_apply", &bn_relu_apply_cpu);
   m.impl("bn_relu_apply_into", &bn_relu_apply_into_cpu);
+  m.impl("max_pool2d_tap_bn_relu_backward", &max_pool2d_tap_bn_relu_backward_cpu);
 }
 
 }  // namespace googlenet_fast

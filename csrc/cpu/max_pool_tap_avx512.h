@@ -110,6 +110,58 @@ GF_AVX512_FN void tap_forward_rows(const T* X, T* Y, uint8_t* TP, int64_t begin,
   }
 }
 
+// The outputs o with o * s - p <= i <= o * s - p + k - 1, within [0, O): [lo, hi] (empty: lo > hi).
+GF_AVX512_INLINE void covering_outputs(int64_t i, int64_t O, int64_t k, int64_t s, int64_t p, int64_t& lo,
+                                       int64_t& hi) {
+  const int64_t a = i + p - k + 1;
+  lo = std::max<int64_t>(0, a <= 0 ? 0 : (a + s - 1) / s);
+  hi = std::min<int64_t>(O - 1, (i + p) / s);
+}
+
+// One input pixel (n, ih, iw) of the gather: its C channel sums over the output pixels
+// [oh0, oh1] x [ow0, ow1] whose window covers it (covering_outputs), stored to gx[0, C) (accumulate:
+// added to gx's values first).  Shared by tap_backward_gather_rows and the fused pool + BatchNorm
+// + ReLU backward (bn_relu_train_cpu.cpp), which gathers a pixel's row into a buffer: the same sums.
+template <typename T>
+GF_AVX512_INLINE void tap_backward_gather_pixel(const T* GY, const uint8_t* TP, T* gx, int64_t n, int64_t ih,
+                                                int64_t iw, int64_t oh0, int64_t oh1, int64_t ow0, int64_t ow1,
+                                                int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s, int64_t p,
+                                                bool accumulate) {
+  constexpr int kRegs = 4;  // 64 channels: four independent sums
+  for (int64_t c0 = 0; c0 < C; c0 += 16 * kRegs) {
+    __mmask16 mk[kRegs];
+    __m512 acc[kRegs];
+#pragma GCC unroll 4
+    for (int j = 0; j < kRegs; ++j) {
+      mk[j] = lanes(C - c0 - 16 * j);
+      acc[j] = _mm512_setzero_ps();
+    }
+    for (int64_t oh = oh0; oh <= oh1; ++oh) {
+      const int64_t dh = ih - (oh * s - p);
+      for (int64_t ow = ow0; ow <= ow1; ++ow) {
+        const __m512i tt = _mm512_set1_epi32(static_cast<int>(dh * k + iw - (ow * s - p)));
+        const int64_t o = ((n * OH + oh) * OW + ow) * C + c0;
+#pragma GCC unroll 4
+        for (int j = 0; j < kRegs; ++j) {
+          if (mk[j] == 0) continue;
+          const __m512i taps = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk[j], TP + o + 16 * j));
+          const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(mk[j], taps, tt);
+          acc[j] = _mm512_mask_add_ps(acc[j], hit, acc[j], load16(GY + o + 16 * j, mk[j]));
+          // lanes without a hit keep their sum (already a bfloat16 value: rounding is exact)
+          if constexpr (std::is_same_v<T, c10::BFloat16>) acc[j] = round_bf16(acc[j]);
+        }
+      }
+    }
+#pragma GCC unroll 4
+    for (int j = 0; j < kRegs; ++j) {
+      if (mk[j] == 0) continue;
+      __m512 v = acc[j];
+      if (accumulate) v = _mm512_add_ps(load16(gx + c0 + 16 * j, mk[j]), v);  // +0 turns -0 to +0
+      store16(gx + c0 + 16 * j, mk[j], v);
+    }
+  }
+}
+
 // The backward in gather form (float32, bfloat16), input rows [begin, end) (row = n * H + ih), all
 // channels: each input pixel's gradient summed in registers over the output pixels whose window
 // covers it, in output raster order (oh, then ow: the order of ATen's `grad_input[argmax] +=
@@ -120,53 +172,15 @@ template <typename T>
 GF_AVX512_FN void tap_backward_gather_rows(const T* GY, const uint8_t* TP, T* GX, int64_t begin, int64_t end, int64_t H,
                                            int64_t W, int64_t C, int64_t OH, int64_t OW, int64_t k, int64_t s,
                                            int64_t p, bool accumulate) {
-  constexpr int kRegs = 4;  // 64 channels: four independent sums
-  // the outputs o with o * s - p <= i <= o * s - p + k - 1, within [0, O)
-  auto covering = [&](int64_t i, int64_t O, int64_t& lo, int64_t& hi) {
-    const int64_t a = i + p - k + 1;
-    lo = std::max<int64_t>(0, a <= 0 ? 0 : (a + s - 1) / s);
-    hi = std::min<int64_t>(O - 1, (i + p) / s);
-  };
   for (int64_t row = begin; row < end; ++row) {
     const int64_t n = row / H, ih = row % H;
     int64_t oh0, oh1;
-    covering(ih, OH, oh0, oh1);
+    covering_outputs(ih, OH, k, s, p, oh0, oh1);
     for (int64_t iw = 0; iw < W; ++iw) {
       int64_t ow0, ow1;
-      covering(iw, OW, ow0, ow1);
-      T* gx = GX + ((n * H + ih) * W + iw) * C;
-      for (int64_t c0 = 0; c0 < C; c0 += 16 * kRegs) {
-        __mmask16 mk[kRegs];
-        __m512 acc[kRegs];
-#pragma GCC unroll 4
-        for (int j = 0; j < kRegs; ++j) {
-          mk[j] = lanes(C - c0 - 16 * j);
-          acc[j] = _mm512_setzero_ps();
-        }
-        for (int64_t oh = oh0; oh <= oh1; ++oh) {
-          const int64_t dh = ih - (oh * s - p);
-          for (int64_t ow = ow0; ow <= ow1; ++ow) {
-            const __m512i tt = _mm512_set1_epi32(static_cast<int>(dh * k + iw - (ow * s - p)));
-            const int64_t o = ((n * OH + oh) * OW + ow) * C + c0;
-#pragma GCC unroll 4
-            for (int j = 0; j < kRegs; ++j) {
-              if (mk[j] == 0) continue;
-              const __m512i taps = _mm512_cvtepu8_epi32(_mm_maskz_loadu_epi8(mk[j], TP + o + 16 * j));
-              const __mmask16 hit = _mm512_mask_cmpeq_epi32_mask(mk[j], taps, tt);
-              acc[j] = _mm512_mask_add_ps(acc[j], hit, acc[j], load16(GY + o + 16 * j, mk[j]));
-              // lanes without a hit keep their sum (already a bfloat16 value: rounding is exact)
-              if constexpr (std::is_same_v<T, c10::BFloat16>) acc[j] = round_bf16(acc[j]);
-            }
-          }
-        }
-#pragma GCC unroll 4
-        for (int j = 0; j < kRegs; ++j) {
-          if (mk[j] == 0) continue;
-          __m512 v = acc[j];
-          if (accumulate) v = _mm512_add_ps(load16(gx + c0 + 16 * j, mk[j]), v);  // +0 turns -0 to +0
-          store16(gx + c0 + 16 * j, mk[j], v);
-        }
-      }
+      covering_outputs(iw, OW, k, s, p, ow0, ow1);
+      tap_backward_gather_pixel(GY, TP, GX + ((n * H + ih) * W + iw) * C, n, ih, iw, oh0, oh1, ow0, ow1, C, OH, OW,
+                                k, s, p, accumulate);
     }
   }
 }
