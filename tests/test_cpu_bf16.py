@@ -214,8 +214,9 @@ def test_bf16_pool_branch_pads_with_minus_inf_across_blocks(shape):
 
 
 def test_bf16_element_loops_are_avx512bw_vectorized():
-    """The x86-64-v4 clones of the bfloat16 pooling and ReLU loops work on 32 16-bit lanes per
-    instruction (vpmaxsw / 16-bit compares on zmm registers), the point of their integer keys."""
+    """The x86-64-v4 clones of the bfloat16 pooling and ReLU loops, and the AVX-512 ReLU row of the
+    epilogues, work on 32 16-bit lanes per instruction (vpmaxsw / 16-bit compares on zmm
+    registers), the point of their integer keys."""
     import re
     import shutil
     import subprocess
@@ -237,7 +238,12 @@ def test_bf16_element_loops_are_avx512bw_vectorized():
 
     for name in ("max_pool_rows", "pool3x3_block"):
         assert re.search(r"vpmaxsw\s.*zmm", clone(name)), name
-    assert re.search(r"vpcmp\w*w\s.*zmm|vpblendmw\s.*zmm|vpandn?\w*\s.*zmm", clone("relu_inplace"))
+    assert re.search(r"vpcmp\w*w\s.*zmm|vpblendmw\s.*zmm|vpandn?\w*\s.*zmm", clone("relu_inplace_clones"))
+    # the epilogue's ReLU row (AVX-512 intrinsics, not a clone: what AVX-512 CPUs run) on zmm,
+    # its tail in one masked 16-bit store
+    avx = [b for k, b in bodies.items() if "::store_row_relu_avx512(" in k and ".cold]" not in k]
+    assert len(avx) == 1, "expected one store_row_relu_avx512 in the extension"
+    assert re.search(r"vpcmp\w*uw\s.*zmm", avx[0]) and re.search(r"vmovdqu16\s.*zmm.*\{%k", avx[0])
 
 
 @pytest.mark.parametrize("autocast_dtype", [BF16, torch.float16])

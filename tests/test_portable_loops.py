@@ -63,14 +63,33 @@ for dtype in (torch.float32, torch.bfloat16):
     dx = torch.empty_like(pre)
     gg, gb = gf.bn_relu_backward([grad[:, :5], grad[:, 5:]], [y], [pre], mean, invstd, gamma, [dx])
     out += [dx, gg, gb]
+# the eval Inception's ReLU epilogues (stage 1 and 2 rows of 3-45 channels: register tails) on
+# values with NaN payloads, both infinities, both zeros, subnormals: branch 1 a one-hot 1x1
+# convolution, so its output is the input itself
+from googlenet_fast import ops
+for dtype in (torch.float32, torch.bfloat16):
+    g = torch.Generator().manual_seed(11)
+    c = 24
+    x = torch.randn(2, c, 7, 9, generator=g).to(dtype)
+    bits = torch.int32 if dtype == torch.float32 else torch.int16
+    special = ([0x7FC00001, -0x7FFFFF, 0x7F800000, -0x800000, -0x80000000, 0, 1, -0x7FFFFFFF]
+               if dtype == torch.float32 else [0x7FC1, -0x7F, 0x7F80, -0x80, -0x8000, 0, 1, -0x7FFF])
+    flat = x.view(bits).view(-1)
+    flat[torch.randperm(flat.numel(), generator=g)[:4 * len(special)]] = torch.tensor(special * 4).to(bits)
+    w = lambda o, i, k: (torch.randn(o, i, k, k, generator=g) * 0.3).to(dtype)
+    y = ops.inception(x.contiguous(memory_format=cl), torch.eye(c, dtype=dtype).reshape(c, c, 1, 1), None,
+                      w(5, c, 1), None, w(37, 5, 3), None, w(3, c, 1), None, w(19, 3, 5), None, w(45, c, 1), None,
+                      relu=True, backend="cpu")
+    out.append(y)
 torch.save(out, sys.argv[1])
 '''
 
 
 def test_vectorized_and_portable_loops_give_the_same_bits(tmp_path):
     """Where the CPU has AVX-512 this compares its loops with the portable ones bit for bit
-    (max pool values, taps and accumulated gradients, BatchNorm + ReLU backward; float32 and
-    bfloat16; channel counts with tails); elsewhere both runs are portable."""
+    (max pool values, taps and accumulated gradients, BatchNorm + ReLU backward, the eval
+    Inception's ReLU epilogues on special values; float32 and bfloat16; channel counts with
+    tails); elsewhere both runs are portable."""
     import torch
     files = {}
     for name, env in (("default", {}), ("portable", {"GOOGLENET_FAST_PORTABLE_LOOPS": "1"})):
@@ -79,7 +98,7 @@ def test_vectorized_and_portable_loops_give_the_same_bits(tmp_path):
                            capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stderr[-3000:]
     a, b = torch.load(files["default"]), torch.load(files["portable"])
-    assert len(a) == len(b) == 30
+    assert len(a) == len(b) == 32
     for i, (u, v) in enumerate(zip(a, b)):
         assert u.dtype == v.dtype and u.shape == v.shape
         bits = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.uint8: torch.uint8}[u.dtype]
