@@ -667,6 +667,8 @@ def test_max_pool2d_tap_bn_relu_backward_errors_and_opcheck():
         op(gy, tap.int(), *args[2:])
     with pytest.raises(ValueError, match="grad_y: spatial size"):
         op(gy, tap, *args[2:7], 3, 1, 1)
+    with pytest.raises(ValueError, match="grad_y: spatial size"):  # one row more than either mode's output
+        op(torch.cat([gy, gy[:, :, :1]], 2), torch.cat([tap, tap[:, :, :1]], 2), *args[2:])
     with pytest.raises(ValueError, match="mean, invstd, gamma, beta"):
         op(gy, tap, pre, mean[:5], *args[4:])
     with pytest.raises(ValueError, match="kernel, stride, padding"):

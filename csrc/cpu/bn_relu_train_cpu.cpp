@@ -575,10 +575,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_backward_c
                     "tap: expected a uint8 tensor of grad_y's shape ", grad_y.sizes(), " (max_pool2d_tap_bn_relu's), got ",
                     tap.scalar_type(), " ", tap.sizes());
   const int64_t OH = grad_y.size(2), OW = grad_y.size(3);
-  TORCH_CHECK_VALUE(OH >= 1 && OW >= 1 && (OH - 1) * stride - padding < H && (OW - 1) * stride - padding < W &&
-                        (H + 2 * padding - kernel) / stride + 1 <= OH && (W + 2 * padding - kernel) / stride + 1 <= OW,
-                    "grad_y: spatial size ", OH, "x", OW, " is not the ", kernel, "x", kernel, " / stride ", stride,
-                    " / padding ", padding, " pool of pre's ", H, "x", W);
+  bool pooled = false;  // grad_y is the floor- or ceil-mode pool output of pre (as max_pool2d_tap_backward_ checks)
+  for (const bool ceil_mode : {false, true})
+    pooled = pooled || (OH >= 1 && OW >= 1 && OH == pool_out_size(H, kernel, stride, padding, ceil_mode) &&
+                        OW == pool_out_size(W, kernel, stride, padding, ceil_mode));
+  TORCH_CHECK_VALUE(pooled, "grad_y: spatial size ", OH, "x", OW, " is not the ", kernel, "x", kernel, " / stride ",
+                    stride, " / padding ", padding, " pool of pre's ", H, "x", W);
   for (const at::Tensor* v : {&mean, &invstd, &gamma, &beta})
     TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
                       "mean, invstd, gamma, beta: expected float32 tensors of shape (", C, ",)");
