@@ -406,6 +406,25 @@ void for_pixels(int64_t P, const std::vector<Piece<K>>& ps, const F& f) {
 }
 
 // ---- backward ------------------------------------------------------------------------------------
+// Pass 2's per-channel coefficients from pass 1's sums s = (sum dz [C], sum dz * (pre - mean) [C]):
+// gmean = sum / M, k = dot * invstd^2 / M, a = invstd * gamma (ATen's formula), and the gradients
+// of gamma (dot * invstd) and beta (sum).
+template <typename A>
+void bn_backward_coefficients(const std::vector<double>& s, int64_t P, int64_t C, const A* IS, const A* GA,
+                              std::vector<A>& gmean, std::vector<A>& k, std::vector<A>& a, A* GG, A* GB) {
+  gmean.resize(C);
+  k.resize(C);
+  a.resize(C);
+  for (int64_t c = 0; c < C; ++c) {
+    const A sum = static_cast<A>(s[c]), dot = static_cast<A>(s[C + c]);
+    gmean[c] = sum / static_cast<A>(P);
+    k[c] = dot * IS[c] * IS[c] / static_cast<A>(P);
+    a[c] = IS[c] * GA[c];
+    GG[c] = dot * IS[c];
+    GB[c] = sum;
+  }
+}
+
 std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at::TensorList y, at::TensorList pre,
                                                         const at::Tensor& mean, const at::Tensor& invstd,
                                                         const at::Tensor& gamma, at::TensorList outs,
@@ -445,17 +464,8 @@ std::tuple<at::Tensor, at::Tensor> bn_relu_backward_cpu(at::TensorList grads, at
                at_pixel<scalar_t>(pc, 2, p), M + pc.c0, AL ? AL + pc.c0 : nullptr, BE ? BE + pc.c0 : nullptr,
                s + pc.c0, s + C + pc.c0, pc.c1 - pc.c0);
     });
-    std::vector<A> gmean(C), k(C), a(C);
-    A* GG = ggamma.data_ptr<A>();
-    A* GB = gbeta.data_ptr<A>();
-    for (int64_t c = 0; c < C; ++c) {
-      const A sum = static_cast<A>(s[c]), dot = static_cast<A>(s[C + c]);
-      gmean[c] = sum / static_cast<A>(P);
-      k[c] = dot * IS[c] * IS[c] / static_cast<A>(P);
-      a[c] = IS[c] * GA[c];
-      GG[c] = dot * IS[c];
-      GB[c] = sum;
-    }
+    std::vector<A> gmean, k, a;
+    bn_backward_coefficients<A>(s, P, C, IS, GA, gmean, k, a, ggamma.data_ptr<A>(), gbeta.data_ptr<A>());
     const auto wr = pieces<4>({&G, &Y, &X, &O}, sizeof(scalar_t));
     for_pixels(P, wr, [&](const Piece<4>& pc, int64_t p) {
       grad_row(from_pre, vec, at_pixel<scalar_t>(pc, 0, p), at_pixel<scalar_t>(pc, 1, p),
@@ -490,62 +500,52 @@ GF_AVX512_INLINE void pool_grad_row(const PoolBnBackward<T>& a, int64_t p, T* ro
                                          a.pd, false);
 }
 
-// Pass 1 over pixels [p0, p1): the channel sums of dz and dz * (pre - mean) added into s1 / s2.
+// Pass 1 at pixel p: dy's row gathered into buf, the channel sums of dz and dz * (pre - mean)
+// added into s1 / s2.
 template <typename T>
-GF_AVX512_FN void pool_bn_sums(const PoolBnBackward<T>& a, int64_t p0, int64_t p1, T* buf, float* s1, float* s2) {
-  for (int64_t p = p0; p < p1; ++p) {
-    pool_grad_row(a, p, buf);
-    bwd_sums_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, s1, s2, a.C);
-  }
+GF_AVX512_FN void pool_bn_sums(const PoolBnBackward<T>& a, int64_t p, T* buf, float* s1, float* s2) {
+  pool_grad_row(a, p, buf);
+  bwd_sums_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, s1, s2, a.C);
 }
 
-// Pass 2 over pixels [p0, p1): grad_pre.
+// Pass 2 at pixel p: dy's row gathered into buf, grad_pre's row.
 template <typename T>
-GF_AVX512_FN void pool_bn_grad(const PoolBnBackward<T>& a, int64_t p0, int64_t p1, T* buf, const float* gm,
-                               const float* kk, const float* al) {
-  for (int64_t p = p0; p < p1; ++p) {
-    pool_grad_row(a, p, buf);
-    bwd_grad_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, gm, kk, al, a.GX + p * a.C, a.C);
-  }
+GF_AVX512_FN void pool_bn_grad(const PoolBnBackward<T>& a, int64_t p, T* buf, const float* gm, const float* kk,
+                               const float* al) {
+  pool_grad_row(a, p, buf);
+  bwd_grad_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, gm, kk, al, a.GX + p * a.C, a.C);
+}
+
+// This thread's row buffer of at least n values, kept across calls.
+template <typename T>
+T* row_scratch(int64_t n) {
+  thread_local std::vector<T> buf;
+  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
+  return buf.data();
 }
 
 // What max_pool2d_tap_backward_ (gather form) followed by bn_relu_backward([dy], [pre], [pre], ...,
 // beta) computes, bit for bit, without the pool's input gradient dy in memory: each pixel's dy row
 // is gathered from grad_y and the taps into a per-thread buffer (tap_backward_gather_pixel, the
-// same sums) right where a pass reads it.  Pass 1 (the channel sums, in bn_relu_backward's pixel
-// blocks and order) and pass 2 (grad_pre) each gather it: memory traffic of ~3.6 pre-sized tensors
-// instead of ~6.3 (dy written once, read twice) for a second gather.  Compute-bound in bfloat16
-// (its gather rounds after every add): there the two ops ran 1.5x faster (bn_train.py uses this
-// op for float32 only).
+// same sums) right where a pass reads it.  Both passes run through bn_relu_backward's block_sums and
+// for_pixels (the same pixel blocks and order) and each gathers the row: memory traffic of ~3.6
+// pre-sized tensors instead of ~6.3 (dy written once, read twice) for a second gather.
+// Compute-bound in bfloat16 (its gather rounds after every add): there the two ops ran 1.5x faster
+// (bn_train.py uses this op for float32 only).
 template <typename T>
 void pool_bn_relu_backward_avx512(const PoolBnBackward<T>& a, int64_t N, const float* IS, const float* GA, float* GG,
                                   float* GB) {
-  const int64_t C = a.C, P = N * a.H * a.W, kBlock = block_pixels(P), nb = (P + kBlock - 1) / kBlock;
-  std::vector<float> part(static_cast<size_t>(nb * 2 * C));
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> buf(static_cast<size_t>(C));
-    for (int64_t b = b0; b < b1; ++b) {
-      float* sm = part.data() + b * 2 * C;
-      std::fill(sm, sm + 2 * C, 0.0f);
-      pool_bn_sums(a, b * kBlock, std::min(P, (b + 1) * kBlock), buf.data(), sm, sm + C);
-    }
+  const int64_t C = a.C, P = N * a.H * a.W;
+  std::vector<Piece<1>> all(1);  // one piece: every channel (the rows come from PoolBnBackward)
+  all[0].c0 = 0;
+  all[0].c1 = C;
+  const std::vector<double> s = block_sums<float>(P, C, 2, all, [&](const Piece<1>&, int64_t p, float* sm) {
+    pool_bn_sums(a, p, row_scratch<T>(C), sm, sm + C);
   });
-  std::vector<double> sum(static_cast<size_t>(2 * C), 0.0);
-  for (int64_t b = 0; b < nb; ++b)
-    for (int64_t i = 0; i < 2 * C; ++i) sum[i] += static_cast<double>(part[b * 2 * C + i]);
-  // bn_relu_backward's epilogue, the same expressions
-  std::vector<float> gmean(C), kk(C), al(C);
-  for (int64_t c = 0; c < C; ++c) {
-    const float sm = static_cast<float>(sum[c]), dot = static_cast<float>(sum[C + c]);
-    gmean[c] = sm / static_cast<float>(P);
-    kk[c] = dot * IS[c] * IS[c] / static_cast<float>(P);
-    al[c] = IS[c] * GA[c];
-    GG[c] = dot * IS[c];
-    GB[c] = sm;
-  }
-  at::parallel_for(0, nb, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> buf(static_cast<size_t>(C));
-    pool_bn_grad(a, b0 * kBlock, std::min(P, b1 * kBlock), buf.data(), gmean.data(), kk.data(), al.data());
+  std::vector<float> gmean, kk, al;
+  bn_backward_coefficients<float>(s, P, C, IS, GA, gmean, kk, al, GG, GB);
+  for_pixels(P, all, [&](const Piece<1>&, int64_t p) {
+    pool_bn_grad(a, p, row_scratch<T>(C), gmean.data(), kk.data(), al.data());
   });
 }
 #endif
