@@ -612,11 +612,12 @@ def _pool_bn_case(shape, window, dtype, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape,window", [((2, 64, 28, 28), (3, 2, 0, True)), ((2, 37, 15, 13), (3, 2, 0, True)),
                                           ((1, 80, 9, 11), (2, 2, 0, False)), ((3, 19, 8, 8), (3, 1, 1, True)),
-                                          ((2, 70, 17, 17), (3, 2, 1, False))])
+                                          ((2, 70, 17, 17), (3, 2, 1, False)), ((1, 1030, 5, 6), (3, 2, 0, True))])
 def test_max_pool2d_tap_bn_relu_backward_equals_the_two_ops(shape, window, dtype):
     """The fused stem backward == max_pool2d_tap_backward_ then bn_relu_backward (mask from pre),
-    bit for bit: grad_pre, dgamma, dbeta; channel tails (37, 19, 70 = 64 + 6, 80), padded and
-    stride-1 windows, ceil_mode, 1 and 2 threads (the pixel blocks fix the sums' order)."""
+    bit for bit: grad_pre, dgamma, dbeta; channel tails (37, 19, 70 = 64 + 6, 80), more channels
+    than its row buffer on the stack holds (1030 > 1024: the heap row), padded and stride-1
+    windows, ceil_mode, 1 and 2 threads (the pixel blocks fix the sums' order)."""
     gf = torch.ops.googlenet_fast
     k, s, p, ceil = window
     if not gf.bn_relu_mask_from_pre(dtype):  # (portable loops, a CPU without AVX-512): the op refuses

@@ -29,11 +29,11 @@ def test_parity_checks_with_the_portable_loops():
     # own here), its eps 0 / slice case, its signed zero / NaN / errors, its opcheck (2 layouts);
     # the exact-apply switch (off here); the fused BatchNorm + ReLU + max pool node (4 windows:
     # its op refuses here, its opcheck test; float32 and bfloat16; its backward as one op or two)
-    # and the stem's use of it (not taken here); the fused backward op (10 cases and its errors
+    # and the stem's use of it (not taken here); the fused backward op (12 cases and its errors
     # test: it refuses here); bn_relu_apply_into's formula from channel lists (2 dtypes: the portable loop
     # here), its argument errors and opcheck; bn_batch_stats vs ATen (6 shapes x 2 thread counts:
     # ATen's own op inside it here), its other inputs / errors, its opcheck
-    assert re.search(r"^142 passed", r.stdout, re.M), r.stdout[-500:]
+    assert re.search(r"^144 passed", r.stdout, re.M), r.stdout[-500:]
 
 
 _OUTPUTS = r'''

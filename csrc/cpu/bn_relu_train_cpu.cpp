@@ -500,33 +500,34 @@ GF_AVX512_INLINE void pool_grad_row(const PoolBnBackward<T>& a, int64_t p, T* ro
                                          a.pd, false);
 }
 
-// Pass 1 at pixel p: dy's row gathered into buf, the channel sums of dz and dz * (pre - mean)
-// added into s1 / s2.
+// dy's row of a pixel lives on the stack up to this many channels (the stem's 64 and 192), on the
+// heap beyond: no per-pixel thread-local lookup or allocation for the model's shapes.
+constexpr int64_t kStackRow = 1024;
+
+// Pass 1 at pixel p: dy's row gathered, the channel sums of dz and dz * (pre - mean) added into s1 / s2.
 template <typename T>
-GF_AVX512_FN void pool_bn_sums(const PoolBnBackward<T>& a, int64_t p, T* buf, float* s1, float* s2) {
+GF_AVX512_FN void pool_bn_sums(const PoolBnBackward<T>& a, int64_t p, float* s1, float* s2) {
+  alignas(64) T stack[kStackRow];
+  std::vector<T> heap(a.C > kStackRow ? a.C : 0);
+  T* buf = a.C > kStackRow ? heap.data() : stack;
   pool_grad_row(a, p, buf);
   bwd_sums_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, s1, s2, a.C);
 }
 
-// Pass 2 at pixel p: dy's row gathered into buf, grad_pre's row.
+// Pass 2 at pixel p: dy's row gathered, grad_pre's row.
 template <typename T>
-GF_AVX512_FN void pool_bn_grad(const PoolBnBackward<T>& a, int64_t p, T* buf, const float* gm, const float* kk,
+GF_AVX512_FN void pool_bn_grad(const PoolBnBackward<T>& a, int64_t p, const float* gm, const float* kk,
                                const float* al) {
+  alignas(64) T stack[kStackRow];
+  std::vector<T> heap(a.C > kStackRow ? a.C : 0);
+  T* buf = a.C > kStackRow ? heap.data() : stack;
   pool_grad_row(a, p, buf);
   bwd_grad_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, gm, kk, al, a.GX + p * a.C, a.C);
 }
 
-// This thread's row buffer of at least n values, kept across calls.
-template <typename T>
-T* row_scratch(int64_t n) {
-  thread_local std::vector<T> buf;
-  if (static_cast<int64_t>(buf.size()) < n) buf.resize(static_cast<size_t>(n));
-  return buf.data();
-}
-
 // What max_pool2d_tap_backward_ (gather form) followed by bn_relu_backward([dy], [pre], [pre], ...,
 // beta) computes, bit for bit, without the pool's input gradient dy in memory: each pixel's dy row
-// is gathered from grad_y and the taps into a per-thread buffer (tap_backward_gather_pixel, the
+// is gathered from grad_y and the taps into a buffer on the stack (tap_backward_gather_pixel, the
 // same sums) right where a pass reads it.  Both passes run through bn_relu_backward's block_sums and
 // for_pixels (the same pixel blocks and order) and each gathers the row: memory traffic of ~3.6
 // pre-sized tensors instead of ~6.3 (dy written once, read twice) for a second gather.
@@ -540,12 +541,12 @@ void pool_bn_relu_backward_avx512(const PoolBnBackward<T>& a, int64_t N, const f
   all[0].c0 = 0;
   all[0].c1 = C;
   const std::vector<double> s = block_sums<float>(P, C, 2, all, [&](const Piece<1>&, int64_t p, float* sm) {
-    pool_bn_sums(a, p, row_scratch<T>(C), sm, sm + C);
+    pool_bn_sums(a, p, sm, sm + C);
   });
   std::vector<float> gmean, kk, al;
   bn_backward_coefficients<float>(s, P, C, IS, GA, gmean, kk, al, GG, GB);
   for_pixels(P, all, [&](const Piece<1>&, int64_t p) {
-    pool_bn_grad(a, p, row_scratch<T>(C), gmean.data(), kk.data(), al.data());
+    pool_bn_grad(a, p, gmean.data(), kk.data(), al.data());
   });
 }
 #endif
