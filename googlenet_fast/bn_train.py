@@ -239,6 +239,8 @@ FAST_BATCH_STATS = True
 # backward's two passes read it, never written; False: ``max_pool2d_tap_backward_`` then
 # ``bn_relu_backward`` (A/B, tests).
 FUSED_POOL_BN_BACKWARD = True
+# (not bfloat16: its gather rounds after every add and is compute-bound; gathering in both passes
+# made the two stem pools' backward slower there, 2-core Xeon, 2026-12-06)
 _FUSED_POOL_BN_DTYPES = (torch.float32,)
 
 
