@@ -108,6 +108,14 @@ inline int64_t pool_out_size(int64_t size, int64_t kernel, int64_t stride, int64
   return out;
 }
 
+// The tap max pools' argument checks (csrc/cpu/max_pool_train_cpu.cpp), shared by their forward,
+// backward and the stem's fused pool + BatchNorm backward: a ValueError naming the argument.
+// kernel 1..16 (the argmax tap is one byte), stride >= 1, padding 0..kernel / 2 (as nn.MaxPool2d).
+void check_tap_pool_window(int64_t kernel, int64_t stride, int64_t padding);
+// grad_y's spatial size is the floor- or ceil-mode pool output of `input_name`'s H x W.
+void check_pool_grad_size(const at::Tensor& grad_y, int64_t H, int64_t W, int64_t kernel, int64_t stride,
+                          int64_t padding, const char* input_name);
+
 // googlenet_fast::max_pool_nhwc on the CPU (csrc/cpu/inception_cpu.cpp): kernel x kernel / stride
 // ceil-mode max pool, no padding, no indices, optional ReLU after the max (relu(maxpool(y)) ==
 // maxpool(relu(y)), NaN included); output channels_last.  Arguments checked by the caller.

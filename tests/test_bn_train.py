@@ -672,7 +672,7 @@ def test_max_pool2d_tap_bn_relu_backward_errors_and_opcheck():
         op(torch.cat([gy, gy[:, :, :1]], 2), torch.cat([tap, tap[:, :, :1]], 2), *args[2:])
     with pytest.raises(ValueError, match="mean, invstd, gamma, beta"):
         op(gy, tap, pre, mean[:5], *args[4:])
-    with pytest.raises(ValueError, match="kernel, stride, padding"):
+    with pytest.raises(ValueError, match="padding: expected 0 to kernel / 2"):
         op(gy, tap, *args[2:7], 3, 2, 2)
 
 

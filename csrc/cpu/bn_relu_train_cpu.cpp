@@ -564,9 +564,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_backward_c
   TORCH_CHECK_VALUE(bn_mask_from_pre(pre.scalar_type()),
                     "max_pool2d_tap_bn_relu_backward: needs the exact BatchNorm apply for ", pre.scalar_type(),
                     " (torch.ops.googlenet_fast.bn_relu_mask_from_pre(", pre.scalar_type(), ") is False here)");
-  TORCH_CHECK_VALUE(kernel >= 1 && kernel <= 16 && stride >= 1 && padding >= 0 && padding <= kernel / 2,
-                    "kernel, stride, padding: expected 1 <= kernel <= 16, stride >= 1, 0 <= padding <= kernel / 2, "
-                    "got ", kernel, ", ", stride, ", ", padding);
+  check_tap_pool_window(kernel, stride, padding);
   const int64_t N = pre.size(0), C = pre.size(1), H = pre.size(2), W = pre.size(3);
   TORCH_CHECK_VALUE(grad_y.dim() == 4 && grad_y.size(0) == N && grad_y.size(1) == C &&
                         grad_y.scalar_type() == pre.scalar_type() && grad_y.device().is_cpu(),
@@ -575,13 +573,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_backward_c
   TORCH_CHECK_VALUE(tap.scalar_type() == at::kByte && tap.sizes() == grad_y.sizes(),
                     "tap: expected a uint8 tensor of grad_y's shape ", grad_y.sizes(), " (max_pool2d_tap_bn_relu's), got ",
                     tap.scalar_type(), " ", tap.sizes());
+  check_pool_grad_size(grad_y, H, W, kernel, stride, padding, "pre");
   const int64_t OH = grad_y.size(2), OW = grad_y.size(3);
-  bool pooled = false;  // grad_y is the floor- or ceil-mode pool output of pre (as max_pool2d_tap_backward_ checks)
-  for (const bool ceil_mode : {false, true})
-    pooled = pooled || (OH >= 1 && OW >= 1 && OH == pool_out_size(H, kernel, stride, padding, ceil_mode) &&
-                        OW == pool_out_size(W, kernel, stride, padding, ceil_mode));
-  TORCH_CHECK_VALUE(pooled, "grad_y: spatial size ", OH, "x", OW, " is not the ", kernel, "x", kernel, " / stride ",
-                    stride, " / padding ", padding, " pool of pre's ", H, "x", W);
+  // (max_pool2d_tap_bn_relu makes no empty pool output: neither is one here)
+  TORCH_CHECK_VALUE(OH >= 1 && OW >= 1, "grad_y: spatial size ", OH, "x", OW, " is empty (max_pool2d_tap_bn_relu "
+                    "refuses an input of ", H, "x", W, " for this window: no gradient of its output to route)");
   for (const at::Tensor* v : {&mean, &invstd, &gamma, &beta})
     TORCH_CHECK_VALUE(v->dim() == 1 && v->size(0) == C && v->scalar_type() == at::kFloat,
                       "mean, invstd, gamma, beta: expected float32 tensors of shape (", C, ",)");

@@ -250,14 +250,6 @@ bool use_avx512() {
 }
 
 // ---- argument checks -------------------------------------------------------------------------------
-void check_window(int64_t kernel, int64_t stride, int64_t padding) {
-  TORCH_CHECK_VALUE(kernel >= 1 && kernel <= 16, "kernel: expected 1 to 16 (the argmax tap is one byte), got ",
-                    kernel);
-  TORCH_CHECK_VALUE(stride >= 1, "stride: expected a positive value, got ", stride);
-  TORCH_CHECK_VALUE(padding >= 0 && padding <= kernel / 2,
-                    "padding: expected 0 to kernel / 2 (as nn.MaxPool2d), got ", padding, " for kernel ", kernel);
-}
-
 void check_pool_tensor(const at::Tensor& t, const char* name) {
   TORCH_CHECK_VALUE(t.device().is_cpu(), name, ": expected a CPU tensor, got one on ", t.device());
   TORCH_CHECK_VALUE(t.dim() == 4, name, ": expected a 4-D (N, C, H, W) tensor, got shape ", t.sizes());
@@ -269,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_tap_cpu(const at::Tensor& x, int64
                                                       int64_t padding, bool ceil_mode) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_pool_tensor(x, "x");
-  check_window(kernel, stride, padding);
+  check_tap_pool_window(kernel, stride, padding);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t OH = pool_out_size(H, kernel, stride, padding, ceil_mode);
   const int64_t OW = pool_out_size(W, kernel, stride, padding, ceil_mode);
@@ -310,7 +302,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> max_pool2d_tap_bn_relu_cpu(
     const at::Tensor& beta, double eps, int64_t kernel, int64_t stride, int64_t padding, bool ceil_mode) {
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_pool_tensor(x, "x");
-  check_window(kernel, stride, padding);
+  check_tap_pool_window(kernel, stride, padding);
   const bool bf16 = x.scalar_type() == at::kBFloat16;
   TORCH_CHECK_VALUE((bf16 || x.scalar_type() == at::kFloat) && x.is_contiguous(at::MemoryFormat::ChannelsLast),
                     "x: expected a channels_last float32 or bfloat16 tensor, got ", x.scalar_type());
@@ -355,7 +347,7 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
   at::AutoDispatchBelowADInplaceOrView below_autograd;
   check_pool_tensor(grad_x, "grad_x");
   check_pool_tensor(grad_y, "grad_y");
-  check_window(kernel, stride, padding);
+  check_tap_pool_window(kernel, stride, padding);
   TORCH_CHECK_TYPE(grad_y.scalar_type() == grad_x.scalar_type(), "grad_y: expected ", grad_x.scalar_type(),
                    " (grad_x's dtype), got ", grad_y.scalar_type());
   TORCH_CHECK_TYPE(tap.scalar_type() == at::kByte, "tap: expected uint8 (max_pool2d_tap's), got ", tap.scalar_type());
@@ -364,13 +356,7 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
   const int64_t N = grad_x.size(0), C = grad_x.size(1), H = grad_x.size(2), W = grad_x.size(3);
   TORCH_CHECK_VALUE(grad_y.size(0) == N && grad_y.size(1) == C, "grad_y: expected (", N, ", ", C,
                     ", OH, OW) (grad_x's N and C), got ", grad_y.sizes());
-  for (bool ceil_mode : {false, true}) {
-    if (grad_y.size(2) == pool_out_size(H, kernel, stride, padding, ceil_mode) &&
-        grad_y.size(3) == pool_out_size(W, kernel, stride, padding, ceil_mode))
-      break;
-    TORCH_CHECK_VALUE(!ceil_mode, "grad_y: spatial size ", grad_y.size(2), "x", grad_y.size(3), " is not the ",
-                      kernel, "x", kernel, " / stride ", stride, " / padding ", padding, " pool of grad_x's ", H, "x", W);
-  }
+  check_pool_grad_size(grad_y, H, W, kernel, stride, padding, "grad_x");
   const int64_t OH = grad_y.size(2), OW = grad_y.size(3);
   const auto cl = at::MemoryFormat::ChannelsLast;
   TORCH_CHECK_VALUE(grad_x.is_contiguous(cl), "grad_x: expected a channels_last tensor");
@@ -418,6 +404,25 @@ void max_pool2d_tap_backward_cpu(at::Tensor& grad_x, const at::Tensor& grad_y, c
 }
 
 }  // namespace
+
+void check_tap_pool_window(int64_t kernel, int64_t stride, int64_t padding) {
+  TORCH_CHECK_VALUE(kernel >= 1 && kernel <= 16, "kernel: expected 1 to 16 (the argmax tap is one byte), got ",
+                    kernel);
+  TORCH_CHECK_VALUE(stride >= 1, "stride: expected a positive value, got ", stride);
+  TORCH_CHECK_VALUE(padding >= 0 && padding <= kernel / 2,
+                    "padding: expected 0 to kernel / 2 (as nn.MaxPool2d), got ", padding, " for kernel ", kernel);
+}
+
+void check_pool_grad_size(const at::Tensor& grad_y, int64_t H, int64_t W, int64_t kernel, int64_t stride,
+                          int64_t padding, const char* input_name) {
+  for (bool ceil_mode : {false, true}) {
+    if (grad_y.size(2) == pool_out_size(H, kernel, stride, padding, ceil_mode) &&
+        grad_y.size(3) == pool_out_size(W, kernel, stride, padding, ceil_mode))
+      return;
+  }
+  TORCH_CHECK_VALUE(false, "grad_y: spatial size ", grad_y.size(2), "x", grad_y.size(3), " is not the ", kernel, "x",
+                    kernel, " / stride ", stride, " / padding ", padding, " pool of ", input_name, "'s ", H, "x", W);
+}
 
 TORCH_LIBRARY_FRAGMENT(googlenet_fast, m) {
   // Max pooling for eager CPU training with one-byte argmax taps (csrc/cpu/max_pool_train_cpu.cpp;
