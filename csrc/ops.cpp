@@ -339,6 +339,10 @@ static PyObject* gf_direct_onednn_primitive_count(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::direct_onednn_primitive_count());
 }
 
+static PyObject* gf_direct_onednn_thread_memory_sets(PyObject*, PyObject*) {
+  return PyLong_FromLongLong(googlenet_fast::direct_onednn_thread_memory_sets());
+}
+
 namespace googlenet_fast {
 // csrc/state_check.cpp
 PyObject* py_model_state_same(PyObject*, PyObject* const* args, Py_ssize_t nargs);
@@ -377,6 +381,8 @@ static PyMethodDef gf_methods[] = {
      "'enabled', 'switched off', or why torch's oneDNN cannot be called directly (then ATen's ops run)."},
     {"_direct_onednn_primitive_count", gf_direct_onednn_primitive_count, METH_NOARGS,
      "Number of oneDNN primitives the direct path keeps (for tests)."},
+    {"_direct_onednn_thread_memory_sets", gf_direct_onednn_thread_memory_sets, METH_NOARGS,
+     "Number of argument memory sets (one per primitive executed, at most 1024) the calling thread keeps (for tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 // A plain Python module: importing googlenet_fast._C runs the registrations above.

@@ -188,6 +188,33 @@ def test_primitives_made_once_per_shape():
     assert native._C._direct_onednn_primitive_count() == count
 
 
+def test_argument_memories_rebound_and_bounded(direct):
+    """Each thread keeps one set of oneDNN memory objects per primitive and re-points it at every
+    call's buffers: a second call of one primitive on other tensors gets its own result, and past
+    1024 primitives on one thread the sets are rebuilt, not grown (results stay ATen's)."""
+    if ops.direct_onednn_status() != "enabled":
+        pytest.skip(ops.direct_onednn_status())
+    torch.manual_seed(5)
+    w, b = torch.randn(8, 4, 3, 3), torch.randn(8)
+    cl = torch.channels_last  # (NCHW inputs of 4 channels get oneDNN's reference kernel: ATen's op runs)
+    xa, xb = (torch.randn(1, 4, 6, 7).contiguous(memory_format=cl) for _ in range(2))
+    before = native._C._direct_onednn_thread_memory_sets()
+    ya = ops.conv2d_relu(xa, w, b, 1, 1, relu=True)
+    yb = ops.conv2d_relu(xb, w, b, 1, 1, relu=True)  # the same primitive, other buffers
+    for x, y in ((xa, ya), (xb, yb)):
+        assert torch.allclose(y, F.relu(F.conv2d(x, w, b, 1, 1)), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(ya, yb)
+    assert native._C._direct_onednn_thread_memory_sets() in (before + 1, 1)  # one set, or a rebuilt one
+    counts = []
+    for i in range(1100):  # 1100 input sizes: 1100 primitives on this thread
+        x = torch.randn(1, 4, 3 + i % 40, 3 + i // 40).contiguous(memory_format=cl)
+        on, off = direct(lambda: ops.conv2d_relu(x, w, b, 1, 1, relu=True))
+        assert torch.equal(on, off), i
+        counts.append(native._C._direct_onednn_thread_memory_sets())
+    assert max(counts) <= 1024, max(counts)
+    assert any(later < earlier for earlier, later in zip(counts, counts[1:])), "the sets were never rebuilt"
+
+
 @pytest.mark.parametrize("value", ["0", " Off "])
 def test_switched_off_by_environment(value):
     code = ("import torch; from googlenet_fast import ops, GoogLeNet; print(ops.direct_onednn_status()); "

@@ -633,10 +633,9 @@ void stage1_cpu(const InceptionArgs& a, const InceptionShape& s, const scalar_t*
   const int64_t H = s.h, W = s.w, Cin = s.cin;
   const int64_t P = s.n * H * W;  // pixels
   const int64_t c1 = s.ch1x1, r3 = s.ch3x3red, r5 = s.ch5x5red, cp = s.pool_proj;
-  const int64_t nm = c1 + r3 + r5;
   const bool relu = a.relu;
   const at::Tensor wm = padded_1x1_weight<scalar_t>(merged_1x1_weight(a, s), Cin);
-  const int64_t np = wm.size(0);  // nm, or nm + zero rows (the GEMM's extra columns are not read)
+  const int64_t np = wm.size(0);  // c1 + r3 + r5, or more: zero rows (the GEMM's extra columns are not read)
   const at::Tensor wp = a.w_pool_proj.reshape({cp, Cin}).contiguous();
   bool has_bm, has_bp;
   std::vector<acc_t> bm = bias_vector<acc_t>({{&a.b_1x1, c1}, {&a.b_3x3red, r3}, {&a.b_5x5red, r5}}, &has_bm);

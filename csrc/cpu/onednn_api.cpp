@@ -46,6 +46,7 @@ constexpr const char* kRequired[] = {
     "dnnl_memory_desc_get_blob",
     "dnnl_memory_create",
     "dnnl_memory_destroy",
+    "dnnl_memory_set_data_handle",
     "dnnl_convolution_forward_primitive_desc_create",
     "dnnl_inner_product_forward_primitive_desc_create",
     "dnnl_reorder_primitive_desc_create",

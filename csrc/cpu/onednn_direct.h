@@ -47,4 +47,7 @@ at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const 
 // Primitives currently kept (tests).
 int64_t direct_onednn_primitive_count();
 
+// Argument memory sets the calling thread keeps (one per primitive it executed, bounded; tests).
+int64_t direct_onednn_thread_memory_sets();
+
 }  // namespace googlenet_fast
