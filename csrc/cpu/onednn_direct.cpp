@@ -295,10 +295,11 @@ at::Tensor reorder_weight(const at::Tensor& w, const_dnnl_memory_desc_t layout) 
 // This thread's oneDNN memory objects for the arguments of the primitives it executed (src,
 // weights, dst, bias, scratchpad), by Primitive::id: created at a primitive's first call on the
 // thread, then re-pointed at each call's buffers (dnnl_memory_set_data_handle, which neither
-// allocates nor zero-pads).  Created and destroyed per call they were ~900 of the ~2950 mallocs
-// and ~1450 of the ~3600 frees of a bfloat16 batch-1 forward (32x32 input, where this fixed
-// cost shows; perf probes, 2-core Xeon, 2026-12-06): the forward ran 11-13% faster at 32x32,
-// 3.5-7% at 224x224 batch 1 and 2% at batch 8 without them (alternated in one process).  Per
+// allocates nor zero-pads).  Created and destroyed per call they were 1458 of the 3596
+// allocations (malloc + posix_memalign) and frees of a bfloat16 batch-1 forward (32x32 input,
+// where this fixed cost shows; perf probes on libc, 2-core Xeon, 2026-12-06): without them the
+// forward ran 12.7% faster at 32x32, 3.5-6.8% at 224x224 batch 1, 2.3% at batch 8 (alternated
+// in one process; float32 batch 1 inside the noise).  Per
 // thread: stage 1 runs one primitive on both threads at once.  Bounded: past kMaxArgSets sets
 // (primitives evicted from the cache leave theirs behind) all are destroyed and rebuilt on use.
 class ThreadArgMemories {
