@@ -70,17 +70,22 @@ class PackedWeights {
   // sources: the op's argument tensors w reads (their version counters are the ones in-place
   // updates bump).
   template <typename Pack>
-  at::Tensor get(const at::Tensor& w, std::vector<int64_t> key, const Pack& pack, bool use_cache,
+  at::Tensor get(const at::Tensor& w, const std::vector<int64_t>& key_prefix, const Pack& pack, bool use_cache,
                  std::initializer_list<const at::Tensor*> sources) {
     if (!use_cache || !w.has_storage()) return pack();
-    std::vector<uint32_t> versions;
+    // The lookup's versions, view and key in this thread's buffers: no allocation per call (a
+    // batch-1 forward makes ~50 lookups); a new entry copies them.
+    thread_local std::vector<uint32_t> versions;
+    thread_local std::vector<int64_t> view, key;
+    versions.clear();
     for (const at::Tensor* t : sources) {
       if (t->is_inference() || !t->has_storage() || !t->storage().is_alias_of(w.storage())) return pack();
       versions.push_back(t->unsafeGetTensorImpl()->version_counter().current_version());
     }
-    std::vector<int64_t> view(w.sizes().begin(), w.sizes().end());
+    view.assign(w.sizes().begin(), w.sizes().end());
     view.insert(view.end(), w.strides().begin(), w.strides().end());
     view.push_back(static_cast<int64_t>(w.scalar_type()));
+    key.assign(key_prefix.begin(), key_prefix.end());
     key.insert(key.end(), view.begin(), view.end());
     key.push_back(at::get_num_threads());
     key.push_back(at::in_parallel_region() ? 1 : 0);
@@ -88,13 +93,16 @@ class PackedWeights {
     const c10::StorageImpl* storage = w.storage().unsafeGetStorageImpl();
     std::lock_guard<std::mutex> lock(mu_);
     ++clock_;
-    std::vector<PackedEntry>& bucket = by_data_[data];
-    for (PackedEntry& e : bucket) {
-      if (e.versions == versions && e.key == key && alive_at(e, storage)) {
-        e.last_use = clock_;
-        return e.packed;
+    auto found = by_data_.find(data);
+    if (found != by_data_.end()) {
+      for (PackedEntry& e : found->second) {
+        if (e.versions == versions && e.key == key && alive_at(e, storage)) {
+          e.last_use = clock_;
+          return e.packed;
+        }
       }
     }
+    std::vector<PackedEntry>& bucket = by_data_[data];
     at::Tensor packed = pack();
     const at::Tensor md = serialized_md(packed);
     if (md.defined()) {
@@ -109,7 +117,7 @@ class PackedWeights {
       }
     }
     bucket.push_back({c10::weak_intrusive_ptr<c10::StorageImpl>(w.storage().getWeakStorageImpl()),
-                      std::move(versions), std::move(key), std::move(view), packed, md, clock_});
+                      versions, key, view, packed, md, clock_});
     ++count_;
     trim();
     return packed;
