@@ -307,9 +307,10 @@ at::Tensor reorder_weight(const at::Tensor& w, const_dnnl_memory_desc_t layout) 
 // allocations (malloc + posix_memalign) and frees of a bfloat16 batch-1 forward (32x32 input,
 // where this fixed cost shows; perf probes on libc, 2-core Xeon, 2026-12-06): without them the
 // forward ran 12.7% faster at 32x32, 3.5-6.8% at 224x224 batch 1, 2.3% at batch 8 (alternated
-// in one process; float32 batch 1 inside the noise).  Per
-// thread: stage 1 runs one primitive on both threads at once.  Bounded: past kMaxArgSets sets
-// (primitives evicted from the cache leave theirs behind) all are destroyed and rebuilt on use.
+// in one process; float32 batch 1 inside the noise).  Per thread: stage 1 runs one primitive
+// on both threads at once.  Bounded: past kMaxArgSets sets (primitives evicted from the cache
+// leave theirs behind) all are destroyed and rebuilt on use.  A Set& from get() is used within
+// one execute() only (the next get() may clear the map).
 class ThreadArgMemories {
  public:
   static constexpr size_t kArgs = 5;
