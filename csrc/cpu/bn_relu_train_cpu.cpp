@@ -500,29 +500,34 @@ GF_AVX512_INLINE void pool_grad_row(const PoolBnBackward<T>& a, int64_t p, T* ro
                                          a.pd, false);
 }
 
-// dy's row of a pixel lives on the stack up to this many channels (the stem's 64 and 192), on the
-// heap beyond: no per-pixel thread-local lookup or allocation for the model's shapes.
+// dy's row of a pixel (C values): on the stack up to kStackRow channels (the stem's 64 and 192),
+// on the heap beyond: no per-pixel thread-local lookup or allocation for the model's shapes.
 constexpr int64_t kStackRow = 1024;
+template <typename T>
+struct RowBuffer {
+  alignas(64) T stack[kStackRow];
+  std::vector<T> heap;
+  T* data;
+  explicit RowBuffer(int64_t C) : heap(C > kStackRow ? C : 0), data(C > kStackRow ? heap.data() : stack) {}
+  RowBuffer(const RowBuffer&) = delete;
+  RowBuffer& operator=(const RowBuffer&) = delete;
+};
 
 // Pass 1 at pixel p: dy's row gathered, the channel sums of dz and dz * (pre - mean) added into s1 / s2.
 template <typename T>
 GF_AVX512_FN void pool_bn_sums(const PoolBnBackward<T>& a, int64_t p, float* s1, float* s2) {
-  alignas(64) T stack[kStackRow];
-  std::vector<T> heap(a.C > kStackRow ? a.C : 0);
-  T* buf = a.C > kStackRow ? heap.data() : stack;
-  pool_grad_row(a, p, buf);
-  bwd_sums_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, s1, s2, a.C);
+  RowBuffer<T> row(a.C);
+  pool_grad_row(a, p, row.data);
+  bwd_sums_row_avx512<true>(row.data, row.data, a.X + p * a.C, a.M, a.AL, a.BE, s1, s2, a.C);
 }
 
 // Pass 2 at pixel p: dy's row gathered, grad_pre's row.
 template <typename T>
 GF_AVX512_FN void pool_bn_grad(const PoolBnBackward<T>& a, int64_t p, const float* gm, const float* kk,
                                const float* al) {
-  alignas(64) T stack[kStackRow];
-  std::vector<T> heap(a.C > kStackRow ? a.C : 0);
-  T* buf = a.C > kStackRow ? heap.data() : stack;
-  pool_grad_row(a, p, buf);
-  bwd_grad_row_avx512<true>(buf, buf, a.X + p * a.C, a.M, a.AL, a.BE, gm, kk, al, a.GX + p * a.C, a.C);
+  RowBuffer<T> row(a.C);
+  pool_grad_row(a, p, row.data);
+  bwd_grad_row_avx512<true>(row.data, row.data, a.X + p * a.C, a.M, a.AL, a.BE, gm, kk, al, a.GX + p * a.C, a.C);
 }
 
 // What max_pool2d_tap_backward_ (gather form) followed by bn_relu_backward([dy], [pre], [pre], ...,
