@@ -242,6 +242,11 @@ def forward(model, x: Tensor) -> Optional[Tensor]:
 
 def _record(model, x: Tensor, key: tuple) -> Optional[Tensor]:
     state = ModelState(model)
+    if state.uncounted:
+        # Inference-tensor parameters: the folds' content checks must run on every call (no
+        # replay); marked, so that the next calls skip taking the state (~5 ms) until it changes.
+        programs_for(model, PROGRAMS_ATTR, lambda: state).by_sig[key] = None
+        return None
     if state.verifying() or needs_grad(state, x) or state.has_hooks():
         return None  # content checks, autograd history or hooks: each call runs the modules
     rec = _Recorder(x)

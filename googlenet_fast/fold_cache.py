@@ -12,6 +12,7 @@ tensors become the graph's static buffers (googlenet_fast/graph_folds.py).  Used
 googlenet_fast/model.py (BasicConv2d, Inception).
 """
 import contextlib
+import functools
 from typing import List, Optional, Tuple
 
 import torch
@@ -146,6 +147,22 @@ def _block_sources(block: nn.Module) -> Optional[List[Optional[Tensor]]]:
     return out
 
 
+def version_counted(fn):
+    """Decorator for the ``__init__`` and ``_apply`` of the modules with folded-weight caches (and
+    GoogLeNet's): run inside ``torch.inference_mode()``, they still make their parameters and
+    buffers as normal tensors, with version counters that in-place updates bump (inference
+    tensors have none, and their updates would reach the cache only through content checks:
+    ~7 ms per batch-1 forward on a 2-core Xeon, 40% of its time).  torchvision's modules built
+    there would hold inference tensors; ours also stay usable for training later."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        if torch.is_inference_mode_enabled():
+            with torch.inference_mode(False):
+                return fn(*args, **kwargs)
+        return fn(*args, **kwargs)
+    return wrapper
+
+
 def _capturing(device: torch.device) -> bool:
     """True inside a CUDA graph capture on ``device``'s current stream."""
     return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
@@ -232,14 +249,17 @@ class _FoldedWeightsCache:
     (``.to()``, ``.double()``, ``assign=True`` loads), the target dtype, any BatchNorm eps, and a
     count of optimizer steps taken in the process (a global ``torch.optim`` step hook: the fused
     optimizers, ``Adam(fused=True)`` etc., update parameters without bumping their version
-    counters).  ``load_state_dict`` also clears the cache (a post hook): parameters that are
-    inference tensors (a model built under ``torch.inference_mode()``) have no version counter.  ``param.data.mul_()`` and the like write through a tensor with its own version
-    counter, invisible to the key: after such writes call :meth:`clear_folded_cache` (or
-    ``GoogLeNet.clear_folded_cache()``).  Opt-in on CPU tensors: with the class or instance
-    attribute ``verify_folded_cache = True`` every hit is also checked against a snapshot of the
-    sources (``torch.equal``), which catches ``.data`` writes at ~2-3 ms per GoogLeNet forward on
-    a 2-core CPU (8% of a batch-1 forward; hence off by default).  On CUDA the check is never
-    made (it would synchronize the device on every call).
+    counters).  ``load_state_dict`` also clears the cache (a post hook).  ``param.data.mul_()``
+    and the like write through a tensor with its own version counter, invisible to the key: after
+    such writes call :meth:`clear_folded_cache` (or ``GoogLeNet.clear_folded_cache()``).  Opt-in
+    on CPU tensors: with the class or instance attribute ``verify_folded_cache = True`` every hit
+    is also checked against a snapshot of the sources (``torch.equal``), which catches ``.data``
+    writes at ~7 ms per batch-1 224x224 GoogLeNet forward on a 2-core Xeon (2026-12-06: 18.2 vs
+    10.9 ms; the CPU programs do not replay either; hence off by default).  On CUDA the check is never made (it would synchronize the device on every call).
+
+    Sources that are inference tensors (a model built under ``torch.inference_mode()``) have no
+    version counter, so no key sees their in-place updates: on the CPU such a module's hits are
+    always content-checked as above, on CUDA it folds on every call (not cached).
 
     During CUDA graph capture through ``googlenet_fast.cuda_graph.capture`` (which warms the
     cache up first) the cached tensors become the graph's static buffers, refreshed before each
@@ -264,11 +284,18 @@ class _FoldedWeightsCache:
 
     def _fold_key(self, dtype: torch.dtype, sources: List[Optional[Tensor]]) -> tuple:
         """The cache key of a fold of ``sources`` to ``dtype`` (see the class docstring)."""
+        return self._fold_key_counted(dtype, sources)[0]
+
+    def _fold_key_counted(self, dtype: torch.dtype, sources: List[Optional[Tensor]]) -> Tuple[tuple, bool]:
+        """(:meth:`_fold_key`, whether every source has a version counter): False when one is an
+        inference tensor, whose in-place updates no key can see."""
+        counted = True
         try:  # (the common case inlined: this runs for every fused module on every call)
             state = tuple([None if s is None else (id(s), s.data_ptr(), s._version) for s in sources])
         except RuntimeError:  # an inference tensor (no version counter) among them
             state = tuple(_tensor_key(s) for s in sources)
-        return (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state)
+            counted = False
+        return (dtype, _OPTIMIZER_STEPS[0], self._fold_extra_key(), state), counted
 
     def _cached_fold(self, dtype: torch.dtype) -> Optional[Tuple[Optional[Tensor], ...]]:
         if torch.compiler.is_compiling() or torch.jit.is_tracing():
@@ -281,7 +308,13 @@ class _FoldedWeightsCache:
         if torch.is_grad_enabled() and any(s is not None and s.requires_grad for s in sources):
             return self._fold(dtype)
         device = sources[0].device
-        key = self._fold_key(dtype, sources)
+        key, counted = self._fold_key_counted(dtype, sources)
+        if not counted and device.type != "cpu":
+            # An inference tensor among the sources: in-place updates bump no version counter,
+            # and a content check would synchronize the device: fold on every call (inside a
+            # CUDA graph capture too, so that each replay folds the parameters as they are).
+            self.clear_folded_cache()  # (entries folded before then: stale, never hit again)
+            return self._fold(dtype)
         entry = cache_entry(self, dtype)
         if _capturing(device):
             # Inside CUDA graph capture.  Through googlenet_fast.cuda_graph.capture (recording
@@ -293,8 +326,9 @@ class _FoldedWeightsCache:
                 graph_folds.record(self, dtype, key, entry[2])
                 return entry[2]
             return self._fold(dtype)
-        # Content checks would synchronize a GPU on every call: CPU tensors only.
-        verify = bool(self.verify_folded_cache) and device.type == "cpu"
+        # Content checks would synchronize a GPU on every call: CPU tensors only.  Always made
+        # where a source is an inference tensor (no version counter to see in-place updates).
+        verify = (not counted or bool(self.verify_folded_cache)) and device.type == "cpu"
         if entry is not None and entry[0] == key:
             snapshot = entry[1]
             if not verify or (snapshot is not None and all(
@@ -333,6 +367,7 @@ class _FoldedWeightsCache:
     def _register_fold_cache_hooks(self) -> None:
         self.register_load_state_dict_post_hook(_clear_fold_cache_after_load)
 
+    @version_counted
     def _apply(self, *args, **kwargs):
         self.clear_folded_cache()
         return super()._apply(*args, **kwargs)

@@ -17,7 +17,8 @@ googlenet_fast/cpu_program.py, the CUDA launch programs of googlenet_fast/backen
   convolution's geometry, each max pool's, each LRN's constants, each BatchNorm's eps, the average
   pool's output size;
 * the optimizer-step count of googlenet_fast.fold_cache (fused optimizers bump no version counter);
-* any module with ``verify_folded_cache`` set (``verify``: its content checks must run, no replay).
+* any module with ``verify_folded_cache`` set, or any parameter or buffer that is an inference
+  tensor (``verifying``: the folded-weight caches' content checks must run, no replay).
 
 Not seen, as by the folded-weight caches: writes through ``param.data`` (``p.data.mul_(2)``), which
 bump no version counter; call ``model.clear_folded_cache()`` after them.
@@ -91,6 +92,9 @@ class ModelState:
         self.dicts, self.keys, self.objs = tuple(dicts), tuple(keys), tuple(objs)
         self.tensors = tuple(tensors)
         self.versions = _versions(self.tensors)
+        # Inference tensors (a model built under inference_mode) have no version counter: their
+        # in-place updates are seen only by the folded-weight caches' content checks.
+        self.uncounted = None in self.versions
         self.ptrs = tuple(map(_DATA_PTR, self.tensors))
         self.sized = tuple(sized)
         self.sizes = tuple(map(len, self.sized))
@@ -130,8 +134,9 @@ class ModelState:
 
     def verifying(self) -> bool:
         """Whether a folded-weight cache of the model checks its sources' contents on every hit
-        (``verify_folded_cache``, CPU only): the program must not bypass that."""
-        return fold_cache.verifying(self.fold_modules)
+        (``verify_folded_cache``, CPU only; always where a parameter or buffer is an inference
+        tensor, :attr:`uncounted`): the program must not bypass that."""
+        return self.uncounted or fold_cache.verifying(self.fold_modules)
 
 
 def _safe_version(t: Tensor):

@@ -56,17 +56,68 @@ def test_paper_variant_train_validate_loop_with_fused_sgd():
         assert rel_err(a, b) <= 1e-4
 
 
+def test_inference_mode_builds_version_counted_parameters():
+    """Built, converted or standalone under inference_mode, the modules' parameters and buffers
+    are normal tensors (fold_cache.version_counted): in-place updates bump their versions."""
+    from googlenet_fast.model import BasicConv2d, Inception
+    with torch.inference_mode():
+        m = GoogLeNet(aux_logits=True, init_weights=True).to(torch.float64)
+        parts = [m, Inception(192, 64, 96, 128, 16, 32, 32), BasicConv2d(3, 8, kernel_size=3)]
+        for t in [t for p in parts for t in (*p.parameters(), *p.buffers())]:
+            assert not t.is_inference()
+            v = t._version
+            t.add_(0)
+            assert t._version == v + 1
+        assert torch.zeros(1).is_inference()  # the context itself is left as it was
+
+
 def test_inference_tensor_parameters_reloaded():
-    """A model built and reloaded under inference_mode: its parameters have no version counter."""
+    """A model whose parameters were assigned inference tensors: no version counter."""
     tv, tv2 = tv_model(seed=0), tv_model(seed=1)
     with torch.inference_mode():
-        m = ours_from(tv)
+        m = GoogLeNet(init_weights=False, aux_logits=False)
+        m.load_state_dict({k: v.clone() for k, v in tv.state_dict().items()}, assign=True)  # inference tensors
+        m.eval()
         assert m.conv1.conv.weight.is_inference()
         m(X)
         m.load_state_dict(tv2.state_dict())
         y = m(X)
         ref = tv2(X)
     assert rel_err(y, ref) <= 1e-4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("made", ["built", "assigned"])
+def test_inference_mode_parameters_updated_in_place(made, dtype):
+    """A model built under inference_mode ("built": version-counted parameters) or given
+    inference tensors ("assigned": no version counters, content-checked folds), updated in place
+    there: the next forward uses the new weights and BatchNorm statistics, without
+    clear_folded_cache() (found by a stress test: it returned the old logits, max error 1.12)."""
+    tv = tv_model()
+    x = X.to(dtype)
+    with torch.inference_mode():
+        if made == "built":
+            m = ours_from(tv).to(dtype)
+        else:
+            m = GoogLeNet(init_weights=False, aux_logits=False).eval()
+            m.load_state_dict({k: v.to(dtype, copy=True) if v.is_floating_point() else v.clone()
+                               for k, v in tv.state_dict().items()}, assign=True)  # inference tensors
+        assert m.inception4a.branch2[1].conv.weight.is_inference() == (made == "assigned")
+        for _ in range(3):  # fills the folded-weight caches; a recorded forward would replay now
+            before = m(x)
+        m.inception4a.branch2[1].conv.weight.mul_(1.5)
+        m.inception4b.branch3[0].bn.running_var.mul_(2.0)
+        m.conv1.bn.bias.add_(0.25)
+        after = [m(x) for _ in range(2)]
+        m.set_fused(False)
+        want = m(x)
+    fresh = ours_from(m.float()).to(dtype)  # the updated weights folded from scratch
+    with torch.no_grad():
+        want_fused = fresh(x)
+    assert rel_err(before, want.float()) > 1e-2  # the update changed the logits
+    for y in after:
+        assert torch.equal(y, want_fused)
+        assert rel_err(y.float(), want.float()) <= (1e-4 if dtype == torch.float32 else 3e-2)
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])

@@ -278,10 +278,28 @@ def test_state_sees_data_swaps_and_conversions():
 def test_state_of_inference_tensors():
     with torch.inference_mode():
         model = GoogLeNet(aux_logits=False, init_weights=True).eval()
+        model.conv3.bn.running_var = model.conv3.bn.running_var.clone()  # an inference tensor
     state = pg.ModelState(model)
-    assert None in state.versions and state.same()
+    assert None in state.versions and state.uncounted and state.same()  # (uncounted: never replayed)
     model.conv1.conv.weight = nn.Parameter(torch.zeros_like(model.conv1.conv.weight))
     assert not state.same()
+
+
+def test_inference_tensor_sources_fold_every_call_and_never_replay(stub):
+    """A source without version counter (an inference tensor put in by the user) on the CUDA
+    path: its module folds on every call (content checks would synchronize) and no program
+    replays (its constants could be stale)."""
+    model, x = _meta()
+    assert nw.forward_or_none(model, x) is not None and nw.launch_program(model, x) is not None
+    bn = model.inception3a.branch1.bn
+    with torch.inference_mode():
+        bn.running_var = bn.running_var.clone()
+    assert bn.running_var.is_inference()
+    for _ in range(2):
+        assert nw.forward_or_none(model, x) is not None
+        assert nw.launch_program(model, x) is None
+        assert fold_cache.cache_entries(model.inception3a) == ()
+        assert fold_cache.cache_entries(model.inception3b) != ()  # its neighbours keep theirs
 
 
 def test_not_replayable_while_tracing_or_under_autocast():

@@ -84,10 +84,13 @@ def test_unchanged_after_forwards_and_copies_elsewhere():
 
 
 def test_inference_tensors():
-    with torch.inference_mode():
+    with torch.inference_mode():  # parameters made as normal tensors (fold_cache.version_counted),
         model = GoogLeNet(aux_logits=False, init_weights=True).eval()
+        assert not model_state.ModelState(model).uncounted
+        model.conv2.bn.running_mean = model.conv2.bn.running_mean.clone()  # an inference tensor
     state = model_state.ModelState(model)
-    assert None in state.versions and state.same() is True and state.same_python() is True
+    assert None in state.versions and state.uncounted and state.verifying()
+    assert state.same() is True and state.same_python() is True
     model.conv1.conv.weight = nn.Parameter(torch.zeros_like(model.conv1.conv.weight))
     assert state.same() is False and state.same_python() is False
 

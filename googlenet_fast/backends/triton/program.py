@@ -340,7 +340,8 @@ def lookup(model: nn.Module, x: Tensor, flags: Callable[[], tuple]) -> Optional[
     if not progs.state.same():
         model.__dict__.pop(PROGRAMS_ATTR, None)
         return None
-    if prog.flags != flags() or (x.device.type == "cpu" and progs.state.verifying()):
+    # (On CUDA, inference-tensor parameters are folded on every call: googlenet_fast/fold_cache.py.)
+    if prog.flags != flags() or progs.state.uncounted or (x.device.type == "cpu" and progs.state.verifying()):
         return None
     if prog.choices:
         if any(autotune_table.cached_choice(k) != v for k, v in prog.choices):
