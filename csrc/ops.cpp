@@ -344,6 +344,23 @@ static PyObject* gf_direct_onednn_thread_memory_sets(PyObject*, PyObject*) {
 }
 
 namespace googlenet_fast {
+void hold_cache_locks_for_test(int64_t ms);  // csrc/cpu/fork_safety.cpp
+}
+
+// _hold_cache_locks_for_test(ms: int): hold the packed-weight and primitive caches' locks for ms
+// milliseconds, the GIL released (tests: a fork while another thread holds them).
+static PyObject* gf_hold_cache_locks_for_test(PyObject*, PyObject* arg) {
+  const long long ms = PyLong_AsLongLong(arg);
+  if (ms == -1 && PyErr_Occurred()) return nullptr;
+  if (ms < 0 || ms > 60000) {
+    PyErr_Format(PyExc_ValueError, "ms: expected 0 to 60000 milliseconds, got %lld", ms);
+    return nullptr;
+  }
+  Py_BEGIN_ALLOW_THREADS googlenet_fast::hold_cache_locks_for_test(ms);
+  Py_END_ALLOW_THREADS Py_RETURN_NONE;
+}
+
+namespace googlenet_fast {
 // csrc/state_check.cpp
 PyObject* py_model_state_same(PyObject*, PyObject* const* args, Py_ssize_t nargs);
 // csrc/program_run.cpp
@@ -383,6 +400,8 @@ static PyMethodDef gf_methods[] = {
      "Number of oneDNN primitives the direct path keeps (for tests)."},
     {"_direct_onednn_thread_memory_sets", gf_direct_onednn_thread_memory_sets, METH_NOARGS,
      "Number of argument memory sets (one per primitive executed, at most 1024) the calling thread keeps (for tests)."},
+    {"_hold_cache_locks_for_test", gf_hold_cache_locks_for_test, METH_O,
+     "Hold the packed-weight and primitive caches' locks for ms milliseconds, GIL released (tests: fork safety)."},
     {nullptr, nullptr, 0, nullptr}};
 
 // A plain Python module: importing googlenet_fast._C runs the registrations above.

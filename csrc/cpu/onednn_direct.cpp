@@ -24,6 +24,8 @@ bool set_direct_onednn(bool) { return false; }
 const std::string& direct_onednn_unavailable_reason() { return onednn::unavailable_reason(); }
 int64_t direct_onednn_primitive_count() { return 0; }
 int64_t direct_onednn_thread_memory_sets() { return 0; }
+void direct_onednn_forget_in_forked_child() {}
+std::unique_lock<std::mutex> direct_onednn_lock_for_test() { return std::unique_lock<std::mutex>(); }
 at::Tensor direct_conv2d(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, int64_t, int64_t,
                          bool) {
   return at::Tensor();
@@ -258,6 +260,7 @@ class Primitives {
     std::lock_guard<std::mutex> lock(mu_);
     return map_.size();
   }
+  std::unique_lock<std::mutex> lock_for_test() { return std::unique_lock<std::mutex>(mu_); }
 
  private:
   struct Entry {
@@ -278,10 +281,11 @@ class Primitives {
   uint64_t clock_ = 0;
 };
 
-Primitives& primitives() {
+Primitives*& primitives_slot() {
   static Primitives* p = new Primitives();  // never destroyed: used until process exit
-  return *p;
+  return p;
 }
+Primitives& primitives() { return *primitives_slot(); }
 
 // w (plain, any strides) reordered into `layout`: a byte tensor holding oneDNN's blocked weight.
 at::Tensor reorder_weight(const at::Tensor& w, const_dnnl_memory_desc_t layout) {
@@ -385,6 +389,12 @@ bool set_direct_onednn(bool enabled) { return switched_on().exchange(enabled); }
 const std::string& direct_onednn_unavailable_reason() { return onednn::unavailable_reason(); }
 
 int64_t direct_onednn_primitive_count() { return static_cast<int64_t>(primitives().size()); }
+
+void direct_onednn_forget_in_forked_child() {
+  primitives_slot() = new Primitives();  // the old one as it was at fork, never touched again
+}
+
+std::unique_lock<std::mutex> direct_onednn_lock_for_test() { return primitives().lock_for_test(); }
 
 int64_t direct_onednn_thread_memory_sets() { return static_cast<int64_t>(thread_memories().size()); }
 

@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 
 #include <initializer_list>
+#include <mutex>
 #include <string>
 
 namespace googlenet_fast {
@@ -49,5 +50,12 @@ int64_t direct_onednn_primitive_count();
 
 // Argument memory sets the calling thread keeps (one per primitive it executed, bounded; tests).
 int64_t direct_onednn_thread_memory_sets();
+
+// In a forked child only (csrc/cpu/fork_safety.cpp): start a new, empty primitive cache; the old
+// one's mutex may be held by a parent thread that does not exist in the child.
+void direct_onednn_forget_in_forked_child();
+// The primitive cache's lock, held by the caller (tests: csrc/cpu/fork_safety.cpp); an empty lock
+// where the path is not built.
+std::unique_lock<std::mutex> direct_onednn_lock_for_test();
 
 }  // namespace googlenet_fast

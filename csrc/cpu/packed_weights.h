@@ -146,6 +146,9 @@ class PackedWeights {
     return static_cast<size_t>(std::unique(seen.begin(), seen.end()) - seen.begin());
   }
 
+  // The cache's lock, held by the caller (tests: csrc/cpu/fork_safety.cpp).
+  std::unique_lock<std::mutex> lock_for_test() { return std::unique_lock<std::mutex>(mu_); }
+
   // The most keys held (see the header comment).
   static size_t capacity() { return md_op().has_value() ? 2048 : 256; }
 
@@ -203,10 +206,12 @@ class PackedWeights {
   uint64_t clock_ = 0;
 };
 
-// The process's cache (never destroyed: used until process exit).
-inline PackedWeights& packed_weights() {
+// The process's cache (never destroyed: used until process exit).  A forked child gets a new one
+// (csrc/cpu/fork_safety.cpp): a parent thread may have held this one's mutex, mid-pack, at fork.
+inline PackedWeights*& packed_weights_slot() {
   static PackedWeights* cache = new PackedWeights();
-  return *cache;
+  return cache;
 }
+inline PackedWeights& packed_weights() { return *packed_weights_slot(); }
 
 }  // namespace googlenet_fast
