@@ -255,11 +255,14 @@ class _FoldedWeightsCache:
     on CPU tensors: with the class or instance attribute ``verify_folded_cache = True`` every hit
     is also checked against a snapshot of the sources (``torch.equal``), which catches ``.data``
     writes at ~7 ms per batch-1 224x224 GoogLeNet forward on a 2-core Xeon (2026-12-06: 18.2 vs
-    10.9 ms; the CPU programs do not replay either; hence off by default).  On CUDA the check is never made (it would synchronize the device on every call).
+    10.9 ms; the CPU programs do not replay either; hence off by default).  On CUDA the check is
+    never made (it would synchronize the device on every call).
 
-    Sources that are inference tensors (a model built under ``torch.inference_mode()``) have no
-    version counter, so no key sees their in-place updates: on the CPU such a module's hits are
-    always content-checked as above, on CUDA it folds on every call (not cached).
+    Sources that are inference tensors have no version counter, so no key sees their in-place
+    updates: on the CPU such a module's hits are always content-checked as above, on CUDA it
+    folds on every call (not cached).  Our modules built or converted under
+    ``torch.inference_mode()`` make normal tensors (:func:`version_counted`); inference tensors
+    come in through ``load_state_dict(..., assign=True)`` or assigned parameters.
 
     During CUDA graph capture through ``googlenet_fast.cuda_graph.capture`` (which warms the
     cache up first) the cached tensors become the graph's static buffers, refreshed before each

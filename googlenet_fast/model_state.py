@@ -92,8 +92,9 @@ class ModelState:
         self.dicts, self.keys, self.objs = tuple(dicts), tuple(keys), tuple(objs)
         self.tensors = tuple(tensors)
         self.versions = _versions(self.tensors)
-        # Inference tensors (a model built under inference_mode) have no version counter: their
-        # in-place updates are seen only by the folded-weight caches' content checks.
+        # Inference tensors (assigned by the user: our modules make normal ones even under
+        # inference_mode) have no version counter: their in-place updates are seen only by the
+        # folded-weight caches' content checks.
         self.uncounted = None in self.versions
         self.ptrs = tuple(map(_DATA_PTR, self.tensors))
         self.sized = tuple(sized)
