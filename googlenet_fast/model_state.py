@@ -24,7 +24,8 @@ Not seen, as by the folded-weight caches: writes through ``param.data`` (``p.dat
 bump no version counter; call ``model.clear_folded_cache()`` after them.
 """
 from array import array
-from operator import attrgetter, is_
+from itertools import repeat
+from operator import attrgetter, contains, is_
 
 import torch
 import torch.nn as nn
@@ -102,6 +103,8 @@ class ModelState:
         self.attr_dicts, self.attr_names = tuple(attr_dicts), tuple(attr_names)
         self.attrs = tuple(map(_GET, self.attr_dicts, self.attr_names))
         self.fold_modules = tuple(fold_mods)
+        self._fold_dicts = tuple(m.__dict__ for m in fold_mods)
+        self._fold_classes = tuple({type(m): None for m in fold_mods})
         self.hook_dicts = tuple(hook_dicts)
         self.global_hooks = fold_cache._has_global_hooks()
         self._steps = fold_cache._OPTIMIZER_STEPS
@@ -137,7 +140,14 @@ class ModelState:
         """Whether a folded-weight cache of the model checks its sources' contents on every hit
         (``verify_folded_cache``, CPU only; always where a parameter or buffer is an inference
         tensor, :attr:`uncounted`): the program must not bypass that."""
-        return self.uncounted or fold_cache.verifying(self.fold_modules)
+        if self.uncounted:
+            return True
+        # (checked on every replay: the common all-off case in ~1 us, from the classes' flags
+        # and whether any instance has its own)
+        if (not any(c.verify_folded_cache for c in self._fold_classes)
+                and not any(map(contains, self._fold_dicts, repeat("verify_folded_cache")))):
+            return False
+        return fold_cache.verifying(self.fold_modules)
 
 
 def _safe_version(t: Tensor):
