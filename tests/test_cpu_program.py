@@ -211,7 +211,7 @@ def test_grad_autocast_and_dispatch_modes(runs):
 @pytest.mark.parametrize("case", ["grad", "grad_first", "hook", "global_hook", "verify", "verify_instance"])
 def test_ruled_out_forwards_do_not_take_the_model_state(case, runs, monkeypatch):
     """Eval forwards that cannot replay (autograd history, hooks, content checks) run the modules
-    without taking the model's state first (~4-5 ms each on a 2-core CPU: every eval forward with
+    without taking the model's state first (~1 ms on a 2-core CPU: every eval forward with
     gradients enabled paid it), before a program exists and after; results as the modules'."""
     from googlenet_fast import model_state
     from googlenet_fast.model import BasicConv2d
@@ -248,6 +248,28 @@ def test_ruled_out_forwards_do_not_take_the_model_state(case, runs, monkeypatch)
     finally:
         if handle is not None:
             handle.remove()
+
+
+def test_bad_inputs_still_raise_after_a_program_exists(runs):
+    """GoogLeNet.forward asks for a program before its input checks (cpu_program.replay): no
+    program may answer an input the checks would refuse."""
+    from googlenet_fast.model import InputShapeError, InputTypeError
+    _, ours = fresh()
+    x = make_input(1, 3, SIZE, SIZE, seed=15)
+    warm(ours, x)
+    assert runs.take()[0] == 2
+    with pytest.raises(InputTypeError, match="expected dtype torch.float32"):
+        call(ours, x.double())
+    with pytest.raises(InputTypeError, match="floating-point"):
+        call(ours, x.to(torch.int32))
+    with pytest.raises(InputShapeError, match="3 input channels"):
+        call(ours, make_input(1, 1, SIZE, SIZE))
+    with pytest.raises(InputShapeError, match="4-D"):
+        call(ours, x[0])
+    ours.double()  # the parameters' dtype changed: the float32 input no longer fits
+    with pytest.raises(InputTypeError, match="expected dtype torch.float64"):
+        call(ours, x)
+    assert runs.take()[0] == 0
 
 
 def test_copies_and_pickles_leave_the_programs_behind(runs):
