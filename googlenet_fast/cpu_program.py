@@ -221,8 +221,10 @@ def replay(model, x: Tensor) -> Optional[Tensor]:
     GoogLeNet.forward asks this before its input checks: a valid program implies them (its
     recorded forward passed them for an input of the same shape, dtype, device and autocast
     state, and the model state check covers the parameters' dtypes and the variant)."""
+    if not _replayable(x):  # (first: under torch.compile nothing else here is traced)
+        return None
     progs = model.__dict__.get(PROGRAMS_ATTR)
-    if progs is None or not _replayable(x):
+    if progs is None:
         return None
     key = _key(x)
     prog = progs.by_sig.get(key)
