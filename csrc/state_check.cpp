@@ -12,7 +12,7 @@
 //                   sized, sizes) -> bool
 //   dicts[i].get(keys[i]) is objs[i]               (module tree: same objects)
 //   attr_dicts[i].get(attr_names[i]) == attrs[i]    (flags and geometry: equal values)
-//   tensors[i]._version == versions[i]              (-1: an inference tensor, no counter)
+//   tensors[i]._version == versions[i]              (-1: no counter, e.g. an inference tensor)
 //   tensors[i].data_ptr() == ptrs[i]
 //   len(sized[i]) == sizes[i]
 // versions: array('q'), ptrs: array('Q') (flat: no int object per tensor to fetch); the others
@@ -126,9 +126,12 @@ int same(PyObject* const* a) {
 
   for (Py_ssize_t i = 0; i < nt; ++i) {
     const at::Tensor& t = THPVariable_Unpack(PyTuple_GET_ITEM(tensors, i));
-    if (t.is_inference()) {
+    // No counter: inference tensors, and also a tensor whose .data was set from one (a .to()
+    // of parameters assigned from inference tensors) while it is not is_inference() itself.
+    const c10::VariableVersion& vc = t.unsafeGetTensorImpl()->version_counter();
+    if (t.is_inference() || !vc.enabled()) {
       if (want_version[i] != -1) return 0;
-    } else if (static_cast<int64_t>(t.unsafeGetTensorImpl()->version_counter().current_version()) != want_version[i]) {
+    } else if (static_cast<int64_t>(vc.current_version()) != want_version[i]) {
       return 0;
     }
     const uint64_t have = t.has_storage() ? reinterpret_cast<uintptr_t>(t.const_data_ptr()) : 0;

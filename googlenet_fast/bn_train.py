@@ -35,7 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import ops, pool_train  # noqa: F401  (pool_train: the tap ops' fake kernels)
+from . import forward_ad, ops, pool_train  # noqa: F401  (pool_train: the tap ops' fake kernels)
 from .backends import native
 from .backends.reference import inception_bn_train_reference
 
@@ -247,10 +247,11 @@ _FUSED_POOL_BN_DTYPES = (torch.float32,)
 def cpu_fast_path_applies(x: Tensor) -> bool:
     """Whether :func:`inception_bn_relu_train` runs for ``x``: a float32/float64/bfloat16 CPU
     tensor in eager mode (not under torch.compile, which sees :func:`inception_bn_train` and one
-    ``F.batch_norm``) with the extension built, and :data:`CPU_FAST_PATH` set."""
+    ``F.batch_norm``) with the extension built, :data:`CPU_FAST_PATH` set, and no forward-mode
+    AD level open (its autograd Functions have no jvp: googlenet_fast/forward_ad.py)."""
     return (CPU_FAST_PATH and x.device.type == "cpu" and x.numel() > 0
             and x.dtype in (torch.float32, torch.float64, torch.bfloat16)
-            and not torch.compiler.is_compiling() and native.available())
+            and not torch.compiler.is_compiling() and native.available() and not forward_ad.level_active())
 
 
 def _autocast_bf16_bn(pre: Tensor, gamma: Tensor, beta: Tensor, running_mean, running_var) -> bool:

@@ -33,7 +33,7 @@ import torch
 from torch import Tensor
 from torch.utils._python_dispatch import TorchDispatchMode, _get_current_dispatch_mode
 
-from . import fold_cache, ops
+from . import fold_cache, forward_ad, ops
 from .backends import native
 from .model_state import CPU_PROGRAMS_ATTR as PROGRAMS_ATTR
 from .model_state import ModelState, needs_grad, programs_for, signature
@@ -212,7 +212,7 @@ class _Recorder(TorchDispatchMode):
 def _replayable(x: Tensor) -> bool:
     return (type(x) is Tensor and not torch.compiler.is_compiling() and not torch.jit.is_tracing()
             and not torch.compiler.is_exporting() and _get_current_dispatch_mode() is None
-            and native.available())
+            and not forward_ad.level_active() and native.available())
 
 
 def replay(model, x: Tensor) -> Optional[Tensor]:
@@ -266,14 +266,14 @@ def _ruled_out(model, x: Tensor) -> bool:
     model's state (0.8 ms for GoogLeNet on the 2-core Xeon, 3.8 ms with inference-tensor
     parameters; eval forwards with gradients enabled used to pay it on every call: bfloat16
     batch 1 17.8 -> 16.8 ms, 2026-12-06): autograd history (grad mode on and the input or a
-    parameter requires grad), forward (pre-)hooks (they must fire), content checks
-    (``verify_folded_cache``)."""
+    parameter requires grad), forward (pre-)hooks and forwards set on an instance (they must
+    run), content checks (``verify_folded_cache``)."""
     if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters())):
         return True
     if fold_cache._has_global_hooks():
         return True
     for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
+        if fold_cache._has_module_hooks(m):  # (hooks, or a forward set on the instance: they must run)
             return True
         if isinstance(m, fold_cache._FoldedWeightsCache) and m.verify_folded_cache:
             return True

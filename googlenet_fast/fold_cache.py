@@ -105,7 +105,9 @@ if native.available():
 
 
 def _has_module_hooks(m: nn.Module) -> bool:
-    return bool(m._forward_hooks or m._forward_pre_hooks)
+    """Whether ``m`` has forward (pre-)hooks or a ``forward`` of its own (set on the instance,
+    e.g. a patched one): either must run, so the fused paths then call the modules."""
+    return bool(m._forward_hooks or m._forward_pre_hooks) or "forward" in m.__dict__
 
 
 def _has_global_hooks() -> bool:

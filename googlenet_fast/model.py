@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from . import bn_train, cpu_program, fold_cache, ops, pool_train
+from . import bn_train, cpu_program, fold_cache, forward_ad as _forward_ad, ops, pool_train
 from .backends.reference import pool_output_size
 
 try:  # the same namedtuple class as torchvision, so isinstance checks agree
@@ -74,6 +74,14 @@ def _exporting_to_onnx() -> bool:
     A plain ``torch.export.export`` (not from ONNX) keeps the fused ops."""
     return ((torch.jit.is_tracing() or torch.compiler.is_compiling())
             and torch.onnx.is_in_onnx_export())
+
+
+def _plain_modules_needed() -> bool:
+    """True while exporting to ONNX (:func:`_exporting_to_onnx`) or inside forward-mode AD
+    (``torch.autograd.forward_ad.dual_level``): the fused ops have no forward-AD formulas and the
+    eval path calls them below autograd, so the tangents would be dropped without a word (found
+    by a stress test: the fused model's output tangent was None); the plain modules carry them."""
+    return _forward_ad.level_active() or _exporting_to_onnx()
 
 
 # bfloat16 merged 1x1 weights get zero rows up to a multiple of 32 where their row count is not a
@@ -222,7 +230,7 @@ class BasicConv2d(_FoldedWeightsCache, nn.Module):
         weights, or None where it does not apply (train mode, not fused, no foldable BatchNorm).
         ``pool`` (kernel, stride): ``max_pool(relu(conv(x)))`` with that ceil-mode pool instead (on
         the CPU ops: googlenet_fast::conv2d_relu_max_pool, or max_pool_nhwc after the conv)."""
-        if not (self.fused and not self.training and self._can_fold()) or _exporting_to_onnx():
+        if not (self.fused and not self.training and self._can_fold()) or _plain_modules_needed():
             return None
         dtype = _compute_dtype(x, self.conv.weight.dtype)
         folded = self._cached_fold(dtype)
@@ -525,7 +533,7 @@ class Inception(_FoldedWeightsCache, nn.Module):
         return None if w is None else w.dtype
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.fused and not _exporting_to_onnx():
+        if self.fused and not _plain_modules_needed():
             y = self._forward_fused(x)
             if y is not None:
                 return y
@@ -920,7 +928,7 @@ class GoogLeNet(nn.Module):
         bfloat16 (BasicConv2d._eval_conv, Inception.forward), as torchvision's would under autocast."""
         return (self._fused and not self.training and x.device.type == "cpu"
                 and not torch.compiler.is_compiling() and ops.native.available()
-                and not _exporting_to_onnx())
+                and not _plain_modules_needed())
 
     def _pool(self, pool: nn.Module, x: Tensor, cpu_ops: bool) -> Tensor:
         if self._fused and self.training and bn_train.cpu_fast_path_applies(x) and not _has_hooks(pool):
@@ -1024,7 +1032,7 @@ class GoogLeNet(nn.Module):
             if y is not None:
                 return y
         self._check_input(x)
-        if self._fused and _exporting_to_onnx():
+        if self._fused and _plain_modules_needed():
             return self._forward_modules(x, channels_last=False)
         if self._fused and not self.training and x.device.type == "cuda":
             y = ops.fused_network_forward(self, x)  # the whole network in Triton kernels, or None

@@ -11,8 +11,8 @@ googlenet_fast/cpu_program.py, the CUDA launch programs of googlenet_fast/backen
 * every parameter and buffer: version counter (in-place updates, ``load_state_dict``) and data
   pointer (``.data = ...``, ``.to()``);
 * forward (pre-)hooks: how many each module has, and whether global ones exist;
-* every module's train/eval flag and its ``fused`` switch (GoogLeNet's, the Inception modules',
-  the stem's BasicConv2d);
+* every module's train/eval flag, any ``forward`` set on the instance (a patched forward), and
+  its ``fused`` switch (GoogLeNet's, the Inception modules', the stem's BasicConv2d);
 * the attributes the forward reads: the model's variant and transform_input, each
   convolution's geometry, each max pool's, each LRN's constants, each BatchNorm's eps, the average
   pool's output size;
@@ -87,7 +87,8 @@ class ModelState:
                 objs.append(m.__dict__.get("_fold_cache"))
             sized += (m._forward_hooks, m._forward_pre_hooks)
             hook_dicts += (m._forward_hooks, m._forward_pre_hooks)
-            names = ("training",) + _ATTRS.get(type(m), ()) + tuple(f for f in _FLAGS if f in m.__dict__)
+            # ("forward": one set on the instance, a patched forward, must run: the modules then run)
+            names = ("training", "forward") + _ATTRS.get(type(m), ()) + tuple(f for f in _FLAGS if f in m.__dict__)
             attr_dicts += [m.__dict__] * len(names)
             attr_names += names
         self.dicts, self.keys, self.objs = tuple(dicts), tuple(keys), tuple(objs)

@@ -272,6 +272,31 @@ def test_bad_inputs_still_raise_after_a_program_exists(runs):
     assert runs.take()[0] == 0
 
 
+@pytest.mark.parametrize("where", ["inception5b", "inception4a.branch1", "conv2", "conv2.bn"])
+def test_forward_patched_on_an_instance_runs(where, runs):
+    """A forward set on a module instance after a program was recorded (found by a stress test:
+    the replay ignored a patched inception5b.forward, rel. error 1.0), or on an inner module the
+    fused paths compute themselves: the modules run, the patch with them."""
+    _, ours = fresh()
+    x = make_input(1, 3, SIZE, SIZE, seed=16)
+    warm(ours, x)
+    before = call(ours, x)
+    mod = ours.get_submodule(where)
+    real = mod.forward
+    mod.forward = lambda t: real(t) * 0.5
+    runs.take()
+    got = call(ours, x)
+    assert runs.take()[0] == 0
+    ours.fused = False
+    want = call(ours, x)
+    ours.fused = True
+    assert rel_err(want, before) > 1e-2  # the patch changes the logits
+    assert rel_err(got, want) <= 1e-4
+    del mod.forward  # back to the class's forward: replays again, as before
+    warm(ours, x)
+    assert runs.take()[0] >= 1 and torch.equal(call(ours, x), before)
+
+
 def test_copies_and_pickles_leave_the_programs_behind(runs):
     _, ours = fresh()
     x = make_input(1, 3, SIZE, SIZE, seed=12)

@@ -120,6 +120,39 @@ def test_inference_mode_parameters_updated_in_place(made, dtype):
         assert rel_err(y.float(), want.float()) <= (1e-4 if dtype == torch.float32 else 3e-2)
 
 
+@pytest.mark.parametrize("convert", ["double", "bfloat16"])
+def test_converted_after_assigning_inference_tensors(convert):
+    """Parameters assigned from inference tensors, then converted outside inference_mode
+    (``param.data = ...``): tensors that are not is_inference() yet have no version counter.
+    The model state check and the packed-weight cache read them without a counter (found by a
+    stress test: the second forward raised "Inference tensors do not track version counter")."""
+    tv = tv_model()
+    m = GoogLeNet(init_weights=False, aux_logits=False).eval()
+    with torch.inference_mode():
+        m.load_state_dict({k: v.clone() for k, v in tv.state_dict().items()}, assign=True)
+    dtype = getattr(torch, convert)
+    m.to(dtype)
+    w = m.inception4a.branch2[1].conv.weight
+    assert not w.is_inference()
+    with pytest.raises(RuntimeError, match="version counter"):
+        w._version
+    x = X.to(dtype)
+    with torch.no_grad():
+        ys = [m(x) for _ in range(3)]
+        ref = tv.to(dtype)(x)
+    tol = 1e-10 if dtype == torch.float64 else 3e-2
+    for y in ys:
+        assert rel_err(y.float(), ref.float()) <= tol
+    # (torchvision's model in this state raises in F.linear, grad mode or not: PyTorch's own limit)
+    with torch.inference_mode():  # (in place only there; no counter to bump: the content checks see it)
+        w.mul_(0.5)
+    tv2 = tv_model()
+    with torch.no_grad():
+        tv2.inception4a.branch2[1].conv.weight.mul_(0.5)
+        want = tv2.to(dtype)(x)
+        assert rel_err(m(x).float(), want.float()) <= tol
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
 def test_paper_variant_data_write_then_clear(layout):
     """Without BatchNorm the fold passed some parameters through unchanged, and the CPU op's

@@ -79,8 +79,10 @@ class PackedWeights {
     thread_local std::vector<int64_t> view, key;
     versions.clear();
     for (const at::Tensor* t : sources) {
-      if (t->is_inference() || !t->has_storage() || !t->storage().is_alias_of(w.storage())) return pack();
-      versions.push_back(t->unsafeGetTensorImpl()->version_counter().current_version());
+      const c10::VariableVersion& vc = t->unsafeGetTensorImpl()->version_counter();
+      if (t->is_inference() || !vc.enabled() || !t->has_storage() || !t->storage().is_alias_of(w.storage()))
+        return pack();  // (no version counter: packed per call)
+      versions.push_back(vc.current_version());
     }
     view.assign(w.sizes().begin(), w.sizes().end());
     view.insert(view.end(), w.strides().begin(), w.strides().end());
