@@ -126,10 +126,10 @@ int same(PyObject* const* a) {
 
   for (Py_ssize_t i = 0; i < nt; ++i) {
     const at::Tensor& t = THPVariable_Unpack(PyTuple_GET_ITEM(tensors, i));
-    // No counter: inference tensors, and also a tensor whose .data was set from one (a .to()
-    // of parameters assigned from inference tensors) while it is not is_inference() itself.
+    // No counter: inference tensors (c10 never gives them one), and also a tensor whose .data
+    // was set from one (a .to() of parameters assigned from inference tensors).
     const c10::VariableVersion& vc = t.unsafeGetTensorImpl()->version_counter();
-    if (t.is_inference() || !vc.enabled()) {
+    if (!vc.enabled()) {
       if (want_version[i] != -1) return 0;
     } else if (static_cast<int64_t>(vc.current_version()) != want_version[i]) {
       return 0;

@@ -80,8 +80,8 @@ class PackedWeights {
     versions.clear();
     for (const at::Tensor* t : sources) {
       const c10::VariableVersion& vc = t->unsafeGetTensorImpl()->version_counter();
-      if (t->is_inference() || !vc.enabled() || !t->has_storage() || !t->storage().is_alias_of(w.storage()))
-        return pack();  // (no version counter: packed per call)
+      if (!vc.enabled() || !t->has_storage() || !t->storage().is_alias_of(w.storage()))
+        return pack();  // (no version counter, e.g. an inference tensor: packed per call)
       versions.push_back(vc.current_version());
     }
     view.assign(w.sizes().begin(), w.sizes().end());
