@@ -217,7 +217,7 @@ def _replayable(x: Tensor) -> bool:
 
 def replay(model, x: Tensor) -> Optional[Tensor]:
     """``model(x)`` by the model's valid program for x's signature, or None (nothing recorded
-    for it, or not valid now: then the caller checks the input and calls :func:`forward`).
+    for it, or not valid now: then the caller checks the input and calls :func:`record`).
     GoogLeNet.forward asks this before its input checks: a valid program implies them (its
     recorded forward passed them for an input of the same shape, dtype, device and autocast
     state, and the model state check covers the parameters' dtypes and the variant)."""
@@ -234,11 +234,13 @@ def replay(model, x: Tensor) -> Optional[Tensor]:
     return prog.run(x)
 
 
-def forward(model, x: Tensor) -> Optional[Tensor]:
-    """The eval forward of ``model`` (GoogLeNet, fused, eval) on the CPU input ``x`` through its
-    program for ``x``'s signature: replayed when valid, else recorded while the modules run (when
-    the folded-weight caches are warm).  None where programs do not apply (see the module
-    docstring): the caller then runs the modules.
+def record(model, x: Tensor) -> Optional[Tensor]:
+    """The eval forward of ``model`` (GoogLeNet, fused, eval) on the CPU input ``x``, recorded as
+    the program for ``x``'s signature while the modules run (when the folded-weight caches are
+    warm), after :func:`replay` found no valid program to run.  None where no program is to be
+    recorded: programs do not apply (see the module docstring), or the signature's entry is still
+    valid and :func:`replay` declined it (unrecordable, gradients needed, content checks on); the
+    caller then runs the modules.
 
     x: the model's input, (N, 3, H, W) on the CPU, already checked by the caller.
     """
@@ -247,17 +249,9 @@ def forward(model, x: Tensor) -> Optional[Tensor]:
     progs = model.__dict__.get(PROGRAMS_ATTR)
     key = _key(x)
     if progs is not None and key in progs.by_sig:
-        if not progs.state.same():
-            model.__dict__.pop(PROGRAMS_ATTR, None)
-        else:
-            prog = progs.by_sig[key]
-            if prog is None:  # this forward cannot be recorded (until the model changes)
-                return None
-            # (content checks switched on since the recording: verify_folded_cache is not part
-            # of the state, a class attribute as often as an instance one)
-            if not needs_grad(progs.state, x) and not progs.state.verifying():
-                progs.used(key)
-                return prog.run(x)
+        if progs.state.same():
+            return None
+        model.__dict__.pop(PROGRAMS_ATTR, None)
     return _record(model, x, key)
 
 
@@ -268,8 +262,9 @@ def _ruled_out(model, x: Tensor) -> bool:
     batch 1 17.8 -> 16.8 ms, 2026-12-06): autograd history (grad mode on and the input or a
     parameter requires grad), forward (pre-)hooks and forwards set on an instance (they must
     run), content checks (``verify_folded_cache``)."""
-    if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in model.parameters())):
-        return True
+    if torch.is_grad_enabled() and (x.requires_grad or any(t.requires_grad for t in model.parameters())
+                                    or any(t.requires_grad for t in model.buffers())):
+        return True  # (as model_state.needs_grad: parameters and buffers)
     if fold_cache._has_global_hooks():
         return True
     for m in model.modules():
@@ -289,8 +284,6 @@ def _record(model, x: Tensor, key: tuple) -> Optional[Tensor]:
         # replay); marked, so that the next calls skip taking the state (~4 ms) until it changes.
         programs_for(model, PROGRAMS_ATTR, lambda: state).by_sig[key] = None
         return None
-    if state.verifying() or needs_grad(state, x) or state.has_hooks():
-        return None  # content checks, autograd history or hooks: each call runs the modules
     rec = _Recorder(x)
     with rec:
         y = model._forward_modules(x)

@@ -1039,7 +1039,7 @@ class GoogLeNet(nn.Module):
             if y is not None:
                 return y
         if self._fused and not self.training and x.device.type == "cpu":
-            y = cpu_program.forward(self, x)  # the modules' ops replayed from a list, or None
+            y = cpu_program.record(self, x)  # the modules' ops recorded for the next calls, or None
             if y is not None:
                 return y
         return self._forward_modules(x)

@@ -70,7 +70,7 @@ class ModelState:
         tensors, seen = [], set()
         sized = [m._modules for m in mods]  # a module added anywhere
         attr_dicts, attr_names = [model.__dict__] * len(_MODEL_ATTRS), list(_MODEL_ATTRS)
-        fold_mods, hook_dicts = [], []
+        fold_mods = []
         for m in mods:
             for d in (m._modules, m._parameters, m._buffers):
                 for k, v in d.items():
@@ -86,7 +86,6 @@ class ModelState:
                 keys.append("_fold_cache")
                 objs.append(m.__dict__.get("_fold_cache"))
             sized += (m._forward_hooks, m._forward_pre_hooks)
-            hook_dicts += (m._forward_hooks, m._forward_pre_hooks)
             # ("forward": one set on the instance, a patched forward, must run: the modules then run)
             names = ("training", "forward") + _ATTRS.get(type(m), ()) + tuple(f for f in _FLAGS if f in m.__dict__)
             attr_dicts += [m.__dict__] * len(names)
@@ -106,7 +105,6 @@ class ModelState:
         self.fold_modules = tuple(fold_mods)
         self._fold_dicts = tuple(m.__dict__ for m in fold_mods)
         self._fold_classes = tuple({type(m): None for m in fold_mods})
-        self.hook_dicts = tuple(hook_dicts)
         self.global_hooks = fold_cache._has_global_hooks()
         self._steps = fold_cache._OPTIMIZER_STEPS
         self.optimizer_steps = self._steps[0]
@@ -131,11 +129,6 @@ class ModelState:
                 and tuple(map(_DATA_PTR, self.tensors)) == self.ptrs
                 and tuple(map(len, self.sized)) == self.sizes
                 and fold_cache._has_global_hooks() == self.global_hooks)
-
-    def has_hooks(self) -> bool:
-        """Whether any module of the model has forward (pre-)hooks, or global ones exist: they
-        must fire, so the modules run (no program)."""
-        return self.global_hooks or any(map(len, self.hook_dicts))
 
     def verifying(self) -> bool:
         """Whether a folded-weight cache of the model checks its sources' contents on every hit
