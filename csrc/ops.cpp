@@ -4,8 +4,11 @@
 
 #include <ATen/ATen.h>
 #include <cmath>
+#include <cstring>
 #include <torch/library.h>
+#include <torch/csrc/autograd/python_variable.h>
 
+#include "cpu/bf16x3.h"
 #include "cpu/onednn_direct.h"
 #include "inception.h"
 
@@ -343,6 +346,58 @@ static PyObject* gf_direct_onednn_thread_memory_sets(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::direct_onednn_thread_memory_sets());
 }
 
+// _set_bf16x3_mode(mode: str) -> str (the previous mode): "auto", "on" or "off" (csrc/cpu/bf16x3.h).
+static PyObject* gf_set_bf16x3_mode(PyObject*, PyObject* arg) {
+  using googlenet_fast::bf16x3::Mode;
+  static const char* names[] = {"auto", "on", "off"};
+  const char* s = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : nullptr;
+  int mode = -1;
+  for (int i = 0; s != nullptr && i < 3; ++i)
+    if (std::strcmp(s, names[i]) == 0) mode = i;
+  if (mode < 0) {
+    PyErr_SetString(PyExc_ValueError, "mode: expected 'auto', 'on' or 'off'");
+    return nullptr;
+  }
+  return PyUnicode_FromString(names[static_cast<int>(googlenet_fast::bf16x3::set_mode(static_cast<Mode>(mode)))]);
+}
+
+// _bf16x3_status() -> (wanted, amx, split): whether a float32 direct-path call runs as bf16x3 now,
+// whether oneDNN's ISA has AMX, whether the split's loop can run here.
+static PyObject* gf_bf16x3_status(PyObject*, PyObject*) {
+  namespace x3 = googlenet_fast::bf16x3;
+  const bool wanted = googlenet_fast::direct_onednn_enabled() && x3::wanted();
+  return Py_BuildValue("(OOO)", wanted ? Py_True : Py_False, x3::amx() ? Py_True : Py_False,
+                       x3::split_available() ? Py_True : Py_False);
+}
+
+// _bf16x3_split(a: Tensor, weights: bool) -> Tensor: (rows, k) float32 -> (rows, 3k) bfloat16,
+// [hi | lo | hi] (activations) or [hi | hi | lo] (weights) (tests).
+static PyObject* gf_bf16x3_split(PyObject*, PyObject* args) {
+  PyObject* t = nullptr;
+  int weights = 0;
+  if (!PyArg_ParseTuple(args, "Op", &t, &weights)) return nullptr;
+  if (!THPVariable_Check(t)) {
+    PyErr_SetString(PyExc_TypeError, "a: expected a tensor");
+    return nullptr;
+  }
+  const at::Tensor a = THPVariable_Unpack(t);
+  if (a.dim() != 2 || a.scalar_type() != at::kFloat || a.device().type() != at::kCPU) {
+    PyErr_SetString(PyExc_ValueError, "a: expected a 2-D float32 CPU tensor");
+    return nullptr;
+  }
+  try {
+    TORCH_CHECK(googlenet_fast::bf16x3::split_available(), "the bf16x3 split needs AVX-512 with AVX512-BF16");
+    const at::Tensor ac = a.contiguous();
+    at::Tensor out = at::empty({a.size(0), 3 * a.size(1)}, a.options().dtype(at::kBFloat16));
+    googlenet_fast::bf16x3::split_rows(ac.const_data_ptr<float>(), a.size(0), a.size(1), a.size(1),
+                                       out.data_ptr<c10::BFloat16>(), weights != 0);
+    return THPVariable_Wrap(out);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
+}
+
 namespace googlenet_fast {
 void hold_cache_locks_for_test(int64_t ms);  // csrc/cpu/fork_safety.cpp
 }
@@ -400,6 +455,13 @@ static PyMethodDef gf_methods[] = {
      "Number of oneDNN primitives the direct path keeps (for tests)."},
     {"_direct_onednn_thread_memory_sets", gf_direct_onednn_thread_memory_sets, METH_NOARGS,
      "Number of argument memory sets (one per primitive executed, at most 1024) the calling thread keeps (for tests)."},
+    {"_set_bf16x3_mode", gf_set_bf16x3_mode, METH_O,
+     "bf16x3 for float32 convolutions and inner products under set_float32_matmul_precision('high'/'medium'): "
+     "'auto' (where oneDNN runs AMX), 'on', 'off'; returns the previous mode (csrc/cpu/bf16x3.h)."},
+    {"_bf16x3_status", gf_bf16x3_status, METH_NOARGS,
+     "(whether a float32 direct-path call runs as bf16x3 now, whether oneDNN's ISA has AMX, whether the split runs here)."},
+    {"_bf16x3_split", gf_bf16x3_split, METH_VARARGS,
+     "(rows, k) float32 -> (rows, 3k) bfloat16 split: [hi|lo|hi], or [hi|hi|lo] for weights (tests)."},
     {"_hold_cache_locks_for_test", gf_hold_cache_locks_for_test, METH_O,
      "Hold the packed-weight and primitive caches' locks for ms milliseconds, GIL released (tests: fork safety)."},
     {nullptr, nullptr, 0, nullptr}};

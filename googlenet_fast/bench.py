@@ -327,6 +327,18 @@ def no_tf32():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+@contextlib.contextmanager
+def matmul_precision(precision: str):
+    """torch.set_float32_matmul_precision(precision) inside the block ("highest", "high" or
+    "medium"), restored after it."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(precision)
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(old)
+
+
 # ----------------------------------------------------------------------------------------------
 # Providers
 

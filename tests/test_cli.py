@@ -303,3 +303,32 @@ def test_closed_stdout_ends_quietly():
     err = p.stderr.read().decode()
     assert p.wait(timeout=120) == 141, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_bench_matmul_precision_high(capsys):
+    """--matmul-precision high: the header says whether the fused CPU path runs bf16x3, the check
+    holds it to 1e-3 (not float32's 1e-4) and the precision is restored afterwards."""
+    from googlenet_fast import cpu_precision
+    before = torch.get_float32_matmul_precision()
+    mode = cpu_precision.set_bf16x3_mode("on") if native.available() else None
+    try:
+        rc, out, err = _run(capsys, "bench", *FAST, "--image-size", "64", "--batch-sizes", "1",
+                            "--providers", "fused", "--matmul-precision", "high")
+    finally:
+        if mode is not None:
+            cpu_precision.set_bf16x3_mode(mode)
+    assert rc == 0, out + err
+    assert torch.get_float32_matmul_precision() == before
+    header = next(line for line in out.splitlines() if line.startswith("float32 matmul precision 'high'"))
+    if native.available() and native._C._bf16x3_status()[2]:
+        assert header.endswith("fused bf16x3: active"), header
+    c = _check_lines(out)["fused"]
+    assert 0 < c["rel"] < 1e-3, out
+    assert "check: OK (max rel err <= 0.001: precision 'high'" in out
+
+
+@pytest.mark.parametrize("extra", [["--mode", "train"], ["--dtype", "bfloat16"]])
+def test_bench_matmul_precision_needs_float32_eval(capsys, extra):
+    rc, _, err = _run(capsys, "bench", *FAST, "--matmul-precision", "high", *extra)
+    assert rc == 2
+    assert "--matmul-precision high: only with --mode eval and --dtype float32" in err

@@ -13,6 +13,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "bf16x3.h"
 #include "onednn_api.h"
 #include "packed_weights.h"
 
@@ -355,12 +356,16 @@ dnnl_memory_t bind(dnnl_memory_t& slot, const_dnnl_memory_desc_t md, const void*
 }
 
 // Execute `p` on src/dst with the weights (reordered and cached as the call allows) and bias.
+// x3: p is a bf16x3 primitive (bf16x3.h); the float32 w is split into [hi | hi | lo] before the
+// reorder, and the packed copy is cached under the split layout's key.
 void execute(const Primitive& p, const void* src, const at::Tensor& w, bool plain_weights, const void* bias,
-             void* dst, bool cache, std::initializer_list<const at::Tensor*> sources) {
+             void* dst, bool cache, std::initializer_list<const at::Tensor*> sources, bool x3 = false) {
   at::Tensor packed;
   const void* weights = w.const_data_ptr();
   if (!plain_weights) {
-    packed = packed_weights().get(w, p.weights_key, [&] { return reorder_weight(w, p.weights.h); }, cache, sources);
+    packed = packed_weights().get(
+        w, p.weights_key, [&] { return reorder_weight(x3 ? bf16x3::split_weight(w) : w, p.weights.h); }, cache,
+        sources);
     weights = packed.const_data_ptr();
   }
   ThreadArgMemories::Set& m = thread_memories().get(p.id);
@@ -398,35 +403,36 @@ std::unique_lock<std::mutex> direct_onednn_lock_for_test() { return primitives()
 
 int64_t direct_onednn_thread_memory_sets() { return static_cast<int64_t>(thread_memories().size()); }
 
-at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t stride,
-                         int64_t padding, bool cache) {
+namespace {
+
+// direct_conv2d's work; x3: as bf16x3 (a bfloat16 convolution over [hi | lo | hi] of x's channels,
+// float32 result), an undefined tensor where oneDNN has no optimized kernel for that.
+at::Tensor conv2d_call(const at::Tensor& x, const at::Tensor& w, const at::Tensor* bias, int64_t stride,
+                       int64_t padding, bool cache, bool x3) {
   const dnnl_data_type_t dt = data_type(x.scalar_type());
-  const at::Tensor* bias = b.has_value() && b->defined() ? &*b : nullptr;
-  if (dt == dnnl_data_type_undef || w.scalar_type() != x.scalar_type() || x.dim() != 4 || w.dim() != 4 ||
-      w.size(1) != x.size(1) || x.numel() == 0 || w.numel() == 0 || !usable_bias(bias, w.size(0)) || stride < 1 ||
-      padding < 0)
-    return at::Tensor();
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
   const int64_t K = w.size(0), R = w.size(2), S = w.size(3);
   const int64_t OH = (H + 2 * padding - R) / stride + 1, OW = (W + 2 * padding - S) / stride + 1;
   if (OH <= 0 || OW <= 0) return at::Tensor();
   const auto cl = at::MemoryFormat::ChannelsLast;
-  int64_t layout;  // the input as oneDNN reads it
-  if (x.is_contiguous(cl)) {
+  int64_t layout;  // the input as oneDNN reads it (the bf16x3 split is channels_last)
+  if (x3 || x.is_contiguous(cl)) {
     layout = 0;
   } else if (x.is_contiguous()) {
     layout = 1;
   } else {
     return at::Tensor();
   }
+  const int64_t Cs = x3 ? 3 * C : C;                  // channels as oneDNN reads them
+  const dnnl_data_type_t sdt = x3 ? dnnl_bf16 : dt;  // source and weights
   const std::vector<int64_t> key{1, N, C, H, W, layout, K, R, S, stride, padding, dt,
                                  bias != nullptr ? static_cast<int64_t>(data_type(bias->scalar_type())) : -1,
-                                 threads_key()};
+                                 threads_key(), x3 ? 1 : 0};
   const std::shared_ptr<Primitive> p = primitives().get(key, [&]() -> std::shared_ptr<Primitive> {
     MemoryDesc src, weights, bmd, dst;
-    make_md(src, {N, C, H, W}, layout == 0 ? std::vector<int64_t>{H * W * C, 1, W * C, C}
-                                           : std::vector<int64_t>{C * H * W, H * W, W, 1}, dt);
-    make_any_md(weights, {K, C, R, S}, dt);
+    make_md(src, {N, Cs, H, W}, layout == 0 ? std::vector<int64_t>{H * W * Cs, 1, W * Cs, Cs}
+                                            : std::vector<int64_t>{Cs * H * W, H * W, W, 1}, sdt);
+    make_any_md(weights, {K, Cs, R, S}, sdt);
     if (bias != nullptr) make_md(bmd, {K}, {1}, data_type(bias->scalar_type()));
     make_md(dst, {N, K, OH, OW}, {OH * OW * K, 1, OW * K, K}, dt);
     const dnnl_dims_t strides{stride, stride}, dilates{0, 0}, pad{padding, padding};
@@ -441,37 +447,57 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
     return finish(pd);
   });
   if (p == nullptr) return at::Tensor();
+  const at::Tensor src = x3 ? bf16x3::split_activation(x) : x;
   at::Tensor y = at::empty({N, K, OH, OW}, x.options().memory_format(cl));
   const at::Tensor bc = bias != nullptr ? bias->contiguous() : at::Tensor();
-  execute(*p, x.const_data_ptr(), w, /*plain_weights=*/false, bias != nullptr ? bc.const_data_ptr() : nullptr,
-          y.data_ptr(), cache, {&w});
+  execute(*p, src.const_data_ptr(), w, /*plain_weights=*/false, bias != nullptr ? bc.const_data_ptr() : nullptr,
+          y.data_ptr(), cache, {&w}, x3);
   return y;
 }
 
-at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const at::Tensor* bias, int64_t rows_hint,
-                                bool cache, std::initializer_list<const at::Tensor*> sources) {
-  const dnnl_data_type_t dt = data_type(A.scalar_type());
-  if (dt == dnnl_data_type_undef || W.scalar_type() != A.scalar_type() || A.dim() != 2 || W.dim() != 2 ||
-      W.size(1) != A.size(1) || A.numel() == 0 || W.numel() == 0 || !A.is_contiguous() ||
-      !usable_bias(bias, W.size(0)))
+}  // namespace
+
+at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::optional<at::Tensor>& b, int64_t stride,
+                         int64_t padding, bool cache) {
+  const dnnl_data_type_t dt = data_type(x.scalar_type());
+  const at::Tensor* bias = b.has_value() && b->defined() ? &*b : nullptr;
+  if (dt == dnnl_data_type_undef || w.scalar_type() != x.scalar_type() || x.dim() != 4 || w.dim() != 4 ||
+      w.size(1) != x.size(1) || x.numel() == 0 || w.numel() == 0 || !usable_bias(bias, w.size(0)) || stride < 1 ||
+      padding < 0)
     return at::Tensor();
+  if (dt == dnnl_f32 && cache && bf16x3::wanted()) {  // (a split packed per call would cost more than it saves)
+    at::Tensor y = conv2d_call(x, w, bias, stride, padding, cache, /*x3=*/true);
+    if (y.defined()) return y;
+  }
+  return conv2d_call(x, w, bias, stride, padding, cache, /*x3=*/false);
+}
+
+namespace {
+
+// direct_inner_product's work; x3: as bf16x3 (a bfloat16 inner product over [hi | lo | hi] of A's
+// columns, float32 result, the split weight packed).
+at::Tensor inner_product_call(const at::Tensor& A, const at::Tensor& W, const at::Tensor* bias, int64_t rows_hint,
+                              bool cache, std::initializer_list<const at::Tensor*> sources, bool x3) {
+  const dnnl_data_type_t dt = data_type(A.scalar_type());
   const int64_t rows = A.size(0), k = A.size(1), n = W.size(0);
+  const int64_t ks = x3 ? 3 * k : k;                 // columns as oneDNN reads them
+  const dnnl_data_type_t sdt = x3 ? dnnl_bf16 : dt;  // source and weights
   const int64_t hint = rows_hint > 0 ? rows_hint : rows;
   const int64_t bdt = bias != nullptr ? static_cast<int64_t>(data_type(bias->scalar_type())) : -1;
   // cache: oneDNN's layout for the weight, reordered once; otherwise the weight as it is (packing
   // for one use costs 2-3x the call, see gemm_rows)
   const bool plain = !cache;
   std::vector<int64_t> key{2, rows, k, n, dt, bdt, plain ? W.stride(0) : hint, plain ? W.stride(1) : -1,
-                           threads_key()};
+                           threads_key(), x3 ? 1 : 0};
   auto create = [&](int64_t m, const_dnnl_memory_desc_t layout) -> std::shared_ptr<Primitive> {
     MemoryDesc src, weights, bmd, dst;
-    make_md(src, {m, k}, {k, 1}, dt);
+    make_md(src, {m, ks}, {ks, 1}, sdt);
     if (plain) {
       make_md(weights, {n, k}, {W.stride(0), W.stride(1)}, dt);
     } else if (layout != nullptr) {
       GF_DNNL_CHECK(GF_DNNL(dnnl_memory_desc_clone)(&weights.h, layout), "memory descriptor copy");
     } else {
-      make_any_md(weights, {n, k}, dt);
+      make_any_md(weights, {n, ks}, sdt);
     }
     if (bias != nullptr) make_md(bmd, {n}, {1}, static_cast<dnnl_data_type_t>(bdt));
     make_md(dst, {m, n}, {n, 1}, dt);
@@ -493,11 +519,28 @@ at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const 
     return q != nullptr ? q : create(rows, nullptr);
   });
   if (p == nullptr) return at::Tensor();
+  const at::Tensor src = x3 ? bf16x3::split_matrix(A) : A;
   at::Tensor y = at::empty({rows, n}, A.options());
   const at::Tensor bc = bias != nullptr ? bias->contiguous() : at::Tensor();
-  execute(*p, A.const_data_ptr(), W, plain, bias != nullptr ? bc.const_data_ptr() : nullptr, y.data_ptr(), cache,
-          sources);
+  execute(*p, src.const_data_ptr(), W, plain, bias != nullptr ? bc.const_data_ptr() : nullptr, y.data_ptr(), cache,
+          sources, x3);
   return y;
+}
+
+}  // namespace
+
+at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const at::Tensor* bias, int64_t rows_hint,
+                                bool cache, std::initializer_list<const at::Tensor*> sources) {
+  const dnnl_data_type_t dt = data_type(A.scalar_type());
+  if (dt == dnnl_data_type_undef || W.scalar_type() != A.scalar_type() || A.dim() != 2 || W.dim() != 2 ||
+      W.size(1) != A.size(1) || A.numel() == 0 || W.numel() == 0 || !A.is_contiguous() ||
+      !usable_bias(bias, W.size(0)))
+    return at::Tensor();
+  if (dt == dnnl_f32 && cache && bf16x3::wanted()) {  // (as in direct_conv2d)
+    at::Tensor y = inner_product_call(A, W, bias, rows_hint, cache, sources, /*x3=*/true);
+    if (y.defined()) return y;
+  }
+  return inner_product_call(A, W, bias, rows_hint, cache, sources, /*x3=*/false);
 }
 
 }  // namespace googlenet_fast

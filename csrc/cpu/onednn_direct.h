@@ -45,6 +45,9 @@ at::Tensor direct_conv2d(const at::Tensor& x, const at::Tensor& w, const c10::op
 at::Tensor direct_inner_product(const at::Tensor& A, const at::Tensor& W, const at::Tensor* bias, int64_t rows_hint,
                                 bool cache, std::initializer_list<const at::Tensor*> sources);
 
+// Under torch.set_float32_matmul_precision("high" / "medium"), float32 calls whose weights are
+// cached (cache == true) run as bf16x3 where csrc/cpu/bf16x3.h says so; the rest stay float32.
+
 // Primitives currently kept (tests).
 int64_t direct_onednn_primitive_count();
 
