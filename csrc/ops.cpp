@@ -361,13 +361,19 @@ static PyObject* gf_set_bf16x3_mode(PyObject*, PyObject* arg) {
   return PyUnicode_FromString(names[static_cast<int>(googlenet_fast::bf16x3::set_mode(static_cast<Mode>(mode)))]);
 }
 
-// _bf16x3_status() -> (wanted, amx, split): whether a float32 direct-path call runs as bf16x3 now,
-// whether oneDNN's ISA has AMX, whether the split's loop can run here.
+// _bf16x3_status() -> (wanted, amx, split, precision): whether a float32 direct-path call runs as
+// bf16x3 now, whether oneDNN's ISA has AMX, whether the split's loop can run here, whether the
+// float32 precision setting allows it.
 static PyObject* gf_bf16x3_status(PyObject*, PyObject*) {
   namespace x3 = googlenet_fast::bf16x3;
-  const bool wanted = googlenet_fast::direct_onednn_enabled() && x3::wanted();
-  return Py_BuildValue("(OOO)", wanted ? Py_True : Py_False, x3::amx() ? Py_True : Py_False,
-                       x3::split_available() ? Py_True : Py_False);
+  try {
+    const bool wanted = googlenet_fast::direct_onednn_enabled() && x3::wanted();
+    return Py_BuildValue("(OOOO)", wanted ? Py_True : Py_False, x3::amx() ? Py_True : Py_False,
+                         x3::split_available() ? Py_True : Py_False, x3::precision_allows() ? Py_True : Py_False);
+  } catch (const std::exception& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what());
+    return nullptr;
+  }
 }
 
 // _bf16x3_split(a: Tensor, weights: bool) -> Tensor: (rows, k) float32 -> (rows, 3k) bfloat16,
@@ -459,7 +465,8 @@ static PyMethodDef gf_methods[] = {
      "bf16x3 for float32 convolutions and inner products under set_float32_matmul_precision('high'/'medium'): "
      "'auto' (where oneDNN runs AMX), 'on', 'off'; returns the previous mode (csrc/cpu/bf16x3.h)."},
     {"_bf16x3_status", gf_bf16x3_status, METH_NOARGS,
-     "(whether a float32 direct-path call runs as bf16x3 now, whether oneDNN's ISA has AMX, whether the split runs here)."},
+     "(whether a float32 direct-path call runs as bf16x3 now, whether oneDNN's ISA has AMX, whether the split runs "
+     "here, whether the float32 precision setting allows it)."},
     {"_bf16x3_split", gf_bf16x3_split, METH_VARARGS,
      "(rows, k) float32 -> (rows, 3k) bfloat16 split: [hi|lo|hi], or [hi|hi|lo] for weights (tests)."},
     {"_hold_cache_locks_for_test", gf_hold_cache_locks_for_test, METH_O,

@@ -1,8 +1,9 @@
 """float32 convolutions on the CPU as three bfloat16 products (bf16x3), behind PyTorch's own switch.
 
-``torch.set_float32_matmul_precision("high")`` (or ``"medium"``) lets the fused model's CPU eval
-path run each float32 convolution and inner product whose weight it keeps packed as ONE bfloat16
-oneDNN primitive over three times the input channels, accumulated in float32:
+``torch.set_float32_matmul_precision("high")`` (or ``"medium"``; with torch 2.14's per-backend API:
+``torch.backends.mkldnn.matmul`` or ``.conv.fp32_precision = "tf32"`` or ``"bf16"``) lets the
+fused model's CPU eval path run each float32 convolution and inner product whose weight it keeps
+packed as ONE bfloat16 oneDNN primitive over three times the input channels, accumulated in float32:
 ``x * w ~= hi(x) hi(w) + lo(x) hi(w) + hi(x) lo(w)``, where hi is the bfloat16 nearest a value and
 lo the bfloat16 nearest the rest.  That is the "sum of two bfloat16 numbers" PyTorch's
 documentation of "high" names (torch.set_float32_matmul_precision).  Inputs, outputs and every
@@ -29,18 +30,20 @@ MODES = ("auto", "on", "off")
 
 def bf16x3_status() -> str:
     """Whether a float32 eval convolution of the fused CPU path runs as bf16x3 right now:
-    ``"active"``, or ``"inactive: <why>"`` (the precision is "highest", no AMX under mode "auto",
+    ``"active"``, or ``"inactive: <why>"`` (the precision is IEEE, no AMX under mode "auto",
     mode "off", no AVX512-BF16 for the split, the direct oneDNN path off or unavailable, or no
-    extension).  Reads the current ``torch.get_float32_matmul_precision()``."""
+    extension).  Reads the current precision setting (see :func:`_mkldnn_precision`)."""
     if not native.available():
         return "inactive: googlenet_fast's extension is not built"
     import torch
 
-    active, amx, split = native._C._bf16x3_status()
+    active, amx, split, precision = native._C._bf16x3_status()
     if active:
         return "active"
-    if torch.get_float32_matmul_precision() == "highest":
-        return "inactive: torch.get_float32_matmul_precision() is 'highest'"
+    if not precision:
+        return ("inactive: oneDNN's float32 precision is IEEE (matmul "
+                f"{_mkldnn_precision('matmul')!r}, conv {_mkldnn_precision('conv')!r}); "
+                "torch.set_float32_matmul_precision('high') allows bf16x3")
     mode = native._C._set_bf16x3_mode("auto")
     native._C._set_bf16x3_mode(mode)
     if mode == "off":
@@ -50,6 +53,19 @@ def bf16x3_status() -> str:
     if not split:
         return "inactive: no AVX-512 with AVX512-BF16 for the split (or GOOGLENET_FAST_PORTABLE_LOOPS set)"
     return "inactive: oneDNN has no AMX here (mode 'auto'; 'on' forces bf16x3)"
+
+
+def _mkldnn_precision(op: str) -> str:
+    """``torch.backends.mkldnn.<op>.fp32_precision`` (op "matmul" or "conv"; torch 2.14's
+    per-backend API, which set_float32_matmul_precision sets for matmul: "ieee" after "highest",
+    "tf32" after "high", "bf16" after "medium"; "none": inherited); torch without that API: the
+    legacy getter's value.  bf16x3 runs where either resolves to "tf32" or "bf16"."""
+    import torch
+
+    try:
+        return getattr(torch.backends.mkldnn, op).fp32_precision
+    except AttributeError:
+        return torch.get_float32_matmul_precision()
 
 
 def set_bf16x3_mode(mode: str) -> str:

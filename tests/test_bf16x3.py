@@ -171,7 +171,7 @@ def test_modes_and_status():
     try:
         amx = native._C._bf16x3_status()[1]
         torch.set_float32_matmul_precision("highest")
-        assert cpu_precision.bf16x3_status() == "inactive: torch.get_float32_matmul_precision() is 'highest'"
+        assert cpu_precision.bf16x3_status().startswith("inactive: oneDNN's float32 precision is IEEE")
         torch.set_float32_matmul_precision("high")
         status = cpu_precision.bf16x3_status()
         assert status == "active" if amx else status.startswith("inactive: oneDNN has no AMX"), status
@@ -215,3 +215,59 @@ def test_non_finite_input_stays_non_finite(precision):
         precision("high")
         high = ours(x)
     assert torch.equal(torch.isfinite(high), torch.isfinite(default))
+
+
+# torch 2.14's per-backend precision API, alone and mixed with the legacy one (the legacy getter
+# raises then): run in a subprocess, the settings are process-wide and would leak into other tests.
+PER_BACKEND = r"""
+import sys, threading, torch
+sys.path.insert(0, {tests!r})
+from model_helpers import tv_model, ours_from, make_input
+from googlenet_fast import cpu_precision
+cpu_precision.set_bf16x3_mode("on")
+tv = tv_model(); ours = ours_from(tv).to(memory_format=torch.channels_last); x = make_input(1, 3, 64, 64)
+with torch.no_grad():
+    ieee = ours(x)
+    torch.set_float32_matmul_precision("high")
+    high = ours(x)
+    torch.set_float32_matmul_precision("highest")
+    torch.backends.cuda.matmul.fp32_precision = "tf32"      # mixed: the legacy getter now raises
+    print("mixed", cpu_precision.bf16x3_status().split(" (")[0], torch.equal(ours(x), ieee))
+    torch.backends.mkldnn.matmul.fp32_precision = "bf16"
+    print("mkldnn.matmul", cpu_precision.bf16x3_status(), torch.equal(ours(x), high))
+    torch.backends.mkldnn.matmul.fp32_precision = "ieee"
+    torch.backends.mkldnn.conv.fp32_precision = "tf32"
+    print("mkldnn.conv", cpu_precision.bf16x3_status(), torch.equal(ours(x), high))
+    torch.backends.mkldnn.conv.fp32_precision = "ieee"
+    print("ieee", cpu_precision.bf16x3_status().split(" (")[0], torch.equal(ours(x), ieee))
+    # another thread switching the legacy setting while this one runs forwards
+    stop = []
+    def flip():
+        i = 0
+        while not stop:
+            torch.set_float32_matmul_precision("high" if i % 2 else "highest"); i += 1
+    t = threading.Thread(target=flip); t.start()
+    try:
+        outs = [ours(x) for _ in range(20)]
+    finally:
+        stop.append(1); t.join()
+    # each convolution reads the setting when it runs: a forward may mix both, never fails
+    scale = ieee.abs().max()
+    print("flipping", len(outs), all(float((o - ieee).abs().max() / scale) < 1e-4 for o in outs))
+"""
+
+
+@needs_split
+def test_per_backend_precision_api():
+    import subprocess
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), os.environ.get("PYTHONPATH", "")]))
+    r = subprocess.run([sys.executable, "-c", PER_BACKEND.format(tests=tests)], capture_output=True, text=True,
+                       timeout=300, env=env)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = [line for line in r.stdout.splitlines() if line]
+    assert lines == ["mixed inactive: oneDNN's float32 precision is IEEE True",
+                     "mkldnn.matmul active True",
+                     "mkldnn.conv active True",
+                     "ieee inactive: oneDNN's float32 precision is IEEE True",
+                     "flipping 20 True"], r.stdout + r.stderr[-2000:]

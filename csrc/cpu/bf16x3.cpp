@@ -11,6 +11,17 @@
 #include "avx512_lanes.h"
 #include "onednn_api.h"
 
+#if __has_include(<torch/headeronly/version.h>)
+#include <torch/headeronly/version.h>
+#endif
+// torch 2.14's per-backend float32 precision (torch.backends.mkldnn.matmul.fp32_precision, which
+// set_float32_matmul_precision also sets); older torch: the legacy getter alone.
+#if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14))
+#define GF_FP32_PRECISION_PER_BACKEND 1
+#else
+#define GF_FP32_PRECISION_PER_BACKEND 0
+#endif
+
 namespace googlenet_fast {
 namespace bf16x3 {
 namespace {
@@ -115,10 +126,31 @@ bool split_available() {
 #endif
 }
 
+bool precision_allows() {
+#if GF_FP32_PRECISION_PER_BACKEND
+  // oneDNN's matmul setting: "tf32" after set_float32_matmul_precision("high"), "bf16" after
+  // "medium", "ieee" after "highest"; users of the per-backend API set it (or its conv sibling,
+  // which lets ATen's own oneDNN convolutions round to bfloat16) directly.  (The legacy getter
+  // throws once the two APIs were mixed, e.g. after torch.backends.cuda.matmul.fp32_precision =
+  // "tf32", and while another thread is inside set_float32_matmul_precision.)
+  auto reduced = [](at::Float32Op op) {
+    const at::Float32Precision p = at::globalContext().float32Precision(at::Float32Backend::MKLDNN, op);
+    return p == at::Float32Precision::TF32 || p == at::Float32Precision::BF16;
+  };
+  return reduced(at::Float32Op::MATMUL) || reduced(at::Float32Op::CONV);
+#else
+  try {
+    return at::globalContext().float32MatmulPrecision() != at::Float32MatmulPrecision::HIGHEST;
+  } catch (const c10::Error&) {
+    return false;
+  }
+#endif
+}
+
 bool wanted() {
   const Mode mode = static_cast<Mode>(mode_slot().load(std::memory_order_relaxed));
   if (mode == Mode::kOff || !split_available()) return false;
-  if (at::globalContext().float32MatmulPrecision() == at::Float32MatmulPrecision::HIGHEST) return false;
+  if (!precision_allows()) return false;
   return mode == Mode::kOn || amx();
 }
 

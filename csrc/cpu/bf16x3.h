@@ -42,8 +42,13 @@ bool split_available();
 // Whether oneDNN's effective ISA includes AMX (bfloat16 tiles).
 bool amx();
 
-// Whether a float32 call of the direct oneDNN path runs as bf16x3 now: the global float32 matmul
-// precision is "high" or "medium", split_available(), and the mode allows it.
+// Whether the float32 precision setting allows bf16x3: oneDNN's matmul or conv precision (torch
+// 2.14: torch.backends.mkldnn.matmul / conv.fp32_precision) is "tf32" or "bf16", as
+// set_float32_matmul_precision("high" / "medium") leaves the matmul one.  Never throws.
+bool precision_allows();
+
+// Whether a float32 call of the direct oneDNN path runs as bf16x3 now: precision_allows(),
+// split_available(), and the mode allows it.
 bool wanted();
 
 // x: [rows, cols] float32, row stride ldx -> out: [rows, 3 * cols] bfloat16, dense.  Activations
