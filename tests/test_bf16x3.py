@@ -66,17 +66,18 @@ def _same(a, b):
 
 
 @needs_split
-@pytest.mark.parametrize("cols", [1, 15, 16, 17, 31, 32, 33, 40, 70])
-def test_split_values(cols):
+@pytest.mark.parametrize("rows,cols", [(5, c) for c in (1, 15, 16, 17, 31, 32, 33, 40, 70)]
+                         + [(100, 3), (64, 1), (33, 15), (97, 7), (32, 2)])  # (rows >= 32, cols < 16: conv1's path)
+def test_split_values(rows, cols):
     g = torch.Generator().manual_seed(cols)
-    x = torch.randn(5, cols, generator=g) * torch.logspace(-30, 30, 5).unsqueeze(1)
+    x = torch.randn(rows, cols, generator=g) * torch.logspace(-30, 30, rows).unsqueeze(1)
     special = torch.tensor([float("inf"), float("-inf"), float("nan"), 3.4e38, -3.4e38, 3.3e38, 1e-40, 0.0,
                             -0.0, 1.0 + 2.0 ** -9, 1.0 + 3 * 2.0 ** -9, 3.3961e38, 3.3960e38, 1.5e-38])
     x.view(-1)[: min(special.numel(), x.numel())] = special[: x.numel()]
     hi, lo = _expected_split(x)
     act = native._C._bf16x3_split(x, False).float()
     wgt = native._C._bf16x3_split(x, True).float()
-    assert act.shape == wgt.shape == (5, 3 * cols)
+    assert act.shape == wgt.shape == (rows, 3 * cols)
     for out, order in ((act, (hi, lo, hi)), (wgt, (hi, hi, lo))):
         for i, want in enumerate(order):
             assert _same(out[:, i * cols:(i + 1) * cols], want), (i, out, want)
