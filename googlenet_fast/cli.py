@@ -192,7 +192,8 @@ def run_bench(args) -> int:
     failed = False
     with contextlib.ExitStack() as stack:
         stack.enter_context(bench.no_tf32())
-        stack.enter_context(bench.matmul_precision(args.matmul_precision))
+        if args.matmul_precision != "highest":  # (the default leaves torch's setting as it is)
+            stack.enter_context(bench.matmul_precision(args.matmul_precision))
         stack.enter_context(torch.enable_grad() if train else torch.no_grad())
         engine_set = None
         if engine_names:
