@@ -13,9 +13,9 @@
 // so the three cost less than one float32 pass; on AVX512-BF16 without AMX (~2x the float32
 // rate) they would cost more, and "auto" keeps float32 there.
 //
-// Error: ~2^-17 per product instead of float32's 2^-24: the logits of the randomized test model
-// 1.0e-5 of float64 (relative to their largest value), the bench network's 7.2e-5 at 224x224,
-// against 6e-7 and 4e-6 for IEEE float32 (tests/test_bf16x3.py, googlenet_fast/cpu_precision.py).
+// Error: ~2^-17 per product instead of float32's 2^-24, 15-22x IEEE float32's error on the
+// logits: 1.0e-5 to 3.2e-4 of float64 (relative to their largest value) over the three networks
+// measured (tests/test_bf16x3.py, googlenet_fast/cpu_precision.py).
 // Non-finite values: hi = the value, lo = 0 (an inf input can still give NaN: inf * lo(w) where
 // lo(w) = 0); a finite x that would round to inf (|x| > 3.3961e38) is cut to its upper 16 bits
 // instead, so no finite value overflows.  Subnormal values count as zero, as in AMX's products.
