@@ -298,3 +298,23 @@ def test_readme_example_network_within_the_high_precision_check(precision):
     assert ieee < TOL
     assert high < 1e-3
     assert 5 * ieee < high < 40 * ieee, (ieee, high)  # bf16x3 ran, at the documented error ratio
+
+
+@pytest.mark.parametrize("per_backend", [0, 1])
+def test_both_precision_readers_compile(per_backend):
+    """csrc/cpu/bf16x3.cpp reads the precision through torch 2.14's per-backend getter, and through
+    the legacy one (inside try/catch) on older torch, e.g. the GPU machine's 2.11: both branches
+    compile against these headers (the older branch uses only API that 2.11 has)."""
+    import shutil
+    import subprocess
+    import sysconfig
+    from torch.utils.cpp_extension import include_paths
+    cxx = shutil.which("g++") or shutil.which("c++")
+    if cxx is None:
+        pytest.skip("no C++ compiler on PATH")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [cxx, "-std=c++20", "-fsyntax-only", "-fopenmp", f"-DGF_FP32_PRECISION_PER_BACKEND={per_backend}",
+           f"-I{sysconfig.get_paths()['include']}"] + [f"-I{p}" for p in include_paths()] + \
+        [os.path.join(root, "csrc", "cpu", "bf16x3.cpp")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]

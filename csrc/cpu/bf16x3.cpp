@@ -12,15 +12,21 @@
 #include "avx512_lanes.h"
 #include "onednn_api.h"
 
+#if GF_AVX512
+#include <cpuid.h>
+#endif
+
 #if __has_include(<torch/headeronly/version.h>)
 #include <torch/headeronly/version.h>
 #endif
 // torch 2.14's per-backend float32 precision (torch.backends.mkldnn.matmul.fp32_precision, which
 // set_float32_matmul_precision also sets); older torch: the legacy getter alone.
+#ifndef GF_FP32_PRECISION_PER_BACKEND  // (-DGF_FP32_PRECISION_PER_BACKEND=0: the older path, for a compile check)
 #if defined(TORCH_VERSION_MAJOR) && (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 14))
 #define GF_FP32_PRECISION_PER_BACKEND 1
 #else
 #define GF_FP32_PRECISION_PER_BACKEND 0
+#endif
 #endif
 
 namespace googlenet_fast {
@@ -182,7 +188,13 @@ bool amx() {
 
 bool split_available() {
 #if GF_AVX512
-  static const bool ok = avx512::available() && __builtin_cpu_supports("avx512bf16");
+  // AVX512_BF16: CPUID leaf 7, sub-leaf 1, EAX bit 5 (read directly: older compilers'
+  // __builtin_cpu_supports does not know "avx512bf16"); avx512::available() checked the OS's
+  // AVX-512 state.
+  static const bool ok = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return avx512::available() && __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && (eax & (1u << 5)) != 0;
+  }();
   return ok;
 #else
   return false;
