@@ -346,10 +346,13 @@ static PyObject* gf_direct_onednn_thread_memory_sets(PyObject*, PyObject*) {
   return PyLong_FromLongLong(googlenet_fast::direct_onednn_thread_memory_sets());
 }
 
+// The bf16x3 modes' names, indexed by googlenet_fast::bf16x3::Mode.
+static const char* const kBf16x3ModeNames[] = {"auto", "on", "off"};
+
 // _set_bf16x3_mode(mode: str) -> str (the previous mode): "auto", "on" or "off" (csrc/cpu/bf16x3.h).
 static PyObject* gf_set_bf16x3_mode(PyObject*, PyObject* arg) {
   using googlenet_fast::bf16x3::Mode;
-  static const char* names[] = {"auto", "on", "off"};
+  const char* const* names = kBf16x3ModeNames;
   const char* s = PyUnicode_Check(arg) ? PyUnicode_AsUTF8(arg) : nullptr;
   int mode = -1;
   for (int i = 0; s != nullptr && i < 3; ++i)
@@ -361,15 +364,16 @@ static PyObject* gf_set_bf16x3_mode(PyObject*, PyObject* arg) {
   return PyUnicode_FromString(names[static_cast<int>(googlenet_fast::bf16x3::set_mode(static_cast<Mode>(mode)))]);
 }
 
-// _bf16x3_status() -> (wanted, amx, split, precision): whether a float32 direct-path call runs as
-// bf16x3 now, whether oneDNN's ISA has AMX, whether the split's loop can run here, whether the
-// float32 precision setting allows it.
+// _bf16x3_status() -> (wanted, amx, split, precision, mode): whether a float32 direct-path call runs
+// as bf16x3 now, whether oneDNN's ISA has AMX, whether the split's loop can run here, whether the
+// float32 precision setting allows it, the mode's name.
 static PyObject* gf_bf16x3_status(PyObject*, PyObject*) {
   namespace x3 = googlenet_fast::bf16x3;
   try {
     const bool wanted = googlenet_fast::direct_onednn_enabled() && x3::wanted();
-    return Py_BuildValue("(OOOO)", wanted ? Py_True : Py_False, x3::amx() ? Py_True : Py_False,
-                         x3::split_available() ? Py_True : Py_False, x3::precision_allows() ? Py_True : Py_False);
+    return Py_BuildValue("(OOOOs)", wanted ? Py_True : Py_False, x3::amx() ? Py_True : Py_False,
+                         x3::split_available() ? Py_True : Py_False, x3::precision_allows() ? Py_True : Py_False,
+                         kBf16x3ModeNames[static_cast<int>(x3::mode())]);
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
@@ -392,12 +396,7 @@ static PyObject* gf_bf16x3_split(PyObject*, PyObject* args) {
     return nullptr;
   }
   try {
-    TORCH_CHECK(googlenet_fast::bf16x3::split_available(), "the bf16x3 split needs AVX-512 with AVX512-BF16");
-    const at::Tensor ac = a.contiguous();
-    at::Tensor out = at::empty({a.size(0), 3 * a.size(1)}, a.options().dtype(at::kBFloat16));
-    googlenet_fast::bf16x3::split_rows(ac.const_data_ptr<float>(), a.size(0), a.size(1), a.size(1),
-                                       out.data_ptr<c10::BFloat16>(), weights != 0);
-    return THPVariable_Wrap(out);
+    return THPVariable_Wrap(googlenet_fast::bf16x3::split_matrix(a, weights != 0));
   } catch (const std::exception& e) {
     PyErr_SetString(PyExc_RuntimeError, e.what());
     return nullptr;
@@ -466,7 +465,7 @@ static PyMethodDef gf_methods[] = {
      "'auto' (where oneDNN runs AMX), 'on', 'off'; returns the previous mode (csrc/cpu/bf16x3.h)."},
     {"_bf16x3_status", gf_bf16x3_status, METH_NOARGS,
      "(whether a float32 direct-path call runs as bf16x3 now, whether oneDNN's ISA has AMX, whether the split runs "
-     "here, whether the float32 precision setting allows it)."},
+     "here, whether the float32 precision setting allows it, the mode's name)."},
     {"_bf16x3_split", gf_bf16x3_split, METH_VARARGS,
      "(rows, k) float32 -> (rows, 3k) bfloat16 split: [hi|lo|hi], or [hi|hi|lo] for weights (tests)."},
     {"_hold_cache_locks_for_test", gf_hold_cache_locks_for_test, METH_O,

@@ -36,17 +36,13 @@ def bf16x3_status() -> str:
     extension).  Reads the current precision setting (see :func:`_mkldnn_precision`)."""
     if not native.available():
         return "inactive: googlenet_fast's extension is not built"
-    import torch
-
-    active, amx, split, precision = native._C._bf16x3_status()
+    active, amx, split, precision, mode = native._C._bf16x3_status()
     if active:
         return "active"
     if not precision:
         return ("inactive: oneDNN's float32 precision is IEEE (matmul "
                 f"{_mkldnn_precision('matmul')!r}, conv {_mkldnn_precision('conv')!r}); "
                 "torch.set_float32_matmul_precision('high') allows bf16x3")
-    mode = native._C._set_bf16x3_mode("auto")
-    native._C._set_bf16x3_mode(mode)
     if mode == "off":
         return "inactive: mode 'off'"
     if native._C._direct_onednn_status() != "enabled":

@@ -170,6 +170,8 @@ GF_BF16X3_FN void split_small_rows_avx512(const float* x, int64_t rows, int64_t 
 
 Mode set_mode(Mode mode) { return static_cast<Mode>(mode_slot().exchange(static_cast<int>(mode))); }
 
+Mode mode() { return static_cast<Mode>(mode_slot().load(std::memory_order_relaxed)); }
+
 bool amx() {
 #if GF_HAVE_ONEDNN_HEADERS
   static const bool has = [] {
@@ -223,10 +225,10 @@ bool precision_allows() {
 }
 
 bool wanted() {
-  const Mode mode = static_cast<Mode>(mode_slot().load(std::memory_order_relaxed));
-  if (mode == Mode::kOff || !split_available()) return false;
+  const Mode m = mode();
+  if (m == Mode::kOff || !split_available()) return false;
   if (!precision_allows()) return false;
-  return mode == Mode::kOn || amx();
+  return m == Mode::kOn || amx();
 }
 
 void split_rows(const float* x, int64_t rows, int64_t cols, int64_t ldx, c10::BFloat16* out, bool weights) {
@@ -265,11 +267,11 @@ at::Tensor split_activation(const at::Tensor& x) {
   return out;
 }
 
-at::Tensor split_matrix(const at::Tensor& a) {
+at::Tensor split_matrix(const at::Tensor& a, bool weights) {
   TORCH_CHECK(a.dim() == 2 && a.scalar_type() == at::kFloat, "bf16x3::split_matrix: expected (rows, k) float32");
   const at::Tensor ac = a.contiguous();
   at::Tensor out = at::empty({a.size(0), 3 * a.size(1)}, a.options().dtype(at::kBFloat16));
-  split_parallel(ac.const_data_ptr<float>(), a.size(0), a.size(1), a.size(1), out.data_ptr<c10::BFloat16>(), false);
+  split_parallel(ac.const_data_ptr<float>(), a.size(0), a.size(1), a.size(1), out.data_ptr<c10::BFloat16>(), weights);
   return out;
 }
 

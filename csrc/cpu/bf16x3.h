@@ -34,6 +34,8 @@ enum class Mode : int { kAuto = 0, kOn = 1, kOff = 2 };
 
 // Set the process's mode; returns the previous one.
 Mode set_mode(Mode mode);
+// The process's mode.
+Mode mode();
 
 // Whether the split's loop can run: AVX-512 (F, BW, VL, DQ) with AVX512-BF16, and
 // GOOGLENET_FAST_PORTABLE_LOOPS unset.
@@ -59,8 +61,8 @@ void split_rows(const float* x, int64_t rows, int64_t cols, int64_t ldx, c10::BF
 // (N, C, H, W) float32, any layout -> (N, 3C, H, W) bfloat16, channels_last: [hi | lo | hi].
 at::Tensor split_activation(const at::Tensor& x);
 
-// (rows, k) float32 dense -> (rows, 3k) bfloat16: [hi | lo | hi].
-at::Tensor split_matrix(const at::Tensor& a);
+// (rows, k) float32 -> (rows, 3k) bfloat16: [hi | lo | hi] (weights: [hi | hi | lo]).
+at::Tensor split_matrix(const at::Tensor& a, bool weights = false);
 
 // (K, C, ...) float32 weight, any strides -> (K, 3C, ...) bfloat16 [hi | hi | lo] along dim 1.
 at::Tensor split_weight(const at::Tensor& w);
